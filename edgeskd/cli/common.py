@@ -1,0 +1,68 @@
+"""What every command shares: the error table, console, and Annotated option aliases."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Callable, TypeVar
+
+import typer
+from rich.console import Console
+
+from edgeskd.errors import EdgeSKDError
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def fail(message: str, code: int = 1) -> "typer.Exit":
+    """Print a one-line error and return the Exit to raise."""
+    err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    return typer.Exit(code)
+
+
+def warn(message: str) -> None:
+    err_console.print(f"[yellow]warning:[/] {message}", soft_wrap=True)
+
+
+def cli_command(fn: F) -> F:
+    """Map library errors to one-line messages and exit codes (no traceback for user mistakes)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except EdgeSKDError as e:
+            raise fail(str(e), e.exit_code) from None
+        except KeyboardInterrupt:
+            raise fail("interrupted; completed artifacts were kept, partial ones removed", 130) from None
+        except MemoryError:
+            raise fail("out of memory; lower --batch-size or --img-size", 12) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+class DataFormat(str, Enum):
+    auto = "auto"
+    mhist = "mhist"
+    folder = "folder"
+    manifest = "manifest"
+    synthetic = "synthetic"
+
+
+# Shared options (Annotated aliases, huggingface_hub style).
+DataOpt = Annotated[
+    Path | None,
+    typer.Option("--data", help="Data set: MHIST root, folder tree, manifest CSV. Default: the synthetic set."),
+]
+FormatOpt = Annotated[DataFormat, typer.Option("--format", help="Data format; auto detects it.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def is_tty() -> bool:
+    return sys.stdout.isatty()

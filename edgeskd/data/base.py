@@ -1,0 +1,87 @@
+"""One in-memory description for every data format (MHIST, folder tree, CSV manifest, synthetic)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class LabeledSet:
+    """Images (file paths or an in-memory uint8 NHWC array) with class and subclass labels.
+
+    Subclass blocks are contiguous per class: ``subclass_to_class`` is non-decreasing.
+    ``votes`` (optional) holds per-sample annotator votes for the positive class (-1 = unknown).
+    """
+
+    name: str
+    format: str                                  # "mhist" | "folder" | "manifest" | "synthetic"
+    class_names: list[str]
+    subclass_names: list[str]
+    subclass_to_class: list[int]
+    labels: np.ndarray                           # (N,) int64 class index
+    subclasses: np.ndarray                       # (N,) int64 subclass index
+    splits: np.ndarray                           # (N,) str: train / val / test
+    paths: list[Path] | None = None              # absolute paths, or None for in-memory images
+    images: np.ndarray | None = None             # (N, H, W, 3) uint8 RGB, or None for files
+    votes: np.ndarray | None = None              # (N,) int64 or None
+    root: Path | None = None
+    n_annotators: int = 7
+    info: dict[str, Any] = field(default_factory=dict)  # format-specific notes (e.g. vote disagreements)
+
+    def __post_init__(self) -> None:
+        self.labels = np.asarray(self.labels, dtype=np.int64)
+        self.subclasses = np.asarray(self.subclasses, dtype=np.int64)
+        self.splits = np.asarray(self.splits, dtype=object)
+        if self.votes is not None:
+            self.votes = np.asarray(self.votes, dtype=np.int64)
+        n = len(self.labels)
+        if (self.paths is None) == (self.images is None):
+            raise ValueError("LabeledSet needs exactly one of paths or images")
+        for arr_name in ("subclasses", "splits"):
+            if len(getattr(self, arr_name)) != n:
+                raise ValueError(f"{arr_name} length differs from labels")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def num_subclasses(self) -> int:
+        return len(self.subclass_names)
+
+    def subset(self, mask_or_index: np.ndarray | str) -> "LabeledSet":
+        """Rows selected by a boolean mask, an index array, or a split name."""
+        if isinstance(mask_or_index, str):
+            idx = np.flatnonzero(self.splits == mask_or_index)
+        else:
+            m = np.asarray(mask_or_index)
+            idx = np.flatnonzero(m) if m.dtype == bool else m.astype(np.intp)
+        return replace(
+            self,
+            labels=self.labels[idx],
+            subclasses=self.subclasses[idx],
+            splits=self.splits[idx],
+            paths=[self.paths[i] for i in idx] if self.paths is not None else None,
+            images=self.images[idx] if self.images is not None else None,
+            votes=self.votes[idx] if self.votes is not None else None,
+        )
+
+    def split(self, name: str) -> "LabeledSet":
+        return self.subset(name)
+
+    def load_image(self, i: int) -> np.ndarray:
+        """uint8 (H, W, 3) RGB image i."""
+        if self.images is not None:
+            return self.images[i]
+        from edgeskd.data.images import read_image  # lazy: PIL
+
+        return read_image(self.paths[i])  # type: ignore[index]

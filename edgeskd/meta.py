@@ -1,0 +1,129 @@
+"""Artifact metadata: what a runner needs to use a model with nothing but the artifact.
+
+Every artifact (checkpoint, ONNX, Q/DQ ONNX, TensorRT engine) carries one ``ModelMeta``:
+checkpoints in ``ckpt["meta"]``, ONNX in ``metadata_props`` (one key each, JSON values, read
+with ``json.loads`` only — never eval), engines in a JSON header.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Mapping
+
+from edgeskd import __version__
+from edgeskd.errors import ArtifactError
+
+OUTPUT_KINDS = ("class_logits", "subclass_logits")
+CHANNEL_ORDERS = ("RGB", "BGR")
+# ImageNet statistics; the default for every model (torchvision backbones expect them).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+REQUIRED_KEYS = ("class_names", "subclass_names", "subclass_to_class", "input_size", "output")
+
+
+@dataclass
+class ModelMeta:
+    class_names: list[str]
+    subclass_names: list[str]
+    subclass_to_class: list[int]          # len == len(subclass_names); blocks contiguous per class
+    input_size: tuple[int, int]           # (H, W)
+    output: str = "subclass_logits"       # what the model's single output holds
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    channel_order: str = "RGB"
+    precision: str = "fp32"
+    arch: str = ""
+    model_name: str = ""                  # e.g. "student-skd"
+    producer: str = f"edgeskd {__version__}"
+    positive_class: int = 1               # index of the positive class for F1/AUC
+    extra: dict[str, Any] = field(default_factory=dict)  # trt_version, compute_capability, ...
+
+    def __post_init__(self) -> None:
+        self.input_size = tuple(int(v) for v in self.input_size)  # type: ignore[assignment]
+        self.mean = tuple(float(v) for v in self.mean)  # type: ignore[assignment]
+        self.std = tuple(float(v) for v in self.std)  # type: ignore[assignment]
+        self.subclass_to_class = [int(v) for v in self.subclass_to_class]
+        self.validate()
+
+    # -- checks -----------------------------------------------------------------
+    def validate(self) -> None:
+        def bad(msg: str) -> ArtifactError:
+            return ArtifactError(f"invalid model metadata: {msg}")
+
+        if len(self.class_names) < 2:
+            raise bad("needs at least 2 class names")
+        if len(self.subclass_names) != len(self.subclass_to_class):
+            raise bad("subclass_names and subclass_to_class differ in length")
+        if sorted(set(self.subclass_to_class)) != list(range(len(self.class_names))):
+            raise bad("subclass_to_class must map onto every class index 0..C-1")
+        if any(b < a for a, b in zip(self.subclass_to_class, self.subclass_to_class[1:])):
+            raise bad("subclass blocks must be contiguous and ordered by class")
+        if len(self.input_size) != 2 or min(self.input_size) < 8:
+            raise bad(f"input_size {self.input_size} must be (H, W) with both >= 8")
+        if self.output not in OUTPUT_KINDS:
+            raise bad(f"output {self.output!r} must be one of {OUTPUT_KINDS}")
+        if self.channel_order not in CHANNEL_ORDERS:
+            raise bad(f"channel_order {self.channel_order!r} must be one of {CHANNEL_ORDERS}")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise bad("mean/std must have 3 values, std > 0")
+
+    # -- derived ----------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def num_subclasses(self) -> int:
+        return len(self.subclass_names)
+
+    @property
+    def num_outputs(self) -> int:
+        return self.num_subclasses if self.output == "subclass_logits" else self.num_classes
+
+    # -- (de)serialisation ----------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["input_size"] = list(self.input_size)
+        d["mean"] = list(self.mean)
+        d["std"] = list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], *, source: str = "artifact") -> "ModelMeta":
+        missing = [k for k in REQUIRED_KEYS if k not in d]
+        if missing:
+            raise ArtifactError(
+                f"{source} has no edgeskd metadata for: {', '.join(missing)}; "
+                "re-export it with `edgeskd export`, or pass --input-size/--classes"
+            )
+        known = {f.name for f in fields(cls)}
+        kwargs = {k: v for k, v in d.items() if k in known}
+        extra = dict(kwargs.pop("extra", {}) or {})
+        extra.update({k: v for k, v in d.items() if k not in known})
+        try:
+            return cls(**kwargs, extra=extra)
+        except (TypeError, ValueError) as e:
+            raise ArtifactError(f"{source} has malformed edgeskd metadata: {e}") from None
+
+    def to_props(self) -> dict[str, str]:
+        """String key → JSON string, for ONNX ``metadata_props``."""
+        return {f"edgeskd.{k}": json.dumps(v) for k, v in self.to_dict().items()}
+
+    @classmethod
+    def from_props(cls, props: Mapping[str, str], *, source: str = "ONNX model") -> "ModelMeta":
+        d: dict[str, Any] = {}
+        for k, v in props.items():
+            if not k.startswith("edgeskd."):
+                continue
+            try:
+                d[k[len("edgeskd."):]] = json.loads(v)
+            except json.JSONDecodeError:
+                raise ArtifactError(f"{source}: metadata key {k} is not valid JSON") from None
+        return cls.from_dict(d, source=source)
+
+    def replace(self, **changes: Any) -> "ModelMeta":
+        d = self.to_dict()
+        d.update(changes)
+        return ModelMeta.from_dict(d)

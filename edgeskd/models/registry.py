@@ -1,0 +1,150 @@
+"""Teachers (torchvision) and students, behind one registry.
+
+``create_model(name, num_outputs, pretrained=None)`` returns an ``nn.Module`` mapping
+(N, 3, H, W) float → (N, num_outputs) logits. Heads emit subclass logits (teacher, SKD student)
+or class logits (plain and KD students) — the caller picks ``num_outputs``. Nothing is downloaded:
+``pretrained`` is a local state-dict path for the backbone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from edgeskd.errors import ArtifactError, UsageError
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+_ROLE: dict[str, str] = {}
+
+
+def register_model(role: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        _REGISTRY[fn.__name__] = fn
+        _ROLE[fn.__name__] = role
+        return fn
+
+    return deco
+
+
+def list_models(role: str | None = None) -> list[str]:
+    return sorted(n for n in _REGISTRY if role is None or _ROLE[n] == role)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def create_model(name: str, num_outputs: int, *, pretrained: str | Path | None = None) -> nn.Module:
+    if name not in _REGISTRY:
+        raise UsageError(f"unknown model {name!r}; valid names: {', '.join(list_models())}")
+    if num_outputs < 2:
+        raise UsageError(f"a model needs at least 2 outputs, got {num_outputs}")
+    model = _REGISTRY[name](num_outputs)
+    if pretrained is not None:
+        load_backbone_weights(model, pretrained)
+    return model
+
+
+def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
+    """Load a local state dict into the backbone; the classification head is left as initialised."""
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"--pretrained {p} does not exist; give a local .pt/.pth state dict")
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
+        raise ArtifactError(f"cannot read weights {p}: {type(e).__name__}; give a torch state dict") from None
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ArtifactError(f"{p} is not a state dict")
+    own = model.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not usable:
+        raise ArtifactError(f"no tensor in {p} matches the model's backbone; is it for this architecture?")
+    model.load_state_dict(usable, strict=False)
+
+
+# -- teachers (torchvision) -------------------------------------------------------------
+def _replace_head(model: nn.Module, attr: str, num_outputs: int) -> nn.Module:
+    head = getattr(model, attr)
+    if isinstance(head, nn.Sequential):
+        last = head[-1]
+        head[-1] = nn.Linear(last.in_features, num_outputs)
+    else:
+        setattr(model, attr, nn.Linear(head.in_features, num_outputs))
+    return model
+
+
+@register_model("teacher")
+def resnet18(num_outputs: int) -> nn.Module:
+    from torchvision.models import resnet18 as f
+
+    return _replace_head(f(weights=None), "fc", num_outputs)
+
+
+@register_model("teacher")
+def resnet50(num_outputs: int) -> nn.Module:
+    from torchvision.models import resnet50 as f
+
+    return _replace_head(f(weights=None), "fc", num_outputs)
+
+
+@register_model("teacher")
+def efficientnet_b0(num_outputs: int) -> nn.Module:
+    from torchvision.models import efficientnet_b0 as f
+
+    return _replace_head(f(weights=None), "classifier", num_outputs)
+
+
+# -- students -------------------------------------------------------------------------
+@register_model("student")
+def mobilenet_v3_small(num_outputs: int) -> nn.Module:
+    from torchvision.models import mobilenet_v3_small as f
+
+    return _replace_head(f(weights=None), "classifier", num_outputs)
+
+
+def _cbr(cin: int, cout: int, stride: int = 1, groups: int = 1) -> nn.Sequential:
+    k = 3
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class TinyCNN(nn.Module):
+    """Edge-friendly student: conv-BN-ReLU blocks (depthwise-separable after the stem), no SE, no
+    hard-swish, global average pool, linear head. Every op quantizes cleanly to INT8 Q/DQ and fuses
+    into Conv+ReLU in TensorRT and ONNX Runtime."""
+
+    def __init__(self, num_outputs: int, widths: tuple[int, ...] = (24, 48, 96, 160, 256)) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [_cbr(3, widths[0], stride=2)]
+        cin = widths[0]
+        for i, w in enumerate(widths[1:]):
+            layers += [
+                _cbr(cin, cin, stride=2 if i < 4 else 1, groups=cin),  # depthwise
+                nn.Sequential(nn.Conv2d(cin, w, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)),
+                _cbr(w, w, groups=w),
+                nn.Sequential(nn.Conv2d(w, w, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)),
+            ]
+            cin = w
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(cin, num_outputs)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.flatten(self.pool(self.features(x)), 1))
+
+
+@register_model("student")
+def tiny_cnn(num_outputs: int) -> nn.Module:
+    return TinyCNN(num_outputs)

@@ -1,0 +1,96 @@
+"""The Runner protocol: one interface over every backend (Polygraphy-style).
+
+A runner is a context manager; ``infer(batch)`` checks the input once here and then calls the
+backend's ``_infer_impl``. Backends import their libraries lazily so the package imports anywhere.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import numpy as np
+
+from edgeskd.errors import UsageError
+from edgeskd.meta import ModelMeta
+
+
+class Runner(abc.ABC):
+    backend: str = "?"
+
+    def __init__(self, meta: ModelMeta, *, max_batch: int | None = None) -> None:
+        self.meta = meta
+        self.max_batch = max_batch
+        self._active = False
+
+    # -- protocol ---------------------------------------------------------------
+    @property
+    def metadata(self) -> ModelMeta:
+        return self.meta
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        """(N, 3, H, W); N is -1 for a dynamic batch."""
+        h, w = self.meta.input_size
+        return (-1, 3, h, w)
+
+    @property
+    def precision(self) -> str:
+        return self.meta.precision
+
+    def __enter__(self) -> "Runner":
+        self.activate()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.deactivate()
+
+    def activate(self) -> None:
+        if not self._active:
+            self._activate_impl()
+            self._active = True
+
+    def deactivate(self) -> None:
+        if self._active:
+            self._deactivate_impl()
+            self._active = False
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """float32 (N, 3, H, W) preprocessed batch → (N, K) logits (K per ``meta.output``)."""
+        if not self._active:
+            self.activate()
+        batch = self.check_input(batch)
+        out = self._infer_impl(batch)
+        return np.asarray(out, dtype=np.float32)
+
+    # -- input checks in one place ----------------------------------------------------
+    def check_input(self, batch: np.ndarray) -> np.ndarray:
+        if not isinstance(batch, np.ndarray):
+            raise UsageError(f"infer() takes a numpy array, got {type(batch).__name__}")
+        _, c, h, w = self.input_shape
+        if batch.ndim != 4:
+            raise UsageError(
+                f"input has rank {batch.ndim} (shape {batch.shape}); expected (N, {c}, {h}, {w}) — "
+                "add a batch axis or run edgeskd.runtime.preprocess first"
+            )
+        if batch.shape[1:] != (c, h, w):
+            raise UsageError(f"input shape {batch.shape} does not match the model's (N, {c}, {h}, {w})")
+        if batch.shape[0] < 1:
+            raise UsageError("input batch is empty")
+        if self.max_batch is not None and batch.shape[0] > self.max_batch:
+            raise UsageError(f"batch {batch.shape[0]} exceeds this artifact's max batch {self.max_batch}")
+        if batch.dtype != np.float32:
+            if not np.issubdtype(batch.dtype, np.floating):
+                raise UsageError(f"input dtype {batch.dtype} must be float32 (preprocess uint8 frames first)")
+            batch = batch.astype(np.float32)
+        return np.ascontiguousarray(batch)
+
+    # -- backend hooks -------------------------------------------------------------------
+    def _activate_impl(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+    def _deactivate_impl(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+    @abc.abstractmethod
+    def _infer_impl(self, batch: np.ndarray) -> np.ndarray: ...

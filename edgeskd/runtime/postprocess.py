@@ -1,0 +1,39 @@
+"""Logits → probabilities, torch-free. Class logit = logsumexp over the class's subclass block."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _logsumexp(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    m = np.max(x, axis=axis, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    return np.squeeze(m, axis) + np.log(np.sum(np.exp(x - m), axis=axis))
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    z = x - np.max(x, axis=axis, keepdims=True)
+    e = np.exp(z)
+    return e / np.sum(e, axis=axis, keepdims=True)
+
+
+def subclass_to_class_logits(sub_logits: np.ndarray, subclass_to_class: list[int] | np.ndarray) -> np.ndarray:
+    """(N, S) subclass logits → (N, C) class logits (logsumexp within each class block)."""
+    idx = np.asarray(subclass_to_class)
+    C = int(idx.max()) + 1
+    x = np.asarray(sub_logits, dtype=np.float64)
+    return np.stack([_logsumexp(x[:, idx == c], axis=1) for c in range(C)], axis=1).astype(np.float32)
+
+
+def class_probabilities(logits: np.ndarray, meta) -> np.ndarray:
+    """(N, C) class probabilities from a model's raw output, whichever kind it emits."""
+    if meta.output == "subclass_logits":
+        logits = subclass_to_class_logits(logits, meta.subclass_to_class)
+    return softmax(np.asarray(logits, dtype=np.float32), axis=1)
+
+
+def subclass_probabilities(logits: np.ndarray, meta) -> np.ndarray | None:
+    """(N, S) subclass probabilities, or None for a class-logit model."""
+    if meta.output != "subclass_logits":
+        return None
+    return softmax(np.asarray(logits, dtype=np.float32), axis=1)
