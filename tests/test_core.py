@@ -125,3 +125,23 @@ def test_runner_input_checks():
                     np.zeros((5, 3, 32, 32), np.float32), np.zeros((1, 3, 32, 32), np.uint8)]:
             with pytest.raises(UsageError):
                 r.infer(bad)
+
+
+def test_checkpoint_roundtrip_and_rejects_foreign(tmp_path):
+    torch = pytest.importorskip("torch")
+    from edgeskd.models import create_model
+    from edgeskd.models.checkpoint import model_from_checkpoint, save_checkpoint
+
+    meta = _meta(arch="tiny_cnn", model_name="student-skd")
+    model = create_model("tiny_cnn", meta.num_outputs).eval()
+    p = save_checkpoint(tmp_path / "s.pt", model, meta, config={"lr": 0.1}, metrics={"f1": 50.0}, epoch=3)
+    back, m2, ckpt = model_from_checkpoint(p)
+    assert m2.to_dict() == meta.to_dict() and ckpt["epoch"] == 3
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), model(x))
+    torch.save({"state_dict": {}}, tmp_path / "foreign.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a zip")
+    for bad in ("foreign.pt", "junk.pt", "missing.pt"):
+        with pytest.raises(ArtifactError):
+            model_from_checkpoint(tmp_path / bad)

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from edgeskd import __version__
-from edgeskd.cli import bench, build_engine, export, info, quickstart, stream, synth, train
+from edgeskd.cli import bench, build_engine, export, info, quickstart, stream, synth, synth_video, train
 
 app = typer.Typer(
     name="edgeskd",
@@ -35,7 +35,7 @@ def _root(
 
 
 app.command("synth")(synth.synth)
-app.command("synth-video")(synth.synth_video)
+app.command("synth-video")(synth_video.synth_video)
 app.command("info")(info.info)
 app.command("train")(train.train)
 app.command("export")(export.export)

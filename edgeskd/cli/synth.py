@@ -12,7 +12,3 @@ def synth() -> None:
     raise NotAvailableYet("`edgeskd synth` is not available yet in this version")
 
 
-@cli_command
-def synth_video() -> None:
-    """Not available yet."""
-    raise NotAvailableYet("`edgeskd synth-video` is not available yet in this version")
