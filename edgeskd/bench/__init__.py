@@ -1,0 +1,1 @@
+"""`edgeskd bench`: accuracy and speed of every artifact, side by side."""

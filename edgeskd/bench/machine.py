@@ -1,0 +1,96 @@
+"""What the numbers were measured on: CPU, cores, GPU, library versions, and a measured GEMM peak."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import time
+from typing import Any
+
+import numpy as np
+
+_LIBS = ("numpy", "onnxruntime", "onnx", "torch", "torchvision", "tensorrt", "av", "cuda-python", "cuda-bindings")
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> list[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return sorted(flags & {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "fma"})
+    except OSError:
+        pass
+    return []
+
+
+def gpu_name() -> str | None:
+    try:
+        import torch  # optional
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    i = torch.cuda.current_device()
+    cc = torch.cuda.get_device_capability(i)
+    return f"{torch.cuda.get_device_name(i)} (sm_{cc[0]}{cc[1]})"
+
+
+def library_versions() -> dict[str, str]:
+    out = {}
+    for name in _LIBS:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def gemm_peak_gflops(threads: int, n: int = 1024, repeats: int = 5) -> float:
+    """Measured float32 GEMM throughput (numpy BLAS, ``threads`` threads): the CPU 'roofline' here."""
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    b = np.random.default_rng(1).standard_normal((n, n), dtype=np.float32)
+
+    def run() -> float:
+        a @ b  # warm
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter_ns()
+            a @ b
+            best = min(best, (time.perf_counter_ns() - t0) / 1e9)
+        return 2.0 * n**3 / best / 1e9
+
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return run()
+    with threadpool_limits(limits=threads):
+        return run()
+
+
+def machine_info(threads: int, *, measure_peak: bool = True) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "cpu": cpu_model(),
+        "cpu_flags": cpu_flags(),
+        "cores": os.cpu_count(),
+        "threads": threads,
+        "gpu": gpu_name(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "libraries": library_versions(),
+    }
+    if measure_peak:
+        info["gemm_peak_gflops"] = round(gemm_peak_gflops(threads), 2)
+    return info
