@@ -1,0 +1,153 @@
+"""Torch-free runtime: format table, OnnxRuntimeRunner (metadata, overrides, input checks), loader,
+metrics."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgeskd.errors import ArtifactError, UsageError
+from edgeskd.meta import ModelMeta
+from edgeskd.runtime.formats import FORMATS, Format, detect_format
+from edgeskd.runtime.loader import load_runner
+from edgeskd.runtime.onnxrt import OnnxRuntimeRunner
+
+
+def _meta(**kw):
+    d = dict(class_names=["hp", "ssa"], subclass_names=["a", "b", "c", "d", "e"],
+             subclass_to_class=[0, 0, 1, 1, 1], input_size=(16, 16), arch="tiny", output="subclass_logits")
+    d.update(kw)
+    return ModelMeta(**d)
+
+
+def make_onnx(k=5, hw=(16, 16), batch="N", out_name="subclass_logits", meta: ModelMeta | None = None, seed=0):
+    """A small Conv → ReLU → GAP → Gemm ONNX, built with onnx.helper (no torch)."""
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(8, 3, 3, 3)).astype(np.float32)
+    fc = rng.normal(size=(k, 8)).astype(np.float32)
+    b = rng.normal(size=(k,)).astype(np.float32)
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["input", "w"], ["c"], pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["c"], ["r"]),
+         helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+         helper.make_node("Flatten", ["p"], ["f"]),
+         helper.make_node("Gemm", ["f", "fc", "b"], [out_name], transB=1)],
+        "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, *hw])],
+        [helper.make_tensor_value_info(out_name, TensorProto.FLOAT, [batch, k])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(fc, "fc"), numpy_helper.from_array(b, "b")],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    if meta is not None:
+        helper.set_model_props(m, meta.to_props())
+    onnx.checker.check_model(m, full_check=True)
+    return m
+
+
+def _reference(m: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    from onnx.reference import ReferenceEvaluator
+
+    return ReferenceEvaluator(m).run(None, {"input": x})[0]
+
+
+def test_format_table_and_detection(tmp_path):
+    assert detect_format("a/model.int8.qdq.onnx") is Format.onnx
+    assert detect_format("m.engine") is Format.tensorrt and detect_format("m.plan") is Format.tensorrt
+    assert detect_format("student-skd.pt") is Format.torch
+    assert FORMATS[Format.onnx].cpu and not FORMATS[Format.tensorrt].cpu
+    odd = tmp_path / "model.bin"
+    from edgeskd.runtime.formats import ENGINE_MAGIC
+
+    odd.write_bytes(ENGINE_MAGIC + b"rest")
+    assert detect_format(odd) is Format.tensorrt
+    (tmp_path / "x.txt").write_text("hi")
+    with pytest.raises(ArtifactError, match="cannot tell the format"):
+        detect_format(tmp_path / "x.txt")
+
+
+def test_onnxrt_runner_reads_metadata_and_matches_reference(tmp_path):
+    meta = _meta()
+    m = make_onnx(meta=meta)
+    path = tmp_path / "m.onnx"
+    onnx.save(m, path)
+    x = np.random.default_rng(1).normal(size=(3, 3, 16, 16)).astype(np.float32)
+    with load_runner(path, threads=1) as r:
+        assert isinstance(r, OnnxRuntimeRunner)
+        assert r.metadata.to_dict() == meta.to_dict()
+        assert r.input_shape == (-1, 3, 16, 16)
+        y = r.infer(x)
+    assert y.shape == (3, 5) and y.dtype == np.float32
+    np.testing.assert_allclose(y, _reference(m, x), rtol=1e-5, atol=1e-5)
+    # bytes in, same answer
+    y2 = OnnxRuntimeRunner(m.SerializeToString(), threads=1).infer(x)
+    np.testing.assert_array_equal(y, y2)
+
+
+def test_onnxrt_runner_missing_metadata_named_and_overridable(tmp_path):
+    path = tmp_path / "foreign.onnx"
+    onnx.save(make_onnx(k=2, out_name="logits", batch="N"), path)
+    with pytest.raises(ArtifactError, match="class_names") as ei:
+        OnnxRuntimeRunner(path)
+    assert "--classes" in str(ei.value)
+    # static 16x16 input → input_size comes from the graph; classes from the user.
+    r = OnnxRuntimeRunner(path, meta_overrides={"class_names": ["neg", "pos"]})
+    assert r.meta.output == "class_logits" and r.meta.input_size == (16, 16)
+    assert r.meta.subclass_to_class == [0, 1]
+    # wrong class count for the output width → one-line error
+    with pytest.raises(ArtifactError, match="outputs 2 values"):
+        OnnxRuntimeRunner(path, meta_overrides={"class_names": ["a", "b", "c"]})
+
+
+def test_onnxrt_runner_input_checks(tmp_path):
+    path = tmp_path / "m.onnx"
+    onnx.save(make_onnx(meta=_meta()), path)
+    r = OnnxRuntimeRunner(path)
+    with pytest.raises(UsageError, match="rank 3"):
+        r.infer(np.zeros((3, 16, 16), np.float32))
+    with pytest.raises(UsageError, match="does not match"):
+        r.infer(np.zeros((1, 3, 32, 32), np.float32))
+    with pytest.raises(UsageError, match="uint8"):
+        r.infer(np.zeros((1, 3, 16, 16), np.uint8))
+    with pytest.raises(UsageError, match="numpy"):
+        r.infer([[0.0]])
+    # float64 is accepted and converted
+    assert r.infer(np.zeros((2, 3, 16, 16), np.float64)).shape == (2, 5)
+
+
+def test_static_batch_model_runs_any_batch(tmp_path):
+    meta = _meta()
+    m = make_onnx(meta=meta, batch=4)
+    path = tmp_path / "b4.onnx"
+    onnx.save(m, path)
+    r = OnnxRuntimeRunner(path)
+    assert r.input_shape == (4, 3, 16, 16)
+    x = np.random.default_rng(2).normal(size=(6, 3, 16, 16)).astype(np.float32)
+    y = r.infer(x)
+    ref = np.concatenate([_reference(m, x[:4]), _reference(m, np.concatenate([x[4:], np.zeros_like(x[:2])]))[:2]])
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_corrupt_and_missing_files(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not an onnx file")
+    with pytest.raises(ArtifactError, match="cannot load"):
+        load_runner(bad)
+    with pytest.raises(ArtifactError, match="does not exist"):
+        load_runner(tmp_path / "nope.onnx")
+
+
+def test_runtime_imports_without_torch():
+    code = (
+        "import sys; import edgeskd.runtime.onnxrt, edgeskd.runtime.loader, edgeskd.runtime.formats,"
+        " edgeskd.runtime.metrics, edgeskd.runtime.engine_file, edgeskd.runtime.tensorrt_runner,"
+        " edgeskd.runtime.cuda_binding, edgeskd.runtime.evaluate;"
+        "bad=[m for m in ('torch','tensorrt','pycuda','cuda','sklearn') if m in sys.modules];"
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
