@@ -1,0 +1,267 @@
+"""A small CUDA adapter: device buffers, pinned host arrays, async copies, streams.
+
+Two bindings behind one interface (DESIGN.md §5): **cuda-python** (``cuda.bindings.runtime``, the
+default; wheels only, no nvcc) and **pycuda** (where it is installed). The TensorRT runner and the
+CUDA preprocessing use only what is here::
+
+    cu = get_binding()                      # "auto" | "cuda-python" | "pycuda"
+    stream = cu.stream_create()
+    buf = cu.malloc(nbytes)                 # DeviceBuffer: .ptr (int device pointer), .nbytes, .free()
+    host = cu.host_empty((8, 5), np.float32)   # page-locked numpy array
+    cu.memcpy_htod_async(buf.ptr, array, stream)
+    cu.memcpy_dtoh_async(host, buf.ptr, stream)
+    cu.stream_synchronize(stream)
+    stream.handle                           # int cudaStream_t, e.g. for execute_async_v3
+
+Both bindings work in the device's primary context, which is the one TensorRT and the CUDA runtime
+use, so pointers and streams can be shared between them. Nothing is imported until a binding is
+asked for; without a GPU, ``get_binding()`` raises BackendUnavailable saying what is missing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import weakref
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from edgeskd.errors import BackendUnavailable
+
+BINDINGS = ("cuda-python", "pycuda")
+
+
+@dataclass
+class CudaStream:
+    handle: int                 # the cudaStream_t as an integer
+    raw: Any                    # the binding's own object (kept alive)
+
+
+class DeviceBuffer:
+    """A device allocation; ``ptr`` is the integer device pointer. Free it, or use ``with``."""
+
+    def __init__(self, ptr: int, nbytes: int, release: Callable[[], None], keep: Any = None) -> None:
+        self.ptr = int(ptr)
+        self.nbytes = int(nbytes)
+        self._release: Callable[[], None] | None = release
+        self._keep = keep
+
+    def free(self) -> None:
+        if self._release is not None:
+            rel, self._release = self._release, None
+            rel()
+            self._keep = None
+
+    def __enter__(self) -> "DeviceBuffer":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.free()
+
+    def __int__(self) -> int:
+        return self.ptr
+
+
+def _check_host(arr: np.ndarray) -> np.ndarray:
+    if not isinstance(arr, np.ndarray) or not arr.flags.c_contiguous:
+        raise ValueError("host arrays for CUDA copies must be C-contiguous numpy arrays")
+    return arr
+
+
+class CudaBinding:
+    """The interface; see the module docstring."""
+
+    name = "?"
+
+    def device_count(self) -> int: ...
+    def compute_capability(self, device: int = 0) -> tuple[int, int]: ...
+    def device_name(self, device: int = 0) -> str: ...
+    def malloc(self, nbytes: int) -> DeviceBuffer: ...
+    def host_empty(self, shape: Any, dtype: Any = np.float32) -> np.ndarray: ...
+    def memcpy_htod_async(self, dst_ptr: int, src: np.ndarray, stream: CudaStream) -> None: ...
+    def memcpy_dtoh_async(self, dst: np.ndarray, src_ptr: int, stream: CudaStream) -> None: ...
+    def memcpy_dtod_async(self, dst_ptr: int, src_ptr: int, nbytes: int, stream: CudaStream) -> None: ...
+    def stream_create(self) -> CudaStream: ...
+    def stream_synchronize(self, stream: CudaStream) -> None: ...
+    def stream_destroy(self, stream: CudaStream) -> None: ...
+
+
+# -- cuda-python ---------------------------------------------------------------------------
+class CudaPythonBinding(CudaBinding):
+    name = "cuda-python"
+
+    def __init__(self, device: int = 0) -> None:
+        try:
+            from cuda.bindings import runtime as rt
+        except ImportError:
+            try:  # cuda-python < 12.6 layout
+                from cuda import cudart as rt  # type: ignore[no-redef]
+            except ImportError:
+                raise BackendUnavailable("cuda-python is not installed; pip install 'edgeskd[gpu]'") from None
+        self.rt = rt
+        err, n = rt.cudaGetDeviceCount()
+        if err != rt.cudaError_t.cudaSuccess or n < 1:
+            raise BackendUnavailable(f"no usable CUDA device ({self._err_name(err)}); needs an NVIDIA GPU and driver")
+        if device >= n:
+            raise BackendUnavailable(f"CUDA device {device} does not exist ({n} present)")
+        self._ok(rt.cudaSetDevice(device), "cudaSetDevice")
+        self.device = device
+
+    def _err_name(self, err: Any) -> str:
+        return getattr(err, "name", str(err))
+
+    def _ok(self, result: Any, what: str) -> Any:
+        """cuda-python returns (err, *values); raise on error, return the value(s)."""
+        err, *vals = result if isinstance(result, tuple) else (result,)
+        if err != self.rt.cudaError_t.cudaSuccess:
+            raise RuntimeError(f"{what} failed: {self._err_name(err)}")
+        return vals[0] if len(vals) == 1 else (tuple(vals) if vals else None)
+
+    def device_count(self) -> int:
+        return int(self._ok(self.rt.cudaGetDeviceCount(), "cudaGetDeviceCount"))
+
+    def compute_capability(self, device: int = 0) -> tuple[int, int]:
+        A = self.rt.cudaDeviceAttr
+        major = self._ok(self.rt.cudaDeviceGetAttribute(A.cudaDevAttrComputeCapabilityMajor, device), "attr")
+        minor = self._ok(self.rt.cudaDeviceGetAttribute(A.cudaDevAttrComputeCapabilityMinor, device), "attr")
+        return int(major), int(minor)
+
+    def device_name(self, device: int = 0) -> str:
+        props = self._ok(self.rt.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
+        name = props.name
+        return name.split(b"\x00")[0].decode() if isinstance(name, bytes) else str(name)
+
+    def malloc(self, nbytes: int) -> DeviceBuffer:
+        ptr = self._ok(self.rt.cudaMalloc(max(int(nbytes), 1)), "cudaMalloc")
+        return DeviceBuffer(int(ptr), nbytes, lambda: self._ok(self.rt.cudaFree(ptr), "cudaFree"))
+
+    def host_empty(self, shape: Any, dtype: Any = np.float32) -> np.ndarray:
+        """Page-locked numpy array; the pinned memory is freed when the last view of it dies."""
+        dt = np.dtype(dtype)
+        n = max(int(np.prod(shape)) * dt.itemsize, 1)
+        ptr = int(self._ok(self.rt.cudaMallocHost(n), "cudaMallocHost"))
+        raw = (ctypes.c_byte * n).from_address(ptr)
+        weakref.finalize(raw, self.rt.cudaFreeHost, ptr)
+        return np.frombuffer(raw, dtype=np.uint8)[: int(np.prod(shape)) * dt.itemsize].view(dt).reshape(shape)
+
+    def memcpy_htod_async(self, dst_ptr: int, src: np.ndarray, stream: CudaStream) -> None:
+        src = _check_host(src)
+        self._ok(self.rt.cudaMemcpyAsync(int(dst_ptr), src.ctypes.data, src.nbytes,
+                                         self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice, stream.raw), "memcpy H2D")
+
+    def memcpy_dtoh_async(self, dst: np.ndarray, src_ptr: int, stream: CudaStream) -> None:
+        dst = _check_host(dst)
+        self._ok(self.rt.cudaMemcpyAsync(dst.ctypes.data, int(src_ptr), dst.nbytes,
+                                         self.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost, stream.raw), "memcpy D2H")
+
+    def memcpy_dtod_async(self, dst_ptr: int, src_ptr: int, nbytes: int, stream: CudaStream) -> None:
+        self._ok(self.rt.cudaMemcpyAsync(int(dst_ptr), int(src_ptr), int(nbytes),
+                                         self.rt.cudaMemcpyKind.cudaMemcpyDeviceToDevice, stream.raw), "memcpy D2D")
+
+    def stream_create(self) -> CudaStream:
+        s = self._ok(self.rt.cudaStreamCreate(), "cudaStreamCreate")
+        return CudaStream(int(s), s)
+
+    def stream_synchronize(self, stream: CudaStream) -> None:
+        self._ok(self.rt.cudaStreamSynchronize(stream.raw), "cudaStreamSynchronize")
+
+    def stream_destroy(self, stream: CudaStream) -> None:
+        self._ok(self.rt.cudaStreamDestroy(stream.raw), "cudaStreamDestroy")
+
+
+# -- pycuda -----------------------------------------------------------------------------------
+class PyCudaBinding(CudaBinding):
+    name = "pycuda"
+
+    def __init__(self, device: int = 0) -> None:
+        try:
+            import pycuda.driver as cuda
+        except ImportError:
+            raise BackendUnavailable("pycuda is not installed; pip install 'edgeskd[pycuda]' (needs nvcc)") from None
+        self.cuda = cuda
+        try:
+            cuda.init()
+            n = cuda.Device.count()
+        except cuda.Error as e:
+            raise BackendUnavailable(f"no usable CUDA device ({e}); needs an NVIDIA GPU and driver") from None
+        if n < 1 or device >= n:
+            raise BackendUnavailable(f"CUDA device {device} does not exist ({n} present)")
+        self.dev = cuda.Device(device)
+        # The primary context is the one the CUDA runtime (and TensorRT) use.
+        self.ctx = self.dev.retain_primary_context()
+        self.ctx.push()
+        self.device = device
+
+    def device_count(self) -> int:
+        return int(self.cuda.Device.count())
+
+    def compute_capability(self, device: int = 0) -> tuple[int, int]:
+        major, minor = self.cuda.Device(device).compute_capability()
+        return int(major), int(minor)
+
+    def device_name(self, device: int = 0) -> str:
+        return str(self.cuda.Device(device).name())
+
+    def malloc(self, nbytes: int) -> DeviceBuffer:
+        alloc = self.cuda.mem_alloc(max(int(nbytes), 1))
+        return DeviceBuffer(int(alloc), nbytes, alloc.free, keep=alloc)
+
+    def host_empty(self, shape: Any, dtype: Any = np.float32) -> np.ndarray:
+        return self.cuda.pagelocked_empty(shape, dtype)
+
+    def memcpy_htod_async(self, dst_ptr: int, src: np.ndarray, stream: CudaStream) -> None:
+        self.cuda.memcpy_htod_async(int(dst_ptr), _check_host(src), stream.raw)
+
+    def memcpy_dtoh_async(self, dst: np.ndarray, src_ptr: int, stream: CudaStream) -> None:
+        self.cuda.memcpy_dtoh_async(_check_host(dst), int(src_ptr), stream.raw)
+
+    def memcpy_dtod_async(self, dst_ptr: int, src_ptr: int, nbytes: int, stream: CudaStream) -> None:
+        self.cuda.memcpy_dtod_async(int(dst_ptr), int(src_ptr), int(nbytes), stream.raw)
+
+    def stream_create(self) -> CudaStream:
+        s = self.cuda.Stream()
+        return CudaStream(int(s.handle), s)
+
+    def stream_synchronize(self, stream: CudaStream) -> None:
+        stream.raw.synchronize()
+
+    def stream_destroy(self, stream: CudaStream) -> None:
+        stream.raw = None
+
+
+_CACHE: dict[tuple[str, int], CudaBinding] = {}
+
+
+def available_bindings() -> list[str]:
+    """Bindings whose Python package is importable here (says nothing about a GPU)."""
+    import importlib.util
+
+    out = []
+    if importlib.util.find_spec("cuda") is not None and (
+        importlib.util.find_spec("cuda.bindings") is not None or importlib.util.find_spec("cuda.cudart") is not None
+    ):
+        out.append("cuda-python")
+    if importlib.util.find_spec("pycuda") is not None:
+        out.append("pycuda")
+    return out
+
+
+def get_binding(name: str = "auto", device: int = 0) -> CudaBinding:
+    """The CUDA adapter: ``auto`` = cuda-python if installed, else pycuda. Cached per process."""
+    if name not in ("auto", *BINDINGS):
+        raise ValueError(f"unknown CUDA binding {name!r}; use auto, cuda-python or pycuda")
+    names = [name] if name != "auto" else (available_bindings() or ["cuda-python"])
+    errors = []
+    for n in names:
+        key = (n, device)
+        if key in _CACHE:
+            return _CACHE[key]
+        try:
+            b: CudaBinding = CudaPythonBinding(device) if n == "cuda-python" else PyCudaBinding(device)
+        except BackendUnavailable as e:
+            errors.append(str(e))
+            continue
+        _CACHE[key] = b
+        return b
+    raise BackendUnavailable("; ".join(errors))

@@ -1,0 +1,186 @@
+"""TensorRT backend: an edgeskd engine file (JSON header + plan) run with name-based I/O on one
+CUDA stream, device buffers through ``cuda_binding`` (cuda-python, or pycuda).
+
+Per call: ``set_input_shape`` → async H2D copy → ``execute_async_v3`` → async D2H copy → one
+stream sync. Buffers are allocated once for the engine's max batch and bound with
+``set_tensor_address``. For zero-copy callers (the CUDA preprocessing writes straight into the
+input buffer): ``runner.input_buffer``, ``runner.stream`` and ``runner.infer_device(n)``.
+
+An engine built for another TensorRT version or GPU architecture is refused before
+deserialization, with the command that rebuilds it.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from edgeskd.errors import ArtifactError, BackendUnavailable, UsageError
+from edgeskd.runtime.base import Runner
+from edgeskd.runtime.engine_file import check_compatible, read_engine
+
+# Every TensorRT name this module and the builder (edgeskd/export/tensorrt_build.py) use, by
+# TensorRT major version. tests/test_trt_api.py checks (a) that the source uses no TensorRT
+# attribute missing from this table and (b) that each name exists in that version's tensorrt.so.
+TRT_API: dict[str, tuple[str, ...]] = {
+    "common": (
+        # module level
+        "__version__", "Logger", "ILogger", "Builder", "Runtime", "OnnxParser", "nptype",
+        "NetworkDefinitionCreationFlag", "MemoryPoolType", "WORKSPACE", "TensorIOMode", "INPUT",
+        "Severity", "ERROR", "WARNING", "INTERNAL_ERROR", "VERBOSE", "INFO",
+        # builder / network / parser
+        "create_network", "create_builder_config", "create_optimization_profile",
+        "build_serialized_network", "num_inputs", "num_outputs", "get_input", "get_output",
+        "name", "shape", "parse", "num_errors", "get_error", "desc", "node", "code",
+        # builder config
+        "set_memory_pool_limit", "add_optimization_profile", "set_shape", "create_timing_cache",
+        "set_timing_cache", "get_timing_cache", "serialize",
+        # runtime / engine / context
+        "deserialize_cuda_engine", "num_io_tensors", "get_tensor_name", "get_tensor_mode",
+        "get_tensor_dtype", "get_tensor_shape", "get_tensor_profile_shape", "create_execution_context",
+        "set_input_shape", "set_tensor_address", "execute_async_v3",
+    ),
+    # TRT 10: strongly typed networks are opt-in; FP16 by builder flag on a weakly typed network.
+    "10": ("STRONGLY_TYPED", "BuilderFlag", "FP16", "set_flag"),
+    # TRT 11: always strongly typed (FP16 comes from an FP16 ONNX); no version-only names.
+    "11": (),
+}
+
+
+def trt_major(trt: Any) -> int:
+    return int(str(trt.__version__).split(".")[0])
+
+
+def import_tensorrt() -> Any:
+    """``import tensorrt`` or a BackendUnavailable that says what is missing."""
+    try:
+        import tensorrt as trt
+    except ImportError:
+        raise BackendUnavailable(
+            "TensorRT is not installed (import tensorrt failed); on a machine with an NVIDIA GPU install "
+            "TensorRT 10.x/11.x (JetPack 6 ships 10.3) and cuda-python, or use --backend onnxruntime"
+        ) from None
+    except OSError as e:  # the stub wheel or missing libnvinfer
+        raise BackendUnavailable(f"TensorRT is installed but cannot load its libraries ({e}); "
+                                 "reinstall TensorRT or use --backend onnxruntime") from None
+    major = trt_major(trt)
+    if major not in (10, 11):
+        raise BackendUnavailable(f"TensorRT {trt.__version__} is not supported; edgeskd needs TensorRT 10.x or 11.x")
+    return trt
+
+
+def make_logger(trt: Any, min_severity: str = "WARNING") -> Any:
+    """A trt.ILogger that keeps the messages, so parser/builder errors can be reported."""
+
+    class _Logger(trt.ILogger):  # type: ignore[misc, name-defined]
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+            self.messages: list[tuple[Any, str]] = []
+            order = [trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.ERROR,
+                     trt.ILogger.Severity.WARNING, trt.ILogger.Severity.INFO, trt.ILogger.Severity.VERBOSE]
+            self._keep = set(order[: order.index(getattr(trt.ILogger.Severity, min_severity)) + 1])
+            self._errors = {trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.ERROR}
+
+        def log(self, severity: Any, msg: str) -> None:
+            if severity in self._keep:
+                self.messages.append((severity, msg))
+
+        def errors(self) -> list[str]:
+            return [m for s, m in self.messages if s in self._errors]
+
+    return _Logger()
+
+
+class TensorRTRunner(Runner):
+    backend = "tensorrt"
+
+    def __init__(self, path: str | os.PathLike, *, binding: str = "auto", device: int = 0) -> None:
+        self.path = str(path)
+        header, self._plan = read_engine(path)          # header problems are reported first
+        self.header = header
+        self.trt = import_tensorrt()
+        from edgeskd.runtime.cuda_binding import get_binding
+
+        self.cu = get_binding(binding, device)
+        check_compatible(header, trt_version=self.trt.__version__,
+                         compute_capability=self.cu.compute_capability(device), source=self.path)
+        super().__init__(header.meta, max_batch=header.max_batch)
+        self.min_batch = header.min_batch
+        self._buffers: list[Any] = []
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def _activate_impl(self) -> None:
+        trt = self.trt
+        self._logger = make_logger(trt)
+        self._runtime = trt.Runtime(self._logger)
+        engine = self._runtime.deserialize_cuda_engine(self._plan)
+        if engine is None:
+            errs = "; ".join(self._logger.errors()[-2:]) or "no details from TensorRT"
+            raise ArtifactError(f"TensorRT cannot deserialize {self.path} ({errs}); rebuild it with edgeskd build-engine")
+        self.engine = engine
+        self.context = engine.create_execution_context()
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        outputs = [n for n in names if n not in inputs]
+        if len(inputs) != 1 or not outputs:
+            raise ArtifactError(f"{self.path}: expected 1 input and an output, found {inputs} / {outputs}")
+        self.input_name = inputs[0]
+        self.output_name = self.header.output_name if self.header.output_name in outputs else outputs[0]
+        self.in_dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(self.input_name)))
+        self.out_dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(self.output_name)))
+        h, w = self.meta.input_size
+        k = self.meta.num_outputs
+        mb = int(self.max_batch or 1)
+        self.stream = self.cu.stream_create()
+        self.input_buffer = self.cu.malloc(mb * 3 * h * w * self.in_dtype.itemsize)
+        self.output_buffer = self.cu.malloc(mb * k * self.out_dtype.itemsize)
+        self._buffers = [self.input_buffer, self.output_buffer]
+        self._host_in = self.cu.host_empty((mb, 3, h, w), self.in_dtype)
+        self._host_out = self.cu.host_empty((mb, k), self.out_dtype)
+        self.context.set_tensor_address(self.input_name, self.input_buffer.ptr)
+        self.context.set_tensor_address(self.output_name, self.output_buffer.ptr)
+        for n in outputs:
+            if n != self.output_name:   # bind any extra outputs to scratch memory
+                shape = tuple(max(int(d), 1) if int(d) >= 0 else mb for d in engine.get_tensor_shape(n))
+                dt = np.dtype(trt.nptype(engine.get_tensor_dtype(n)))
+                buf = self.cu.malloc(int(np.prod(shape)) * dt.itemsize)
+                self._buffers.append(buf)
+                self.context.set_tensor_address(n, buf.ptr)
+
+    def _deactivate_impl(self) -> None:
+        for b in self._buffers:
+            b.free()
+        self._buffers = []
+        if getattr(self, "stream", None) is not None:
+            self.cu.stream_destroy(self.stream)
+            self.stream = None
+        self.context = None
+        self.engine = None
+        self._runtime = None
+
+    # -- inference ------------------------------------------------------------------------------
+    def _infer_impl(self, batch: np.ndarray) -> np.ndarray:
+        n = batch.shape[0]
+        if n < self.min_batch:
+            raise UsageError(f"batch {n} is below this engine's minimum batch {self.min_batch}")
+        host_in = self._host_in[:n]
+        np.copyto(host_in, batch, casting="same_kind" if self.in_dtype == batch.dtype else "unsafe")
+        self.cu.memcpy_htod_async(self.input_buffer.ptr, host_in, self.stream)
+        return self.infer_device(n)
+
+    def infer_device(self, n: int) -> np.ndarray:
+        """Run on an input already in ``input_buffer`` (written on ``stream``); returns (n, K) logits."""
+        if not 1 <= n <= int(self.max_batch or 1):
+            raise UsageError(f"batch {n} is outside this engine's range {self.min_batch}..{self.max_batch}")
+        h, w = self.meta.input_size
+        if not self.context.set_input_shape(self.input_name, (n, 3, h, w)):
+            raise UsageError(f"TensorRT refused input shape {(n, 3, h, w)} for {self.input_name}")
+        if not self.context.execute_async_v3(self.stream.handle):
+            errs = "; ".join(self._logger.errors()[-2:]) or "no details"
+            raise RuntimeError(f"TensorRT execution failed ({errs})")
+        host_out = self._host_out[:n]
+        self.cu.memcpy_dtoh_async(host_out, self.output_buffer.ptr, self.stream)
+        self.cu.stream_synchronize(self.stream)
+        return host_out.astype(np.float32, copy=True)
