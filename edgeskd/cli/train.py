@@ -1,12 +1,138 @@
-"""`edgeskd train` — not available yet (filled in by its issue)."""
+"""`edgeskd train` — teacher on subclasses, then plain / KD / SKD students; report in OUT/.
+
+Thin wrapper: options → ``resolve_config`` (defaults < --preset < --config FILE < flags) →
+``edgeskd.distill.train.run_training``. Under ``torchrun --nproc-per-node N -m edgeskd train ...``
+the same command trains with DDP.
+"""
 
 from __future__ import annotations
 
-from edgeskd.cli.common import cli_command
-from edgeskd.errors import NotAvailableYet
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from edgeskd.cli.common import DataOpt, FormatOpt, cli_command, console
+
+_T = "Training"
+_M = "Models"
+_R = "Run"
+
+
+class Preset(str, Enum):
+    default = "default"
+    fast = "fast"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
 
 
 @cli_command
-def train() -> None:
-    """Not available yet."""
-    raise NotAvailableYet("`edgeskd train` is not available yet in this version")
+def train(
+    data: DataOpt = None,
+    format: FormatOpt = None,  # type: ignore[assignment]
+    preset: Annotated[Optional[Preset], typer.Option(
+        help="Settings bundle: 'fast' = the quickstart's few-minute CPU run; 'default' = the full recipe.",
+        rich_help_panel=_R)] = None,
+    config: Annotated[Optional[Path], typer.Option(
+        "--config", help="YAML or TOML file with the same keys as these options; flags win.",
+        rich_help_panel=_R)] = None,
+    teacher: Annotated[Optional[str], typer.Option(
+        help="Teacher model (resnet18, resnet50, efficientnet_b0). [default: resnet18]", rich_help_panel=_M)] = None,
+    student: Annotated[Optional[str], typer.Option(
+        help="Student model (tiny_cnn, mobilenet_v3_small). [default: tiny_cnn]", rich_help_panel=_M)] = None,
+    students: Annotated[Optional[str], typer.Option(
+        help="Student modes to train, comma-separated: none (plain CE), kd, skd. [default: none,kd,skd]",
+        rich_help_panel=_M)] = None,
+    subclasses: Annotated[Optional[str], typer.Option(
+        help="'known' (the data's subclasses) or 'invent:K' (K invented subclasses per class). [default: known]",
+        rich_help_panel=_M)] = None,
+    teacher_checkpoint: Annotated[Optional[Path], typer.Option(
+        help="Reuse a trained teacher.pt instead of training one.", rich_help_panel=_M)] = None,
+    pretrained: Annotated[Optional[Path], typer.Option(
+        help="Local state dict for the teacher's backbone (nothing is downloaded).", rich_help_panel=_M)] = None,
+    student_pretrained: Annotated[Optional[Path], typer.Option(
+        help="Local state dict for the students' backbone.", rich_help_panel=_M)] = None,
+    img_size: Annotated[Optional[int], typer.Option(
+        help="Model input size (square). [default: 96; fast: 64]", rich_help_panel=_T)] = None,
+    epochs: Annotated[Optional[int], typer.Option(
+        help="Student epochs. [default: 30; fast: 8]", rich_help_panel=_T)] = None,
+    teacher_epochs: Annotated[Optional[int], typer.Option(
+        help="Teacher epochs. [default: 30; fast: 6]", rich_help_panel=_T)] = None,
+    batch_size: Annotated[Optional[int], typer.Option(
+        help="Batch size per process. [default: 64]", rich_help_panel=_T)] = None,
+    lr: Annotated[Optional[float], typer.Option(
+        help="Student peak learning rate (AdamW, warm-up + cosine). [default: 0.002]", rich_help_panel=_T)] = None,
+    teacher_lr: Annotated[Optional[float], typer.Option(
+        help="Teacher peak learning rate. [default: 0.001]", rich_help_panel=_T)] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help="AdamW weight decay. [default: 0.01]",
+                                                          rich_help_panel=_T)] = None,
+    temperature: Annotated[Optional[float], typer.Option(
+        help="Distillation temperature T (> 0). [default: 4]", rich_help_panel=_T)] = None,
+    alpha: Annotated[Optional[float], typer.Option(
+        help="Weight of the distillation term, in [0, 1]. [default: 0.5]", rich_help_panel=_T)] = None,
+    beta: Annotated[Optional[float], typer.Option(
+        help="Weight of the invented-subclass auxiliary loss. [default: 1]", rich_help_panel=_T)] = None,
+    aux_temperature: Annotated[Optional[float], typer.Option(
+        help="Temperature of the auxiliary loss. [default: 1]", rich_help_panel=_T)] = None,
+    augment: Annotated[Optional[bool], typer.Option(
+        "--augment/--no-augment", help="Training augmentation. [default: on]", rich_help_panel=_T)] = None,
+    synthetic_n: Annotated[Optional[int], typer.Option(
+        help="Images in the synthetic set when --data is not given. [default: 3000; fast: 1500]",
+        rich_help_panel=_T)] = None,
+    seeds: Annotated[Optional[int], typer.Option(
+        help="Number of seeds; the report gives mean ± std. [default: 1]", rich_help_panel=_R)] = None,
+    seed: Annotated[Optional[int], typer.Option(help="First seed. [default: 0]", rich_help_panel=_R)] = None,
+    device: Annotated[Optional[Device], typer.Option(help="auto, cpu or cuda. [default: auto]",
+                                                     rich_help_panel=_R)] = None,
+    amp: Annotated[Optional[bool], typer.Option(
+        "--amp/--no-amp", help="Mixed precision. [default: on for CUDA]", rich_help_panel=_R)] = None,
+    workers: Annotated[Optional[int], typer.Option(help="DataLoader workers. [default: 0]",
+                                                   rich_help_panel=_R)] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        help="Output directory. [default: runs/<timestamp>]", rich_help_panel=_R)] = None,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue the run in --out from its last finished epoch.", rich_help_panel=_R)] = False,
+    skip_bad: Annotated[bool, typer.Option(
+        "--skip-bad", help="Skip unreadable images instead of failing.", rich_help_panel=_R)] = False,
+) -> None:
+    """Train the teacher on subclasses, then the plain, KD and SKD students; write checkpoints,
+    metrics.json, report.md and plots to OUT."""
+    from edgeskd.distill.config import resolve_config
+    from edgeskd.distill.train import run_training
+
+    values = dict(
+        data=data, format=format.value if format is not None else None,
+        preset=preset.value if preset is not None else None, teacher=teacher, student=student,
+        students=students, subclasses=subclasses, teacher_checkpoint=teacher_checkpoint, pretrained=pretrained,
+        student_pretrained=student_pretrained, img_size=img_size, epochs=epochs, teacher_epochs=teacher_epochs,
+        batch_size=batch_size, lr=lr, teacher_lr=teacher_lr, weight_decay=weight_decay, temperature=temperature,
+        alpha=alpha, beta=beta, aux_temperature=aux_temperature, augment=augment, synthetic_n=synthetic_n,
+        seeds=seeds, seed=seed, device=device.value if device is not None else None, amp=amp, workers=workers,
+        out=out, resume=resume or None, skip_bad=skip_bad or None,
+    )
+    cfg = resolve_config(values, config)
+    metrics = run_training(cfg, console=console, argv=["edgeskd", *sys.argv[1:]])
+    _print_table(metrics)
+
+
+def _print_table(metrics: dict) -> None:
+    from rich.table import Table
+
+    multi = len(metrics["seeds"]) > 1
+    table = Table(title=f"test split — {metrics['dataset']['name']} (label bits "
+                        f"{metrics['dataset']['label_bits']:.3f})", title_justify="left")
+    for col in ("model", "arch", "params", "F1", "acc", "AUC"):
+        table.add_column(col, justify="left" if col in ("model", "arch") else "right")
+    for name, m in metrics["models"].items():
+        f1 = f"{m['f1']:.2f}" + (f" ± {m['f1_std']:.2f}" if multi else "")
+        auc = "—" if m["auc"] is None else f"{m['auc']:.2f}"
+        table.add_row(name, m["arch"], f"{m['params']:,}", f1, f"{m['accuracy']:.2f}", auc)
+    console.print(table)
+    console.print(f"wrote {len(metrics.get('files', []))} files to {metrics['out']} "
+                  f"in {metrics['wall_time_s']:.0f} s", highlight=False)

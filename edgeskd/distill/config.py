@@ -1,0 +1,232 @@
+"""Training configuration: one frozen-field dataclass, presets, YAML/TOML files, validation.
+
+Precedence (lowest → highest): built-in defaults → ``--preset`` → ``--config FILE`` → flags given
+on the command line. Config files use the same keys as the flags (``img-size`` or ``img_size``),
+are parsed with ``yaml.safe_load`` / ``tomllib`` (nothing executes), and unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from edgeskd.errors import UsageError
+
+STUDENT_MODES = ("none", "kd", "skd")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class TrainConfig:
+    # data
+    data: str | None = None                 # None → the embedded synthetic set
+    format: str = "auto"
+    synthetic_n: int = 3000                 # size of the synthetic set when --data is not given
+    data_seed: int = 0                      # split / synthetic-render seed (fixed across --seeds)
+    skip_bad: bool = False
+    # models
+    teacher: str = "resnet18"
+    student: str = "tiny_cnn"
+    pretrained: str | None = None           # local backbone weights for the teacher
+    student_pretrained: str | None = None   # local backbone weights for the students
+    teacher_checkpoint: str | None = None   # reuse a trained teacher (teacher.pt)
+    students: list[str] = field(default_factory=lambda: list(STUDENT_MODES))
+    subclasses: str = "known"               # known | invent:K
+    # optimisation
+    img_size: int = 96
+    epochs: int = 30                        # students
+    teacher_epochs: int = 30
+    batch_size: int = 64                    # per process (DDP: global batch = N × batch_size)
+    lr: float = 2e-3                        # students (AdamW, warm-up + cosine)
+    teacher_lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_epochs: float = 1.0
+    temperature: float = 4.0
+    alpha: float = 0.5
+    beta: float = 1.0                       # weight of the invented-subclass auxiliary loss
+    aux_temperature: float = 1.0
+    augment: bool = True
+    # run
+    seeds: int = 1
+    seed: int = 0                           # first seed; seeds are seed, seed+1, ...
+    device: str = "auto"
+    amp: bool | None = None                 # None → on for CUDA, off on CPU
+    workers: int = 0
+    out: str | None = None                  # None → runs/<timestamp>
+    resume: bool = False
+    preset: str = "default"
+    progress: bool = True
+
+    # -- derived ----------------------------------------------------------------
+    @property
+    def invent_k(self) -> int | None:
+        """K of ``invent:K``; None for known subclasses."""
+        m = re.fullmatch(r"invent:(-?\d+)", self.subclasses.strip())
+        return int(m.group(1)) if m else None
+
+    @property
+    def seed_list(self) -> list[int]:
+        return [self.seed + i for i in range(self.seeds)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    # Settings that change what a checkpoint contains: --resume refuses to mix runs that differ.
+    RESULT_KEYS = ("data", "format", "synthetic_n", "data_seed", "teacher", "student", "subclasses", "img_size",
+                   "epochs", "teacher_epochs", "batch_size", "lr", "teacher_lr", "weight_decay", "temperature",
+                   "alpha", "beta", "aux_temperature", "augment", "teacher_checkpoint")
+
+    def fingerprint(self) -> dict[str, Any]:
+        d = self.to_dict()
+        return {k: d[k] for k in self.RESULT_KEYS}
+
+    # -- checks ------------------------------------------------------------------
+    def validate(self) -> "TrainConfig":
+        from edgeskd.models.registry import list_models
+
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                raise UsageError(msg)
+
+        teachers, all_models = list_models("teacher"), list_models()
+        if self.teacher_checkpoint is None:
+            need(self.teacher in all_models,
+                 f"unknown teacher model {self.teacher!r}; valid names: {', '.join(all_models)} "
+                 f"(teachers: {', '.join(teachers)})")
+        need(self.student in all_models,
+             f"unknown student model {self.student!r}; valid names: {', '.join(all_models)} "
+             f"(students: {', '.join(list_models('student'))})")
+        bad = [m for m in self.students if m not in STUDENT_MODES]
+        need(not bad, f"unknown --students mode {', '.join(map(repr, bad))}; choose from {', '.join(STUDENT_MODES)}")
+        need(len(set(self.students)) == len(self.students), "--students lists a mode twice")
+        need(0.0 <= self.alpha <= 1.0, f"--alpha {self.alpha} is outside [0, 1]; it weights the distillation term")
+        need(self.temperature > 0, f"--temperature {self.temperature} must be > 0")
+        need(self.aux_temperature > 0, f"--aux-temperature {self.aux_temperature} must be > 0")
+        need(self.beta >= 0, f"--beta {self.beta} must be >= 0")
+        if self.subclasses != "known":
+            k = self.invent_k
+            need(k is not None, f"--subclasses {self.subclasses!r}: use 'known' or 'invent:K' (e.g. invent:4)")
+            need(k >= 2, f"--subclasses invent:{k}: K must be >= 2 invented subclasses per class")  # type: ignore[operator]
+        need(self.device in DEVICES, f"--device {self.device!r}: choose from {', '.join(DEVICES)}")
+        need(16 <= self.img_size <= 1024, f"--img-size {self.img_size} must be in [16, 1024]")
+        need(self.epochs >= 1 and self.teacher_epochs >= 1, "--epochs and --teacher-epochs must be >= 1")
+        need(self.batch_size >= 2, "--batch-size must be >= 2 (batch norm needs 2 samples)")
+        need(self.lr > 0 and self.teacher_lr > 0, "--lr and --teacher-lr must be > 0")
+        need(self.weight_decay >= 0, "--weight-decay must be >= 0")
+        need(self.warmup_epochs >= 0, "--warmup-epochs must be >= 0")
+        need(self.seeds >= 1, "--seeds must be >= 1")
+        need(self.workers >= 0, "--workers must be >= 0")
+        need(self.synthetic_n >= 20, "--synthetic-n must be >= 20")
+        need(self.format in ("auto", "mhist", "folder", "manifest", "synthetic"),
+             f"--format {self.format!r}: choose from auto, mhist, folder, manifest, synthetic")
+        return self
+
+
+# Presets. "fast" = what `edgeskd quickstart` runs: teacher + 3 students on the synthetic default in
+# a few minutes on a 2-core CPU. "default" = the full recipe (GPU, or a long CPU run).
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "fast": dict(img_size=64, teacher_epochs=6, epochs=8, batch_size=64, synthetic_n=1500),
+}
+
+_FIELDS = {f.name: f for f in fields(TrainConfig)}
+_NOT_IN_FILES = {"progress"}
+
+
+def _norm_key(k: str) -> str:
+    return str(k).strip().replace("-", "_")
+
+
+def _coerce(key: str, value: Any, source: str) -> Any:
+    """Check/convert one value to the field's type; one-line UsageError otherwise."""
+    default = _FIELDS[key].default
+    if _FIELDS[key].default_factory is not dataclasses.MISSING:  # students: list[str]
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise UsageError(f"{source}: {key} must be a comma-separated string or a list of strings")
+        return list(value)
+    if value is None:
+        if key in ("data", "pretrained", "student_pretrained", "teacher_checkpoint", "out", "amp"):
+            return None
+        raise UsageError(f"{source}: {key} needs a value")
+    kind = type(default) if default is not None else (bool if key == "amp" else str)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise UsageError(f"{source}: {key} must be true or false, got {value!r}")
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UsageError(f"{source}: {key} must be an integer, got {value!r}")
+        return value
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UsageError(f"{source}: {key} must be a number, got {value!r}")
+        return float(value)
+    if isinstance(value, Path):
+        return str(value)
+    if not isinstance(value, str):
+        raise UsageError(f"{source}: {key} must be a string, got {value!r}")
+    return value
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML (.yaml/.yml) or TOML (.toml) file of training options (safe parsers only)."""
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"--config {p} does not exist")
+    text = p.read_text(encoding="utf-8", errors="replace")
+    suffix = p.suffix.lower()
+    try:
+        if suffix in (".yaml", ".yml"):
+            import yaml
+
+            raw = yaml.safe_load(text)
+        elif suffix == ".toml":
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                import tomli as tomllib  # type: ignore[no-redef]
+            raw = tomllib.loads(text)
+        else:
+            raise UsageError(f"--config {p}: use a .yaml, .yml or .toml file")
+    except UsageError:
+        raise
+    except Exception as e:  # noqa: BLE001 - yaml.YAMLError, tomllib.TOMLDecodeError
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UsageError(f"--config {p} is not valid {suffix[1:].upper()}: {first}") from None
+    if raw is None:
+        raw = {}
+    if isinstance(raw, dict) and set(raw) == {"train"} and isinstance(raw["train"], dict):
+        raw = raw["train"]  # allow a [train] table / train: section
+    if not isinstance(raw, dict):
+        raise UsageError(f"--config {p} must hold a mapping of option: value")
+    out = {}
+    for k, v in raw.items():
+        key = _norm_key(k)
+        if key not in _FIELDS or key in _NOT_IN_FILES:
+            valid = ", ".join(sorted(n.replace("_", "-") for n in _FIELDS if n not in _NOT_IN_FILES))
+            raise UsageError(f"--config {p}: unknown key {k!r}; valid keys: {valid}")
+        out[key] = _coerce(key, v, f"--config {p.name}")
+    return out
+
+
+def resolve_config(cli_values: Mapping[str, Any] | None = None, config_file: str | Path | None = None,
+                   **overrides: Any) -> TrainConfig:
+    """Defaults → preset → config file → command-line values (only those the user gave: not None)."""
+    given = {_norm_key(k): v for k, v in dict(cli_values or {}, **overrides).items() if v is not None}
+    for k in given:
+        if k not in _FIELDS:
+            raise UsageError(f"unknown training option {k!r}")
+    from_file = load_config_file(config_file) if config_file is not None else {}
+    preset = given.get("preset", from_file.get("preset", "default"))
+    if preset not in PRESETS:
+        raise UsageError(f"unknown --preset {preset!r}; choose from {', '.join(PRESETS)}")
+    values: dict[str, Any] = dict(PRESETS[preset])
+    values.update(from_file)
+    values.update({k: _coerce(k, v, "option") for k, v in given.items()})
+    values["preset"] = preset
+    return TrainConfig(**values).validate()

@@ -1,0 +1,142 @@
+"""Distributed data parallel, the torchrun way.
+
+``edgeskd train`` is the same command alone or under ``torchrun --nproc-per-node N -m edgeskd
+train ...``: torchrun sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT, and
+``init_context`` joins the process group (NCCL on CUDA, gloo on CPU). Every rank trains on its
+DistributedSampler shard and evaluates a strided shard of val/test; the logits are all-gathered so
+every rank computes the same metrics (and picks the same best epoch); only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from edgeskd.errors import BackendUnavailable
+
+
+@dataclass
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: str = "cpu"
+    backend: str | None = None      # "gloo" / "nccl" when distributed
+    owns_group: bool = False        # we initialised the process group (and destroy it)
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def resolve_device(pref: str, local_rank: int = 0) -> str:
+    """'auto' | 'cpu' | 'cuda' → a torch device string; 'cuda' without CUDA is a one-line error."""
+    import torch
+
+    if pref == "cpu":
+        return "cpu"
+    has_cuda = torch.cuda.is_available()
+    if pref == "cuda" and not has_cuda:
+        raise BackendUnavailable("--device cuda: no CUDA device is visible to torch; use --device cpu or auto")
+    if has_cuda:
+        return f"cuda:{local_rank % max(torch.cuda.device_count(), 1)}"
+    return "cpu"
+
+
+def init_context(device_pref: str = "auto") -> DistContext:
+    """Read torchrun's environment; join (or reuse) the process group. Single process otherwise."""
+    import torch
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_pref, local_rank)
+    if world <= 1:
+        return DistContext(device=device)
+    import torch.distributed as dist
+
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    owns = False
+    if not dist.is_initialized():
+        if device.startswith("cuda"):
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend=backend)
+        owns = True
+    return DistContext(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
+                       device=device, backend=backend, owns_group=owns)
+
+
+def cleanup(ctx: DistContext) -> None:
+    if ctx.distributed and ctx.owns_group:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def barrier(ctx: DistContext) -> None:
+    if ctx.distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def all_gather_object(ctx: DistContext, obj: Any) -> list[Any]:
+    if not ctx.distributed:
+        return [obj]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(ctx: DistContext, obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank."""
+    if not ctx.distributed:
+        return obj
+    import torch.distributed as dist
+
+    box = [obj if ctx.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_reduce_mean(ctx: DistContext, values: dict[str, float]) -> dict[str, float]:
+    """Mean of per-rank scalars (training-loss logging)."""
+    if not ctx.distributed or not values:
+        return values
+    import torch
+    import torch.distributed as dist
+
+    keys = sorted(values)
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64,
+                     device=ctx.device if ctx.backend == "nccl" else "cpu")
+    dist.all_reduce(t)
+    t /= ctx.world_size
+    return dict(zip(keys, t.tolist()))
+
+
+def shard_indices(n: int, ctx: DistContext):
+    """Strided shard of range(n) for this rank (evaluation)."""
+    import numpy as np
+
+    return np.arange(ctx.rank, n, ctx.world_size)
+
+
+def gather_rows(ctx: DistContext, rows, n: int):
+    """Inverse of ``shard_indices``: every rank's (n_r, k) array → the full (n, k) array, in order."""
+    import numpy as np
+
+    parts = all_gather_object(ctx, rows)
+    if len(parts) == 1:
+        return parts[0]
+    out = np.empty((n,) + parts[0].shape[1:], dtype=parts[0].dtype)
+    for r, p in enumerate(parts):
+        out[r::ctx.world_size] = p
+    return out
