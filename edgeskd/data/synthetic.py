@@ -1,0 +1,575 @@
+"""Synthetic endoscopy frames: the embedded default data set (numpy only, vectorised, seeded).
+
+The generative story (what the labels mean)
+-------------------------------------------
+Each frame shows one polyp of a *true* class (``hyperplastic`` or ``adenoma``) and a *visual
+subclass* that decides its look: size, height, outline, surface pit pattern, colour, surface
+vessels and mucus. Each lesion also has a latent *ambiguity* m ∈ [0, 0.6): its look is blended
+towards the look of its counterpart subclass in the other class by m, and each of 7 simulated
+annotators calls it the other class with probability m. The labels a user gets are the
+annotators' (as in MHIST):
+
+* ``votes`` = how many of the 7 annotators called it ``adenoma`` (0–7);
+* ``labels`` = majority vote (votes ≥ 4 ⇔ adenoma) — this differs from the true class when the
+  ambiguity flips the majority: that is the label noise;
+* ``subclasses`` = the visual subclass, whose *agreement band* is a vote bin — hyperplastic
+  {0}, {1,2}, {3}, adenoma {4}, {5,6}, {7}, the MHIST default bins. The votes of a lesion whose
+  majority was not flipped lie inside its subclass's band; a flipped lesion's subclass is the
+  band its votes fall into (the look-alike subclass of the other class). So the subclass is
+  always consistent with both the label and the votes, and the folder / manifest (named visual
+  subclasses) and MHIST (vote-bin subclasses) round trips give identical counts.
+
+Subclasses (block order = vote band order)::
+
+    hyperplastic: hp_flat_pale (0)      flat, pale, fine round pits, no surface vessels
+                  hp_nodular (1-2)      small dome, pink, lobed outline, star-like round pits
+                  hp_serrated_like (3)  flat, yellowish mucus cap, mixed round/elongated pits
+    adenoma:      ad_flat_subtle (4)    flat, faintly red-brown, faint elongated pits, vessels
+                  ad_tubular (5-6)      dome, red-brown, elongated (tubular) pits, vessel network
+                  ad_villous (7)        large, strongly lobulated, dark red, gyrus-like ridges
+
+``hp_serrated_like`` and ``ad_flat_subtle`` are the deliberately similar pair (the hard cases,
+where most label noise sits); counterpart pairs for the ambiguity blend are 0↔7, 1-2↔5-6, 3↔4.
+
+Reusable pieces (the synthetic video renders with the same functions)::
+
+    sample_polyp_params(rng, subclasses, ambiguity) -> dict of per-sample arrays
+    render_mucosa(seeds, size, *, offset=None, zoom=None) -> (rgb float32 (B,S,S,3), height (B,S,S))
+    render_polyp(rgb, height, params, seeds) -> (rgb, height, mask)        (composites, in place)
+    apply_endoscope_look(rgb, height, seeds, *, look=None, text=True) -> uint8 (B,S,S,3)
+    render_frames(subclasses, ambiguity, size, seed) -> uint8 frames
+
+All per-sample randomness of the three renderers comes from per-sample integer ``seeds``, and
+textures live in the polyp's / mucosa's own coordinates, so a video can move and scale a polyp
+across frames (change ``cx``, ``cy``, ``radius`` or the mucosa ``offset``/``zoom``) without its
+texture flickering.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, fields
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+from edgeskd.data.base import LabeledSet
+from edgeskd.data.splits import stratified_split
+from edgeskd.errors import UsageError
+
+GENERATOR_VERSION = 1
+CLASS_NAMES = ("hyperplastic", "adenoma")
+POSITIVE_CLASS = 1
+N_ANNOTATORS = 7
+CHUNK = 64  # images rendered per vectorised batch (fixed: results must not depend on it)
+
+
+@dataclass(frozen=True)
+class SubclassStyle:
+    """The look of one visual subclass (a prototype; each sample jitters and blends it)."""
+
+    name: str
+    cls: int
+    votes: tuple[int, int]          # agreement band (inclusive) = MHIST vote bin
+    prior: float                    # share of lesions
+    ambiguity: tuple[float, float]  # latent ambiguity m ~ U(lo, hi)
+    color: tuple[float, float, float]
+    size: float                     # radius, in half-image units
+    height: float                   # dome height (shading, specular highlights)
+    elong: float                    # axis ratio
+    lobes: float                    # outline lobulation amplitude
+    dots: float                     # pit pattern weights (normalised per sample)
+    tubes: float
+    gyri: float
+    pit_contrast: float
+    pit_period: float               # pit spacing in pixels at 128 px
+    warp: float                     # irregularity of the pit pattern
+    vessels: float                  # brown surface vessel network
+    mucus: float                    # yellowish mucus cap
+
+
+SUBCLASS_STYLES: tuple[SubclassStyle, ...] = (
+    SubclassStyle("hp_flat_pale", 0, (0, 0), 0.22, (0.0, 0.06), (0.93, 0.66, 0.58), 0.30, 0.25, 1.15,
+                  0.04, 1.0, 0.0, 0.0, 0.35, 4.5, 0.10, 0.00, 0.05),
+    SubclassStyle("hp_nodular", 0, (1, 2), 0.22, (0.06, 0.28), (0.90, 0.50, 0.45), 0.27, 0.85, 1.05,
+                  0.16, 0.8, 0.2, 0.0, 0.50, 5.0, 0.25, 0.08, 0.05),
+    SubclassStyle("hp_serrated_like", 0, (3, 3), 0.16, (0.22, 0.56), (0.86, 0.56, 0.42), 0.36, 0.35, 1.30,
+                  0.08, 0.55, 0.45, 0.0, 0.45, 5.5, 0.35, 0.22, 0.55),
+    SubclassStyle("ad_flat_subtle", 1, (4, 4), 0.12, (0.22, 0.56), (0.82, 0.47, 0.38), 0.36, 0.40, 1.30,
+                  0.09, 0.30, 0.70, 0.0, 0.50, 5.5, 0.45, 0.40, 0.25),
+    SubclassStyle("ad_tubular", 1, (5, 6), 0.16, (0.06, 0.28), (0.74, 0.33, 0.27), 0.33, 0.80, 1.20,
+                  0.10, 0.05, 0.95, 0.0, 0.70, 6.0, 0.50, 0.70, 0.05),
+    SubclassStyle("ad_villous", 1, (7, 7), 0.12, (0.0, 0.06), (0.66, 0.25, 0.22), 0.45, 1.00, 1.10,
+                  0.26, 0.0, 0.25, 0.75, 0.75, 6.5, 0.70, 0.80, 0.10),
+)
+SUBCLASS_NAMES = tuple(s.name for s in SUBCLASS_STYLES)
+SUBCLASS_TO_CLASS = tuple(s.cls for s in SUBCLASS_STYLES)
+COUNTERPART = (5, 4, 3, 2, 1, 0)  # blend target in the other class (0↔7, 1-2↔5-6, 3↔4)
+BLEND = 0.9                       # look blend = BLEND * ambiguity
+_NUMERIC = [f.name for f in fields(SubclassStyle)
+            if f.name not in ("name", "cls", "votes", "prior", "ambiguity", "color")]
+
+# Text overlay: a 3x5 bitmap font (deterministic on every machine, unlike system fonts).
+_FONT = {
+    "0": "111101101101111", "1": "010110010010111", "2": "111001111100111", "3": "111001111001111",
+    "4": "101101111001001", "5": "111100111001111", "6": "111100111101111", "7": "111001010010010",
+    "8": "111101111101111", "9": "111101111001111", ":": "000010000010000", "-": "000000111000000",
+    "/": "001001010100100", ".": "000000000000010", " ": "000000000000000", "A": "010101111101101",
+    "D": "110101101101110", "E": "111100110100111", "G": "111100101101111", "I": "111010010010111",
+    "K": "101101110101101", "M": "101111111101101", "N": "110101101101101", "O": "111101101101111",
+    "P": "111101111100100", "S": "111100111001111", "W": "101101111111101", "X": "101101010101101",
+    "B": "110101110101110", "R": "110101110101101", "L": "100100100100111", "T": "111010010010010",
+}
+
+
+def vote_band_of(subclass: int) -> tuple[int, int]:
+    return SUBCLASS_STYLES[subclass].votes
+
+
+def subclass_of_votes(votes: np.ndarray) -> np.ndarray:
+    """Vote count (0–7) → subclass index under the default bins (the synthetic definition)."""
+    table = np.empty(N_ANNOTATORS + 1, np.int64)
+    for i, s in enumerate(SUBCLASS_STYLES):
+        table[s.votes[0]:s.votes[1] + 1] = i
+    return table[np.asarray(votes, np.int64)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Smooth random fields in continuous coordinates (separable Gaussian basis, exact unit variance)
+# ----------------------------------------------------------------------------------------------
+def _basis(coords: np.ndarray, g: int, extent: float) -> np.ndarray:
+    """(B, S) coordinates → (B, S, g) Gaussian bumps on a g-point grid over [-extent, extent],
+    scaled so that a field with i.i.d. N(0,1) weights has unit variance everywhere."""
+    centres = np.linspace(-extent, extent, g, dtype=np.float32)
+    sigma = 2 * extent / (g - 1) * 0.75
+    phi = np.exp(-0.5 * ((coords[..., None] - centres) / sigma) ** 2).astype(np.float32)
+    phi /= np.sqrt((phi ** 2).sum(-1, keepdims=True)) + 1e-12
+    return phi
+
+
+def _field(noise: np.ndarray, by: np.ndarray, bx: np.ndarray) -> np.ndarray:
+    """noise (B, g, g) with bases by (B, S, g), bx (B, S, g) → (B, S, S) unit-variance field."""
+    return np.matmul(np.matmul(by, noise), bx.transpose(0, 2, 1))
+
+
+def _noise(rngs: list[np.random.Generator], g: int) -> np.ndarray:
+    return np.stack([r.standard_normal((g, g), dtype=np.float32) for r in rngs])
+
+
+def _smoothstep(e0: float, e1: float, x: np.ndarray) -> np.ndarray:
+    t = np.clip((x - e0) / (e1 - e0), 0.0, 1.0)
+    return t * t * (3.0 - 2.0 * t)
+
+
+def _pixel_coords(size: int) -> np.ndarray:
+    return ((np.arange(size, dtype=np.float32) + 0.5) / size * 2.0 - 1.0).astype(np.float32)
+
+
+def _rngs(seeds: np.ndarray, stream: int) -> list[np.random.Generator]:
+    """One generator per sample and purpose: textures depend only on (seed, stream)."""
+    return [np.random.default_rng([int(s), stream]) for s in np.asarray(seeds).ravel()]
+
+
+def _as_batch(v: Any, n: int, dtype=np.float32) -> np.ndarray:
+    a = np.asarray(v, dtype=dtype)
+    return np.broadcast_to(a, (n,) + a.shape[1:] if a.ndim and a.shape[0] == n else (n,) + a.shape).copy()
+
+
+# ----------------------------------------------------------------------------------------------
+# Renderers
+# ----------------------------------------------------------------------------------------------
+def render_mucosa(
+    seeds: np.ndarray,
+    size: int,
+    *,
+    offset: np.ndarray | None = None,
+    zoom: np.ndarray | float = 1.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Colon wall: pink-red mucosa with granular texture, folds and two scales of vessels.
+
+    ``seeds`` (B,) ints fix each sample's texture; ``offset`` (B, 2) (x, y) and ``zoom`` (B,) move
+    the camera over the same wall (texture coordinates = pixel coords × zoom + offset; the wall
+    is defined over about [-3, 3]²). Returns rgb float32 (B, S, S, 3) in [0, 1] and a height map
+    (B, S, S) used for shading and highlights.
+    """
+    seeds = np.asarray(seeds, np.int64).ravel()
+    B, S = len(seeds), int(size)
+    off = np.zeros((B, 2), np.float32) if offset is None else _as_batch(offset, B).reshape(B, 2)
+    zm = _as_batch(zoom, B).reshape(B)
+    t = _pixel_coords(S)
+    xs = t[None, :] * zm[:, None] + off[:, 0:1]
+    ys = t[None, :] * zm[:, None] + off[:, 1:2]
+    rngs = _rngs(seeds, 1)
+    ext = 3.0
+
+    fold = _field(_noise(rngs, 9), _basis(ys, 9, ext), _basis(xs, 9, ext))
+    by, bx = _basis(ys, 40, ext), _basis(xs, 40, ext)
+    tex = _field(_noise(rngs, 40), by, bx)
+    by2, bx2 = _basis(ys, 14, ext), _basis(xs, 14, ext)
+    ves1 = _field(_noise(rngs, 14), by2, bx2)
+    patch = _field(_noise(rngs, 14), by2, bx2)
+    ves2 = _field(_noise(rngs, 26), _basis(ys, 26, ext), _basis(xs, 26, ext))
+
+    tone_j = np.stack([r.uniform(-1, 1, 4).astype(np.float32) for r in rngs])
+    tone = np.array([0.84, 0.44, 0.37], np.float32) + tone_j[:, :3] * np.array([0.05, 0.06, 0.05], np.float32)
+    rgb = tone[:, None, None, :] * (1.0 + 0.045 * tex[..., None]) * (0.9 + 0.1 * np.tanh(fold))[..., None]
+    v = (np.exp(-(ves1 / 0.06) ** 2) * 0.55 * _smoothstep(-0.6, 0.8, patch)
+         + np.exp(-(ves2 / 0.05) ** 2) * 0.35 * _smoothstep(0.0, 1.2, -patch))
+    vessel_rgb = np.array([0.55, 0.12, 0.14], np.float32)
+    rgb += (vessel_rgb - rgb) * v[..., None] * (0.6 + 0.3 * tone_j[:, 3, None, None, None])
+    height = 0.10 * np.tanh(fold) + 0.004 * tex
+    return rgb.astype(np.float32), height.astype(np.float32)
+
+
+def sample_polyp_params(
+    rng: np.random.Generator, subclasses: np.ndarray, ambiguity: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Per-sample polyp look: the subclass prototype blended towards its counterpart by
+    ``BLEND * ambiguity``, jittered, plus a random placement (cx, cy, radius, angle)."""
+    sub = np.asarray(subclasses, np.int64)
+    m = np.asarray(ambiguity, np.float32) * BLEND
+    B = len(sub)
+    proto = np.array([[getattr(s, k) for k in _NUMERIC] for s in SUBCLASS_STYLES], np.float32)
+    colors = np.array([s.color for s in SUBCLASS_STYLES], np.float32)
+    cp = np.asarray(COUNTERPART)[sub]
+    vals = proto[sub] * (1 - m[:, None]) + proto[cp] * m[:, None]
+    col = colors[sub] * (1 - m[:, None]) + colors[cp] * m[:, None]
+    p = {k: vals[:, i].copy() for i, k in enumerate(_NUMERIC)}
+    jit = rng.uniform(-1, 1, (B, 8)).astype(np.float32)
+    p["color"] = np.clip(col + jit[:, :3] * 0.035, 0, 1)
+    p["size"] = p["size"] * (1 + 0.18 * jit[:, 3])
+    p["height"] = p["height"] * (1 + 0.25 * jit[:, 4])
+    p["pit_period"] = p["pit_period"] * (1 + 0.12 * jit[:, 5])
+    p["pit_contrast"] = np.clip(p["pit_contrast"] * (1 + 0.25 * jit[:, 6]), 0, 1)
+    p["lobes"] = p["lobes"] * (1 + 0.3 * jit[:, 7])
+    w = np.stack([p["dots"], p["tubes"], p["gyri"]], 1)
+    w /= w.sum(1, keepdims=True)
+    p["dots"], p["tubes"], p["gyri"] = w[:, 0], w[:, 1], w[:, 2]
+    place = rng.uniform(-1, 1, (B, 4)).astype(np.float32)
+    p["radius"] = p.pop("size")
+    lim = np.maximum(0.75 - p["radius"], 0.05)
+    p["cx"], p["cy"] = place[:, 0] * lim, place[:, 1] * lim
+    p["angle"] = place[:, 2] * np.float32(np.pi)
+    p["pattern_angle"] = place[:, 3] * np.float32(np.pi)
+    return p
+
+
+def render_polyp(
+    rgb: np.ndarray, height: np.ndarray, params: dict[str, np.ndarray], seeds: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Composite one polyp per image onto ``rgb`` (B,S,S,3) / ``height`` (B,S,S), in place.
+
+    ``params`` as from ``sample_polyp_params`` (cx, cy, radius in half-image units; any of them
+    may be changed per frame). Textures live in the polyp's own frame and depend only on
+    ``seeds``. Returns (rgb, height, mask) with mask (B,S,S) in [0, 1].
+    """
+    seeds = np.asarray(seeds, np.int64).ravel()
+    B, S = rgb.shape[0], rgb.shape[1]
+    P = {k: np.asarray(v, np.float32) for k, v in params.items()}
+    t = _pixel_coords(S)
+    R = P["radius"][:, None]
+    px = (t[None, :] - P["cx"][:, None]) / R          # (B, S) polyp frame, 1 = radius
+    py = (t[None, :] - P["cy"][:, None]) / R
+    rngs = _rngs(seeds, 2)
+
+    ca, sa = np.cos(P["angle"])[:, None, None], np.sin(P["angle"])[:, None, None]
+    X, Y = px[:, None, :], py[:, :, None]
+    e = P["elong"][:, None, None]
+    u = (X * ca + Y * sa) / e
+    v = (-X * sa + Y * ca) * e
+    r = np.sqrt(u * u + v * v) + 1e-6
+    c1, s1 = u / r, v / r                      # cos θ, sin θ of the outline angle
+    lob_amp = np.stack([r_.uniform(0.4, 1.0, 4) for r_ in rngs]).astype(np.float32)
+    lob_ph = np.stack([r_.uniform(0, 2 * np.pi, 4) for r_ in rngs]).astype(np.float32)
+    harm = np.zeros_like(r)
+    cj, sj = c1 * c1 - s1 * s1, 2 * c1 * s1     # cos 2θ, sin 2θ
+    for j in range(4):  # harmonics 2..5: amp · cos(jθ − φ)
+        cph, sph = np.cos(lob_ph[:, j])[:, None, None], np.sin(lob_ph[:, j])[:, None, None]
+        harm += lob_amp[:, j, None, None] * (cj * cph + sj * sph)
+        cj, sj = cj * c1 - sj * s1, sj * c1 + cj * s1
+    rn = r / (1.0 + P["lobes"][:, None, None] * harm / 2.0)
+    edge = 2.5 / (S * P["radius"][:, None, None] / 2)  # ~2.5 px soft edge
+    mask = _smoothstep(1.0 + edge, 1.0 - edge, rn).astype(np.float32)
+    dome = _smoothstep(1.0, 0.0, rn) * P["height"][:, None, None] * 0.3
+
+    ext = 1.6
+    by, bx = _basis(py, 8, ext), _basis(px, 8, ext)
+    warp_a = _field(_noise(rngs, 8), by, bx)
+    warp_b = _field(_noise(rngs, 8), by, bx)
+    mucus_f = _field(_noise(rngs, 8), by, bx)
+    vnet = _field(_noise(rngs, 18), _basis(py, 18, ext), _basis(px, 18, ext))
+
+    # Pit pattern, in image-scale units so the pit size does not grow with the polyp.
+    per = (P["pit_period"] * 2.0 / 128.0)[:, None, None]
+    cb, sb = np.cos(P["pattern_angle"])[:, None, None], np.sin(P["pattern_angle"])[:, None, None]
+    wamp = P["warp"][:, None, None] * 1.2
+    a = (X * cb + Y * sb) * R[:, :, None] * (2 * np.pi) / per + wamp * warp_a * 3.0
+    b = (-X * sb + Y * cb) * R[:, :, None] * (2 * np.pi) / per + wamp * warp_b * 3.0
+    ca_, cb_ = np.cos(a), np.cos(b)
+    dots = _smoothstep(0.30, 0.85, ca_ * cb_)
+    tubes = _smoothstep(0.35, 0.85, ca_ * np.cos(b / 3.5))
+    gyri = _smoothstep(0.15, 0.90, np.cos(a + 2.2 * np.sin(b * 0.45)))
+    pit = (P["dots"][:, None, None] * dots + P["tubes"][:, None, None] * tubes
+           + P["gyri"][:, None, None] * gyri)
+
+    col = P["color"][:, None, None, :] * np.ones((1, S, S, 1), np.float32)
+    pit_rgb = np.array([0.42, 0.16, 0.14], np.float32)
+    col += (pit_rgb - col) * (pit * P["pit_contrast"][:, None, None] * 0.55)[..., None]
+    ves = np.exp(-(vnet / 0.08) ** 2) * P["vessels"][:, None, None] * 0.6
+    col += (np.array([0.40, 0.16, 0.10], np.float32) - col) * ves[..., None]
+    mu = _smoothstep(-0.2, 1.1, mucus_f) * P["mucus"][:, None, None] * 0.75
+    col += (np.array([0.94, 0.84, 0.52], np.float32) - col) * mu[..., None]
+
+    m4 = mask[..., None]
+    rgb *= 1.0 - m4
+    rgb += col * m4
+    height += (dome + 0.012 * pit * P["height"][:, None, None]) * mask
+    return rgb, height, mask
+
+
+@dataclass
+class EndoLook:
+    """Per-sample camera look (arrays of length B); ``sample_look`` draws a random one."""
+
+    fov_radius: np.ndarray   # circle radius in half-image units (> 1 cuts the circle at the edges)
+    fov_cx: np.ndarray
+    fov_cy: np.ndarray
+    blur: np.ndarray         # Gaussian sigma in pixels at 128 px
+    gain: np.ndarray
+    white: np.ndarray        # (B, 3) white balance
+    vignette: np.ndarray
+    tilt: np.ndarray         # (B, 2) wall tilt (oblique view: decides where highlights sit)
+    light: np.ndarray        # (B, 2) light offset
+    noise: np.ndarray        # sensor noise std
+
+
+def sample_look(rng: np.random.Generator, n: int) -> EndoLook:
+    u = rng.uniform(-1, 1, (n, 14)).astype(np.float32)
+    return EndoLook(
+        fov_radius=0.98 + 0.08 * u[:, 0],
+        fov_cx=0.03 * u[:, 1],
+        fov_cy=0.03 * u[:, 2],
+        blur=0.9 + 0.7 * u[:, 3],
+        gain=1.0 + 0.16 * u[:, 4],
+        white=1.0 + 0.06 * u[:, 5:8],
+        vignette=0.45 + 0.2 * u[:, 8],
+        tilt=np.stack([np.cos(u[:, 9] * np.pi), np.sin(u[:, 9] * np.pi)], 1) * (0.7 + 0.2 * u[:, 10:11]),
+        light=0.3 * u[:, 11:13],
+        noise=0.012 + 0.008 * u[:, 13],
+    )
+
+
+def _blur(img: np.ndarray, sigma_px: np.ndarray) -> np.ndarray:
+    """Per-sample separable Gaussian blur of (B,S,S,C) with sigma (B,) pixels (edge-clamped)."""
+    rad = int(np.ceil(max(float(sigma_px.max()), 0.1) * 2.5))
+    if rad < 1:
+        return img
+    k = np.arange(-rad, rad + 1, dtype=np.float32)
+    w = np.exp(-0.5 * (k[None, :] / np.maximum(sigma_px[:, None], 1e-3)) ** 2)
+    w /= w.sum(1, keepdims=True)
+    for axis in (1, 2):
+        S = img.shape[axis]
+        pad = [(0, 0)] * img.ndim
+        pad[axis] = (rad, rad)
+        p = np.pad(img, pad, mode="edge")
+        out = np.zeros_like(img)
+        for i in range(2 * rad + 1):
+            sl = [slice(None)] * img.ndim
+            sl[axis] = slice(i, i + S)
+            out += w[:, i, None, None, None] * p[tuple(sl)]
+        img = out
+    return img
+
+
+@lru_cache(maxsize=64)
+def _glyph(ch: str) -> np.ndarray:
+    return np.array([int(c) for c in _FONT.get(ch, _FONT[" "])], bool).reshape(5, 3)
+
+
+def _text_stamp(text: str, scale: int) -> np.ndarray:
+    """Boolean (5·scale, width) mask of ``text`` in the built-in 3x5 font."""
+    gap = np.zeros((5, 1), bool)
+    m = np.concatenate([a for ch in text.upper() for a in (_glyph(ch), gap)][:-1], 1)
+    return m.repeat(scale, 0).repeat(scale, 1) if scale > 1 else m
+
+
+def _overlay_texts(rng: np.random.Generator) -> list[str]:
+    d = rng.integers(0, 10, 12)
+    return [
+        f"ID {d[0]}{d[1]}{d[2]}{d[3]}{d[4]}",
+        f"20{d[5] % 3 + 2}{d[6]}-0{d[7] % 9 + 1}-1{d[8]}",
+        f"{d[9] % 2}{d[10]}:{d[11] % 6}{d[0]}",
+        rng.choice(["WLI", "NBI", "X1.0", "X1.5", "SIM"]).item(),
+    ]
+
+
+def apply_endoscope_look(
+    rgb: np.ndarray,
+    height: np.ndarray,
+    seeds: np.ndarray,
+    *,
+    look: EndoLook | None = None,
+    text: bool = True,
+) -> np.ndarray:
+    """Scene (B,S,S,3) float + height (B,S,S) → uint8 endoscope frames: oblique lighting and
+    shading, specular highlights, lens blur, vignetting, white balance and gain, sensor noise,
+    circular field of view with a black border, and overlay text (ID, date, time, mode) in the
+    border corners. Per-sample randomness comes from ``seeds`` (and ``look`` if given)."""
+    seeds = np.asarray(seeds, np.int64).ravel()
+    B, S = rgb.shape[0], rgb.shape[1]
+    rngs = _rngs(seeds, 3)
+    if B == 0:
+        return np.zeros((0, S, S, 3), np.uint8)
+    if look is None:
+        look = _stack_looks([sample_look(r, 1) for r in rngs])
+    t = _pixel_coords(S)
+    X, Y = t[None, None, :], t[None, :, None]
+
+    h = height + look.tilt[:, 0, None, None] * X * 0.5 + look.tilt[:, 1, None, None] * Y * 0.5
+    gy, gx = np.gradient(h * (S / 2.0), axis=(1, 2))   # slopes: height and coords in half-image units
+    nx, ny = -gx, -gy
+    inv = 1.0 / np.sqrt(nx * nx + ny * ny + 1.0)
+    lx, ly = look.light[:, 0, None, None], look.light[:, 1, None, None]
+    ln = 1.0 / np.sqrt(lx * lx + ly * ly + 1.0)
+    lambert = np.clip((nx * lx + ny * ly + 1.0) * inv * ln, 0.0, 1.0)
+    # Coaxial light: highlights where the normal points back to the camera (half vector ≈ view).
+    hx, hy, hz = lx * ln, ly * ln, ln + 1.0
+    hn = 1.0 / np.sqrt(hx * hx + hy * hy + hz * hz)
+    ndoth = np.clip((nx * hx + ny * hy + hz) * hn * inv, 0.0, 1.0)
+    spec = ndoth ** 400
+    wet = _field(_noise(rngs, 30), _basis(np.broadcast_to(t, (B, S)), 30, 1.0),
+                 _basis(np.broadcast_to(t, (B, S)), 30, 1.0))
+    spec = np.clip(spec * 1.4 + _smoothstep(2.6, 3.2, wet) * 0.9, 0.0, 1.0)
+
+    img = rgb * (0.35 + 0.65 * lambert)[..., None] + spec[..., None] * 0.95
+    img = _blur(img, look.blur * S / 128.0)
+    r2 = (X - look.fov_cx[:, None, None]) ** 2 + (Y - look.fov_cy[:, None, None]) ** 2
+    img *= (1.0 - look.vignette[:, None, None] * r2 / 2.0)[..., None]
+    img *= (look.gain[:, None] * look.white)[:, None, None, :]
+    img += np.stack([r.standard_normal((S, S, 3), dtype=np.float32) for r in rngs]) * look.noise[:, None, None, None]
+    rad = look.fov_radius[:, None, None]
+    fov = _smoothstep(rad + 1.2 / S, rad - 1.2 / S, np.sqrt(r2))
+    img = img * fov[..., None] + 0.015 * (1 - fov[..., None])
+    out = np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    if text and S >= 48:
+        scale = max(1, S // 160)
+        for i in range(B):
+            texts = _overlay_texts(rngs[i])
+            spots = [(2, 2), (2, S - 2 - 5 * scale), (S - 2 - 5 * scale, S - 2), (S - 2 - 5 * scale, 2)]
+            for j, (txt, (yy, xx)) in enumerate(zip(texts, spots)):
+                st = _text_stamp(txt, scale)
+                hh, ww = st.shape
+                x0 = xx - ww if j == 2 else xx
+                x0 = max(0, min(S - ww, x0))
+                y0 = max(0, min(S - hh, yy))
+                region = out[i, y0:y0 + hh, x0:x0 + ww]
+                region[st] = np.uint8(215)
+    return out
+
+
+def _stack_looks(looks: list[EndoLook]) -> EndoLook:
+    return EndoLook(**{f.name: np.concatenate([getattr(lk, f.name) for lk in looks])
+                       for f in fields(EndoLook)})
+
+
+def render_frames(
+    subclasses: np.ndarray, ambiguity: np.ndarray, size: int, seed: int, *, start: int = 0
+) -> np.ndarray:
+    """uint8 (B, S, S, 3) frames for the given subclasses and ambiguities. Sample i's look
+    depends only on (seed, start + i, subclass, ambiguity) — not on the batch it is rendered in."""
+    sub = np.asarray(subclasses, np.int64)
+    B = len(sub)
+    seeds = np.array([_sample_seed(seed, start + i) for i in range(B)], np.int64)
+    params = _stack_params([sample_polyp_params(np.random.default_rng([int(s), 0]), sub[i:i + 1],
+                                                np.asarray(ambiguity)[i:i + 1])
+                            for i, s in enumerate(seeds)])
+    rgb, height = render_mucosa(seeds, size)
+    rgb, height, _ = render_polyp(rgb, height, params, seeds)
+    return apply_endoscope_look(rgb, height, seeds)
+
+
+def _stack_params(ps: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {k: np.concatenate([p[k] for p in ps]) for k in ps[0]}
+
+
+def _sample_seed(seed: int, i: int) -> int:
+    return int(np.random.SeedSequence([int(seed), int(i), GENERATOR_VERSION]).generate_state(1, np.uint32)[0])
+
+
+# ----------------------------------------------------------------------------------------------
+# Labels: subclass, ambiguity → 7 votes → majority label
+# ----------------------------------------------------------------------------------------------
+def sample_labels(n: int, seed: int) -> dict[str, np.ndarray]:
+    """True class, visual subclass, ambiguity, votes, majority label and labelled subclass."""
+    rng = np.random.default_rng([int(seed), GENERATOR_VERSION, 7])
+    priors = np.array([s.prior for s in SUBCLASS_STYLES])
+    visual = rng.choice(len(SUBCLASS_STYLES), size=n, p=priors / priors.sum())
+    lo = np.array([s.ambiguity[0] for s in SUBCLASS_STYLES])[visual]
+    hi = np.array([s.ambiguity[1] for s in SUBCLASS_STYLES])[visual]
+    amb = rng.uniform(lo, hi).astype(np.float32)
+    true_cls = np.asarray(SUBCLASS_TO_CLASS)[visual]
+    k_other = rng.binomial(N_ANNOTATORS, amb)                     # annotators calling the other class
+    k_pos = np.where(true_cls == POSITIVE_CLASS, N_ANNOTATORS - k_other, k_other)
+    flipped = k_other * 2 > N_ANNOTATORS
+    band_lo = np.array([s.votes[0] for s in SUBCLASS_STYLES])[visual]
+    band_hi = np.array([s.votes[1] for s in SUBCLASS_STYLES])[visual]
+    votes = np.where(flipped, k_pos, np.clip(k_pos, band_lo, band_hi))
+    labels = (votes * 2 > N_ANNOTATORS).astype(np.int64)
+    sub = subclass_of_votes(votes)
+    return dict(visual=visual.astype(np.int64), ambiguity=amb, true_labels=true_cls.astype(np.int64),
+                votes=votes.astype(np.int64), labels=labels, subclasses=sub)
+
+
+def make_synthetic(n: int, size: int = 128, seed: int = 0) -> LabeledSet:
+    """The synthetic endoscopy set: ``n`` frames of ``size``² px, splits 70/15/15 by subclass.
+
+    Same (n, size, seed) ⇒ same bytes. ``info`` carries the hidden truth: ``true_labels``,
+    ``visual_subclasses``, ``ambiguity`` and the resulting ``label_noise_rate``.
+    """
+    if n < 1:
+        raise UsageError(f"--n must be ≥ 1, got {n}")
+    if not 16 <= size <= 1024:
+        raise UsageError(f"--size must be between 16 and 1024 px, got {size}")
+    lab = sample_labels(n, seed)
+    images = np.empty((n, size, size, 3), np.uint8)
+
+    def work(s0: int) -> None:
+        s1 = min(n, s0 + CHUNK)
+        images[s0:s1] = render_frames(lab["visual"][s0:s1], lab["ambiguity"][s0:s1], size, seed, start=s0)
+
+    starts = range(0, n, CHUNK)
+    workers = min(2, os.cpu_count() or 1, len(starts))
+    if workers > 1:  # numpy releases the GIL; chunks are independent, so the bytes do not change
+        with ThreadPoolExecutor(workers) as ex:
+            list(ex.map(work, starts))
+    else:
+        for s0 in starts:
+            work(s0)
+    splits = stratified_split(lab["subclasses"], seed)
+    noise = float(np.mean(lab["labels"] != lab["true_labels"]))
+    return LabeledSet(
+        name=f"synthetic-n{n}-s{size}-seed{seed}",
+        format="synthetic",
+        class_names=list(CLASS_NAMES),
+        subclass_names=list(SUBCLASS_NAMES),
+        subclass_to_class=list(SUBCLASS_TO_CLASS),
+        labels=lab["labels"],
+        subclasses=lab["subclasses"],
+        splits=splits,
+        images=images,
+        votes=lab["votes"],
+        n_annotators=N_ANNOTATORS,
+        info={
+            "warnings": [],
+            "true_labels": lab["true_labels"],
+            "visual_subclasses": lab["visual"],
+            "ambiguity": lab["ambiguity"],
+            "label_noise_rate": noise,
+            "positive_class": CLASS_NAMES[POSITIVE_CLASS],
+            "subclass_definition": "visual subclass; its agreement band equals the MHIST vote bin "
+                                   "0|1,2|3|4|5,6|7 (flipped majorities take the look-alike subclass)",
+            "generator": {"version": GENERATOR_VERSION, "n": n, "size": size, "seed": seed},
+        },
+    )
