@@ -1,12 +1,91 @@
-"""`edgeskd stream` — not available yet (filled in by its issue)."""
+"""`edgeskd stream` — classify a video file / URL / camera in real time."""
 
 from __future__ import annotations
 
-from edgeskd.cli.common import cli_command
-from edgeskd.errors import NotAvailableYet
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from edgeskd.cli.common import cli_command, console, err_console, warn
+
+
+class PreprocessMode(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
 
 
 @cli_command
-def stream() -> None:
-    """Not available yet."""
-    raise NotAvailableYet("`edgeskd stream` is not available yet in this version")
+def stream(
+    video: Annotated[str, typer.Option("--video", help="Video file, rtsp/http(s) URL, or V4L2 device (/dev/video0).")],
+    engine: Annotated[Path, typer.Option("--engine", help="Model artifact: .onnx, .engine (TensorRT) or .pt.")],
+    out: Annotated[Optional[Path], typer.Option("--out", help="Write the annotated video here (.mp4/.mkv/.mov/.avi).")] = None,
+    jsonl: Annotated[Optional[Path], typer.Option("--jsonl", help="Write per-frame predictions as JSON lines.")] = None,
+    stats: Annotated[Optional[Path], typer.Option("--stats", help="Write run statistics (fps, latency, drops) as JSON.")] = None,
+    realtime: Annotated[
+        Optional[bool],
+        typer.Option("--realtime/--no-realtime",
+                     help="Keep only the newest frame (bounded latency, drops counted). Default: on for live "
+                          "sources, off for files (every frame; a file in --realtime is played at its frame rate)."),
+    ] = None,
+    preprocess: Annotated[PreprocessMode, typer.Option("--preprocess", help="auto = CUDA kernel when the runner is on a GPU.")] = PreprocessMode.auto,
+    batch: Annotated[int, typer.Option("--batch", help="Frames per inference call (file mode).")] = 1,
+    smooth: Annotated[float, typer.Option("--smooth", help="EMA weight of the newest frame's probabilities, in (0, 1]; 1 = off.")] = 0.3,
+    crop: Annotated[str, typer.Option("--crop", help="Endoscope content area: auto (detect), none, or x,y,w,h.")] = "none",
+    crop_every: Annotated[int, typer.Option("--crop-every", help="With --crop auto: frames between re-estimates.")] = 30,
+    labels: Annotated[Optional[Path], typer.Option("--labels", help="Ground truth CSV (frame,class): adds accuracy/F1 to the stats.")] = None,
+    max_frames: Annotated[Optional[int], typer.Option("--max-frames", help="Stop after this many decoded frames.")] = None,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for a URL / device to answer.")] = 10.0,
+    threads: Annotated[int, typer.Option("--threads", help="Inference threads for CPU backends (decoding has its own).")] = 1,
+    ceiling: Annotated[bool, typer.Option("--ceiling/--no-ceiling", help="Measure decode-only fps of the file first (stats: decode_fps_ceiling).")] = True,
+) -> None:
+    """Run a model on video: per-frame class, smoothed class, fps and latency."""
+    from edgeskd.stream.pipeline import StreamConfig, run_stream
+
+    cfg = StreamConfig(
+        video=video, engine=engine, out=out, jsonl=jsonl, stats=stats, realtime=realtime,
+        preprocess=preprocess.value, batch=batch, smooth=smooth, crop=crop, crop_every=crop_every,
+        labels=labels, max_frames=max_frames, timeout_s=timeout, threads=threads, measure_ceiling=ceiling,
+    )
+    live = None
+    on_progress = None
+    if err_console.is_terminal:
+        from rich.live import Live
+        from rich.text import Text
+
+        live = Live(Text("opening…"), console=err_console, transient=True, refresh_per_second=8)
+
+        def on_progress(p: dict) -> None:
+            live.update(Text(
+                f"frame {p['processed']}/{p['decoded']} decoded  dropped {p['dropped']}  "
+                f"{p['fps']:6.1f} fps  {p['latency_ms']:6.1f} ms  {p['class']} {p['prob']:.2f}"
+            ))
+
+    if live is not None:
+        with live:
+            result = run_stream(cfg, on_progress=on_progress, warn=warn)
+    else:
+        result = run_stream(cfg, warn=warn)
+    s = result.stats
+    lat = s["latency_ms"]
+    ceil = s["decode_fps_ceiling"]
+    ratio = f" = {s['fps'] / ceil:.2f}x decode-only ({ceil:.1f} fps)" if ceil else ""
+    console.print(
+        f"processed {s['frames_processed']} of {s['frames_decoded']} decoded frames "
+        f"(dropped {s['frames_dropped']}) at {s['fps']:.1f} fps{ratio}; "
+        f"latency p50 {lat['p50']} / p95 {lat['p95']} / p99 {lat['p99']} ms "
+        f"[{s['source']['preprocess']} preprocessing, {s['source']['backend']}]",
+        soft_wrap=True,
+    )
+    if "labels" in s and s["labels"]["frames_evaluated"]:
+        lb = s["labels"]
+        console.print(
+            f"frame-level ({lb['frames_evaluated']} labelled frames): accuracy raw {lb['raw']['accuracy']:.3f} / "
+            f"smoothed {lb['smoothed']['accuracy']:.3f}; F1({lb['positive_class']}) raw {lb['raw']['f1']:.3f} / "
+            f"smoothed {lb['smoothed']['f1']:.3f}",
+            soft_wrap=True,
+        )
+    for kind, path in result.outputs.items():
+        console.print(f"{kind}: {path}")
