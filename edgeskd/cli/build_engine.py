@@ -1,12 +1,104 @@
-"""`edgeskd build-engine` — not available yet (filled in by its issue)."""
+"""`edgeskd build-engine` — FP32 ONNX → INT8/FP16/FP32 artifact for TensorRT or ONNX Runtime, gated."""
 
 from __future__ import annotations
 
-from edgeskd.cli.common import cli_command
-from edgeskd.errors import NotAvailableYet
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edgeskd.cli.common import JsonOpt, cli_command, console, warn
+from edgeskd.errors import UsageError
+
+
+class Precision(str, Enum):
+    int8 = "int8"
+    fp16 = "fp16"
+    fp32 = "fp32"
+
+
+class Backend(str, Enum):
+    auto = "auto"
+    tensorrt = "tensorrt"
+    onnxruntime = "onnxruntime"
+
+
+class CalibMethod(str, Enum):
+    minmax = "minmax"
+    entropy = "entropy"
+    percentile = "percentile"
+
+
+def parse_overrides(input_size: str | None, classes: str | None) -> dict | None:
+    """--input-size HxW / --classes a,b → ModelMeta fields for an ONNX without edgeskd metadata."""
+    d: dict = {}
+    if input_size:
+        try:
+            parts = [int(v) for v in input_size.lower().replace(",", "x").split("x")]
+        except ValueError:
+            raise UsageError(f"--input-size {input_size!r} must look like 224x224") from None
+        if len(parts) == 1:
+            parts = parts * 2
+        if len(parts) != 2 or min(parts) < 8:
+            raise UsageError(f"--input-size {input_size!r} must be HxW with both >= 8")
+        d["input_size"] = parts
+    if classes:
+        names = [c.strip() for c in classes.split(",") if c.strip()]
+        if len(names) < 2:
+            raise UsageError("--classes needs at least two comma-separated names")
+        d["class_names"] = names
+    return d or None
 
 
 @cli_command
-def build_engine() -> None:
-    """Not available yet."""
-    raise NotAvailableYet("`edgeskd build-engine` is not available yet in this version")
+def build_engine(
+    onnx: Annotated[Path, typer.Argument(help="FP32 ONNX from `edgeskd export`.")],
+    precision: Annotated[Precision, typer.Option("--precision", help="Artifact precision.")] = Precision.int8,
+    backend: Annotated[Backend, typer.Option("--backend", help="auto = tensorrt with a GPU, else onnxruntime.")] = Backend.auto,
+    out: Annotated[Path | None, typer.Option("--out", help="Output artifact (default next to the ONNX).")] = None,
+    data: Annotated[Path | None, typer.Option("--data", help="Data set for the accuracy gate (default: the model's training data).")] = None,
+    calib_data: Annotated[Path | None, typer.Option("--calib-data", help="Calibration images (default: the training split).")] = None,
+    calib_size: Annotated[int, typer.Option("--calib-size", help="Calibration images (stratified, seeded).")] = 512,
+    calib_seed: Annotated[int, typer.Option("--calib-seed", help="Seed of the calibration pick.")] = 0,
+    calib_method: Annotated[CalibMethod, typer.Option("--calib-method", help="Range calibration.")] = CalibMethod.minmax,
+    max_f1_drop: Annotated[float, typer.Option("--max-f1-drop", help="Largest allowed F1 drop (points) vs FP32.")] = 1.0,
+    force: Annotated[bool, typer.Option("--force", help="Keep an artifact that fails the accuracy gate.")] = False,
+    workspace: Annotated[float, typer.Option("--workspace", help="TensorRT workspace limit, GiB.")] = 1.0,
+    max_batch: Annotated[int, typer.Option("--max-batch", help="TensorRT profile: batch 1..N.")] = 8,
+    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads when timing ONNX Runtime variants.")] = None,
+    weight_qdq_pair: Annotated[bool, typer.Option("--weight-qdq-pair", help="Float weights with Q→DQ pairs instead of INT8 weights.")] = False,
+    input_size: Annotated[str | None, typer.Option("--input-size", help="HxW, for an ONNX without edgeskd metadata.")] = None,
+    classes: Annotated[str | None, typer.Option("--classes", help="Comma-separated class names, for an ONNX without metadata.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Build an INT8 (Q/DQ), FP16 or FP32 artifact; INT8/FP16 must pass the accuracy gate."""
+    from edgeskd.quantize.build import build_engine as build
+
+    log = (lambda s: None) if as_json else (lambda s: console.print(s))
+    rep = build(
+        onnx, precision=precision.value, backend=backend.value, out=out, data=data, calib_data=calib_data,
+        calib_size=calib_size, calib_seed=calib_seed, calib_method=calib_method.value, max_f1_drop=max_f1_drop,
+        force=force, workspace_gib=workspace, max_batch=max_batch, threads=threads, weight_qdq_pair=weight_qdq_pair,
+        meta_overrides=parse_overrides(input_size, classes), log=log,
+    )
+    for w in rep.warnings:
+        warn(w)
+    if as_json:
+        typer.echo(json.dumps(rep.to_dict(), indent=2))
+        return
+    from rich.table import Table
+
+    t = Table(title=f"{rep.backend} {rep.precision}: tried (FP32 F1 {rep.fp32_f1:.2f})")
+    for col in ("variant", "F1", "drop", "p50 ms", "p99 ms", "img/s", "size kB", "gate"):
+        t.add_column(col, justify="right" if col != "variant" else "left")
+    for c in rep.candidates:
+        t.add_row(c.name + (" *" if c.name == rep.winner else ""), f"{c.f1:.2f}", f"{c.f1_drop:+.2f}",
+                  f"{c.p50_ms:.3f}", f"{c.p99_ms:.3f}", f"{c.throughput:.0f}", f"{c.size_bytes / 1e3:.0f}",
+                  "ref" if c.note == "reference" else ("pass" if c.passed else "FAIL"))
+    console.print(t)
+    console.print(f"winner: {rep.reason}")
+    for p in rep.extra_artifacts:
+        console.print(f"wrote {p}")
+    console.print(f"wrote {rep.artifact}")

@@ -1,12 +1,41 @@
-"""`edgeskd export` — not available yet (filled in by its issue)."""
+"""`edgeskd export` — checkpoint → ONNX with metadata, checked against torch."""
 
 from __future__ import annotations
 
-from edgeskd.cli.common import cli_command
-from edgeskd.errors import NotAvailableYet
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edgeskd.cli.common import JsonOpt, cli_command, console, warn
 
 
 @cli_command
-def export() -> None:
-    """Not available yet."""
-    raise NotAvailableYet("`edgeskd export` is not available yet in this version")
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint from `edgeskd train` (student-*.pt / teacher.pt).")],
+    out: Annotated[Path | None, typer.Option("--out", help="Output .onnx (default engines/<checkpoint>.onnx).")] = None,
+    opset: Annotated[int, typer.Option("--opset", help="ONNX opset (>= 13 for Q/DQ INT8).")] = 17,
+    batch: Annotated[str, typer.Option("--batch", help="'dynamic' batch axis, or a fixed batch size N.")] = "dynamic",
+    simplify: Annotated[bool, typer.Option("--simplify/--no-simplify", help="Run onnxsim.")] = True,
+    data: Annotated[Path | None, typer.Option("--data", help="Data for the parity check (default: the checkpoint's training data).")] = None,
+    parity_samples: Annotated[int, typer.Option("--parity-samples", help="Test-split images for the torch vs ONNX check.")] = 256,
+    as_json: JsonOpt = False,
+) -> None:
+    """Export a checkpoint to ONNX (dynamic batch, onnxsim, onnx.checker, metadata, parity vs torch)."""
+    from edgeskd.export.onnx_export import export_onnx
+
+    res = export_onnx(checkpoint, out, opset=opset, batch=batch, simplify=simplify, data_path=data,
+                      parity_samples=parity_samples)
+    for n in res.notes:
+        warn(n)
+    if as_json:
+        typer.echo(json.dumps({"path": str(res.path), "size_bytes": res.size_bytes, "opset": res.opset,
+                               "batch": res.batch, "simplified": res.simplified, "parity": res.parity.to_dict(),
+                               "output": res.meta.output}, indent=2))
+        return
+    p = res.parity
+    console.print(f"wrote {res.path} ({res.size_bytes / 1e6:.2f} MB, opset {res.opset}, batch {res.batch}, "
+                  f"output {res.meta.output}{', simplified' if res.simplified else ''})")
+    console.print(f"parity vs torch on {p.source}: max |Δ logit| {p.max_abs_diff:.2e} (limit {p.tolerance:g}), "
+                  f"top-1 agreement {100 * p.top1_agreement:.1f}%")

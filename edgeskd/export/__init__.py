@@ -1,0 +1,1 @@
+"""torch → ONNX export, parity check, metadata; TensorRT engine building."""

@@ -1,0 +1,253 @@
+"""Q/DQ INT8 ONNX with onnxruntime's ``quantize_static`` (DESIGN.md §4), and a reader of the result
+that checks what TensorRT needs: symmetric INT8 (zero points 0), per-channel weights on axis 0,
+per-tensor activations, no int32 bias DQ, opset >= 13.
+
+Weights are stored pre-quantized (INT8 initializer → DequantizeLinear). TensorRT accepts that form
+("pre-quantized weights need an IDequantizeLayer", TRT explicit-quantization guide) and it keeps the
+file at ~¼ of FP32; ``weight_qdq_pair=True`` gives the float-weight Q→DQ form instead
+(``AddQDQPairToWeight=True``) for tools that need it. Both dequantize to identical weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeskd.errors import ArtifactError
+from edgeskd.meta import ModelMeta
+from edgeskd.utils.io import atomic_path
+
+
+@dataclass(frozen=True)
+class QuantVariant:
+    name: str
+    activation: str              # "int8" | "uint8"
+    activation_symmetric: bool
+    tensorrt: bool               # fits TensorRT's explicit quantization rules
+    description: str
+
+
+VARIANTS: dict[str, QuantVariant] = {
+    "s8s8": QuantVariant("s8s8", "int8", True, True,
+                         "Q/DQ, symmetric INT8 activations + per-channel INT8 weights (TensorRT-compatible)"),
+    "u8s8": QuantVariant("u8s8", "uint8", False, False,
+                         "Q/DQ, asymmetric UINT8 activations + per-channel INT8 weights (x86 CPU friendly)"),
+}
+
+CALIB_METHODS = ("minmax", "entropy", "percentile")
+
+
+def quant_options(variant: QuantVariant, *, weight_qdq_pair: bool = False) -> dict[str, Any]:
+    return {
+        "ActivationSymmetric": variant.activation_symmetric,
+        "WeightSymmetric": True,
+        "QuantizeBias": False,
+        "AddQDQPairToWeight": weight_qdq_pair,
+        "DedicatedQDQPair": False,
+        "QDQKeepRemovableActivations": True,
+    }
+
+
+@contextlib.contextmanager
+def _quiet_ort_logging():
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def quantize_qdq(
+    fp32_path: str | Path,
+    out: str | Path,
+    meta: ModelMeta,
+    *,
+    calib: Any = None,                       # CalibrationSet; may be None on a cache hit
+    cache: str | Path,
+    variant: str = "s8s8",
+    method: str = "minmax",
+    weight_qdq_pair: bool = False,
+) -> Path:
+    """Write a Q/DQ INT8 ONNX of ``fp32_path`` to ``out`` (atomically), with edgeskd metadata.
+
+    ``cache``: the calibrated ranges (JSON). If it exists it is used and no image is loaded;
+    otherwise ``calib`` is run and the ranges are saved there.
+    """
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from edgeskd.export.onnx_export import attach_metadata
+
+    v = VARIANTS[variant]
+    if method not in CALIB_METHODS:
+        raise ValueError(f"calibration method {method!r}; use one of {CALIB_METHODS}")
+    cm = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+          "percentile": CalibrationMethod.Percentile}[method]
+    fp32 = onnx.load(str(fp32_path))
+    opset = next((o.version for o in fp32.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < 13:
+        raise ArtifactError(f"{fp32_path} has opset {opset}; Q/DQ INT8 needs opset >= 13 (re-export with --opset 17)")
+    softmax = [n.name for n in fp32.graph.node if n.op_type == "Softmax"]
+    cache = Path(cache)
+    have_cache = cache.is_file()
+    if not have_cache and calib is None:
+        raise ValueError("no calibration cache and no calibration set")
+    with atomic_path(out) as tmp_model, contextlib.ExitStack() as stack:
+        tmp_cache = cache if have_cache else stack.enter_context(atomic_path(cache))
+        if not have_cache:
+            tmp_cache.unlink(missing_ok=True)      # quantize_static writes the cache when absent
+        with _quiet_ort_logging():
+            quantize_static(
+                str(fp32_path), str(tmp_model),
+                calibration_data_reader=None if have_cache else calib.reader(fp32.graph.input[0].name),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                reduce_range=False,
+                activation_type=QuantType.QInt8 if v.activation == "int8" else QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                nodes_to_exclude=softmax,
+                calibrate_method=cm,
+                extra_options=quant_options(v, weight_qdq_pair=weight_qdq_pair),
+                calibration_cache_path=str(tmp_cache),
+            )
+        q = compact_names(onnx.load(str(tmp_model)))
+        qmeta = meta.replace(precision="int8", extra={
+            **meta.extra, "quant": {"variant": v.name, "calibration": method, "weights": "qdq-pair" if weight_qdq_pair else "int8",
+                                   "calibration_cache": cache.name,
+                                   "calibration_source": getattr(calib, "source", "cache")},
+        })
+        attach_metadata(q, qmeta)
+        onnx.checker.check_model(q, full_check=True)
+        onnx.save(q, str(tmp_model))
+    return Path(out)
+
+
+def compact_names(model) -> Any:
+    """Rename nodes and internal tensors to short ids (n0, t0...): ~15% of a small Q/DQ file is
+    exporter-generated names. Graph inputs/outputs keep their names; semantics are unchanged."""
+    g = model.graph
+    keep = {v.name for v in g.input} | {v.name for v in g.output} | {""}
+    mapping: dict[str, str] = {}
+
+    def new(name: str) -> str:
+        if name in keep:
+            return name
+        if name not in mapping:
+            mapping[name] = f"t{len(mapping)}"
+        return mapping[name]
+
+    for t in g.initializer:
+        t.name = new(t.name)
+    for i, n in enumerate(g.node):
+        n.name = f"n{i}"
+        n.input[:] = [new(x) for x in n.input]
+        n.output[:] = [new(x) for x in n.output]
+    for vi in g.value_info:
+        vi.name = new(vi.name)
+    return model
+
+
+# -- structure check ------------------------------------------------------------------------------
+@dataclass
+class QDQReport:
+    opset: int
+    n_quantize: int
+    n_dequantize: int
+    nonzero_zero_points: list[str] = field(default_factory=list)
+    uint8_tensors: list[str] = field(default_factory=list)
+    int32_dq: list[str] = field(default_factory=list)
+    weight_not_per_channel_axis0: list[str] = field(default_factory=list)
+    activation_not_per_tensor: list[str] = field(default_factory=list)
+    quantized_convs: int = 0
+    float_convs: list[str] = field(default_factory=list)
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.opset < 13:
+            out.append(f"opset {self.opset} < 13")
+        if self.n_dequantize == 0:
+            out.append("no DequantizeLinear nodes (not a Q/DQ model)")
+        for label, items in (("non-zero zero points", self.nonzero_zero_points),
+                             ("uint8 (asymmetric) tensors", self.uint8_tensors),
+                             ("int32 DequantizeLinear (bias)", self.int32_dq),
+                             ("weights not per-channel on axis 0", self.weight_not_per_channel_axis0),
+                             ("activations not per-tensor", self.activation_not_per_tensor),
+                             ("Conv without quantized inputs", self.float_convs)):
+            if items:
+                out.append(f"{label}: {', '.join(items[:3])}{' …' if len(items) > 3 else ''}")
+        return out
+
+    @property
+    def tensorrt_ok(self) -> bool:
+        return not self.problems()
+
+
+def inspect_qdq(model) -> QDQReport:
+    """Read a Q/DQ ONNX graph and report what TensorRT's explicit quantization would object to."""
+    import onnx
+    from onnx import numpy_helper
+
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(str(model))
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    consts = {n.output[0]: n.attribute[0].t for n in g.node if n.op_type == "Constant" and n.attribute}
+    tensors = {**consts, **inits}
+    producer = {o: n for n in g.node for o in n.output}
+
+    def arr(name: str) -> np.ndarray | None:
+        t = tensors.get(name)
+        return None if t is None else numpy_helper.to_array(t)
+
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    qs = [n for n in g.node if n.op_type == "QuantizeLinear"]
+    dqs = [n for n in g.node if n.op_type == "DequantizeLinear"]
+    rep = QDQReport(opset=opset, n_quantize=len(qs), n_dequantize=len(dqs))
+    for n in qs + dqs:
+        if len(n.input) > 2:
+            zp = arr(n.input[2])
+            if zp is not None:
+                if np.any(zp != 0):
+                    rep.nonzero_zero_points.append(n.name)
+                if zp.dtype == np.uint8:
+                    rep.uint8_tensors.append(n.name)
+    for n in dqs:
+        x = arr(n.input[0])
+        if x is not None and x.dtype == np.int32:
+            rep.int32_dq.append(n.name)
+    # weights: the DQ (possibly after a Q) feeding a Conv/Gemm/MatMul weight input
+    for n in g.node:
+        if n.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+            continue
+        data_in, w_in = n.input[0], n.input[1]
+        w_dq = producer.get(w_in)
+        a_dq = producer.get(data_in)
+        if n.op_type == "Conv":
+            if not (w_dq is not None and w_dq.op_type == "DequantizeLinear"
+                    and a_dq is not None and a_dq.op_type == "DequantizeLinear"):
+                rep.float_convs.append(n.name)
+                continue
+            rep.quantized_convs += 1
+        if w_dq is None or w_dq.op_type != "DequantizeLinear":
+            continue
+        scale = arr(w_dq.input[1])
+        axis = next((a.i for a in w_dq.attribute if a.name == "axis"), 1)
+        src = w_dq.input[0]
+        w = arr(src)
+        if w is None and producer.get(src) is not None and producer[src].op_type == "QuantizeLinear":
+            w = arr(producer[src].input[0])
+        if n.op_type == "Conv" and w is not None and scale is not None:
+            if not (scale.ndim == 1 and scale.size == w.shape[0] and axis == 0):
+                rep.weight_not_per_channel_axis0.append(n.name)
+        if a_dq is not None and a_dq.op_type == "DequantizeLinear":
+            a_scale = arr(a_dq.input[1])
+            if a_scale is not None and a_scale.size != 1:
+                rep.activation_not_per_tensor.append(n.name)
+    return rep
