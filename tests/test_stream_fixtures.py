@@ -37,7 +37,7 @@ def make_onnx(path: Path, *, meta: ModelMeta | None = META, seed: int = 0) -> Pa
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
-                torch.zeros(1, 3, 32, 32), str(path), input_names=["input"], output_names=["subclass_logits"],
+            net, torch.zeros(1, 3, 32, 32), str(path), input_names=["input"], output_names=["subclass_logits"],
             dynamic_axes={"input": {0: "n"}, "subclass_logits": {0: "n"}}, dynamo=False,
         )
     model = onnx.load(str(path))
