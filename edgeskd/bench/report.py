@@ -1,0 +1,110 @@
+"""Bench output: rich table, markdown, JSON, and the plot (latency vs F1; throughput vs batch)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from edgeskd.utils.io import atomic_path
+
+COLUMNS = (
+    ("name", "name"), ("backend", "backend"), ("precision", "prec"), ("size_mb", "MB"), ("params", "params"),
+    ("f1", "F1"), ("accuracy", "acc"), ("auc", "AUC"), ("latency_p50_ms", "p50 ms"), ("latency_p99_ms", "p99 ms"),
+    ("throughput", "img/s"), ("peak_mem_mb", "mem MB"), ("flops_per_image", "MFLOP"),
+    ("pct_of_gemm_peak", "% peak"), ("speedup_vs_torch_student", "× torch"), ("f1_change_vs_fp32", "ΔF1"),
+    ("status", "status"),
+)
+
+
+def _fmt(key: str, v: Any) -> str:
+    if v is None:
+        return "–"
+    if key == "throughput":
+        return " / ".join(f"{b}:{x:,.0f}" for b, x in v.items()) if v else "–"
+    if key == "flops_per_image":
+        return f"{v / 1e6:,.1f}"
+    if key == "params":
+        return f"{v / 1e6:.2f}M" if v >= 1e5 else f"{v:,}"
+    if key == "f1_change_vs_fp32":
+        return f"{v:+.2f}"
+    if key == "speedup_vs_torch_student":
+        return f"{v:.2f}×"
+    if isinstance(v, float):
+        return f"{v:.3f}" if abs(v) < 10 else f"{v:.2f}"
+    return str(v)
+
+
+def cells(row: dict[str, Any]) -> list[str]:
+    out = [_fmt(k, row.get(k)) for k, _ in COLUMNS]
+    if row.get("status") != "ok":
+        out[-1] = f"failed: {row.get('error')}"
+    return out
+
+
+def rich_table(result: dict[str, Any]):
+    from rich.table import Table
+
+    m = result["machine"]
+    title = f"edgeskd bench — {m.get('cpu')} · {m.get('threads')} threads"
+    if m.get("gpu"):
+        title += f" · {m['gpu']}"
+    t = Table(title=title, caption=_caption(result))
+    for key, head in COLUMNS:
+        t.add_column(head, justify="left" if key in ("name", "backend", "precision", "status") else "right",
+                     overflow="fold")
+    for r in result["rows"]:
+        t.add_row(*cells(r), style=None if r.get("status") == "ok" else "red")
+    return t
+
+
+def _caption(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    parts = [f"split {result.get('split', '?')} (n={result.get('n_images', '?')})"]
+    if m.get("gemm_peak_gflops"):
+        parts.append(f"measured fp32 GEMM peak {m['gemm_peak_gflops']:.1f} GFLOP/s")
+    parts.append("img/s per batch size; × torch = batch-1 p50 speed-up vs the torch-eager student")
+    return "; ".join(parts)
+
+
+def markdown(result: dict[str, Any]) -> str:
+    heads = [h for _, h in COLUMNS]
+    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in cells(r)) + " |" for r in result["rows"]]
+    return "\n".join(lines) + "\n\n" + _caption(result) + "\n"
+
+
+def plot(result: dict[str, Any], path: str | Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in result["rows"] if r.get("status") == "ok"]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.8))
+    for r in rows:
+        if r.get("latency_p50_ms") and r.get("f1") is not None:
+            a.scatter(r["latency_p50_ms"], r["f1"], s=40)
+            a.annotate(f"{r['name']} ({r['backend']})", (r["latency_p50_ms"], r["f1"]), fontsize=7,
+                       xytext=(4, 3), textcoords="offset points")
+        if r.get("throughput"):
+            bs = sorted(r["throughput"], key=int)
+            b.plot([int(x) for x in bs], [r["throughput"][x] for x in bs], marker="o", label=f"{r['name']}")
+    a.set_xscale("log")
+    a.set_xlabel("latency p50 at batch 1 (ms, log)")
+    a.set_ylabel(f"F1 (%) on {result.get('split', '?')}")
+    a.set_title("accuracy vs latency")
+    a.grid(alpha=0.3)
+    b.set_xscale("log", base=2)
+    b.set_yscale("log")
+    b.set_xlabel("batch size")
+    b.set_ylabel("images / s (log)")
+    b.set_title("throughput vs batch size")
+    b.grid(alpha=0.3)
+    if rows:
+        b.legend(fontsize=7)
+    fig.tight_layout()
+    out = Path(path)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return out
