@@ -116,7 +116,7 @@ def open_container(src: str, *, timeout_s: float = 10.0):
         ) from None
     except (av.error.FFmpegError, OSError) as e:
         what = "connect to" if kind != "file" else "open"
-        hint = "is it a video file?" if kind == "file" else "check the address and that the server is running"
+        hint = "is it a complete video file?" if kind == "file" else "check the address and that the server is running"
         raise VideoError(f"cannot {what} {src}: {_av_error_text(e)} ({hint})") from None
     if not container.streams.video:
         container.close()
