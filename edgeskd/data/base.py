@@ -32,7 +32,8 @@ class LabeledSet:
     votes: np.ndarray | None = None              # (N,) int64 or None
     root: Path | None = None
     n_annotators: int = 7
-    info: dict[str, Any] = field(default_factory=dict)  # format-specific notes (e.g. vote disagreements)
+    info: dict[str, Any] = field(default_factory=dict)  # format-specific notes (e.g. vote disagreements);
+    # per-sample np.ndarray entries of length N (synthetic "true_labels", ...) are subset along with the rows
 
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels, dtype=np.int64)
@@ -65,8 +66,12 @@ class LabeledSet:
         else:
             m = np.asarray(mask_or_index)
             idx = np.flatnonzero(m) if m.dtype == bool else m.astype(np.intp)
+        n = len(self)
+        info = {k: (v[idx] if isinstance(v, np.ndarray) and v.ndim >= 1 and len(v) == n else v)
+                for k, v in self.info.items()}  # per-sample arrays (e.g. synthetic true labels) follow
         return replace(
             self,
+            info=info,
             labels=self.labels[idx],
             subclasses=self.subclasses[idx],
             splits=self.splits[idx],

@@ -311,8 +311,10 @@ def render_polyp(
     dots = _smoothstep(0.30, 0.85, ca_ * cb_)
     tubes = _smoothstep(0.35, 0.85, ca_ * np.cos(b / 3.5))
     gyri = _smoothstep(0.15, 0.90, np.cos(a + 2.2 * np.sin(b * 0.45)))
+    # Fade patterns finer than the pixel grid can carry (small renders), instead of aliasing them.
+    fade = _smoothstep(1.6, 3.0, P["pit_period"] * S / 128.0)[:, None, None]
     pit = (P["dots"][:, None, None] * dots + P["tubes"][:, None, None] * tubes
-           + P["gyri"][:, None, None] * gyri)
+           + P["gyri"][:, None, None] * gyri) * fade
 
     col = P["color"][:, None, None, :] * np.ones((1, S, S, 1), np.float32)
     pit_rgb = np.array([0.42, 0.16, 0.14], np.float32)

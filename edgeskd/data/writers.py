@@ -33,15 +33,21 @@ def image_names(ls: LabeledSet) -> list[str]:
     return [f"synth_{i:0{width}d}.png" for i in range(len(ls))]
 
 
-@contextlib.contextmanager
-def atomic_dir(out: Path, *, overwrite: bool) -> Iterator[Path]:
-    """Yield a temporary directory; on success it replaces ``out``. Refuses a non-empty ``out``
-    unless ``overwrite``; on failure ``out`` is untouched and the temporary directory removed."""
+def check_output_dir(out: str | Path, *, overwrite: bool) -> Path:
+    """UsageError if ``out`` is a file, or a non-empty directory and not ``overwrite``."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out} exists and is not a directory; choose another output path")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise UsageError(f"{out} exists and is not empty; pass --overwrite to replace it, or choose another path")
+    return out
+
+
+@contextlib.contextmanager
+def atomic_dir(out: Path, *, overwrite: bool) -> Iterator[Path]:
+    """Yield a temporary directory; on success it replaces ``out``. Refuses a non-empty ``out``
+    unless ``overwrite``; on failure ``out`` is untouched and the temporary directory removed."""
+    out = check_output_dir(out, overwrite=overwrite)
     parent = ensure_writable_dir(out.parent if str(out.parent) else ".")
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent))
     try:

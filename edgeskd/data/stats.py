@@ -1,0 +1,96 @@
+"""Label statistics: extra label bits H(S|C) and the per-split × class × subclass summary."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from edgeskd.data.base import SPLITS, LabeledSet
+
+LABEL_BITS_FORMULA = "H(S) - H(C) = H(S|C) over the training labels, in bits (S subclass, C class)"
+
+
+def entropy_bits(values: np.ndarray) -> float:
+    """Shannon entropy (bits) of the empirical distribution of ``values``."""
+    _, counts = np.unique(np.asarray(values), return_counts=True)
+    if counts.sum() == 0:
+        return 0.0
+    p = counts / counts.sum()
+    return float(-(p * np.log2(p)).sum())
+
+
+def label_bits(ls_or_arrays: LabeledSet | tuple[np.ndarray, np.ndarray]) -> float:
+    """H(S) − H(C) in bits on the training split (a LabeledSet), or on (subclasses, labels).
+
+    Because every subclass belongs to one class, H(S) = H(S, C) = H(C) + H(S|C), so this is the
+    conditional entropy H(S|C): how many bits a subclass label adds to the class label.
+    """
+    if isinstance(ls_or_arrays, LabeledSet):
+        tr = ls_or_arrays.splits == "train"
+        subs, labels = ls_or_arrays.subclasses[tr], ls_or_arrays.labels[tr]
+    else:
+        subs, labels = (np.asarray(a) for a in ls_or_arrays)
+    if len(subs) == 0:
+        return 0.0
+    return max(0.0, entropy_bits(subs) - entropy_bits(labels))
+
+
+def dataset_summary(ls: LabeledSet) -> dict[str, Any]:
+    """Everything ``edgeskd info`` shows, JSON-ready."""
+    splits = [s for s in SPLITS if np.any(ls.splits == s)]
+    counts = {
+        sp: {
+            ls.class_names[c]: {
+                ls.subclass_names[s]: int(np.sum((ls.splits == sp) & (ls.subclasses == s)))
+                for s in range(ls.num_subclasses) if ls.subclass_to_class[s] == c
+            }
+            for c in range(ls.num_classes)
+        }
+        for sp in splits
+    }
+    out: dict[str, Any] = {
+        "name": ls.name,
+        "format": ls.format,
+        "root": str(ls.root) if ls.root is not None else None,
+        "num_images": len(ls),
+        "class_names": list(ls.class_names),
+        "subclass_names": list(ls.subclass_names),
+        "subclass_to_class": [int(v) for v in ls.subclass_to_class],
+        "positive_class": ls.info.get("positive_class", ls.class_names[-1]),
+        "subclass_definition": ls.info.get("subclass_definition", "as given (folder / manifest names)"),
+        "split_source": ls.info.get("split_source", "given"),
+        "split_sizes": {sp: int(np.sum(ls.splits == sp)) for sp in splits},
+        "class_counts": {sp: {ls.class_names[c]: int(np.sum((ls.splits == sp) & (ls.labels == c)))
+                              for c in range(ls.num_classes)} for sp in splits},
+        "counts": counts,
+        "label_bits": round(label_bits(ls), 6),
+        "label_bits_formula": LABEL_BITS_FORMULA,
+    }
+    if ls.votes is not None and np.any(ls.votes >= 0):
+        v = ls.votes[ls.votes >= 0]
+        n = ls.n_annotators
+        out["votes"] = {
+            "n_annotators": n,
+            "histogram": {str(k): int(c) for k, c in enumerate(np.bincount(v, minlength=n + 1)[: n + 1])},
+            "non_unanimous_share": round(float(np.mean((v > 0) & (v < n))), 6),
+            "unknown": int(np.sum(ls.votes < 0)),
+        }
+        known = ls.votes >= 0
+        agree = (ls.votes[known] * 2 > n).astype(np.int64) == ls.labels[known]
+        if ls.num_classes == 2:
+            out["votes"]["disagree_with_label"] = int(np.sum(~agree))
+    if "vote_disagreements" in ls.info:
+        out["vote_disagreements"] = ls.info["vote_disagreements"]
+    if "true_labels" in ls.info:
+        out["label_noise_rate"] = round(float(np.mean(np.asarray(ls.info["true_labels"]) != ls.labels)), 6)
+        out["label_noise_source"] = "majority vote vs the true latent class (known for synthetic data)"
+    elif "label_noise_rate" in ls.info:
+        out["label_noise_rate"] = round(float(ls.info["label_noise_rate"]), 6)
+        out["label_noise_source"] = "recorded by the synthetic generator (dataset.json)"
+    if "generator" in ls.info:
+        out["generator"] = ls.info["generator"]
+    if "skipped_bad" in ls.info:
+        out["skipped_bad"] = list(ls.info["skipped_bad"])
+    out["warnings"] = list(ls.info.get("warnings", []))
+    return out
