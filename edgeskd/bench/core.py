@@ -292,34 +292,29 @@ def run_bench(artifacts: Iterable[Artifact], ls, opts: BenchOptions, *, machine:
     return {"machine": machine, "rows": [r.to_dict() for r in rows]}
 
 
-def data_spec_from_artifacts(artifacts: Iterable[Artifact]) -> dict[str, Any] | None:
-    """The data a run was trained on, from the first checkpoint's config or ONNX metadata."""
+def data_ref_from_artifacts(artifacts: Iterable[Artifact]) -> dict[str, Any] | None:
+    """The data the artifacts were trained on (``edgeskd.export.data`` reference): from the first
+    checkpoint's training config, else from an ONNX's ``extra["data"]`` metadata."""
     for a in artifacts:
         if a.error:
             continue
         try:
             fmt = detect_format(a.path)
-        except ArtifactError:
-            continue
-        if fmt is Format.torch:
-            try:
+            if fmt is Format.torch:
+                from edgeskd.export.data import data_ref_from_checkpoint
                 from edgeskd.models.checkpoint import load_checkpoint
 
-                cfg = load_checkpoint(a.path).get("config") or {}
-            except (EdgeSKDError, ImportError):
-                continue
-            if "synthetic_n" in cfg or "data" in cfg:
-                return {k: cfg.get(k) for k in ("data", "format", "synthetic_n", "data_seed", "img_size")}
-        elif fmt is Format.onnx:
-            try:
+                ref = data_ref_from_checkpoint(load_checkpoint(a.path))
+            elif fmt is Format.onnx:
                 import onnx
 
                 props = {p.key: p.value for p in onnx.load(str(a.path), load_external_data=False).metadata_props}
-            except Exception:  # noqa: BLE001 - unreadable: its own row will say so
-                continue
-            raw = props.get("edgeskd.extra")
-            extra = json.loads(raw) if raw else {}
-            spec = extra.get("data") if isinstance(extra, dict) else None
-            if isinstance(spec, dict):
-                return spec
+                extra = json.loads(props.get("edgeskd.extra", "{}"))
+                ref = extra.get("data") if isinstance(extra, dict) else None
+            else:
+                ref = None
+        except Exception:  # noqa: BLE001 - an unreadable artifact gets its own failed row
+            continue
+        if isinstance(ref, dict):
+            return ref
     return None

@@ -1,12 +1,81 @@
-"""`edgeskd bench` — not available yet (filled in by its issue)."""
+"""`edgeskd bench ARTIFACT...`: accuracy and speed of every artifact, side by side."""
 
 from __future__ import annotations
 
-from edgeskd.cli.common import cli_command
-from edgeskd.errors import NotAvailableYet
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from edgeskd.cli.common import DataFormat, cli_command, console, err_console
+from edgeskd.errors import UsageError
+
+
+def _parse_batches(text: str) -> tuple[int, ...]:
+    try:
+        vals = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise UsageError(f"--batch-sizes {text!r} must be comma-separated integers, e.g. 1,8,32") from None
+    if not vals or any(v <= 0 for v in vals):
+        raise UsageError(f"--batch-sizes {text!r}: every batch size must be a positive integer")
+    return vals
 
 
 @cli_command
-def bench() -> None:
-    """Not available yet."""
-    raise NotAvailableYet("`edgeskd bench` is not available yet in this version")
+def bench(
+    artifacts: Annotated[list[Path], typer.Argument(help="Run directories, checkpoints, .onnx, .engine, or folders of them.")],
+    data: Annotated[Optional[Path], typer.Option("--data", help="Data set; default: what the artifacts were trained on (else the synthetic default).")] = None,
+    format: Annotated[DataFormat, typer.Option("--format", help="Data format.")] = DataFormat.auto,
+    split: Annotated[str, typer.Option("--split", help="Split to evaluate: train, val or test.")] = "test",
+    batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Throughput batch sizes.")] = "1,8,32",
+    threads: Annotated[int, typer.Option("--threads", help="CPU threads for every backend.")] = 2,
+    warmup: Annotated[int, typer.Option("--warmup", help="Untimed warm-up calls.")] = 20,
+    iters: Annotated[int, typer.Option("--iters", help="Timed calls per batch size.")] = 200,
+    max_seconds: Annotated[float, typer.Option("--max-seconds", help="Cap on each timing phase (s).")] = 10.0,
+    device: Annotated[str, typer.Option("--device", help="cpu or cuda (torch rows; TensorRT is always GPU).")] = "cpu",
+    out: Annotated[Path, typer.Option("--out", help="JSON output.")] = Path("bench.json"),
+    plot_path: Annotated[Optional[Path], typer.Option("--plot", help="PNG plot (latency vs F1, throughput vs batch).")] = None,
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print a markdown table instead of a rich table.")] = False,
+) -> None:
+    """Bench every artifact: F1/accuracy/AUC through the runtime, latency p50/p99, throughput, size,
+    FLOPs vs this machine's measured GEMM peak, speed-up vs torch eager, F1 change vs FP32."""
+    from edgeskd.bench.core import BenchOptions, data_ref_from_artifacts, discover, run_bench
+    from edgeskd.bench.machine import machine_info
+    from edgeskd.bench.report import markdown as to_markdown
+    from edgeskd.bench.report import plot, rich_table
+    from edgeskd.export.data import load_data
+    from edgeskd.utils.io import ensure_writable_dir, write_json_atomic
+
+    if split not in ("train", "val", "test"):
+        raise UsageError(f"--split {split!r} must be train, val or test")
+    if device not in ("cpu", "cuda"):
+        raise UsageError(f"--device {device!r} must be cpu or cuda")
+    opts = BenchOptions(batch_sizes=_parse_batches(batch_sizes), threads=threads, warmup=warmup, iters=iters,
+                        device=device, max_seconds_per_timing=max_seconds)
+    ensure_writable_dir(out.parent)
+    if plot_path is not None:
+        ensure_writable_dir(plot_path.parent)
+    arts = discover(artifacts)
+    ls = load_data(None if data is not None else data_ref_from_artifacts(arts), path=data, fmt=format.value)
+    part = ls.split(split)
+    if len(part) == 0:
+        raise UsageError(f"the data has no {split!r} split; choose another with --split")
+
+    err_console.print(f"benching {len(arts)} artifact(s) on {split} (n={len(part)}), {threads} thread(s)…")
+    machine = machine_info(threads)
+    result = run_bench(arts, part, opts, machine=machine,
+                       on_row=lambda r: err_console.print(f"  {r.name:<28} {r.backend:<12} {r.status}"
+                                                          + (f": {r.error}" if r.error else "")))
+    result["split"] = split
+    result["n_images"] = len(part)
+    write_json_atomic(out, result)
+    if plot_path is not None:
+        plot(result, plot_path)
+    if markdown:
+        console.print(to_markdown(result), markup=False, soft_wrap=True)
+    else:
+        console.print(rich_table(result))
+    console.print(f"wrote {out}" + (f" and {plot_path}" if plot_path else ""))
+    failed = [r for r in result["rows"] if r["status"] != "ok"]
+    if failed:
+        raise typer.Exit(1)

@@ -11,7 +11,10 @@ from edgeskd.errors import DataError
 
 
 def data_ref_from_checkpoint(ckpt: dict[str, Any]) -> dict[str, Any] | None:
-    """{"data", "format", "seed", "synthetic_n", "skip_bad"} from an ``edgeskd train`` checkpoint."""
+    """{"data", "format", "seed", "synthetic_n", "img_size", "skip_bad"} from an ``edgeskd train`` checkpoint.
+
+    ``img_size`` matters for the synthetic set: training renders it at the model's input size, so
+    evaluation must render it at the same size to see the same images."""
     cfg = (ckpt.get("config") or {}).get("train") or {}
     if not cfg:
         return None
@@ -20,6 +23,7 @@ def data_ref_from_checkpoint(ckpt: dict[str, Any]) -> dict[str, Any] | None:
         "format": cfg.get("format", "auto"),
         "seed": int(cfg.get("data_seed", 0)),
         "synthetic_n": cfg.get("synthetic_n"),
+        "img_size": cfg.get("img_size"),
         "skip_bad": bool(cfg.get("skip_bad", False)),
     }
 
@@ -47,6 +51,8 @@ def load_data(ref: dict[str, Any] | None = None, *, path: str | Path | None = No
     kw["seed"] = int(ref.get("seed", 0) if seed is None else seed)
     if ref.get("synthetic_n"):
         kw["synthetic_n"] = int(ref["synthetic_n"])
+    if ref.get("img_size") and f == "synthetic":
+        kw["img_size"] = int(ref["img_size"])
     if ref.get("skip_bad"):
         kw["skip_bad"] = True
     return load_dataset(p, f, **kw)

@@ -1,0 +1,73 @@
+"""`edgeskd bench` through the CLI on a tiny generated data set and tiny models."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from edgeskd.data.synthetic import make_synthetic  # noqa: E402
+from edgeskd.data.writers import write_dataset  # noqa: E402
+from edgeskd.meta import ModelMeta  # noqa: E402
+from edgeskd.models import create_model  # noqa: E402
+from edgeskd.models.checkpoint import save_checkpoint  # noqa: E402
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    ls = make_synthetic(60, 32, seed=0)
+    data = write_dataset(ls, tmp_path / "data", "folder")
+    run = tmp_path / "run"
+    run.mkdir()
+    for name, output in [("teacher", "subclass_logits"), ("student-skd", "subclass_logits")]:
+        meta = ModelMeta(class_names=ls.class_names, subclass_names=ls.subclass_names,
+                         subclass_to_class=ls.subclass_to_class, input_size=(32, 32), output=output,
+                         arch="tiny_cnn", model_name=name)
+        save_checkpoint(run / f"{name}.pt", create_model("tiny_cnn", meta.num_outputs).eval(), meta)
+    (run / "metrics.json").write_text("{}")
+    return data, run
+
+
+ROW_SCHEMA = {"name", "path", "backend", "precision", "size_mb", "params", "f1", "accuracy", "auc",
+              "latency_p50_ms", "latency_p99_ms", "throughput", "peak_mem_mb", "speedup_vs_torch_student",
+              "f1_change_vs_fp32", "status", "error"}
+
+
+def test_bench_cli_json_schema_and_plot(cli, tiny, tmp_path):
+    data, run = tiny
+    out, png = tmp_path / "b" / "bench.json", tmp_path / "b" / "bench.png"
+    r = cli("bench", run, "--data", data, "--batch-sizes", "1,2", "--warmup", "1", "--iters", "3",
+            "--threads", "1", "--out", out, "--plot", png, "--markdown")
+    assert r.exit_code == 0, r.output
+    res = json.loads(out.read_text())
+    assert {"cpu", "cores", "threads", "libraries", "gemm_peak_gflops"} <= set(res["machine"])
+    assert [row["name"] for row in res["rows"]] == ["teacher", "student-skd"]
+    for row in res["rows"]:
+        assert ROW_SCHEMA <= set(row) and row["status"] == "ok"
+        assert set(row["throughput"]) == {"1", "2"}
+        assert 0 <= row["f1"] <= 100
+    assert png.stat().st_size > 1000
+    assert "| name |" in r.output
+
+
+def test_bench_cli_failing_artifact_exit_code(cli, tiny, tmp_path):
+    data, run = tiny
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"garbage")
+    out = tmp_path / "bench.json"
+    r = cli("bench", bad, run / "student-skd.pt", "--data", data, "--batch-sizes", "1", "--warmup", "0",
+            "--iters", "2", "--threads", "1", "--out", out)
+    assert r.exit_code == 1
+    rows = json.loads(out.read_text())["rows"]
+    assert rows[0]["status"] == "failed" and rows[1]["status"] == "ok"
+
+
+@pytest.mark.parametrize("args,msg", [(["--batch-sizes", "1,0"], "positive"), (["--batch-sizes", "a"], "integers"),
+                                      (["--split", "dev"], "--split")])
+def test_bench_cli_bad_options(cli, tiny, args, msg):
+    data, run = tiny
+    r = cli("bench", run, "--data", data, *args)
+    assert r.exit_code != 0 and msg in r.output
+    assert "Traceback" not in r.output
