@@ -1,0 +1,176 @@
+"""The fused CUDA preprocessing kernel: compiles on CPU-only machines (NVRTC and nvcc), its arithmetic
+matches the CPU path bit for bit (the same source built for the host), and on a GPU the real
+kernel matches the CPU path on real video frames."""
+
+from __future__ import annotations
+
+import ctypes
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeskd.runtime.preprocess import preprocess_for
+from test_stream_fixtures import META, decode_all, endo_frame, make_video
+
+cp = pytest.importorskip("edgeskd.runtime.cuda_preprocess")
+
+
+def _has_nvrtc() -> bool:
+    try:
+        cp._nvrtc()
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+needs_nvrtc = pytest.mark.skipif(not _has_nvrtc(), reason="cuda-python (NVRTC) not installed")
+needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed")
+
+
+@needs_nvrtc
+@pytest.mark.parametrize("arch,cubin", [("compute_75", False), ("compute_87", False), ("sm_87", True), ("sm_90", True)])
+def test_kernel_compiles_with_nvrtc_on_cpu(arch, cubin):
+    image = cp.compile_nvrtc(arch, cubin=cubin)
+    if cubin:
+        assert image[:4] == b"\x7fELF"
+    else:
+        ptx = image.decode(errors="replace")
+        assert f".target sm_{arch.split('_')[1]}" in ptx
+        assert ".entry edgeskd_preprocess_f32" in ptx and ".entry edgeskd_preprocess_f16" in ptx
+        assert "cvt.rn.f16.f32" in ptx
+        assert "fma." not in ptx          # --fmad=false and explicit _rn intrinsics: numpy's rounding
+    assert cp.KERNEL_F32.encode() in image and cp.KERNEL_F16.encode() in image
+
+
+@needs_nvrtc
+def test_nvrtc_reports_compile_errors():
+    with pytest.raises(cp.KernelCompileError, match="NVRTC could not compile"):
+        cp.compile_nvrtc("compute_75", source=cp.kernel_source() + "\n this is not C++;\n")
+
+
+@needs_nvcc
+@pytest.mark.parametrize("arch,kind", [("sm_87", "cubin"), ("sm_75", "ptx")])
+def test_kernel_compiles_with_nvcc_on_cpu(arch, kind):
+    image = cp.compile_nvcc(arch, kind=kind)
+    assert cp.KERNEL_F32.encode() in image and len(image) > 1000
+
+
+# -- the kernel's arithmetic, built for the host -------------------------------------------------------
+_HARNESS = r"""
+#include <cmath>
+#include <algorithm>
+#include <cstddef>
+using std::min;
+using std::floor;
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __restrict__
+struct edgeskd_dim3 { int x, y, z; };
+static edgeskd_dim3 blockIdx, threadIdx, blockDim;
+static inline float __fadd_rn(float a, float b) { return a + b; }
+static inline float __fsub_rn(float a, float b) { return a - b; }
+static inline float __fmul_rn(float a, float b) { return a * b; }
+static inline float __fdiv_rn(float a, float b) { return a / b; }
+#define EDGESKD_HOST_EMULATION 1
+#include "KERNEL"
+
+extern "C" void run(int f16, const unsigned char* src, int pitch, int cx, int cy, int cw, int ch,
+                    void* dst, int ow, int oh, int swap, const float* m, const float* s) {
+    blockDim = {32, 8, 1};
+    for (int by = 0; by < (oh + 7) / 8; ++by)
+      for (int bx = 0; bx < (ow + 31) / 32; ++bx)
+        for (int ty = 0; ty < 8; ++ty)
+          for (int tx = 0; tx < 32; ++tx) {
+            blockIdx = {bx, by, 0}; threadIdx = {tx, ty, 0};
+            if (f16) edgeskd_preprocess_f16(src, pitch, cx, cy, cw, ch, (unsigned short*)dst, ow, oh, swap,
+                                            m[0], m[1], m[2], s[0], s[1], s[2]);
+            else edgeskd_preprocess_f32(src, pitch, cx, cy, cw, ch, (float*)dst, ow, oh, swap,
+                                        m[0], m[1], m[2], s[0], s[1], s[2]);
+          }
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def host_kernel(tmp_path_factory):
+    cxx = shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        pytest.skip("no C++ compiler for the host build of the kernel")
+    d = tmp_path_factory.mktemp("hostkernel")
+    src = d / "harness.cpp"
+    src.write_text(_HARNESS.replace("KERNEL", str(cp.KERNEL_PATH)))
+    lib = d / "libpre.so"
+    r = subprocess.run([cxx, "-O2", "-std=c++17", "-ffp-contract=off", "-fPIC", "-shared", str(src), "-o", str(lib)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"host build of the kernel failed: {r.stderr[:400]}")
+    so = ctypes.CDLL(str(lib))
+    so.run.restype = None
+
+    def run(frame: np.ndarray, meta, crop=None, f16=False, input_order="RGB"):
+        H, W = frame.shape[:2]
+        x, y, w, h = crop if crop is not None else (0, 0, W, H)
+        oh, ow = meta.input_size
+        out = np.zeros((3, oh, ow), np.float16 if f16 else np.float32)
+        m, s = cp.norm_constants(meta)
+        frame = np.ascontiguousarray(frame)
+        P = ctypes.c_void_p
+        so.run(int(f16), frame.ctypes.data_as(P), W * 3, x, y, w, h, out.ctypes.data_as(P), ow, oh,
+               int(input_order != meta.channel_order), m.ctypes.data_as(P), s.ctypes.data_as(P))
+        return out
+
+    return run
+
+
+@pytest.mark.parametrize("size,crop,order,out_hw", [
+    ((160, 120), None, "RGB", (32, 32)),
+    ((641, 479), (40, 3, 555, 470), "BGR", (32, 48)),     # odd frame, crop, channel swap, non-square
+    ((96, 144), (0, 10, 96, 120), "RGB", (128, 128)),     # upscaling
+])
+def test_kernel_arithmetic_matches_cpu_path_bit_for_bit(host_kernel, size, crop, order, out_hw):
+    meta = META.replace(channel_order=order, input_size=list(out_hw))
+    frame = endo_frame(*size, 3)
+    ref = preprocess_for(meta, frame, crop=crop)[0]
+    np.testing.assert_array_equal(host_kernel(frame, meta, crop), ref)
+    half = host_kernel(frame, meta, crop, f16=True)
+    np.testing.assert_array_equal(half, ref.astype(np.float16))
+
+
+# -- on a GPU: the real kernel vs the CPU path on decoded video frames --------------------------------------
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_cuda_path_matches_cpu_path_on_real_frames(tmp_path, dtype):
+    """Tolerance: float32 1e-5 absolute (the arithmetic is designed to be bit-identical; the bound
+    allows a different libm floor/convert path), float16 one half-precision step (2^-10 relative)."""
+    video = make_video(tmp_path / "v.mp4", n=4, w=640, h=360)
+    frames = np.stack(decode_all(video))
+    meta = META.replace(input_size=[128, 128], channel_order="BGR")
+    pre = cp.CudaPreprocessor(meta, dtype=dtype)
+    try:
+        for crop in (None, (100, 10, 430, 340)):
+            got = pre.to_host(frames, crop)
+            ref = preprocess_for(meta, frames, crop=crop)
+            if dtype == np.float32:
+                np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5)
+            else:
+                np.testing.assert_allclose(got.astype(np.float32), ref, rtol=2 ** -10, atol=2 ** -14)
+    finally:
+        pre.close()
+
+
+def test_cuda_preprocessing_without_gpu_is_a_clean_error():
+    from edgeskd.errors import BackendUnavailable
+
+    try:
+        from edgeskd.runtime.cuda_binding import get_binding
+
+        get_binding()
+    except BackendUnavailable:
+        with pytest.raises(BackendUnavailable):
+            cp.CudaPreprocessor(META)
+    else:
+        pytest.skip("a GPU is present")
