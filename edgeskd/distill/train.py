@@ -57,9 +57,28 @@ def load_training_data(cfg: TrainConfig):
 
     path = Path(cfg.data) if cfg.data is not None else None
     fmt = "synthetic" if path is None and cfg.format == "auto" else cfg.format
-    ls = load_dataset(path, fmt, seed=cfg.data_seed, skip_bad=cfg.skip_bad, synthetic_n=cfg.synthetic_n)
+    # The synthetic set is rendered at the model's input size (what a camera at that resolution
+    # delivers; 10x cheaper than rendering at 128 px and resizing).
+    ls = load_dataset(path, fmt, seed=cfg.data_seed, skip_bad=cfg.skip_bad, synthetic_n=cfg.synthetic_n,
+                      img_size=cfg.img_size)
     check_trainable(ls)
     return ls
+
+
+def load_training_data_for(checkpoint) -> Any:
+    """The LabeledSet a checkpoint (path or loaded dict) was trained on: same data path, format,
+    synthetic size/count/seed and splits — what ``edgeskd bench`` needs to reproduce the F1."""
+    from dataclasses import fields as _fields
+
+    from edgeskd.models.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(checkpoint) if isinstance(checkpoint, (str, Path)) else checkpoint
+    train_cfg = (ckpt.get("config") or {}).get("train")
+    if not isinstance(train_cfg, dict):
+        raise ArtifactError("the checkpoint records no training settings; pass --data explicitly")
+    known = {f.name for f in _fields(TrainConfig)}
+    cfg = TrainConfig(**{k: v for k, v in train_cfg.items() if k in known})
+    return load_training_data(cfg)
 
 
 def check_trainable(ls) -> None:
@@ -252,7 +271,9 @@ def _loader(env: _Env, meta: ModelMeta, epoch_seed: int):
     from edgeskd.data.torch_dataset import ImageDataset
 
     cfg, ctx = env.cfg, env.ctx
-    ds = ImageDataset(env.train_ls, meta.input_size, meta.mean, meta.std, train=cfg.augment, target="subclass")
+    # augmentation is seeded per (seed, epoch, item): identical with any worker count and on --resume
+    ds = ImageDataset(env.train_ls, meta.input_size, meta.mean, meta.std, train=cfg.augment, target="subclass",
+                      seed=epoch_seed)
     if ctx.distributed:
         sampler = DistributedSampler(ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
                                      seed=epoch_seed, drop_last=True)
@@ -339,7 +360,7 @@ def fit(env: _Env, job: Job, seed: int, run_dir: Path) -> FitResult:
 
         train_model = DDP(model, device_ids=[torch.device(env.device).index] if env.device.startswith("cuda") else None)
 
-    loader = _loader(env, job.meta, seed)
+    loader = _loader(env, job.meta, _model_seed(seed, job.name))
     steps_per_epoch = max(1, len(loader))
     total_steps = job.epochs * steps_per_epoch
     warmup = int(cfg.warmup_epochs * steps_per_epoch) if job.epochs > 1 else 0
@@ -358,6 +379,7 @@ def fit(env: _Env, job: Job, seed: int, run_dir: Path) -> FitResult:
         t0 = time.perf_counter()
         epoch_seed = _model_seed(seed, job.name) + 7919 * (epoch + 1)
         _seed_everything(epoch_seed + ctx.rank)
+        loader.dataset.set_epoch(epoch)
         if ctx.distributed:
             loader.sampler.set_epoch(epoch)
         else:

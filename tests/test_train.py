@@ -1,0 +1,305 @@
+"""`edgeskd train` end to end on tiny generated data (32×32, a few dozen images, 1 thread)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from edgeskd.distill.config import resolve_config  # noqa: E402
+from edgeskd.errors import UsageError  # noqa: E402
+
+TINY = ["--synthetic-n", "60", "--img-size", "32", "--batch-size", "8", "--device", "cpu"]
+
+
+def _lines(r) -> list[str]:
+    return [ln for ln in r.output.strip().splitlines() if ln.strip()]
+
+
+def _assert_one_line_error(r, *needles: str) -> None:
+    """Non-zero exit, no traceback, and the error is one line (the last one printed)."""
+    assert r.exit_code not in (0, None), r.output
+    assert "Traceback" not in r.output
+    lines = _lines(r)
+    errors = [ln for ln in lines if ln.startswith("error:") or ln.startswith("Error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], r.output
+    for n in needles:
+        assert n in errors[0], (n, r.output)
+
+
+@pytest.fixture(scope="module")
+def known_run(tmp_path_factory):
+    """One tiny known-subclass run through the CLI, shared by the checks below."""
+    from typer.testing import CliRunner
+
+    from edgeskd.cli.app import app
+
+    out = tmp_path_factory.mktemp("run") / "out"
+    r = CliRunner().invoke(app, ["train", *TINY, "--epochs", "1", "--teacher-epochs", "1", "--out", str(out)],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    return out, r
+
+
+def test_cli_run_writes_every_output(known_run):
+    out, r = known_run
+    for f in ("teacher.pt", "student-none.pt", "student-kd.pt", "student-skd.pt", "metrics.json", "report.md",
+              "log.jsonl", "curves.png", "confusion.png", "dark_knowledge.png"):
+        assert (out / f).is_file() and (out / f).stat().st_size > 0, f
+    assert not list(out.glob("*.last.pt")) and not list(out.glob(".*.tmp*"))
+    m = json.loads((out / "metrics.json").read_text())
+    ds = m["dataset"]
+    assert ds["n_train"] + ds["n_val"] + ds["n_test"] == 60 and ds["n_train"] > 0 and ds["n_test"] > 0
+    assert ds["label_bits"] > 0
+    assert set(m["models"]) == {"teacher", "student-none", "student-kd", "student-skd"}
+    for name, mm in m["models"].items():
+        for k in ("f1", "accuracy", "precision", "recall", "params", "per_subclass_accuracy"):
+            assert k in mm, (name, k)
+        assert 0.0 <= mm["f1"] <= 100.0 and 0.0 <= mm["accuracy"] <= 100.0
+        assert set(mm["per_subclass_accuracy"]) <= set(ds["subclass_names"])
+    assert m["models"]["teacher"]["params"] > 10 * m["models"]["student-skd"]["params"]
+    # one log line per epoch per model
+    log = [json.loads(ln) for ln in (out / "log.jsonl").read_text().splitlines()]
+    assert [rec["model"] for rec in log] == ["teacher", "student-none", "student-kd", "student-skd"]
+    assert all("val_f1" in rec and "train_loss" in rec for rec in log)
+    assert {"train_kd", "train_ce"} <= set(log[3])
+    report = (out / "report.md").read_text()
+    assert "| student-skd |" in report and "H(S) - H(C)" in report
+    assert "student-skd" in r.output  # the summary table
+
+
+def test_checkpoints_load_weights_only_with_metadata(known_run):
+    out, _ = known_run
+    from edgeskd.models.checkpoint import model_from_checkpoint
+
+    expect = {"teacher": ("resnet18", "subclass_logits"), "student-none": ("tiny_cnn", "class_logits"),
+              "student-kd": ("tiny_cnn", "class_logits"), "student-skd": ("tiny_cnn", "subclass_logits")}
+    for name, (arch, kind) in expect.items():
+        raw = torch.load(out / f"{name}.pt", map_location="cpu", weights_only=True)
+        assert raw["format"] == "edgeskd-checkpoint" and "state_dict" in raw
+        assert raw["config"]["train"]["img_size"] == 32 and "test" in raw["metrics"]
+        model, meta, _ = model_from_checkpoint(out / f"{name}.pt")
+        assert (meta.arch, meta.output, meta.model_name) == (arch, kind, name)
+        assert meta.input_size == (32, 32) and meta.class_names == ["hyperplastic", "adenoma"]
+        assert meta.subclass_to_class == [0, 0, 0, 1, 1, 1]
+        with torch.no_grad():
+            assert model(torch.zeros(2, 3, 32, 32)).shape == (2, meta.num_outputs)
+
+
+def test_evaluate_model_reproduces_reported_f1(known_run):
+    """What bench does: rebuild the data, run the checkpoint through preprocess_for → same numbers."""
+    out, _ = known_run
+    from edgeskd.distill.evaluate import evaluate_model
+    from edgeskd.distill.train import load_training_data_for
+    from edgeskd.models.checkpoint import model_from_checkpoint
+
+    m = json.loads((out / "metrics.json").read_text())
+    for name in ("teacher", "student-skd", "student-none"):
+        model, meta, ckpt = model_from_checkpoint(out / f"{name}.pt")
+        ls = load_training_data_for(ckpt)
+        got = evaluate_model(model, meta, ls.split("test"))
+        assert got["f1"] == pytest.approx(m["models"][name]["f1"], abs=1e-6)
+        assert got["accuracy"] == pytest.approx(m["models"][name]["accuracy"], abs=1e-6)
+
+
+def test_invented_subclasses_run(cli, tmp_path):
+    out = tmp_path / "inv"
+    r = cli("train", *TINY, "--epochs", "1", "--teacher-epochs", "1", "--subclasses", "invent:3",
+            "--students", "skd", "--out", out)
+    assert r.exit_code == 0, r.output
+    from edgeskd.models.checkpoint import load_checkpoint
+
+    t = load_checkpoint(out / "teacher.pt")["meta"]
+    s = load_checkpoint(out / "student-skd.pt")["meta"]
+    assert t.subclass_names == [f"{c}/inv{k}" for c in ("hyperplastic", "adenoma") for k in range(3)]
+    assert s.subclass_names == t.subclass_names and s.num_outputs == 6 and s.output == "subclass_logits"
+    log = [json.loads(ln) for ln in (out / "log.jsonl").read_text().splitlines()]
+    assert "train_aux" in log[0]  # CE on LSE class logits + β·L_aux
+    m = json.loads((out / "metrics.json").read_text())
+    assert set(m["models"]) == {"teacher", "student-skd"}
+
+
+def test_resume_continues_after_interrupt(tmp_path, monkeypatch, cli):
+    """Ctrl-C in the middle of the KD student keeps every finished checkpoint; --resume picks up
+    the KD student after its last finished epoch and does not retrain the others."""
+    import edgeskd.distill.train as T
+
+    out = tmp_path / "res"
+    real_make_loss = T.make_loss
+    calls = {"n": 0}
+
+    def interrupting(kind, cfg, tmeta):
+        fn = real_make_loss(kind, cfg, tmeta)
+        if kind != "kd":
+            return fn
+
+        def wrapped(*a):
+            calls["n"] += 1
+            if calls["n"] > 6:  # a few batches into the second epoch (≈ 5 batches per epoch)
+                raise KeyboardInterrupt
+            return fn(*a)
+
+        return wrapped
+
+    monkeypatch.setattr(T, "make_loss", interrupting)
+    args = ["train", *TINY, "--epochs", "2", "--teacher-epochs", "1", "--students", "none,kd", "--out", out]
+    r = cli(*args)
+    assert r.exit_code == 130 and "interrupted" in r.output
+    assert (out / "teacher.pt").is_file() and (out / "student-none.pt").is_file()
+    assert (out / "student-kd.last.pt").is_file() and not (out / "student-kd.pt").exists()
+    assert not list(out.glob(".*.tmp*"))
+    last = torch.load(out / "student-kd.last.pt", weights_only=True)
+    assert last["epoch"] == 0  # epoch 1 finished
+    teacher_bytes = (out / "teacher.pt").read_bytes()
+
+    monkeypatch.setattr(T, "make_loss", real_make_loss)
+    r = cli(*args, "--resume")
+    assert r.exit_code == 0, r.output
+    assert "resuming after epoch 1" in r.output
+    assert (out / "student-kd.pt").is_file() and not (out / "student-kd.last.pt").exists()
+    assert (out / "teacher.pt").read_bytes() == teacher_bytes  # not retrained
+    log = [json.loads(ln) for ln in (out / "log.jsonl").read_text().splitlines()]
+    assert [(x["model"], x["epoch"]) for x in log] == [
+        ("teacher", 1), ("student-none", 1), ("student-none", 2), ("student-kd", 1), ("student-kd", 2)]
+    # resuming with different settings is refused
+    r = cli(*[a if a != "2" else "3" for a in args], "--resume")
+    _assert_one_line_error(r, "--resume")
+
+
+def test_teacher_checkpoint_reuse_and_mismatch(known_run, cli, tmp_path):
+    out, _ = known_run
+    r = cli("train", *TINY, "--epochs", "1", "--students", "skd", "--teacher-checkpoint", out / "teacher.pt",
+            "--out", tmp_path / "reuse")
+    assert r.exit_code == 0, r.output
+    assert not [ln for ln in (tmp_path / "reuse" / "log.jsonl").read_text().splitlines() if '"teacher"' in ln]
+    # a teacher with other subclasses than the data
+    r = cli("train", *TINY, "--subclasses", "invent:2", "--teacher-checkpoint", out / "teacher.pt",
+            "--out", tmp_path / "bad")
+    _assert_one_line_error(r, "subclasses")
+    # a student checkpoint is not a teacher
+    r = cli("train", *TINY, "--teacher-checkpoint", out / "student-none.pt", "--out", tmp_path / "bad2")
+    _assert_one_line_error(r, "teacher")
+    # a teacher trained at another size
+    r = cli("train", *[a if a != "32" else "48" for a in TINY], "--teacher-checkpoint", out / "teacher.pt",
+            "--out", tmp_path / "bad3")
+    _assert_one_line_error(r, "--img-size 32")
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--teacher", "vgg99"], "unknown teacher model 'vgg99'"),
+    (["--student", "nope"], "unknown student model 'nope'"),
+    (["--students", "none,distil"], "unknown --students mode 'distil'"),
+    (["--alpha", "1.5"], "--alpha 1.5 is outside [0, 1]"),
+    (["--alpha", "-0.1"], "outside [0, 1]"),
+    (["--temperature", "0"], "--temperature 0.0 must be > 0"),
+    (["--temperature", "-2"], "must be > 0"),
+    (["--subclasses", "invent:1"], "K must be >= 2"),
+    (["--subclasses", "sometimes"], "use 'known' or 'invent:K'"),
+])
+def test_bad_options_are_one_line_errors(cli, tmp_path, extra, needle):
+    out = tmp_path / "never"
+    r = cli("train", *TINY, *extra, "--out", out)
+    _assert_one_line_error(r, needle)
+    assert not out.exists()  # nothing written
+
+
+def test_choice_options_rejected_by_the_parser(cli, tmp_path):
+    for extra in (["--preset", "turbo"], ["--device", "tpu"], ["--format", "zip"]):
+        r = cli("train", *TINY, *extra, "--out", tmp_path / "o")
+        assert r.exit_code == 2 and "Traceback" not in r.output and extra[1] in r.output
+        assert not (tmp_path / "o").exists()
+
+
+def test_cuda_without_cuda_is_one_line_error(cli, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    r = cli("train", *[a if a != "cpu" else "cuda" for a in TINY], "--out", tmp_path / "o")
+    _assert_one_line_error(r, "--device cuda", "CUDA")
+
+
+def test_corrupt_or_foreign_teacher_checkpoint(cli, tmp_path):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"\x00garbage, not a zip")
+    r = cli("train", *TINY, "--teacher-checkpoint", junk, "--out", tmp_path / "o1")
+    _assert_one_line_error(r, "junk.pt")
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(3)}, foreign)
+    r = cli("train", *TINY, "--teacher-checkpoint", foreign, "--out", tmp_path / "o2")
+    _assert_one_line_error(r, "not an edgeskd checkpoint")
+    r = cli("train", *TINY, "--teacher-checkpoint", tmp_path / "missing.pt", "--out", tmp_path / "o3")
+    _assert_one_line_error(r, "does not exist")
+
+
+def test_out_not_writable(cli, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    r = cli("train", *TINY, "--out", blocker / "sub")
+    _assert_one_line_error(r, "output directory")
+    r = cli("train", *TINY, "--resume", "--out", tmp_path / "empty")
+    _assert_one_line_error(r, "--resume")
+
+
+def test_config_files_yaml_toml_and_flags_win(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("preset: fast\nepochs: 3\nimg-size: 48\nstudents: [kd, skd]\nalpha: 0.25\n")
+    cfg = resolve_config({"epochs": 5}, y)
+    assert (cfg.epochs, cfg.img_size, cfg.students, cfg.alpha, cfg.preset) == (5, 48, ["kd", "skd"], 0.25, "fast")
+    assert cfg.teacher_epochs == 6  # from the fast preset
+    t = tmp_path / "c.toml"
+    t.write_text('[train]\nteacher = "resnet50"\ntemperature = 2\nstudents = "none"\n')
+    cfg = resolve_config({}, t)
+    assert (cfg.teacher, cfg.temperature, cfg.students, cfg.preset) == ("resnet50", 2.0, ["none"], "default")
+    bad = tmp_path / "bad.yaml"
+    for text, needle in [("epochs: ten\n", "integer"), ("learning_rate: 1\n", "unknown key"),
+                         ("alpha: 2\n", r"outside \[0, 1\]"), ("- a\n- b\n", "mapping"),
+                         ("!!python/object/apply:os.system ['true']\n", "not valid YAML"),
+                         ("amp: 'False'\n", "true or false")]:
+        bad.write_text(text)
+        with pytest.raises(UsageError, match=needle):
+            resolve_config({}, bad)
+    with pytest.raises(UsageError, match="does not exist"):
+        resolve_config({}, tmp_path / "nope.yaml")
+    (tmp_path / "c.json").write_text("{}")
+    with pytest.raises(UsageError, match="yaml"):
+        resolve_config({}, tmp_path / "c.json")
+
+
+def test_config_file_through_cli(cli, tmp_path):
+    cfg = tmp_path / "t.yaml"
+    cfg.write_text("alpha: 7\n")
+    r = cli("train", *TINY, "--config", cfg, "--out", tmp_path / "o")
+    _assert_one_line_error(r, "outside [0, 1]")
+
+
+def test_evaluate_logits_by_hand():
+    from edgeskd.distill.evaluate import evaluate_logits
+    from edgeskd.meta import ModelMeta
+
+    meta = ModelMeta(class_names=["hp", "ssa"], subclass_names=["a", "b", "c"], subclass_to_class=[0, 1, 1],
+                     input_size=(32, 32), output="subclass_logits")
+    # class logits via logsumexp: sample 0 → ssa (b, c), 1 → hp, 2 → ssa, 3 → hp
+    logits = np.array([[0, 1, 1], [3, 0, 0], [0, 0, 2], [1, -1, -1]], np.float32)
+    labels = np.array([1, 0, 0, 1])
+    subs = np.array([1, 0, 0, 2])
+    m = evaluate_logits(logits, meta, labels, subs, ["a", "b", "c"])
+    # TP = 1 (sample 0), FP = 1 (sample 2), FN = 1 (sample 3) → P = R = F1 = 50 %
+    assert (m["f1"], m["precision"], m["recall"], m["accuracy"]) == (50.0, 50.0, 50.0, 50.0)
+    assert m["per_subclass_accuracy"] == {"a": 50.0, "b": 100.0, "c": 0.0}
+    assert m["confusion"] == [[1, 1], [1, 1]]
+    assert m["subclass_accuracy"] == 50.0  # argmax subclass == true subclass for samples 0 and 1
+    # P(ssa) ranks: positives 0 (p≈.84), 3 (p≈.21); negatives 1 (p≈.09), 2 (p≈.93) → AUC = 2/4
+    assert m["auc"] == 50.0
+
+
+def test_label_bits_is_conditional_entropy():
+    from edgeskd.data.base import LabeledSet
+    from edgeskd.distill.train import label_bits
+
+    # class 0 split evenly over 2 subclasses, class 1 has one subclass: H(S|C) = P(C=0) · 1 bit = 0.5
+    sub = np.array([0, 1, 0, 1, 2, 2, 2, 2])
+    ls = LabeledSet("t", "synthetic", ["a", "b"], ["a0", "a1", "b0"], [0, 0, 1], (sub == 2).astype(int), sub,
+                    np.array(["train"] * 8), images=np.zeros((8, 8, 8, 3), np.uint8))
+    assert label_bits(ls) == pytest.approx(0.5)
