@@ -1,0 +1,299 @@
+"""Synthetic endoscopy video with per-frame ground truth (`edgeskd synth-video`).
+
+A camera moves over one colon wall on which polyps sit at fixed places; it glides from polyp to
+polyp through stretches of bare mucosa (frames with no polyp), zooming in and out, with a
+hand-held tremor. It reuses the renderers of ``edgeskd.data.synthetic`` — so the polyps look like
+the training images of the embedded default data set:
+
+* the wall (mucosa texture, folds, vessels) is rendered once as a large canvas covering the whole
+  wall (``render_mucosa`` with a zoomed-out camera), and every polyp is composited onto it once
+  (``render_polyp``), with the look, subclass and label drawn like the data set's
+  (``sample_labels``, ``sample_polyp_params``);
+* each frame samples the camera's view from the canvas (bilinear, sub-pixel), then applies the
+  endoscope look (lighting, specular highlights, blur, vignetting, circular field of view:
+  ``apply_endoscope_look``, one fixed camera look for the whole video) at ``render_size`` px,
+  scales the field up to the frame height and puts it on a black frame with overlay text in the
+  border (patient id, date, running clock) — as endoscopy monitors show it.
+
+Ground truth (``OUT.labels.csv``): ``frame,class,subclass,has_polyp,visible,polyp_id``. A frame is
+labelled with a polyp's class and subclass when at least ``min_visible`` of the polyp's area is
+inside the field of view; otherwise ``has_polyp`` = 0 and class / subclass are empty (the default
+model has no "no polyp" class, so those frames carry no class label). ``visible`` is the fraction.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from edgeskd.errors import UsageError
+
+WALL_EXTENT = 3.0          # the synthetic wall spans [-3, 3]^2 wall units (a 128-px training image = [-1, 1]^2)
+
+
+@dataclass
+class PolypOnWall:
+    x: float
+    y: float
+    visual: int
+    label: int
+    subclass: int
+    ambiguity: float
+
+
+@dataclass
+class VideoPlan:
+    polyps: list[PolypOnWall]
+    cam: np.ndarray        # (F, 3): x, y, half-width of the view in wall units
+    fps: float
+
+
+def _ease(t: np.ndarray) -> np.ndarray:
+    return t * t * (3 - 2 * t)
+
+
+def plan_video(n_frames: int, fps: float, seed: int, *, seconds_per_polyp: float = 4.0) -> tuple[VideoPlan, dict]:
+    """Where the polyps sit and where the camera looks in every frame (deterministic in ``seed``)."""
+    from edgeskd.data import synthetic as sy
+
+    rng = np.random.default_rng([int(seed), 6061])
+    n_polyps = max(1, int(round(n_frames / fps / seconds_per_polyp)))
+    lab = sy.sample_labels(n_polyps, seed + 1009)
+    # polyps at least 1.6 wall units apart (one in view at a time), inside the wall
+    spots: list[tuple[float, float]] = []
+    tries = 0
+    while len(spots) < n_polyps + 1 + n_polyps and tries < 20000:
+        tries += 1
+        p = tuple(rng.uniform(-1.9, 1.9, 2))
+        if all(np.hypot(p[0] - q[0], p[1] - q[1]) > 1.45 for q in spots):
+            spots.append(p)  # type: ignore[arg-type]
+    if len(spots) < 2 * n_polyps + 1:
+        # a long video: more polyps than fit apart on one wall; reuse places cyclically
+        spots = [spots[i % len(spots)] for i in range(2 * n_polyps + 1)]
+    polyp_spots, empty_spots = spots[1::2][:n_polyps], spots[0::2][: n_polyps + 1]
+    polyps = [PolypOnWall(float(x), float(y), int(lab["visual"][i]), int(lab["labels"][i]),
+                          int(lab["subclasses"][i]), float(lab["ambiguity"][i]))
+              for i, (x, y) in enumerate(polyp_spots)]
+    # camera keyframes: empty, polyp, empty, polyp, ..., empty; dwell at polyps, glide between
+    keys = []
+    for i in range(n_polyps):
+        keys.append((*empty_spots[i], rng.uniform(0.9, 1.1), 0.15))
+        keys.append((polyps[i].x, polyps[i].y, rng.uniform(0.55, 0.8), 0.45))
+    keys.append((*empty_spots[n_polyps], 1.0, 0.15))
+    weights = np.array([k[3] for k in keys[:-1]], np.float64) + 0.4   # dwell + glide per segment
+    bounds = np.concatenate([[0.0], np.cumsum(weights / weights.sum())]) * (n_frames - 1)
+    cam = np.zeros((n_frames, 3))
+    f = np.arange(n_frames, dtype=np.float64)
+    for s in range(len(keys) - 1):
+        a, b = keys[s], keys[s + 1]
+        sel = (f >= bounds[s]) & (f <= bounds[s + 1])
+        span = max(bounds[s + 1] - bounds[s], 1e-9)
+        u = (f[sel] - bounds[s]) / span
+        dwell = a[3] / (a[3] + 0.4)                          # hold on key a, then glide to b
+        t = _ease(np.clip((u - dwell) / max(1 - dwell, 1e-6), 0, 1))
+        for j in range(3):
+            cam[sel, j] = a[j] + (b[j] - a[j]) * t
+    # hand-held tremor and breathing
+    ph = rng.uniform(0, 2 * np.pi, 4)
+    tsec = f / fps
+    cam[:, 0] += 0.025 * np.sin(2 * np.pi * 0.9 * tsec + ph[0]) + 0.01 * np.sin(2 * np.pi * 3.1 * tsec + ph[1])
+    cam[:, 1] += 0.025 * np.sin(2 * np.pi * 0.7 * tsec + ph[2]) + 0.01 * np.sin(2 * np.pi * 2.3 * tsec + ph[3])
+    cam[:, 2] *= 1 + 0.03 * np.sin(2 * np.pi * 0.25 * tsec)
+    lim = WALL_EXTENT - cam[:, 2] - 0.05
+    cam[:, 0] = np.clip(cam[:, 0], -lim, lim)
+    cam[:, 1] = np.clip(cam[:, 1], -lim, lim)
+    return VideoPlan(polyps, cam, fps), lab
+
+
+def _sample_view(canvas: np.ndarray, cx: float, cy: float, half: float, size: int) -> np.ndarray:
+    """Bilinear view of ``canvas`` (C, C, K) at wall centre (cx, cy), half-width ``half`` → (size, size, K)."""
+    C = canvas.shape[0]
+    px_per_unit = C / (2 * WALL_EXTENT)
+    t = (np.arange(size) + 0.5) / size * 2 - 1
+
+    def axis(c: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        s = ((c + t * half) + WALL_EXTENT) * px_per_unit - 0.5
+        s = np.clip(s, 0, C - 1)
+        i0 = np.floor(s).astype(np.intp)
+        i1 = np.minimum(i0 + 1, C - 1)
+        return i0, i1, (s - i0).astype(np.float32)
+
+    y0, y1, wy = axis(cy)
+    x0, x1, wx = axis(cx)
+    top, bot = canvas[y0], canvas[y1]
+    rows = top + (bot - top) * wy[:, None, None]
+    left, right = rows[:, x0], rows[:, x1]
+    return left + (right - left) * wx[None, :, None]
+
+
+def _overlay_text(img: np.ndarray, lines: list[tuple[int, int, str]], size: int) -> np.ndarray:
+    from PIL import Image, ImageDraw, ImageFont
+
+    pil = Image.fromarray(img)
+    d = ImageDraw.Draw(pil)
+    try:
+        font = ImageFont.load_default(size=size)
+    except TypeError:
+        font = ImageFont.load_default()
+    for x, y, s in lines:
+        d.text((x, y), s, font=font, fill=(225, 225, 225))
+    return np.asarray(pil)
+
+
+class SynthVideo:
+    """Frame generator + ground truth for ``n_frames`` of ``width`` x ``height`` at ``fps``."""
+
+    def __init__(self, width: int = 1280, height: int = 720, fps: float = 30.0, seconds: float = 10.0,
+                 seed: int = 0, *, render_size: int = 192, min_visible: float = 0.5) -> None:
+        from edgeskd.data import synthetic as sy
+
+        if width < 64 or height < 64 or width > 7680 or height > 4320:
+            raise UsageError(f"--size {width}x{height}: width and height must be between 64 and 7680x4320")
+        if not 1 <= fps <= 240:
+            raise UsageError(f"--fps {fps} must be between 1 and 240")
+        if not 0 < seconds <= 3600:
+            raise UsageError(f"--seconds {seconds} must be in (0, 3600]")
+        self.width, self.height, self.fps, self.seed = int(width), int(height), float(fps), int(seed)
+        self.n_frames = max(1, int(round(seconds * fps)))
+        self.render_size = int(render_size)
+        self.min_visible = float(min_visible)
+        self.sy = sy
+        self.plan, _ = plan_video(self.n_frames, self.fps, seed)
+        # the wall: canvas of C x C px over [-3, 3]^2, i.e. render_size px per view of half-width 1
+        C = int(round(self.render_size * WALL_EXTENT))
+        wall_seed = np.array([sy._sample_seed(seed, 10_000_019)], np.int64)
+        rgb, hgt = sy.render_mucosa(wall_seed, C, zoom=WALL_EXTENT)
+        self.polyp_masks: list[np.ndarray] = []
+        for k, p in enumerate(self.plan.polyps):
+            pseed = np.array([sy._sample_seed(seed, 20_000_000 + k)], np.int64)
+            params = sy.sample_polyp_params(np.random.default_rng([int(pseed[0]), 0]),
+                                            np.array([p.visual]), np.array([p.ambiguity], np.float32))
+            # to canvas units (half-canvas = 3 wall units); keep the pit pattern's size relative to the polyp
+            params["cx"] = np.array([p.x / WALL_EXTENT], np.float32)
+            params["cy"] = np.array([p.y / WALL_EXTENT], np.float32)
+            params["radius"] = params["radius"] / WALL_EXTENT
+            params["pit_period"] = params["pit_period"] / WALL_EXTENT
+            rgb, hgt, mask = sy.render_polyp(rgb, hgt, params, pseed)
+            self.polyp_masks.append(mask[0])
+        self.canvas = np.concatenate([rgb[0], hgt[0][..., None]], axis=-1).astype(np.float32)
+        self.masks = np.stack(self.polyp_masks, -1) if self.polyp_masks else np.zeros((C, C, 0), np.float32)
+        self.mask_area = self.masks.reshape(-1, self.masks.shape[-1]).sum(0) if self.polyp_masks else np.zeros(0)
+        look_rng = np.random.default_rng([seed, 4242])
+        self.look = sy.sample_look(look_rng, 1)
+        self.look.fov_cx[:] = 0.0
+        self.look.fov_cy[:] = 0.0
+        self.look_seed = np.array([sy._sample_seed(seed, 30_000_001)], np.int64)
+        R = self.render_size
+        tt = (np.arange(R) + 0.5) / R * 2 - 1
+        self.fov = (tt[None, :] ** 2 + tt[:, None] ** 2) <= float(self.look.fov_radius[0]) ** 2
+        # layout: the square field, height-sized, right of centre; text in the left border
+        self.side = min(self.width, self.height)
+        self.fx = min(self.width - self.side, (self.width - self.side) // 2 + (self.width - self.side) // 4)
+        self.fy = (self.height - self.side) // 2
+        rng = np.random.default_rng([seed, 77])
+        self.patient = f"ID {rng.integers(10000, 99999)}"
+        self.date = f"2026-{rng.integers(1, 13):02d}-{rng.integers(1, 29):02d}"
+        self.t0 = int(rng.integers(8 * 3600, 17 * 3600))
+
+    def truth(self, i: int) -> tuple[int | None, float]:
+        """(index of the polyp in view or None, its visible fraction) for frame ``i``."""
+        if not self.polyp_masks:
+            return None, 0.0
+        cx, cy, half = self.plan.cam[i]
+        m = _sample_view(self.masks, cx, cy, half, self.render_size)
+        px_scale = (self.render_size / (2 * half)) ** 2 / (self.canvas.shape[0] / (2 * WALL_EXTENT)) ** 2
+        vis = (m * self.fov[..., None]).reshape(-1, m.shape[-1]).sum(0) / np.maximum(self.mask_area * px_scale, 1e-9)
+        k = int(np.argmax(vis))
+        return k, float(min(1.0, vis[k]))
+
+    def frame(self, i: int) -> np.ndarray:
+        from PIL import Image
+
+        cx, cy, half = self.plan.cam[i]
+        view = _sample_view(self.canvas, cx, cy, half, self.render_size)
+        rgb, hgt = view[None, ..., :3], view[None, ..., 3]
+        sq = self.sy.apply_endoscope_look(rgb, hgt, self.look_seed, look=self.look, text=False)[0]
+        if self.side != self.render_size:   # the optics: PIL's filter is fine here (not the model's resize)
+            sq = np.asarray(Image.fromarray(sq).resize((self.side, self.side), Image.BILINEAR))
+        out = np.full((self.height, self.width, 3), 3, np.uint8)
+        out[self.fy:self.fy + self.side, self.fx:self.fx + self.side] = sq
+        t = self.t0 + int(i / self.fps)
+        fs = max(10, self.height // 36)
+        lines = [(fs // 2, fs // 2, self.patient), (fs // 2, fs // 2 + int(fs * 1.4), self.date),
+                 (fs // 2, self.height - 2 * fs, f"{t // 3600:02d}:{t // 60 % 60:02d}:{t % 60:02d}"),
+                 (fs // 2, self.height - int(3.4 * fs), "WLI  X1.0")]
+        return _overlay_text(out, lines, fs)
+
+    def frames(self, workers: int | None = None) -> Iterator[np.ndarray]:
+        """All frames in order; rendered by a small thread pool (numpy releases the GIL), the
+        bytes do not depend on the number of workers."""
+        import os
+        from concurrent.futures import ThreadPoolExecutor
+
+        workers = workers or min(4, os.cpu_count() or 1)
+        if workers <= 1:
+            for i in range(self.n_frames):
+                yield self.frame(i)
+            return
+        with ThreadPoolExecutor(workers) as ex:
+            ahead = 2 * workers
+            futs = [ex.submit(self.frame, i) for i in range(min(ahead, self.n_frames))]
+            for i in range(self.n_frames):
+                if i + ahead < self.n_frames:
+                    futs.append(ex.submit(self.frame, i + ahead))
+                yield futs[i].result()
+                futs[i] = None  # type: ignore[call-overload]
+
+    def labels_csv(self) -> str:
+        names = self.sy.CLASS_NAMES
+        subs = self.sy.SUBCLASS_NAMES
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["frame", "class", "subclass", "has_polyp", "visible", "polyp_id"])
+        for i in range(self.n_frames):
+            k, vis = self.truth(i)
+            if k is not None and vis >= self.min_visible:
+                p = self.plan.polyps[k]
+                w.writerow([i, names[p.label], subs[p.subclass], 1, f"{vis:.3f}", k])
+            else:
+                w.writerow([i, "", "", 0, f"{vis:.3f}", "" if k is None or vis <= 0 else k])
+        return buf.getvalue()
+
+
+def labels_path_for(video: str | Path) -> Path:
+    """OUT.mp4 → OUT.labels.csv"""
+    p = Path(video)
+    return p.with_name(p.stem + ".labels.csv")
+
+
+def write_synth_video(out: str | Path, *, seconds: float = 10.0, fps: float = 30.0, size: tuple[int, int] = (1280, 720),
+                      seed: int = 0, render_size: int = 192, progress=None) -> dict:
+    """Render, encode (H.264 via PyAV) and write ``out`` + ``OUT.labels.csv`` atomically."""
+    from edgeskd.stream.encode import encode_video
+    from edgeskd.stream.sinks import check_video_path
+    from edgeskd.utils.io import atomic_path, write_text_atomic
+
+    out = check_video_path(out)
+    sv = SynthVideo(size[0], size[1], fps, seconds, seed, render_size=render_size)
+    labels = sv.labels_csv()
+
+    def frames() -> Iterator[np.ndarray]:
+        for i, f in enumerate(sv.frames()):
+            if progress is not None:
+                progress(i, sv.n_frames)
+            yield f
+
+    pix_fmt = "yuv420p" if size[0] % 2 == 0 and size[1] % 2 == 0 else "yuv444p"
+    with atomic_path(out) as tmp:
+        n = encode_video(tmp, frames(), fps=fps, pix_fmt=pix_fmt)
+    lp = write_text_atomic(labels_path_for(out), labels)
+    rows = list(csv.DictReader(io.StringIO(labels)))
+    with_polyp = sum(r["has_polyp"] == "1" for r in rows)
+    return {"video": str(out), "labels": str(lp), "frames": n, "fps": fps, "size": list(size),
+            "polyps": len(sv.plan.polyps), "frames_with_polyp": with_polyp,
+            "frames_without_polyp": n - with_polyp, "pix_fmt": pix_fmt}

@@ -1,0 +1,101 @@
+"""`edgeskd synth-video`: a camera over a polyp-bearing wall, H.264 via PyAV, per-frame labels."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from test_stream_fixtures import decode_all, make_onnx
+
+pytest.importorskip("av")
+
+
+def test_synth_video_cli_writes_video_and_labels(tmp_path, cli):
+    out = tmp_path / "v.mp4"
+    r = cli("synth-video", out, "--seconds", "2", "--fps", "12", "--size", "160x96", "--seed", "3",
+            "--render-size", "64")
+    assert r.exit_code == 0, r.output
+    frames = decode_all(out)
+    assert len(frames) == 24 and frames[0].shape == (96, 160, 3)
+    rows = list(csv.DictReader((tmp_path / "v.labels.csv").open()))
+    assert [int(r_["frame"]) for r_ in rows] == list(range(24))
+    assert set(rows[0]) == {"frame", "class", "subclass", "has_polyp", "visible", "polyp_id"}
+    with_polyp = [r_ for r_ in rows if r_["has_polyp"] == "1"]
+    without = [r_ for r_ in rows if r_["has_polyp"] == "0"]
+    assert with_polyp and without          # the camera glides from bare wall to a polyp and away
+    from edgeskd.data.synthetic import CLASS_NAMES, SUBCLASS_NAMES, SUBCLASS_TO_CLASS
+
+    for r_ in with_polyp:
+        assert r_["class"] in CLASS_NAMES and float(r_["visible"]) >= 0.5
+        assert CLASS_NAMES[SUBCLASS_TO_CLASS[SUBCLASS_NAMES.index(r_["subclass"])]] == r_["class"]
+    assert all(r_["class"] == "" and float(r_["visible"]) < 0.5 for r_ in without)
+    # the field of view is lit, the left border black apart from the overlay text
+    f = frames[len(frames) // 2].astype(int)
+    assert f[:, 70:150].mean() > 60 and f[20:70, 0:8].mean() < 20
+
+
+def test_synth_video_is_deterministic_and_labels_follow_the_picture():
+    from edgeskd.stream.synthvideo import SynthVideo
+
+    a = SynthVideo(128, 96, 10, 2, seed=5, render_size=64)
+    b = SynthVideo(128, 96, 10, 2, seed=5, render_size=64)
+    assert a.labels_csv() == b.labels_csv()
+    np.testing.assert_array_equal(a.frame(7), b.frame(7))
+    assert [x.tobytes() for x in a.frames(workers=1)] == [x.tobytes() for x in b.frames(workers=2)]
+    c = SynthVideo(128, 96, 10, 2, seed=6, render_size=64)
+    assert not np.array_equal(a.frame(7), c.frame(7))
+    # a polyp counted as (almost) fully visible lies inside the camera's view
+    for i in range(a.n_frames):
+        k, vis = a.truth(i)
+        p = a.plan.polyps[k]
+        cx, cy, half = a.plan.cam[i]
+        if vis > 0.9:
+            assert abs(p.x - cx) < half and abs(p.y - cy) < half
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--size", "12x34x5"], "WIDTHxHEIGHT"),
+    (["--size", "10x10"], "between 64"),
+    (["--fps", "0"], "--fps"),
+    (["--seconds", "-1"], "--seconds"),
+])
+def test_synth_video_bad_options(tmp_path, cli, args, msg):
+    r = cli("synth-video", tmp_path / "v.mp4", *args)
+    assert r.exit_code == 2 and msg in r.output and "Traceback" not in r.output
+    assert not list(tmp_path.iterdir())
+
+
+def test_synth_video_odd_size_and_unwritable(tmp_path, cli):
+    r = cli("synth-video", tmp_path / "odd.mkv", "--seconds", "0.5", "--fps", "8", "--size", "129x97",
+            "--render-size", "64")
+    assert r.exit_code == 0, r.output
+    assert decode_all(tmp_path / "odd.mkv")[0].shape == (97, 129, 3)
+    blocker = tmp_path / "f"
+    blocker.write_text("x")
+    r = cli("synth-video", blocker / "v.mp4", "--seconds", "0.5")
+    assert r.exit_code == 2 and "cannot create output directory" in r.output
+
+
+def test_synth_video_streamed_with_its_labels(tmp_path, cli):
+    """The short synthetic video through `edgeskd stream` with its own ground truth."""
+    out = tmp_path / "v.mp4"
+    assert cli("synth-video", out, "--seconds", "2", "--fps", "10", "--size", "192x128", "--render-size", "64").exit_code == 0
+    from edgeskd.data.synthetic import CLASS_NAMES
+    from test_stream_fixtures import META
+
+    # the tiny test model, labelled with the synthetic set's class names (2 subclasses per class)
+    onnx_path = make_onnx(tmp_path / "m.onnx", meta=META.replace(class_names=list(CLASS_NAMES)))
+    st = tmp_path / "s.json"
+    r = cli("stream", "--video", out, "--engine", onnx_path, "--labels", tmp_path / "v.labels.csv",
+            "--stats", st, "--crop", "auto", "--out", tmp_path / "ann.mp4")
+    assert r.exit_code == 0, r.output
+    s = json.loads(st.read_text())
+    rows = list(csv.DictReader((tmp_path / "v.labels.csv").open()))
+    assert s["labels"]["frames_evaluated"] == sum(r_["has_polyp"] == "1" for r_ in rows) > 0
+    x, y, w, h = s["source"]["crop"]
+    # the field is the 128x128 square right of centre: the crop must find it, not the text
+    assert abs(w - 128) <= 6 and abs(h - 128) <= 6 and x >= 30
+    assert len(decode_all(tmp_path / "ann.mp4")) == 20
