@@ -122,7 +122,7 @@ def build_onnxruntime(
     meta: ModelMeta,
     *,
     precision: str,
-    out: Path,
+    out: Path | None,
     val,
     calib: Any,
     cache: Path,
@@ -132,12 +132,15 @@ def build_onnxruntime(
     threads: int | None = None,
     calib_method: str = "minmax",
     weight_qdq_pair: bool = False,
-    variants: tuple[str, ...] = ("s8s8", "u8s8", "fp32-opt"),
+    variants: tuple[str, ...] | None = None,
     time_seconds: float = 2.0,
     log: Callable[[str], None] = lambda s: None,
 ) -> BuildReport:
     """The CPU artifact. ``val``: LabeledSet for the gate; ``calib``: CalibrationSet (run only when
-    ``cache`` does not exist yet)."""
+    ``cache`` does not exist yet). ``out=None``: ``<stem>.<winner's precision>.cpu.onnx`` next to the
+    ONNX (an INT8 request can be won by the optimized FP32 model where INT8 is slower here)."""
+    if variants is None:
+        variants = {"int8": ("s8s8", "u8s8", "fp32-opt"), "fp16": (), "fp32": ("fp32-opt",)}[precision]
     import onnx
 
     from edgeskd.quantize.qdq import VARIANTS, quantize_qdq
@@ -148,7 +151,7 @@ def build_onnxruntime(
     fp32_f1 = float(evaluate_runner(ref, val)["f1"])
     fp32_size = fp32_path.stat().st_size
     log(f"FP32 ONNX F1 on {len(val)} validation images: {fp32_f1:.2f}")
-    report = BuildReport("onnxruntime", precision, out, fp32_f1)
+    report = BuildReport("onnxruntime", precision, out or fp32_path, fp32_f1)
     tmp = Path(tempfile.mkdtemp(prefix="edgeskd-build-"))
     try:
         cands: list[Candidate] = []
@@ -177,7 +180,7 @@ def build_onnxruntime(
             onnx.save(m16, str(p))
             paths["fp16"] = p
             cands.append(Candidate("fp16", "fp16", "FP16 ONNX (float32 I/O)"))
-        if "fp32-opt" in variants or precision == "fp32":
+        if "fp32-opt" in variants:
             p = tmp / "fp32-opt.onnx"
             import onnxruntime as ort
 
@@ -240,6 +243,8 @@ def build_onnxruntime(
         )
         if winner.precision != precision:
             report.reason += f" (no {precision} variant was faster on this CPU)"
+        if out is None:
+            out = default_outputs(fp32_path, "onnxruntime", winner.precision)[0]
         _place(paths[winner.name], out)
         winner.path = str(out)
         report.artifact = out
@@ -380,6 +385,8 @@ def build_engine(
     backend = resolve_backend(backend)
     art, qdq_out = default_outputs(onnx_path, backend, precision)
     art = Path(out) if out is not None else art
+    if out is not None and Path(out).resolve() == onnx_path.resolve():
+        raise UsageError(f"--out {out} would overwrite the source ONNX; choose another path")
     if backend == "onnxruntime" and art.suffix != ".onnx":
         raise UsageError(f"--out {art}: the onnxruntime artifact is an .onnx file")
     if backend == "tensorrt" and art.suffix not in (".engine", ".plan", ".trt"):
@@ -402,15 +409,17 @@ def build_engine(
                                    split="train", source=str(calib_data) if calib_data else "")
         stem = onnx_path.name.removesuffix(".onnx")
         cache = cache_path(onnx_path.read_bytes(), calib, calib_method, directory=calib_dir, stem=stem)
-    common = dict(precision=precision, out=art, val=val, calib=calib, cache=cache, max_f1_drop=max_f1_drop,
+    common = dict(precision=precision, val=val, calib=calib, cache=cache, max_f1_drop=max_f1_drop,
                   force=force, calib_method=calib_method, weight_qdq_pair=weight_qdq_pair, log=log)
     if backend == "tensorrt":
-        rep = build_tensorrt(onnx_path, meta, qdq_out=qdq_out, max_batch=max_batch, workspace_gib=workspace_gib,
+        rep = build_tensorrt(onnx_path, meta, out=art, qdq_out=qdq_out, max_batch=max_batch, workspace_gib=workspace_gib,
                              timing_cache=Path(calib_dir) / "trt-timing.cache", **common)
     else:
-        rep = build_onnxruntime(onnx_path, meta, qdq_out=qdq_out if precision == "int8" else None, threads=threads,
+        rep = build_onnxruntime(onnx_path, meta, out=Path(out) if out is not None else None,
+                                qdq_out=qdq_out if precision == "int8" else None, threads=threads,
                                 time_seconds=time_seconds, **common)
     from edgeskd.utils.io import write_json_atomic
 
+    art = Path(rep.artifact)
     write_json_atomic(art.with_name(art.name + ".json"), rep.to_dict())
     return rep
