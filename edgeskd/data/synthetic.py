@@ -33,11 +33,15 @@ where most label noise sits); counterpart pairs for the ambiguity blend are 0↔
 
 Reusable pieces (the synthetic video renders with the same functions)::
 
+    sample_labels(n, seed) -> dict: visual, ambiguity, true_labels, votes, labels, subclasses
+    sample_seed(seed, i) -> int                      per-sample texture seed
     sample_polyp_params(rng, subclasses, ambiguity) -> dict of per-sample arrays
-    render_mucosa(seeds, size, *, offset=None, zoom=None) -> (rgb float32 (B,S,S,3), height (B,S,S))
+        (cx, cy, radius, angle, elong, lobes, height, color (B,3), pit pattern weights, ...)
+    render_mucosa(seeds, size, *, offset=None, zoom=1.0) -> (rgb float32 (B,S,S,3), height (B,S,S))
     render_polyp(rgb, height, params, seeds) -> (rgb, height, mask)        (composites, in place)
+    sample_look(rng, n) -> EndoLook                  camera look per sample (FOV, blur, gain, ...)
     apply_endoscope_look(rgb, height, seeds, *, look=None, text=True) -> uint8 (B,S,S,3)
-    render_frames(subclasses, ambiguity, size, seed) -> uint8 frames
+    render_frames(subclasses, ambiguity, size, seed, *, start=0) -> uint8 frames
 
 All per-sample randomness of the three renderers comes from per-sample integer ``seeds``, and
 textures live in the polyp's / mucosa's own coordinates, so a video can move and scale a polyp
@@ -51,7 +55,6 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from functools import lru_cache
-from typing import Any
 
 import numpy as np
 
@@ -172,11 +175,6 @@ def _rngs(seeds: np.ndarray, stream: int) -> list[np.random.Generator]:
     return [np.random.default_rng([int(s), stream]) for s in np.asarray(seeds).ravel()]
 
 
-def _as_batch(v: Any, n: int, dtype=np.float32) -> np.ndarray:
-    a = np.asarray(v, dtype=dtype)
-    return np.broadcast_to(a, (n,) + a.shape[1:] if a.ndim and a.shape[0] == n else (n,) + a.shape).copy()
-
-
 # ----------------------------------------------------------------------------------------------
 # Renderers
 # ----------------------------------------------------------------------------------------------
@@ -196,8 +194,9 @@ def render_mucosa(
     """
     seeds = np.asarray(seeds, np.int64).ravel()
     B, S = len(seeds), int(size)
-    off = np.zeros((B, 2), np.float32) if offset is None else _as_batch(offset, B).reshape(B, 2)
-    zm = _as_batch(zoom, B).reshape(B)
+    off = np.zeros((B, 2), np.float32) if offset is None else \
+        np.broadcast_to(np.asarray(offset, np.float32).reshape(-1, 2), (B, 2))
+    zm = np.broadcast_to(np.asarray(zoom, np.float32).reshape(-1), (B,))
     t = _pixel_coords(S)
     xs = t[None, :] * zm[:, None] + off[:, 0:1]
     ys = t[None, :] * zm[:, None] + off[:, 1:2]
@@ -497,7 +496,7 @@ def render_frames(
     depends only on (seed, start + i, subclass, ambiguity) — not on the batch it is rendered in."""
     sub = np.asarray(subclasses, np.int64)
     B = len(sub)
-    seeds = np.array([_sample_seed(seed, start + i) for i in range(B)], np.int64)
+    seeds = np.array([sample_seed(seed, start + i) for i in range(B)], np.int64)
     params = _stack_params([sample_polyp_params(np.random.default_rng([int(s), 0]), sub[i:i + 1],
                                                 np.asarray(ambiguity)[i:i + 1])
                             for i, s in enumerate(seeds)])
@@ -510,8 +509,12 @@ def _stack_params(ps: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {k: np.concatenate([p[k] for p in ps]) for k in ps[0]}
 
 
-def _sample_seed(seed: int, i: int) -> int:
+def sample_seed(seed: int, i: int) -> int:
+    """The per-sample texture seed of sample ``i`` of a set generated with ``seed``."""
     return int(np.random.SeedSequence([int(seed), int(i), GENERATOR_VERSION]).generate_state(1, np.uint32)[0])
+
+
+_sample_seed = sample_seed  # older name, used by the synthetic video
 
 
 # ----------------------------------------------------------------------------------------------
