@@ -162,6 +162,44 @@ def test_cuda_path_matches_cpu_path_on_real_frames(tmp_path, dtype):
         pre.close()
 
 
+@pytest.mark.gpu
+def test_stream_cuda_path_matches_cpu_path_end_to_end(tmp_path, cli):
+    """TensorRT engine + the kernel writing into its input buffer, vs ONNX Runtime + the numpy
+    preprocessing, on the same decoded frames: logits within 1e-3. Then the CLI with
+    --preprocess cuda."""
+    pytest.importorskip("tensorrt")
+    from edgeskd.export.tensorrt_build import build_tensorrt_engine
+    from edgeskd.runtime.loader import load_runner
+    from test_stream_fixtures import make_onnx
+
+    onnx_path = make_onnx(tmp_path / "m.onnx")
+    engine = build_tensorrt_engine(onnx_path, tmp_path / "m.engine", precision="fp32", max_batch=4,
+                                   timing_cache=None)
+    video = make_video(tmp_path / "v.mp4", n=8, w=320, h=240)
+    frames = np.stack(decode_all(video))
+    crop = (40, 0, 240, 240)
+    ort = load_runner(onnx_path, threads=1)
+    ref = ort.infer(preprocess_for(ort.metadata, frames, crop=crop))
+    with load_runner(engine) as trt_runner:
+        pre = cp.CudaPreprocessor.for_runner(trt_runner)
+        got = []
+        for i in range(0, len(frames), 4):
+            chunk = frames[i:i + 4]
+            for j, f in enumerate(chunk):
+                pre.run_into_runner(f, crop, j)
+            got.append(trt_runner.infer_device(len(chunk)))
+        pre.close()
+    np.testing.assert_allclose(np.concatenate(got), ref, atol=1e-3, rtol=1e-3)
+    st = tmp_path / "s.json"
+    r = cli("stream", "--video", video, "--engine", engine, "--preprocess", "cuda", "--stats", st,
+            "--crop", "40,0,240,240", "--batch", "4")
+    assert r.exit_code == 0, r.output
+    import json
+
+    s = json.loads(st.read_text())
+    assert s["source"]["preprocess"] == "cuda" and s["frames_processed"] == 8
+
+
 def test_cuda_preprocessing_without_gpu_is_a_clean_error():
     from edgeskd.errors import BackendUnavailable
 

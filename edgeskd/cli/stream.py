@@ -71,7 +71,10 @@ def stream(
     s = result.stats
     lat = s["latency_ms"]
     ceil = s["decode_fps_ceiling"]
-    ratio = f" = {s['fps'] / ceil:.2f}x decode-only ({ceil:.1f} fps)" if ceil else ""
+    if s["source"]["paced"]:
+        ratio = f" (paced at the file's {s['source']['fps']:g} fps, as a live camera)"
+    else:
+        ratio = f" = {s['fps'] / ceil:.2f}x decode-only ({ceil:.1f} fps)" if ceil else ""
     console.print(
         f"processed {s['frames_processed']} of {s['frames_decoded']} decoded frames "
         f"(dropped {s['frames_dropped']}) at {s['fps']:.1f} fps{ratio}; "
