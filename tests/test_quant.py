@@ -171,3 +171,33 @@ def test_build_engine_cli_bad_input(tmp_path, cli):
     assert r.exit_code == 2 and "--input-size" in r.output
     assert "Traceback" not in r.output
     assert sorted(p.name for p in tmp_path.glob("*.onnx")) == ["bright.onnx", "foreign.onnx"]
+
+
+def _write_folder_tree(root, ls):
+    from PIL import Image
+
+    for i in range(len(ls)):
+        d = root / ls.splits[i] / ls.class_names[ls.labels[i]] / ls.subclass_names[ls.subclasses[i]]
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(ls.images[i]).save(d / f"{i:04d}.png")
+    return root
+
+
+def test_build_engine_cli_end_to_end(tmp_path, cli):
+    """build-engine from the command line on a folder-tree data set: table, winner, artifacts, JSON."""
+    onnx_path = brightness_onnx(tmp_path / "bright.onnx")
+    ls = bright_set(96)
+    ls.splits = np.where(np.arange(96) % 4 == 3, "val", np.where(np.arange(96) % 4 == 2, "test", "train"))
+    data = _write_folder_tree(tmp_path / "data", ls)
+    r = cli("build-engine", onnx_path, "--backend", "onnxruntime", "--data", data, "--threads", "1",
+            "--calib-size", "40")
+    assert r.exit_code == 0, r.output
+    assert "winner:" in r.output and "s8s8" in r.output and "u8s8" in r.output and "< 300" in r.output
+    assert (tmp_path / "bright.int8.qdq.onnx").is_file()
+    written = [p for p in tmp_path.glob("bright.*.cpu.onnx")]
+    assert len(written) == 1
+    r = cli("build-engine", onnx_path, "--backend", "onnxruntime", "--data", data, "--threads", "1",
+            "--calib-size", "40", "--json")
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.output[r.output.index("{"):])
+    assert "cached ranges" in rep["calibration"] and rep["winner"] in {c["name"] for c in rep["candidates"]}

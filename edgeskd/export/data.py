@@ -65,3 +65,19 @@ def check_compatible_data(ls, meta) -> None:
             f"data set classes {list(ls.class_names)} differ from the model's {list(meta.class_names)}; "
             "give the data the model was trained on"
         )
+
+
+def align_classes(ls, meta):
+    """``ls`` with labels renumbered to the model's class order when the names match in another
+    order (a folder tree sorts class folders alphabetically); DataError if the names differ."""
+    import dataclasses
+
+    import numpy as np
+
+    data_names, model_names = list(ls.class_names), list(meta.class_names)
+    if data_names == model_names:
+        return ls
+    if sorted(data_names) != sorted(model_names):
+        check_compatible_data(ls, meta)   # raises with both lists
+    perm = np.array([model_names.index(n) for n in data_names], dtype=np.int64)
+    return dataclasses.replace(ls, class_names=model_names, labels=perm[np.asarray(ls.labels, dtype=np.int64)])

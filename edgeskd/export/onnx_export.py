@@ -158,7 +158,7 @@ def export_onnx(
     """
     import onnx
 
-    from edgeskd.export.data import check_compatible_data, data_ref_from_checkpoint, load_data
+    from edgeskd.export.data import align_classes, data_ref_from_checkpoint, load_data
     from edgeskd.models.checkpoint import model_from_checkpoint
 
     if batch != "dynamic":
@@ -199,7 +199,7 @@ def export_onnx(
                 raise
             notes.append(f"training data not loadable ({str(e).splitlines()[0][:120]}); parity on generated images")
     if ls is not None:
-        check_compatible_data(ls, meta)
+        ls = align_classes(ls, meta)
     x, source = parity_images(ls, meta, parity_samples)
     parity = check_parity(model, blob, meta, x, source, tol=tol, batch=static)
     if not parity.ok:

@@ -362,7 +362,7 @@ def build_engine(
     Calibration data: ``calib_dataset`` / ``calib_data`` / the training split of the same data.
     """
     from edgeskd.errors import ArtifactError, DataError
-    from edgeskd.export.data import check_compatible_data, load_data
+    from edgeskd.export.data import align_classes, load_data
     from edgeskd.quantize.calibration import cache_path, select_calibration
     from edgeskd.quantize.qdq import CALIB_METHODS
     from edgeskd.runtime.onnxrt import OnnxRuntimeRunner
@@ -394,7 +394,7 @@ def build_engine(
     ensure_writable_dir(art.parent)
 
     ls = dataset if dataset is not None else load_data(meta.extra.get("data"), path=data)
-    check_compatible_data(ls, meta)
+    ls = align_classes(ls, meta)
     val = ls.split("val")
     if len(val) == 0:
         raise DataError(f"data set {ls.name} has no validation split for the accuracy gate; give --data with a val split")
@@ -403,7 +403,7 @@ def build_engine(
         cls = calib_dataset if calib_dataset is not None else (
             load_data(path=calib_data) if calib_data is not None else ls)
         if cls is not ls:
-            check_compatible_data(cls, meta)
+            cls = align_classes(cls, meta)
         calib = select_calibration(cls, meta, size=calib_size, seed=calib_seed,
                                    batch_size=min(32, max(1, calib_size)),
                                    split="train", source=str(calib_data) if calib_data else "")
