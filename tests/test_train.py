@@ -303,3 +303,15 @@ def test_label_bits_is_conditional_entropy():
     ls = LabeledSet("t", "synthetic", ["a", "b"], ["a0", "a1", "b0"], [0, 0, 1], (sub == 2).astype(int), sub,
                     np.array(["train"] * 8), images=np.zeros((8, 8, 8, 3), np.uint8))
     assert label_bits(ls) == pytest.approx(0.5)
+
+
+@pytest.mark.gpu
+def test_cuda_amp_run(cli, tmp_path):
+    """On a GPU: the same tiny run with --device cuda (AMP fp16 + GradScaler by default)."""
+    out = tmp_path / "gpu"
+    r = cli("train", *[a if a != "cpu" else "cuda" for a in TINY], "--epochs", "1", "--teacher-epochs", "1",
+            "--out", out)
+    assert r.exit_code == 0, r.output
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["device"].startswith("cuda") and m["config"]["amp"] is None
+    assert set(m["models"]) == {"teacher", "student-none", "student-kd", "student-skd"}

@@ -164,7 +164,7 @@ def plot_curves(per_seed: dict[int, dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
     colors = dict(zip(MODEL_ORDER, ("black", "tab:gray", "tab:blue", "tab:red")))
     for si, seed in enumerate(sorted(per_seed)):
         for name, r in per_seed[seed].items():
@@ -191,7 +191,8 @@ def plot_confusions(metrics: dict[str, Any], path: Path) -> None:
 
     models = metrics["models"]
     names = metrics["dataset"]["class_names"]
-    fig, axes = plt.subplots(1, len(models), figsize=(3.2 * len(models), 3.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(models), figsize=(3.2 * len(models), 3.4), squeeze=False,
+                             layout="constrained")
     for ax, (name, m) in zip(axes[0], models.items()):
         cm = np.asarray(m["confusion"], dtype=float)
         norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
@@ -221,7 +222,8 @@ def plot_dark_knowledge(teacher_logits: np.ndarray, teacher_meta, ls_test, tempe
     from edgeskd.distill.evaluate import mean_soft_subclass_distribution
 
     temps = [1.0] if temperature == 1.0 else [1.0, float(temperature)]
-    fig, axes = plt.subplots(1, len(temps), figsize=(5.5 * len(temps), 4.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(temps), figsize=(6.5 * len(temps), 5.0), squeeze=False,
+                             layout="constrained")
     rows, cols = list(ls_test.subclass_names), list(teacher_meta.subclass_names)
     for ax, t in zip(axes[0], temps):
         d = mean_soft_subclass_distribution(teacher_logits, ls_test.subclasses, len(rows), t)

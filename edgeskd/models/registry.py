@@ -37,9 +37,13 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+class UnknownModelError(UsageError, ValueError):
+    """An unknown model name (a UsageError for the CLI, a ValueError for library callers)."""
+
+
 def create_model(name: str, num_outputs: int, *, pretrained: str | Path | None = None) -> nn.Module:
     if name not in _REGISTRY:
-        raise UsageError(f"unknown model {name!r}; valid names: {', '.join(list_models())}")
+        raise UnknownModelError(f"unknown model {name!r}; valid names: {', '.join(list_models())}")
     if num_outputs < 2:
         raise UsageError(f"a model needs at least 2 outputs, got {num_outputs}")
     model = _REGISTRY[name](num_outputs)

@@ -1,0 +1,51 @@
+"""Model registry: names, head sizes, parameter budget, local backbone weights."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from edgeskd.errors import ArtifactError, UsageError  # noqa: E402
+from edgeskd.models import count_parameters, create_model, list_models  # noqa: E402
+
+
+def test_registry_lists_teachers_and_students():
+    assert {"resnet18", "resnet50", "efficientnet_b0"} <= set(list_models("teacher"))
+    assert {"tiny_cnn", "mobilenet_v3_small"} <= set(list_models("student"))
+    with pytest.raises(ValueError, match="valid names: .*resnet18.*tiny_cnn"):
+        create_model("vgg99", 2)
+    with pytest.raises(UsageError):
+        create_model("vgg99", 2)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "efficientnet_b0", "mobilenet_v3_small", "tiny_cnn"])
+def test_heads_emit_requested_logits(name):
+    m = create_model(name, 6).eval()
+    with torch.no_grad():
+        assert m(torch.zeros(2, 3, 32, 32)).shape == (2, 6)
+
+
+def test_tiny_cnn_is_edge_friendly_and_tenth_of_teacher():
+    s = create_model("tiny_cnn", 6)
+    assert count_parameters(s) <= 500_000
+    assert count_parameters(s) * 10 <= count_parameters(create_model("resnet18", 6))
+    kinds = {type(m).__name__ for m in s.modules()}
+    assert not kinds & {"Hardswish", "Hardsigmoid", "SqueezeExcitation", "SiLU"}
+    assert {"Conv2d", "BatchNorm2d", "ReLU"} <= kinds
+
+
+def test_pretrained_backbone_from_local_file(tmp_path):
+    src = create_model("tiny_cnn", 6)
+    torch.save(src.state_dict(), tmp_path / "w.pt")
+    dst = create_model("tiny_cnn", 2, pretrained=tmp_path / "w.pt")
+    torch.testing.assert_close(dst.features[0][0].weight, src.features[0][0].weight)
+    assert dst.head.weight.shape == (2, 256)  # the head (other size) keeps its own init
+    (tmp_path / "bad.pt").write_bytes(b"nope")
+    with pytest.raises(ArtifactError):
+        create_model("tiny_cnn", 2, pretrained=tmp_path / "bad.pt")
+    torch.save(create_model("resnet18", 2).state_dict(), tmp_path / "other.pt")
+    with pytest.raises(ArtifactError, match="no tensor"):
+        create_model("tiny_cnn", 2, pretrained=tmp_path / "other.pt")
+    with pytest.raises(UsageError, match="does not exist"):
+        create_model("tiny_cnn", 2, pretrained=tmp_path / "missing.pt")
