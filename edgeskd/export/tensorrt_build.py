@@ -54,6 +54,7 @@ def build_tensorrt_engine(
     binding: str = "auto",
     device: int = 0,
     meta_overrides: dict[str, Any] | None = None,
+    rebuild_from: str | os.PathLike | None = None,
 ) -> Path:
     """ONNX → edgeskd TensorRT engine file at ``out``. For ``int8`` give the Q/DQ ONNX."""
     if precision not in ("fp32", "fp16", "int8"):
@@ -120,7 +121,7 @@ def build_tensorrt_engine(
     header = EngineHeader(
         meta=src_meta.replace(precision=precision), trt_version=str(trt.__version__), compute_capability=cc,
         input_name=inp.name, output_name=out_name, min_batch=lo, max_batch=hi, device_name=cu.device_name(device),
-        extra={"onnx": str(onnx_path), "workspace_gib": workspace_gib, "strongly_typed": strongly_typed,
+        extra={"onnx": str(rebuild_from or onnx_path), "workspace_gib": workspace_gib, "strongly_typed": strongly_typed,
                "opt_batch": opt},
     )
     return write_engine(out, bytes(plan), header)

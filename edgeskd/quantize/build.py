@@ -289,35 +289,41 @@ def build_tensorrt(
     fp32_f1 = float(evaluate_runner(OnnxRuntimeRunner(fp32_path), val)["f1"])
     report = BuildReport("tensorrt", precision, out, fp32_f1)
     src = fp32_path
-    if precision == "int8":
-        if cache.is_file():
-            report.calibration = f"cached ranges {cache} (no recalibration)"
-        else:
-            report.warnings += calib.warnings
-            report.calibration = f"{calib.source} → {cache}"
-        quantize_qdq(fp32_path, qdq_out, meta, calib=calib, cache=cache, variant="s8s8", method=calib_method,
-                     weight_qdq_pair=weight_qdq_pair)
-        problems = inspect_qdq(qdq_out).problems()
-        if problems:
-            qdq_out.unlink(missing_ok=True)
-            raise UsageError(f"the Q/DQ ONNX does not fit TensorRT: {'; '.join(problems)}")
-        src = qdq_out
-        report.extra_artifacts.append(qdq_out)
-    with atomic_path(out) as tmp_engine:
-        build_tensorrt_engine(src, tmp_engine, precision=precision, max_batch=max_batch, workspace_gib=workspace_gib,
-                              timing_cache=timing_cache)
-        with TensorRTRunner(tmp_engine) as r:
-            f1 = float(evaluate_runner(r, val, batch_size=max_batch)["f1"])
-            p50, p99, tp = time_runner(r, meta, batch=max_batch)
-        ok, drop = gate(precision, fp32_f1, f1, max_f1_drop)
-        c = Candidate(f"tensorrt-{precision}", precision, "TensorRT engine", tmp_engine.stat().st_size, p50, p99, tp,
-                      f1, drop, ok, "", str(out))
-        report.candidates.append(c)
-        log(f"  {c.name} F1 {f1:.2f} (drop {drop:+.2f}) p50 {p50:.3f} ms")
-        if not ok and not force:
-            if precision == "int8":
+    qdq_existed = qdq_out.exists()
+    try:
+        if precision == "int8":
+            if cache.is_file():
+                report.calibration = f"cached ranges {cache} (no recalibration)"
+            else:
+                report.warnings += calib.warnings
+                report.calibration = f"{calib.source} → {cache}"
+            quantize_qdq(fp32_path, qdq_out, meta, calib=calib, cache=cache, variant="s8s8", method=calib_method,
+                         weight_qdq_pair=weight_qdq_pair)
+            problems = inspect_qdq(qdq_out).problems()
+            if problems:
                 qdq_out.unlink(missing_ok=True)
-            raise AccuracyGateError(_fail_message(c, fp32_f1, max_f1_drop))
+                raise UsageError(f"the Q/DQ ONNX does not fit TensorRT: {'; '.join(problems)}")
+            src = qdq_out
+            report.extra_artifacts.append(qdq_out)
+        with atomic_path(out) as tmp_engine:
+            build_tensorrt_engine(src, tmp_engine, precision=precision, max_batch=max_batch, workspace_gib=workspace_gib,
+                                  timing_cache=timing_cache, rebuild_from=fp32_path)
+            with TensorRTRunner(tmp_engine) as r:
+                f1 = float(evaluate_runner(r, val, batch_size=max_batch)["f1"])
+                p50, p99, tp = time_runner(r, meta, batch=max_batch)
+            ok, drop = gate(precision, fp32_f1, f1, max_f1_drop)
+            c = Candidate(f"tensorrt-{precision}", precision, "TensorRT engine", tmp_engine.stat().st_size, p50, p99, tp,
+                          f1, drop, ok, "", str(out))
+            report.candidates.append(c)
+            log(f"  {c.name} F1 {f1:.2f} (drop {drop:+.2f}) p50 {p50:.3f} ms")
+            if not ok and not force:
+                if precision == "int8":
+                    qdq_out.unlink(missing_ok=True)
+                raise AccuracyGateError(_fail_message(c, fp32_f1, max_f1_drop))
+    except BaseException:
+        if precision == "int8" and not qdq_existed:
+            qdq_out.unlink(missing_ok=True)
+        raise
     report.winner = c.name
     report.reason = "the only TensorRT artifact built"
     return report
