@@ -104,6 +104,13 @@ def test_qdq_structure_of_tiny_cnn(tmp_path):
         if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2:
             assert inits[n.input[2]].dtype == np.int8 and not inits[n.input[2]].any()
     assert ModelMeta.from_props({p.key: p.value for p in m.metadata_props}).precision == "int8"
+    # without the precision key, the runtime reads it off the graph
+    from edgeskd.runtime.onnxrt import OnnxRuntimeRunner
+
+    kept = [p for p in m.metadata_props if p.key != "edgeskd.precision"]
+    del m.metadata_props[:]
+    m.metadata_props.extend(kept)
+    assert OnnxRuntimeRunner(m.SerializeToString()).meta.precision == "int8"
     assert q.stat().st_size < 0.30 * res.path.stat().st_size
     u8 = quantize_qdq(res.path, tmp_path / "u8.onnx", res.meta, calib=None, cache=cache, variant="u8s8")
     probs = inspect_qdq(u8).problems()

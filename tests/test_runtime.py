@@ -97,7 +97,7 @@ def test_onnxrt_runner_missing_metadata_named_and_overridable(tmp_path):
     assert "--classes" in str(ei.value)
     # static 16x16 input → input_size comes from the graph; classes from the user.
     r = OnnxRuntimeRunner(path, meta_overrides={"class_names": ["neg", "pos"]})
-    assert r.meta.output == "class_logits" and r.meta.input_size == (16, 16)
+    assert r.meta.output == "class_logits" and r.meta.input_size == (16, 16) and r.meta.precision == "fp32"
     assert r.meta.subclass_to_class == [0, 1]
     # wrong class count for the output width → one-line error
     with pytest.raises(ArtifactError, match="outputs 2 values"):

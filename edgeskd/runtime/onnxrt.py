@@ -147,8 +147,17 @@ class OnnxRuntimeRunner(Runner):
         out = next((o for o in outputs if o.name in OUTPUT_KINDS), outputs[0])
         self.output_name = out.name
         out_dim = out.shape[1] if len(out.shape) == 2 else None
+        props = dict(self.session.get_modelmeta().custom_metadata_map)
+        if "edgeskd.precision" not in props and "precision" not in (meta_overrides or {}):
+            # an ONNX from elsewhere: read the precision off the graph (Q/DQ → int8, fp16 weights → fp16)
+            import onnx
+
+            from edgeskd.runtime.formats import onnx_precision
+
+            proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(model, load_external_data=False)
+            props["edgeskd.precision"] = json.dumps(onnx_precision(proto))
         meta = resolve_meta(
-            self.session.get_modelmeta().custom_metadata_map,
+            props,
             source=self.source,
             input_dims=self._input_dims,
             output_name=out.name,
