@@ -40,14 +40,18 @@ def pick_encoder() -> str:
 
 
 class VideoSink:
-    """H.264 writer on its own thread. ``put(rgb_or_frame, annotation, index)``; ``close()`` flushes.
+    """H.264 writer on its own thread. ``put(frame, annotation)``; ``close()`` flushes.
+
+    File mode blocks when the writer is behind (every frame is written); real-time mode
+    (``block=False``) skips frames instead, so writing never adds latency (``frames_skipped``).
+    x264 ``ultrafast``: a 720p frame encodes in a few ms, which keeps the writer near stream speed.
 
     ``render(frame_or_rgb, annotation) -> uint8 RGB`` runs on the writer thread too, so drawing and
     encoding overlap with inference.
     """
 
     def __init__(self, tmp_path: Path, width: int, height: int, rate, render: Callable[[Any, Any], np.ndarray],
-                 *, queue_size: int = 16, crf: int = 23, preset: str = "veryfast") -> None:
+                 *, queue_size: int = 16, crf: int = 23, preset: str = "ultrafast", block: bool = True) -> None:
         import av
 
         self.path = tmp_path
@@ -66,6 +70,8 @@ class VideoSink:
         if self.codec == "libx264":
             self.stream.options = {"preset": preset, "crf": str(crf)}
         self.frames_written = 0
+        self.frames_skipped = 0      # real-time mode: frames not written because the writer was behind
+        self.block = block
         self._q: queue.Queue = queue.Queue(maxsize=queue_size)
         self.error: BaseException | None = None
         self._closed = False
@@ -75,7 +81,13 @@ class VideoSink:
     def put(self, item: Any, annotation: Any) -> None:
         if self.error is not None:
             raise VideoError(f"writing the annotated video failed: {self.error}")
-        self._q.put((item, annotation))
+        if self.block:
+            self._q.put((item, annotation))
+            return
+        try:
+            self._q.put_nowait((item, annotation))
+        except queue.Full:
+            self.frames_skipped += 1
 
     def _run(self) -> None:
         import av

@@ -1,0 +1,191 @@
+"""`edgeskd quickstart`: the whole job on the embedded synthetic default, one command.
+
+synth data → train (teacher + plain / KD / SKD students) → export the SKD student → build the
+INT8 artifact (TensorRT with a GPU, else ONNX Runtime) → bench → synthetic endoscopy video →
+stream it with the INT8 artifact and the video's ground truth → a summary table.
+
+Each step runs the same CLI command a user would type (printed before it runs, so any step can be
+repeated by hand), in this process, writing into ``WORKDIR``; the summary reads the files the
+steps wrote (metrics.json, bench.json, stream.json).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from edgeskd.errors import EdgeSKDError, UsageError
+
+
+class StepFailed(EdgeSKDError):
+    """A quickstart step failed; its own message was printed above."""
+
+    exit_code = 8
+
+
+@dataclass(frozen=True)
+class Profile:
+    synth_n: int
+    synth_size: int
+    train_preset: str
+    calib_size: int
+    bench_iters: int
+    bench_batches: str
+    video_seconds: float
+    video_size: str
+    train_extra: tuple[str, ...] = ()
+    video_extra: tuple[str, ...] = ()
+
+
+PROFILES = {
+    "fast": Profile(synth_n=1500, synth_size=96, train_preset="fast", calib_size=300, bench_iters=50,
+                    bench_batches="1,8", video_seconds=8.0, video_size="1280x720"),
+    "full": Profile(synth_n=3000, synth_size=128, train_preset="default", calib_size=512, bench_iters=200,
+                    bench_batches="1,8,32", video_seconds=20.0, video_size="1280x720"),
+    # the test suite's end-to-end check (tests/test_stream_quickstart.py): every step, tiny sizes
+    "smoke": Profile(synth_n=160, synth_size=32, train_preset="fast", calib_size=64, bench_iters=3,
+                     bench_batches="1", video_seconds=1.0, video_size="192x128",
+                     train_extra=("--epochs", "1", "--teacher-epochs", "1", "--img-size", "32"),
+                     video_extra=("--render-size", "64")),
+}
+
+
+@dataclass
+class StepRecord:
+    name: str
+    argv: list[str]
+    seconds: float
+    exit_code: int
+
+
+@dataclass
+class QuickstartResult:
+    workdir: Path
+    steps: list[StepRecord] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def _invoke(argv: list[str]) -> int:
+    """Run one edgeskd command in-process, exactly as the CLI would (errors printed the same way);
+    returns its exit code."""
+    import typer
+
+    from edgeskd.cli.app import app
+
+    try:
+        typer.main.get_command(app).main(args=argv, prog_name="edgeskd", standalone_mode=True)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    return 0
+
+
+def run_quickstart(workdir: str | Path, *, profile: str = "fast",
+                   say: Callable[[str], None] = print, seed: int = 0) -> QuickstartResult:
+    if profile not in PROFILES:
+        raise UsageError(f"unknown profile {profile!r}; use one of {', '.join(PROFILES)}")
+    p = PROFILES[profile]
+    wd = Path(workdir)
+    from edgeskd.utils.io import ensure_writable_dir
+
+    ensure_writable_dir(wd)
+    res = QuickstartResult(workdir=wd)
+    data, run, eng = wd / "data", wd / "run", wd / "engines"
+    onnx = eng / "student-skd.onnx"
+    video = wd / "video.mp4"
+
+    def step(name: str, argv: list[str], ok_codes: tuple[int, ...] = (0,)) -> int:
+        say(f"\n[bold]== {len(res.steps) + 1}. {name}[/]  [dim]$ edgeskd {' '.join(shlex.quote(a) for a in argv)}[/]")
+        t0 = time.perf_counter()
+        code = _invoke(argv)
+        res.steps.append(StepRecord(name, argv, time.perf_counter() - t0, code))
+        if code not in ok_codes:
+            raise StepFailed(f"quickstart step '{name}' failed (exit {code}); fix the problem above and "
+                             f"re-run it with: edgeskd {' '.join(shlex.quote(a) for a in argv)}")
+        return code
+
+    t_all = time.perf_counter()
+    if (data / "manifest.csv").exists() or (data.exists() and any(data.iterdir())):
+        say(f"\n[bold]== synthetic data[/]: reusing {data}")
+    else:
+        step("synthetic data", ["synth", str(data), "--n", str(p.synth_n), "--size", str(p.synth_size),
+                                "--seed", str(seed)])
+    step("train teacher + students", ["train", "--data", str(data), "--preset", p.train_preset, "--out", str(run),
+                                      "--seed", str(seed), *p.train_extra])
+    step("export SKD student to ONNX", ["export", str(run / "student-skd.pt"), "--out", str(onnx)])
+    code = step("build INT8 artifact", ["build-engine", str(onnx), "--precision", "int8",
+                                        "--calib-size", str(p.calib_size)], ok_codes=(0, 6))
+    int8 = _find_int8(eng)
+    stream_engine = int8 if (code == 0 and int8 is not None) else onnx
+    if code == 6:
+        res.notes.append("the INT8 artifact failed the accuracy gate; streaming with the FP32 ONNX")
+    step("benchmark", ["bench", str(run), str(eng), "--out", str(wd / "bench.json"), "--iters", str(p.bench_iters),
+                       "--batch-sizes", p.bench_batches, "--max-seconds", "3"])
+    step("synthetic endoscopy video", ["synth-video", str(video), "--seconds", str(p.video_seconds),
+                                       "--size", p.video_size, "--seed", str(seed), *p.video_extra])
+    step("stream the video", ["stream", "--video", str(video), "--engine", str(stream_engine),
+                              "--labels", str(wd / "video.labels.csv"), "--crop", "auto",
+                              "--out", str(wd / "annotated.mp4"), "--jsonl", str(wd / "predictions.jsonl"),
+                              "--stats", str(wd / "stream.json")])
+    res.summary = summarize(wd, stream_engine)
+    res.summary["total_seconds"] = time.perf_counter() - t_all
+    from edgeskd.utils.io import write_json_atomic
+
+    write_json_atomic(wd / "quickstart.json", {
+        "profile": profile, "summary": res.summary, "notes": res.notes,
+        "steps": [{"name": s.name, "argv": ["edgeskd", *s.argv], "seconds": round(s.seconds, 2),
+                   "exit_code": s.exit_code} for s in res.steps],
+    })
+    return res
+
+
+def _find_int8(eng: Path) -> Path | None:
+    """The artifact build-engine wrote (it names a CPU artifact after the precision that won)."""
+    for pattern in ("*.int8.engine", "*.int8.cpu.onnx", "*.engine", "*.cpu.onnx"):
+        found = sorted(p for p in eng.glob(pattern) if "qdq" not in p.name)
+        if found:
+            return found[0]
+    return None
+
+
+def _load(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def summarize(wd: Path, stream_engine: Path) -> dict[str, Any]:
+    metrics = _load(wd / "run" / "metrics.json")
+    bench = _load(wd / "bench.json")
+    stream = _load(wd / "stream.json")
+    models = {}
+    for name, m in (metrics.get("models") or {}).items():
+        models[name] = {"f1": m.get("f1"), "params": m.get("params")}
+    rows = bench.get("rows") or bench.get("results") or []
+    bench_rows = [{"name": r.get("name"), "backend": r.get("backend"), "precision": r.get("precision"),
+                   "f1": r.get("f1"), "latency_p50_ms": r.get("latency_p50_ms"), "status": r.get("status")}
+                  for r in rows if isinstance(r, dict)]
+    lab = stream.get("labels") or {}
+    return {
+        "models": models,
+        "bench": bench_rows,
+        "stream": {
+            "engine": str(stream_engine),
+            "fps": stream.get("fps"),
+            "decode_fps_ceiling": stream.get("decode_fps_ceiling"),
+            "latency_ms": stream.get("latency_ms"),
+            "frame_f1_raw": (lab.get("raw") or {}).get("f1"),
+            "frame_f1_smoothed": (lab.get("smoothed") or {}).get("f1"),
+            "frame_accuracy_smoothed": (lab.get("smoothed") or {}).get("accuracy"),
+        },
+        "artifacts": {
+            "data": str(wd / "data"), "run": str(wd / "run"), "engines": str(wd / "engines"),
+            "bench": str(wd / "bench.json"), "video": str(wd / "video.mp4"),
+            "annotated_video": str(wd / "annotated.mp4"), "stream_stats": str(wd / "stream.json"),
+        },
+    }

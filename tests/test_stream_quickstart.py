@@ -1,0 +1,63 @@
+"""`edgeskd quickstart`: step plumbing, the summary, and (slow) every step end to end at tiny sizes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+
+def test_invoke_returns_the_commands_exit_code(tmp_path, capsys):
+    from edgeskd.quickstart import _invoke
+
+    assert _invoke(["stream", "--video", str(tmp_path / "none.mp4"), "--engine", str(tmp_path / "m.onnx")]) == 4
+    assert "m.onnx" in capsys.readouterr().err
+    assert _invoke(["synth-video", str(tmp_path / "v.mp4"), "--size", "x"]) == 2
+    assert _invoke(["stream", "--no-such-option"]) == 2
+
+
+def test_summary_reads_what_the_steps_wrote(tmp_path):
+    from edgeskd.quickstart import _find_int8, summarize
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "engines").mkdir()
+    (tmp_path / "run" / "metrics.json").write_text(json.dumps(
+        {"models": {"teacher": {"f1": 80.0, "params": 11}, "student-skd": {"f1": 75.5, "params": 2}}}))
+    (tmp_path / "bench.json").write_text(json.dumps({"rows": [
+        {"name": "student-skd.int8", "backend": "onnxruntime", "precision": "int8", "f1": 74.0,
+         "latency_p50_ms": 0.8, "status": "ok"}]}))
+    (tmp_path / "stream.json").write_text(json.dumps({"fps": 250.0, "latency_ms": {"p50": 3.0},
+                                                      "labels": {"raw": {"f1": 0.5}, "smoothed": {"f1": 0.6}}}))
+    for name in ("student-skd.onnx", "student-skd.int8.qdq.onnx", "student-skd.int8.cpu.onnx"):
+        (tmp_path / "engines" / name).write_bytes(b"x")
+    art = _find_int8(tmp_path / "engines")
+    assert art is not None and art.name == "student-skd.int8.cpu.onnx"
+    s = summarize(tmp_path, art)
+    assert s["models"]["student-skd"]["f1"] == 75.5
+    assert s["bench"][0]["f1"] == 74.0 and s["bench"][0]["precision"] == "int8"
+    assert s["stream"]["fps"] == 250.0 and s["stream"]["frame_f1_smoothed"] == 0.6
+
+
+def test_unknown_profile(tmp_path):
+    from edgeskd.errors import UsageError
+    from edgeskd.quickstart import run_quickstart
+
+    with pytest.raises(UsageError, match="fast"):
+        run_quickstart(tmp_path, profile="huge")
+
+
+@pytest.mark.slow
+def test_quickstart_smoke_end_to_end(tmp_path):
+    from edgeskd.quickstart import run_quickstart
+
+    res = run_quickstart(tmp_path / "qs", profile="smoke", say=lambda s: None)
+    names = [s.name for s in res.steps]
+    assert names[0] == "synthetic data" and names[-1] == "stream the video" and len(names) == 7
+    assert all(s.exit_code in (0, 6) for s in res.steps)
+    s = res.summary
+    assert {"teacher", "student-skd"} <= set(s["models"])
+    assert s["stream"]["fps"] and s["stream"]["fps"] > 0
+    q = json.loads((tmp_path / "qs" / "quickstart.json").read_text())
+    assert q["profile"] == "smoke" and q["steps"][-1]["argv"][:2] == ["edgeskd", "stream"]
+    for p in ("annotated.mp4", "stream.json", "bench.json", "video.labels.csv", "run/metrics.json"):
+        assert (tmp_path / "qs" / p).exists(), p
