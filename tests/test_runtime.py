@@ -84,6 +84,11 @@ def test_onnxrt_runner_reads_metadata_and_matches_reference(tmp_path):
         y = r.infer(x)
     assert y.shape == (3, 5) and y.dtype == np.float32
     np.testing.assert_allclose(y, _reference(m, x), rtol=1e-5, atol=1e-5)
+    from edgeskd.runtime.evaluate import predict_proba
+
+    pc, ps = predict_proba(r, x)
+    assert pc.shape == (3, 2) and ps.shape == (3, 5)
+    np.testing.assert_allclose(pc[:, 1], ps[:, 2:].sum(1), rtol=1e-5)   # class prob = its subclass block
     # bytes in, same answer
     y2 = OnnxRuntimeRunner(m.SerializeToString(), threads=1).infer(x)
     np.testing.assert_array_equal(y, y2)

@@ -46,3 +46,11 @@ def evaluate_runner(runner, ls, *, batch_size: int = 64) -> dict[str, Any]:
     out = evaluate_logits(logits, runner.metadata, ls.labels, ls.subclasses, ls.subclass_names)
     out["logits"] = logits
     return out
+
+
+def predict_proba(runner, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """(class probabilities (N, C), subclass probabilities (N, S) or None) for a preprocessed batch."""
+    from edgeskd.runtime.postprocess import class_probabilities, subclass_probabilities
+
+    logits = runner.infer(batch)
+    return class_probabilities(logits, runner.metadata), subclass_probabilities(logits, runner.metadata)
