@@ -169,6 +169,9 @@ def run_stream(
             raise UsageError("give --engine ARTIFACT (.onnx, .engine or .pt)")
         runner = load_stream_runner(cfg.engine, cfg.threads)
     meta = runner.metadata
+    if getattr(runner, "max_batch", None) and cfg.batch > int(runner.max_batch):
+        raise UsageError(f"--batch {cfg.batch} exceeds this artifact's max batch {runner.max_batch}; "
+                         "lower --batch or rebuild the engine with a larger --max-batch")
     gt: dict[int, int] | None = None
     if cfg.labels is not None:
         from edgeskd.stream.labels import read_frame_labels
@@ -187,13 +190,6 @@ def run_stream(
         info = source.info
         if source.realtime and cfg.batch > 1:
             raise UsageError("--batch > 1 needs --no-realtime: in real-time mode only the newest frame is processed")
-        ceiling = None
-        ceiling_method = None
-        if cfg.measure_ceiling and not info.live:
-            m = measure_decode_fps(cfg.video, max_frames=cfg.max_frames, time_budget_s=cfg.ceiling_budget_s)
-            ceiling = m["fps"]
-            ceiling_method = (f"decode-only pass over {m['frames']} frames of the same file, best of FFmpeg "
-                              f"threading {m['per_setting']}")
         source.want_rgb = predictor.path == "cuda"
 
         if crop_opt is None or crop_opt == "auto":
@@ -222,6 +218,15 @@ def run_stream(
             jsonl = stack.enter_context(JsonlSink(stack.enter_context(atomic_path(cfg.jsonl))))
             out_paths["jsonl"] = str(cfg.jsonl)
         stats_tmp = stack.enter_context(atomic_path(cfg.stats)) if cfg.stats is not None else None
+
+        # decode-only ceiling of the same file, measured before the stream starts (not during it)
+        ceiling = None
+        ceiling_method = None
+        if cfg.measure_ceiling and not info.live:
+            m = measure_decode_fps(cfg.video, max_frames=cfg.max_frames, time_budget_s=cfg.ceiling_budget_s)
+            ceiling = m["fps"]
+            ceiling_method = (f"decode-only pass over {m['frames']} frames of the same file, best of FFmpeg "
+                              f"threading {m['per_setting']}")
 
         # -- main loop ----------------------------------------------------------------------------
         names = list(meta.class_names)
