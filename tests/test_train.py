@@ -233,6 +233,12 @@ def test_corrupt_or_foreign_teacher_checkpoint(cli, tmp_path):
     _assert_one_line_error(r, "does not exist")
 
 
+def test_bad_data_path_creates_nothing(cli, tmp_path):
+    r = cli("train", "--data", tmp_path / "nope", *TINY, "--out", tmp_path / "o")
+    _assert_one_line_error(r, "does not exist")
+    assert not (tmp_path / "o").exists()
+
+
 def test_out_not_writable(cli, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")

@@ -537,8 +537,21 @@ def _attach_reporter(env: _Env, rep: _Reporter) -> None:
 
 
 # -- entry point ----------------------------------------------------------------------------------
+def _probe_writable(out: Path) -> None:
+    """Fail early (before loading data or training) if OUT cannot be created/written; create nothing."""
+    p = out
+    while not p.exists():
+        if p.parent == p:
+            break
+        p = p.parent
+    if p.exists() and not p.is_dir():
+        raise UsageError(f"cannot create output directory {out}: {p} is a file; choose a writable path")
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise UsageError(f"output directory {out} is not writable; choose a writable path")
+
+
 def _resolve_out(cfg: TrainConfig, ctx: ddp.DistContext) -> Path:
-    """Rank 0 picks and prepares OUT; every rank gets the same path (or the same error)."""
+    """Rank 0 picks OUT and checks it; every rank gets the same path (or the same error)."""
     result: tuple[str, str]
     if ctx.is_main:
         try:
@@ -548,9 +561,7 @@ def _resolve_out(cfg: TrainConfig, ctx: ddp.DistContext) -> Path:
             if cfg.resume and not (out / "log.jsonl").is_file():
                 raise UsageError(f"--resume: {out} holds no edgeskd training run (no log.jsonl); drop --resume "
                                  "or give the run's --out")
-            ensure_writable_dir(out)
-            if not cfg.resume:
-                (out / "log.jsonl").unlink(missing_ok=True)
+            _probe_writable(out)
             result = ("ok", str(out))
         except UsageError as e:
             result = ("error", str(e))
@@ -583,6 +594,13 @@ def run_training(cfg: TrainConfig, *, console=None, argv: list[str] | None = Non
             from edgeskd.models.checkpoint import load_checkpoint
 
             check_teacher_matches(load_checkpoint(cfg.teacher_checkpoint)["meta"], ls, cfg, cfg.teacher_checkpoint)
+        for w in (ls.info.get("warnings") or []) if ctx.is_main and console is not None else []:
+            console.print(f"[yellow]warning:[/] {w}", soft_wrap=True)
+        if ctx.is_main:  # everything checked: now create OUT
+            ensure_writable_dir(out)
+            if not cfg.resume:
+                (out / "log.jsonl").unlink(missing_ok=True)
+        ddp.barrier(ctx)
         env = _Env(cfg, ctx, ls, out, console)
         per_seed: dict[int, dict[str, FitResult]] = {}
         with _Reporter(cfg.progress and ctx.is_main and console is not None, console) as rep:
