@@ -43,14 +43,14 @@ def train(
         "--config", help="YAML or TOML file with the same keys as these options; flags win.",
         rich_help_panel=_R)] = None,
     teacher: Annotated[Optional[str], typer.Option(
-        help="Teacher model (resnet18, resnet50, efficientnet_b0). [default: resnet18]", rich_help_panel=_M)] = None,
+        help="Teacher model (resnet18, resnet50, efficientnet_b0). \\[default: resnet18]", rich_help_panel=_M)] = None,
     student: Annotated[Optional[str], typer.Option(
-        help="Student model (tiny_cnn, mobilenet_v3_small). [default: tiny_cnn]", rich_help_panel=_M)] = None,
+        help="Student model (tiny_cnn, mobilenet_v3_small). \\[default: tiny_cnn]", rich_help_panel=_M)] = None,
     students: Annotated[Optional[str], typer.Option(
-        help="Student modes to train, comma-separated: none (plain CE), kd, skd. [default: none,kd,skd]",
+        help="Student modes to train, comma-separated: none (plain CE), kd, skd. \\[default: none,kd,skd]",
         rich_help_panel=_M)] = None,
     subclasses: Annotated[Optional[str], typer.Option(
-        help="'known' (the data's subclasses) or 'invent:K' (K invented subclasses per class). [default: known]",
+        help="'known' (the data's subclasses) or 'invent:K' (K invented subclasses per class). \\[default: known]",
         rich_help_panel=_M)] = None,
     teacher_checkpoint: Annotated[Optional[Path], typer.Option(
         help="Reuse a trained teacher.pt instead of training one.", rich_help_panel=_M)] = None,
@@ -59,43 +59,43 @@ def train(
     student_pretrained: Annotated[Optional[Path], typer.Option(
         help="Local state dict for the students' backbone.", rich_help_panel=_M)] = None,
     img_size: Annotated[Optional[int], typer.Option(
-        help="Model input size (square). [default: 96; fast: 64]", rich_help_panel=_T)] = None,
+        help="Model input size (square). \\[default: 96; fast: 64]", rich_help_panel=_T)] = None,
     epochs: Annotated[Optional[int], typer.Option(
-        help="Student epochs. [default: 30; fast: 8]", rich_help_panel=_T)] = None,
+        help="Student epochs. \\[default: 30; fast: 8]", rich_help_panel=_T)] = None,
     teacher_epochs: Annotated[Optional[int], typer.Option(
-        help="Teacher epochs. [default: 30; fast: 6]", rich_help_panel=_T)] = None,
+        help="Teacher epochs. \\[default: 30; fast: 6]", rich_help_panel=_T)] = None,
     batch_size: Annotated[Optional[int], typer.Option(
-        help="Batch size per process. [default: 64]", rich_help_panel=_T)] = None,
+        help="Batch size per process. \\[default: 64]", rich_help_panel=_T)] = None,
     lr: Annotated[Optional[float], typer.Option(
-        help="Student peak learning rate (AdamW, warm-up + cosine). [default: 0.002]", rich_help_panel=_T)] = None,
+        help="Student peak learning rate (AdamW, warm-up + cosine). \\[default: 0.002]", rich_help_panel=_T)] = None,
     teacher_lr: Annotated[Optional[float], typer.Option(
-        help="Teacher peak learning rate. [default: 0.001]", rich_help_panel=_T)] = None,
-    weight_decay: Annotated[Optional[float], typer.Option(help="AdamW weight decay. [default: 0.01]",
+        help="Teacher peak learning rate. \\[default: 0.001]", rich_help_panel=_T)] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help="AdamW weight decay. \\[default: 0.01]",
                                                           rich_help_panel=_T)] = None,
     temperature: Annotated[Optional[float], typer.Option(
-        help="Distillation temperature T (> 0). [default: 4]", rich_help_panel=_T)] = None,
+        help="Distillation temperature T (> 0). \\[default: 4]", rich_help_panel=_T)] = None,
     alpha: Annotated[Optional[float], typer.Option(
-        help="Weight of the distillation term, in [0, 1]. [default: 0.5]", rich_help_panel=_T)] = None,
+        help="Weight of the distillation term, in [0, 1]. \\[default: 0.5]", rich_help_panel=_T)] = None,
     beta: Annotated[Optional[float], typer.Option(
-        help="Weight of the invented-subclass auxiliary loss. [default: 1]", rich_help_panel=_T)] = None,
+        help="Weight of the invented-subclass auxiliary loss. \\[default: 1]", rich_help_panel=_T)] = None,
     aux_temperature: Annotated[Optional[float], typer.Option(
-        help="Temperature of the auxiliary loss. [default: 1]", rich_help_panel=_T)] = None,
+        help="Temperature of the auxiliary loss. \\[default: 1]", rich_help_panel=_T)] = None,
     augment: Annotated[Optional[bool], typer.Option(
-        "--augment/--no-augment", help="Training augmentation. [default: on]", rich_help_panel=_T)] = None,
+        "--augment/--no-augment", help="Training augmentation. \\[default: on]", rich_help_panel=_T)] = None,
     synthetic_n: Annotated[Optional[int], typer.Option(
-        help="Images in the synthetic set when --data is not given. [default: 3000; fast: 1500]",
+        help="Images in the synthetic set when --data is not given. \\[default: 3000; fast: 1500]",
         rich_help_panel=_T)] = None,
     seeds: Annotated[Optional[int], typer.Option(
-        help="Number of seeds; the report gives mean ± std. [default: 1]", rich_help_panel=_R)] = None,
-    seed: Annotated[Optional[int], typer.Option(help="First seed. [default: 0]", rich_help_panel=_R)] = None,
-    device: Annotated[Optional[Device], typer.Option(help="auto, cpu or cuda. [default: auto]",
+        help="Number of seeds; the report gives mean ± std. \\[default: 1]", rich_help_panel=_R)] = None,
+    seed: Annotated[Optional[int], typer.Option(help="First seed. \\[default: 0]", rich_help_panel=_R)] = None,
+    device: Annotated[Optional[Device], typer.Option(help="auto, cpu or cuda. \\[default: auto]",
                                                      rich_help_panel=_R)] = None,
     amp: Annotated[Optional[bool], typer.Option(
-        "--amp/--no-amp", help="Mixed precision. [default: on for CUDA]", rich_help_panel=_R)] = None,
-    workers: Annotated[Optional[int], typer.Option(help="DataLoader workers. [default: 0]",
+        "--amp/--no-amp", help="Mixed precision. \\[default: on for CUDA]", rich_help_panel=_R)] = None,
+    workers: Annotated[Optional[int], typer.Option(help="DataLoader workers. \\[default: 0]",
                                                    rich_help_panel=_R)] = None,
     out: Annotated[Optional[Path], typer.Option(
-        help="Output directory. [default: runs/<timestamp>]", rich_help_panel=_R)] = None,
+        help="Output directory. \\[default: runs/<timestamp>]", rich_help_panel=_R)] = None,
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue the run in --out from its last finished epoch.", rich_help_panel=_R)] = False,
     skip_bad: Annotated[bool, typer.Option(
