@@ -112,6 +112,13 @@ def test_qdq_structure_of_tiny_cnn(tmp_path):
     m.metadata_props.extend(kept)
     assert OnnxRuntimeRunner(m.SerializeToString()).meta.precision == "int8"
     assert q.stat().st_size < 0.30 * res.path.stat().st_size
+    # INT8 logits track FP32 closely at ORT's default (full) optimization level
+    from edgeskd.runtime.onnxrt import OnnxRuntimeRunner
+
+    x = np.concatenate(list(cs.batches()))
+    ref = OnnxRuntimeRunner(res.path).infer(x)
+    err = np.abs(OnnxRuntimeRunner(q).infer(x) - ref).max()
+    assert err < 0.05 * np.abs(ref).max(), (err, np.abs(ref).max())
     u8 = quantize_qdq(res.path, tmp_path / "u8.onnx", res.meta, calib=None, cache=cache, variant="u8s8")
     probs = inspect_qdq(u8).problems()
     assert any("zero points" in p for p in probs) and any("uint8" in p for p in probs)
