@@ -79,6 +79,15 @@ def test_engine_from_other_trt_or_gpu_is_refused():
         check_compatible(h, trt_version="10.3.0", compute_capability=(9, 0))
 
 
+def test_cuda_index_accepts_one_device_option_for_all_backends():
+    from edgeskd.errors import UsageError
+    from edgeskd.runtime.tensorrt_runner import cuda_index
+
+    assert [cuda_index(d) for d in (None, 0, 2, "cuda", "cuda:1", "3", "cpu")] == [0, 0, 2, 0, 1, 3, 0]
+    with pytest.raises(UsageError):
+        cuda_index("cuda:x")
+
+
 def test_tensorrt_runner_without_tensorrt_says_what_is_missing(tmp_path):
     if importlib.util.find_spec("tensorrt") is not None:
         pytest.skip("tensorrt is installed here")

@@ -93,10 +93,27 @@ def make_logger(trt: Any, min_severity: str = "WARNING") -> Any:
     return _Logger()
 
 
+def cuda_index(device: int | str | None) -> int:
+    """GPU index from 0 / "cuda" / "cuda:1"; "cpu", "auto" or None mean the default GPU (TensorRT
+    always runs on one), so one ``device`` option can be passed to every backend."""
+    if device is None or isinstance(device, int):
+        return int(device or 0)
+    d = str(device).strip().lower()
+    if d.startswith("cuda:"):
+        try:
+            return int(d[5:])
+        except ValueError:
+            raise UsageError(f"device {device!r}: use cuda, cuda:N or a GPU index") from None
+    if d.isdigit():
+        return int(d)
+    return 0
+
+
 class TensorRTRunner(Runner):
     backend = "tensorrt"
 
-    def __init__(self, path: str | os.PathLike, *, binding: str = "auto", device: int = 0) -> None:
+    def __init__(self, path: str | os.PathLike, *, binding: str = "auto", device: int | str = 0) -> None:
+        device = cuda_index(device)
         self.path = str(path)
         header, self._plan = read_engine(path)          # header problems are reported first
         self.header = header
