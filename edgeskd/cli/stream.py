@@ -33,7 +33,7 @@ def stream(
     preprocess: Annotated[PreprocessMode, typer.Option("--preprocess", help="auto = CUDA kernel when the runner is on a GPU.")] = PreprocessMode.auto,
     batch: Annotated[int, typer.Option("--batch", help="Frames per inference call (file mode).")] = 1,
     smooth: Annotated[float, typer.Option("--smooth", help="EMA weight of the newest frame's probabilities, in (0, 1]; 1 = off.")] = 0.3,
-    crop: Annotated[str, typer.Option("--crop", help="Endoscope content area: auto (detect), none, or x,y,w,h.")] = "none",
+    crop: Annotated[str, typer.Option("--crop", help="Endoscope content area: auto (detect the lit field; black border and overlay text excluded), none, or x,y,w,h.")] = "auto",
     crop_every: Annotated[int, typer.Option("--crop-every", help="With --crop auto: frames between re-estimates.")] = 30,
     labels: Annotated[Optional[Path], typer.Option("--labels", help="Ground truth CSV (frame,class): adds accuracy/F1 to the stats.")] = None,
     max_frames: Annotated[Optional[int], typer.Option("--max-frames", help="Stop after this many decoded frames.")] = None,

@@ -38,7 +38,7 @@ class StreamConfig:
     preprocess: str = "auto"                  # auto | cpu | cuda
     batch: int = 1
     smooth: float = 0.3                       # EMA weight of the newest frame; 1 = off
-    crop: str | Sequence[int] | None = "none"  # "auto" | "none" | (x, y, w, h)
+    crop: str | Sequence[int] | None = "auto"  # "auto" | "none" | (x, y, w, h)
     crop_every: int = 30                      # frames between content-area estimates
     labels: Path | None = None
     max_frames: int | None = None
