@@ -204,3 +204,22 @@ def test_interrupted_run_leaves_no_partial_outputs(tmp_path, onnx_path):
     with pytest.raises(KeyboardInterrupt):
         run_stream(cfg, runner=runner)
     assert not any(outdir.iterdir())
+
+
+def test_corrupted_middle_is_processed_with_a_warning_or_concealed(tmp_path, cli, onnx_path):
+    """Garbage over the middle of the media data: the decoder conceals or skips what it cannot
+    decode; the run completes (exit 0) and says what was lost, if anything."""
+    import numpy as np
+
+    full = make_video(tmp_path / "full.mp4", n=40, w=160, h=120, faststart=True)
+    data = bytearray(full.read_bytes())
+    a, b = int(len(data) * 0.45), int(len(data) * 0.6)
+    data[a:b] = np.random.default_rng(1).integers(0, 256, b - a, dtype=np.uint8).tobytes()
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(bytes(data))
+    r, out, st = _run(cli, tmp_path, bad, onnx_path)
+    assert r.exit_code == 0, r.output
+    s = json.loads(st.read_text())
+    assert s["frames_processed"] >= 1 and out.exists()
+    lost = s["source"]["frames_lost"] + s["source"]["decode_errors"]
+    assert (lost > 0) == ("warning" in r.output)

@@ -339,8 +339,10 @@ def run_stream(
                 parts.append(f"{source.decode_errors} packets failed to decode")
             if source.error is not None:
                 parts.append(str(source.error))
-            _warn(f"{cfg.video} looks truncated or damaged: " + "; ".join(parts)
-                  + f"; processed the {source.frames_decoded} frames that decoded")
+            what = "stream ended with an error" if info.live else "looks truncated or damaged"
+            _warn(f"{cfg.video} {what}: " + "; ".join(parts)
+                  + f"; processed the {source.frames_decoded} frames that decoded (exit status 0: the outputs "
+                  "are complete for those frames)")
 
         wall = t_end - t_start
         labels_block = None
