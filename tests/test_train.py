@@ -108,7 +108,7 @@ def test_evaluate_model_reproduces_reported_f1(known_run):
 def test_invented_subclasses_run(cli, tmp_path):
     out = tmp_path / "inv"
     r = cli("train", *TINY, "--epochs", "1", "--teacher-epochs", "1", "--subclasses", "invent:3",
-            "--students", "skd", "--out", out)
+            "--students", "skd", "--seeds", "2", "--out", out)
     assert r.exit_code == 0, r.output
     from edgeskd.models.checkpoint import load_checkpoint
 
@@ -120,6 +120,15 @@ def test_invented_subclasses_run(cli, tmp_path):
     assert "train_aux" in log[0]  # CE on LSE class logits + β·L_aux
     m = json.loads((out / "metrics.json").read_text())
     assert set(m["models"]) == {"teacher", "student-skd"}
+    # two seeds: per-seed directories, the first seed's checkpoints at the top, mean ± std
+    assert m["seeds"] == [0, 1] and len(m["models"]["student-skd"]["per_seed_f1"]) == 2
+    f1s = m["models"]["student-skd"]["per_seed_f1"]
+    assert m["models"]["student-skd"]["f1"] == pytest.approx(np.mean(f1s), abs=1e-3)
+    assert m["models"]["student-skd"]["f1_std"] == pytest.approx(np.std(f1s, ddof=1), abs=1e-3)
+    for d in ("seed-0", "seed-1"):
+        assert (out / d / "teacher.pt").is_file() and (out / d / "student-skd.pt").is_file()
+    assert (out / "teacher.pt").read_bytes() == (out / "seed-0" / "teacher.pt").read_bytes()
+    assert "±" in (out / "report.md").read_text()
 
 
 def test_resume_continues_after_interrupt(tmp_path, monkeypatch, cli):
