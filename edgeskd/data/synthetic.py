@@ -62,7 +62,7 @@ from edgeskd.data.base import LabeledSet
 from edgeskd.data.splits import stratified_split
 from edgeskd.errors import UsageError
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 CLASS_NAMES = ("hyperplastic", "adenoma")
 POSITIVE_CLASS = 1
 N_ANNOTATORS = 7
@@ -94,18 +94,20 @@ class SubclassStyle:
 
 
 SUBCLASS_STYLES: tuple[SubclassStyle, ...] = (
-    SubclassStyle("hp_flat_pale", 0, (0, 0), 0.22, (0.0, 0.06), (0.93, 0.66, 0.58), 0.30, 0.25, 1.15,
-                  0.04, 1.0, 0.0, 0.0, 0.35, 4.5, 0.10, 0.00, 0.05),
-    SubclassStyle("hp_nodular", 0, (1, 2), 0.22, (0.06, 0.28), (0.90, 0.50, 0.45), 0.27, 0.85, 1.05,
-                  0.16, 0.8, 0.2, 0.0, 0.50, 5.0, 0.25, 0.08, 0.05),
-    SubclassStyle("hp_serrated_like", 0, (3, 3), 0.16, (0.22, 0.56), (0.86, 0.56, 0.42), 0.36, 0.35, 1.30,
-                  0.08, 0.55, 0.45, 0.0, 0.45, 5.5, 0.35, 0.22, 0.55),
-    SubclassStyle("ad_flat_subtle", 1, (4, 4), 0.12, (0.22, 0.56), (0.82, 0.47, 0.38), 0.36, 0.40, 1.30,
-                  0.09, 0.30, 0.70, 0.0, 0.50, 5.5, 0.45, 0.40, 0.25),
-    SubclassStyle("ad_tubular", 1, (5, 6), 0.16, (0.06, 0.28), (0.74, 0.33, 0.27), 0.33, 0.80, 1.20,
-                  0.10, 0.05, 0.95, 0.0, 0.70, 6.0, 0.50, 0.70, 0.05),
-    SubclassStyle("ad_villous", 1, (7, 7), 0.12, (0.0, 0.06), (0.66, 0.25, 0.22), 0.45, 1.00, 1.10,
-                  0.26, 0.0, 0.25, 0.75, 0.75, 6.5, 0.70, 0.80, 0.10),
+    #             name                cls votes   prior  ambiguity     colour                size  height elong
+    #             lobes dots tubes gyri pit_contrast pit_period warp vessels mucus
+    SubclassStyle("hp_flat_pale", 0, (0, 0), 0.22, (0.0, 0.06), (0.95, 0.72, 0.64), 0.36, 0.25, 1.15,
+                  0.04, 1.0, 0.0, 0.0, 0.30, 5.5, 0.10, 0.00, 0.05),
+    SubclassStyle("hp_nodular", 0, (1, 2), 0.22, (0.06, 0.28), (0.92, 0.56, 0.50), 0.32, 0.85, 1.05,
+                  0.16, 0.8, 0.2, 0.0, 0.45, 6.0, 0.25, 0.05, 0.05),
+    SubclassStyle("hp_serrated_like", 0, (3, 3), 0.16, (0.22, 0.56), (0.88, 0.60, 0.45), 0.42, 0.35, 1.30,
+                  0.08, 0.55, 0.45, 0.0, 0.45, 6.5, 0.35, 0.20, 0.60),
+    SubclassStyle("ad_flat_subtle", 1, (4, 4), 0.12, (0.22, 0.56), (0.80, 0.46, 0.36), 0.42, 0.40, 1.30,
+                  0.09, 0.30, 0.70, 0.0, 0.55, 6.5, 0.45, 0.45, 0.25),
+    SubclassStyle("ad_tubular", 1, (5, 6), 0.16, (0.06, 0.28), (0.70, 0.30, 0.24), 0.40, 0.80, 1.20,
+                  0.10, 0.05, 0.95, 0.0, 0.75, 7.0, 0.50, 0.75, 0.05),
+    SubclassStyle("ad_villous", 1, (7, 7), 0.12, (0.0, 0.06), (0.60, 0.20, 0.18), 0.50, 1.00, 1.10,
+                  0.26, 0.0, 0.25, 0.75, 0.80, 8.0, 0.70, 0.85, 0.10),
 )
 SUBCLASS_NAMES = tuple(s.name for s in SUBCLASS_STYLES)
 SUBCLASS_TO_CLASS = tuple(s.cls for s in SUBCLASS_STYLES)
@@ -366,8 +368,8 @@ def sample_look(rng: np.random.Generator, n: int) -> EndoLook:
         fov_cx=0.03 * u[:, 1],
         fov_cy=0.03 * u[:, 2],
         blur=0.9 + 0.7 * u[:, 3],
-        gain=1.0 + 0.16 * u[:, 4],
-        white=1.0 + 0.06 * u[:, 5:8],
+        gain=1.0 + 0.12 * u[:, 4],
+        white=1.0 + 0.04 * u[:, 5:8],
         vignette=0.45 + 0.2 * u[:, 8],
         tilt=np.stack([np.cos(u[:, 9] * np.pi), np.sin(u[:, 9] * np.pi)], 1) * (0.7 + 0.2 * u[:, 10:11]),
         light=0.3 * u[:, 11:13],
