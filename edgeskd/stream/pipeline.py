@@ -222,9 +222,11 @@ def run_stream(
         # decode-only ceiling of the same file, measured before the stream starts (not during it)
         ceiling = None
         ceiling_method = None
+        ceiling_cpu = None
         if cfg.measure_ceiling and not info.live:
             m = measure_decode_fps(cfg.video, max_frames=cfg.max_frames, time_budget_s=cfg.ceiling_budget_s)
             ceiling = m["fps"]
+            ceiling_cpu = m["cpu_ms_per_frame"]
             ceiling_method = (f"decode-only pass over {m['frames']} frames of the same file, best of FFmpeg "
                               f"threading {m['per_setting']}")
 
@@ -244,6 +246,7 @@ def run_stream(
         from edgeskd.runtime.postprocess import class_probabilities, subclass_probabilities
 
         t_start = time.perf_counter()
+        cpu_start = time.thread_time()
         last_progress = 0.0
         source.start()
         while True:
@@ -319,6 +322,7 @@ def run_stream(
                     "prob": float(np.max(smoother.state)) if smoother.state is not None else 0.0,
                 })
         t_end = time.perf_counter()
+        main_cpu = time.thread_time() - cpu_start
         source.close()
 
         # -- end of stream: what was lost, and is anything left to write? -------------------------
@@ -374,6 +378,13 @@ def run_stream(
             "backend": getattr(runner, "backend", "?"),
             "wall_s": round(wall, 4),
             "video_frames_skipped": sink.frames_skipped if sink is not None else 0,
+            # CPU time per frame of each thread: where the time goes, independent of machine load
+            # (FFmpeg's own frame threads, with decode threading AUTO, are not included)
+            "cpu_ms_per_frame": {
+                "decoder_thread": round(source.decoder_cpu_s * 1000.0 / max(source.frames_decoded, 1), 3),
+                "inference_thread": round(main_cpu * 1000.0 / max(processed, 1), 3),
+                "decode_only_pass": ceiling_cpu,
+            },
         })
         if ceiling is None and source.decode_busy_s > 0:
             ceiling = source.frames_decoded / source.decode_busy_s

@@ -255,6 +255,7 @@ class VideoSource:
         self.ended_early = False       # stopped because of an unrecoverable read/decode error
         self.t_start = 0.0
         self.t_end = 0.0
+        self.decoder_cpu_s = 0.0      # CPU time of the decoder thread (its own + FFmpeg's on it)
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> "VideoSource":
@@ -305,6 +306,7 @@ class VideoSource:
         t0_wall = None
         pts0 = None
         consecutive = 0
+        cpu0 = time.thread_time()
         try:
             packets = self.container.demux(vs)
             while not self._stop.is_set():
@@ -360,6 +362,7 @@ class VideoSource:
             self.error = e
         finally:
             self.t_end = time.perf_counter()
+            self.decoder_cpu_s = time.thread_time() - cpu0
             self._chan.put(_END, threading.Event())
 
     # -- consumer side --------------------------------------------------------------------
@@ -424,7 +427,8 @@ def measure_decode_fps(
     ``max_frames`` and ``time_budget_s``."""
     runs = {t: _decode_pass(src, max_frames, time_budget_s, t) for t in settings}
     best = max(runs, key=lambda t: runs[t]["fps"] or 0.0)
-    return {**runs[best], "threads": best, "per_setting": {t: r["fps"] for t, r in runs.items()}}
+    return {**runs[best], "threads": best, "per_setting": {t: r["fps"] for t, r in runs.items()},
+            "cpu_ms_per_frame": {t: r["cpu_ms_per_frame"] for t, r in runs.items()}}
 
 
 def _decode_pass(src: str, max_frames: int | None, time_budget_s: float, decode_threads: str) -> dict[str, Any]:
@@ -439,6 +443,7 @@ def _decode_pass(src: str, max_frames: int | None, time_budget_s: float, decode_
             pass
         n = 0
         t0 = time.perf_counter()
+        c0 = time.process_time()
         try:
             for _ in container.decode(vs):
                 n += 1
@@ -447,9 +452,11 @@ def _decode_pass(src: str, max_frames: int | None, time_budget_s: float, decode_
         except (av.error.FFmpegError, OSError):
             pass  # a truncated file: the frames decoded so far still measure the rate
         dt = time.perf_counter() - t0
+        cpu = time.process_time() - c0
     finally:
         container.close()
-    return {"fps": (n / dt) if n and dt > 0 else None, "frames": n, "seconds": dt}
+    return {"fps": (n / dt) if n and dt > 0 else None, "frames": n, "seconds": dt,
+            "cpu_ms_per_frame": round(cpu * 1000.0 / n, 3) if n else None}
 
 
 def rate_fraction(fps: float | None) -> Fraction:
