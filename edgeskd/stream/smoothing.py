@@ -24,12 +24,14 @@ class EmaSmoother:
         self.state = None
 
     def update(self, probs: np.ndarray) -> np.ndarray:
-        p = np.asarray(probs, dtype=np.float64)
+        """Feed one frame's (C,) probabilities; returns the smoothed (C,) float32 vector (a copy)."""
+        p = np.asarray(probs, dtype=np.float32)
         if self.state is None or self.state.shape != p.shape:
             self.state = p.copy()
         else:
-            self.state = self.alpha * p + (1.0 - self.alpha) * self.state
-        return self.state.astype(np.float32)
+            self.state *= np.float32(1.0 - self.alpha)
+            self.state += np.float32(self.alpha) * p
+        return self.state.copy()
 
     def update_batch(self, probs: np.ndarray) -> np.ndarray:
         """(N, C) probabilities in frame order → (N, C) smoothed."""
