@@ -130,14 +130,18 @@ class _CudaPythonKernels:
         from cuda.bindings import driver
 
         self.driver = driver
-        self._ok(driver.cuInit(0), "cuInit")
+        try:
+            self._ok(driver.cuInit(0), "cuInit")
+        except Exception as e:  # noqa: BLE001 - no driver library: cuda-python raises its own loader error
+            raise BackendUnavailable(f"the CUDA driver is not usable here ({e}); needs an NVIDIA GPU and driver") from None
         ctx = self._ok(driver.cuCtxGetCurrent(), "cuCtxGetCurrent")
         if not int(ctx):   # the runtime binding normally made the primary context current already
             dev = self._ok(driver.cuDeviceGet(0), "cuDeviceGet")
             ctx = self._ok(driver.cuDevicePrimaryCtxRetain(dev), "cuDevicePrimaryCtxRetain")
             self._ok(driver.cuCtxSetCurrent(ctx), "cuCtxSetCurrent")
-        image = _image_for(cc)
-        self.module = self._ok(driver.cuModuleLoadData(image), "cuModuleLoadData")
+        # a NUL-terminated host copy (PTX must be NUL-terminated; harmless for CUBIN), kept alive
+        self._image = np.frombuffer(_image_for(cc) + b"\0", dtype=np.uint8).copy()
+        self.module = self._ok(driver.cuModuleLoadData(self._image.ctypes.data), "cuModuleLoadData")
         self.fn = {
             np.dtype(np.float32): self._ok(driver.cuModuleGetFunction(self.module, KERNEL_F32.encode()), "get f32"),
             np.dtype(np.float16): self._ok(driver.cuModuleGetFunction(self.module, KERNEL_F16.encode()), "get f16"),
