@@ -212,3 +212,18 @@ def test_cuda_preprocessing_without_gpu_is_a_clean_error():
             cp.CudaPreprocessor(META)
     else:
         pytest.skip("a GPU is present")
+
+
+def test_kernel_loader_without_a_driver_is_a_clean_error():
+    from edgeskd.errors import BackendUnavailable
+
+    pytest.importorskip("cuda.bindings.driver")
+    try:
+        from edgeskd.runtime.cuda_binding import get_binding
+
+        get_binding()
+        pytest.skip("a GPU is present")
+    except BackendUnavailable:
+        pass
+    with pytest.raises(BackendUnavailable, match="driver"):
+        cp._CudaPythonKernels((8, 7))
