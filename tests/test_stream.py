@@ -267,11 +267,13 @@ def test_stream_realtime_drops_and_bounds_latency(tmp_path, onnx_path):
     assert s["frames_decoded"] == 30
     assert s["frames_processed"] + s["frames_dropped"] == 30
     assert s["frames_dropped"] >= 10
-    # newest-frame policy: latency ~ one processing time, never a growing queue
-    assert s["latency_ms"]["p99"] < 80
-    # file mode with the same slow model processes every frame
-    res = run_stream(StreamConfig(video=str(video), realtime=False, measure_ceiling=False, max_frames=12), runner=runner)
-    assert res.stats["frames_processed"] == 12 and res.stats["frames_dropped"] == 0
+    # newest-frame policy: latency ~ one or two processing times (25 ms each), never a growing queue
+    assert s["latency_ms"]["p99"] < 120
+    # file mode with the same slow model processes every frame, and frames wait in the queue
+    res = run_stream(StreamConfig(video=str(video), realtime=False, measure_ceiling=False, max_frames=16), runner=runner)
+    f = res.stats
+    assert f["frames_processed"] == 16 and f["frames_dropped"] == 0
+    assert s["latency_ms"]["p50"] < f["latency_ms"]["p50"]
 
 
 def test_stream_rejects_bad_options(tmp_path, cli, onnx_path):
