@@ -164,7 +164,8 @@ def test_int8_gate_fails_leaves_nothing_unless_forced(tmp_path, cli):
     assert all(not c.passed for c in rep.candidates if c.precision == "int8")
 
 
-def test_build_engine_cli_bad_input(tmp_path, cli):
+def test_build_engine_cli_bad_input(tmp_path, cli, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     from test_runtime import make_onnx
 
     foreign = tmp_path / "foreign.onnx"
@@ -197,8 +198,9 @@ def _write_folder_tree(root, ls):
     return root
 
 
-def test_build_engine_cli_end_to_end(tmp_path, cli):
+def test_build_engine_cli_end_to_end(tmp_path, cli, monkeypatch):
     """build-engine from the command line on a folder-tree data set: table, winner, artifacts, JSON."""
+    monkeypatch.chdir(tmp_path)   # the default calibration/ is relative to the working directory
     onnx_path = brightness_onnx(tmp_path / "bright.onnx")
     ls = bright_set(96)
     ls.splits = np.where(np.arange(96) % 4 == 3, "val", np.where(np.arange(96) % 4 == 2, "test", "train"))
@@ -214,4 +216,5 @@ def test_build_engine_cli_end_to_end(tmp_path, cli):
             "--calib-size", "40", "--json")
     assert r.exit_code == 0, r.output
     rep = json.loads(r.output[r.output.index("{"):])
+    assert len(list((tmp_path / "calibration").glob("bright-*.json"))) == 1
     assert "cached ranges" in rep["calibration"] and rep["winner"] in {c["name"] for c in rep["candidates"]}

@@ -63,6 +63,7 @@ def build_engine(
     calib_size: Annotated[int, typer.Option("--calib-size", help="Calibration images (stratified, seeded).")] = 512,
     calib_seed: Annotated[int, typer.Option("--calib-seed", help="Seed of the calibration pick.")] = 0,
     calib_method: Annotated[CalibMethod, typer.Option("--calib-method", help="Range calibration.")] = CalibMethod.minmax,
+    calib_dir: Annotated[Path, typer.Option("--calib-dir", help="Where calibrated ranges and the TensorRT timing cache live.")] = Path("calibration"),
     max_f1_drop: Annotated[float, typer.Option("--max-f1-drop", help="Largest allowed F1 drop (points) vs FP32.")] = 1.0,
     force: Annotated[bool, typer.Option("--force", help="Keep an artifact that fails the accuracy gate.")] = False,
     workspace: Annotated[float, typer.Option("--workspace", help="TensorRT workspace limit, GiB.")] = 1.0,
@@ -79,7 +80,8 @@ def build_engine(
     log = (lambda s: None) if as_json else (lambda s: console.print(s))
     rep = build(
         onnx, precision=precision.value, backend=backend.value, out=out, data=data, calib_data=calib_data,
-        calib_size=calib_size, calib_seed=calib_seed, calib_method=calib_method.value, max_f1_drop=max_f1_drop,
+        calib_size=calib_size, calib_seed=calib_seed, calib_method=calib_method.value, calib_dir=calib_dir,
+        max_f1_drop=max_f1_drop,
         force=force, workspace_gib=workspace, max_batch=max_batch, threads=threads, weight_qdq_pair=weight_qdq_pair,
         meta_overrides=parse_overrides(input_size, classes), log=log,
     )
