@@ -386,3 +386,13 @@ def test_format_option_errors(tmp_path):
         load_dataset(root, format="parquet")
     with pytest.raises(DataError, match="not a CSV"):
         load_dataset(_png(tmp_path / "img.png"))
+
+
+def test_data_layer_imports_without_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, edgeskd.data, edgeskd.data.synthetic, edgeskd.data.stats, edgeskd.data.writers, "
+            "edgeskd.data.folder, edgeskd.data.mhist, edgeskd.data.manifest; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
