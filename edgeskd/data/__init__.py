@@ -210,12 +210,12 @@ _CACHE_MIN_PIXELS = 1 << 22  # only sets worth caching (≥ 256 frames at 128²)
 
 
 def _cache_file(n: int, size: int, seed: int) -> Path | None:
-    from edgeskd.data.synthetic import GENERATOR_VERSION
+    from edgeskd.data.synthetic import GENERATOR_VERSION, RENDER_REVISION
 
     if os.environ.get("EDGESKD_NO_CACHE", "") not in ("", "0") or n * size * size < _CACHE_MIN_PIXELS:
         return None
     base = Path(os.environ.get("EDGESKD_CACHE_DIR") or Path.home() / ".cache" / "edgeskd")
-    return base / f"synthetic-v{GENERATOR_VERSION}-n{n}-s{size}-seed{seed}.npz"
+    return base / f"synthetic-v{GENERATOR_VERSION}.{RENDER_REVISION}-n{n}-s{size}-seed{seed}.npz"
 
 
 _ARRAYS = ("labels", "subclasses", "votes")

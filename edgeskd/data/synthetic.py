@@ -62,7 +62,8 @@ from edgeskd.data.base import LabeledSet
 from edgeskd.data.splits import stratified_split
 from edgeskd.errors import UsageError
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 2   # seeds the label model and per-sample textures
+RENDER_REVISION = 3     # bump whenever rendered bytes change (it keys the on-disk cache)
 CLASS_NAMES = ("hyperplastic", "adenoma")
 POSITIVE_CLASS = 1
 N_ANNOTATORS = 7
