@@ -81,20 +81,22 @@ def compile_nvrtc(arch: str = "compute_75", *, cubin: bool = False, source: str 
         opts = [f"--gpu-architecture={arch}".encode(), *(o.encode() for o in NVRTC_OPTIONS)]
         (err,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
         size = _nvrtc_ok(nvrtc, nvrtc.nvrtcGetProgramLogSize(prog), "nvrtcGetProgramLogSize")
-        log = b" " * size
+        # Fresh writable buffers: NVRTC writes into them, and ``b" " * n`` can be CPython's shared
+        # cached one-byte object (size 1), which would corrupt every b" " in the process.
+        log = bytearray(size)
         nvrtc.nvrtcGetProgramLog(prog, log)
         if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
             raise KernelCompileError(f"NVRTC could not compile {KERNEL_PATH.name} for {arch}: "
                                      + log.decode(errors="replace").strip()[:2000])
         if cubin:
             n = _nvrtc_ok(nvrtc, nvrtc.nvrtcGetCUBINSize(prog), "nvrtcGetCUBINSize")
-            out = b" " * n
+            out = bytearray(n)
             _nvrtc_ok(nvrtc, nvrtc.nvrtcGetCUBIN(prog, out), "nvrtcGetCUBIN")
         else:
             n = _nvrtc_ok(nvrtc, nvrtc.nvrtcGetPTXSize(prog), "nvrtcGetPTXSize")
-            out = b" " * n
+            out = bytearray(n)
             _nvrtc_ok(nvrtc, nvrtc.nvrtcGetPTX(prog, out), "nvrtcGetPTX")
-        return out
+        return bytes(out)
     finally:
         nvrtc.nvrtcDestroyProgram(prog)
 
