@@ -57,7 +57,7 @@ def _ease(t: np.ndarray) -> np.ndarray:
     return t * t * (3 - 2 * t)
 
 
-def plan_video(n_frames: int, fps: float, seed: int, *, seconds_per_polyp: float = 4.0) -> tuple[VideoPlan, dict]:
+def plan_video(n_frames: int, fps: float, seed: int, *, seconds_per_polyp: float = 2.5) -> tuple[VideoPlan, dict]:
     """Where the polyps sit and where the camera looks in every frame (deterministic in ``seed``)."""
     from edgeskd.data import synthetic as sy
 
