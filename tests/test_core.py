@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -70,6 +71,9 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     with atomic_path(out) as tmp:
         tmp.write_bytes(b"whole")
     assert out.read_bytes() == b"whole" and len(list(tmp_path.iterdir())) == 1
+    mask = os.umask(0)
+    os.umask(mask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's 0600
 
 
 def test_resize_matches_torch_bilinear():
