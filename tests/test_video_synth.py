@@ -56,6 +56,22 @@ def test_synth_video_is_deterministic_and_labels_follow_the_picture():
             assert abs(p.x - cx) < half and abs(p.y - cy) < half
 
 
+@pytest.mark.parametrize("seconds,fps", [(8, 30), (3, 25), (20, 30)])
+def test_every_frame_has_a_view_and_short_clips_show_both_classes(seconds, fps):
+    from edgeskd.data.synthetic import SUBCLASS_TO_CLASS
+    from edgeskd.stream.synthvideo import plan_video
+
+    plan, _ = plan_video(int(seconds * fps), fps, seed=0)
+    assert (plan.cam[:, 2] > 0.3).all()     # the last frame too (it once kept a zero-width view)
+    classes = [SUBCLASS_TO_CLASS[p.visual] for p in plan.polyps]
+    assert classes == [(classes[0] + i) % 2 for i in range(len(classes))]   # true classes alternate
+    visual = [p.visual for p in plan.polyps]
+    # each class cycles through all its subclasses before repeating one
+    for c in (0, 1):
+        own = [v for v in visual if SUBCLASS_TO_CLASS[v] == c]
+        assert len(set(own[:3])) == min(3, len(own))
+
+
 @pytest.mark.parametrize("args,msg", [
     (["--size", "12x34x5"], "WIDTHxHEIGHT"),
     (["--size", "10x10"], "between 64"),

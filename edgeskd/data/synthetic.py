@@ -547,11 +547,14 @@ _sample_seed = sample_seed  # older name, used by the synthetic video
 # ----------------------------------------------------------------------------------------------
 # Labels: subclass, ambiguity → 7 votes → majority label
 # ----------------------------------------------------------------------------------------------
-def sample_labels(n: int, seed: int) -> dict[str, np.ndarray]:
-    """True class, visual subclass, ambiguity, votes, majority label and labelled subclass."""
+def sample_labels(n: int, seed: int, visual: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """True class, visual subclass, ambiguity, votes, majority label and labelled subclass.
+
+    ``visual`` fixes the visual subclasses (n of them) instead of drawing them from the priors."""
     rng = np.random.default_rng([int(seed), GENERATOR_VERSION, 7])
     priors = np.array([s.prior for s in SUBCLASS_STYLES])
-    visual = rng.choice(len(SUBCLASS_STYLES), size=n, p=priors / priors.sum())
+    drawn = rng.choice(len(SUBCLASS_STYLES), size=n, p=priors / priors.sum())
+    visual = drawn if visual is None else np.asarray(visual, np.int64).reshape(n)
     lo = np.array([s.ambiguity[0] for s in SUBCLASS_STYLES])[visual]
     hi = np.array([s.ambiguity[1] for s in SUBCLASS_STYLES])[visual]
     amb = rng.uniform(lo, hi).astype(np.float32)

@@ -57,13 +57,27 @@ def _ease(t: np.ndarray) -> np.ndarray:
     return t * t * (3 - 2 * t)
 
 
+def _balanced_subclasses(n: int, rng: np.random.Generator) -> np.ndarray:
+    """Visual subclasses of ``n`` polyps: the classes alternate (from a random first one) and each
+    class cycles through its subclasses in a seeded order, so a short clip already shows both classes
+    and frame-level F1 is defined (drawing from the priors gave 8-s clips with one class only)."""
+    from edgeskd.data import synthetic as sy
+
+    owners = np.asarray(sy.SUBCLASS_TO_CLASS)
+    n_cls = int(owners.max()) + 1
+    cycles = [rng.permutation(np.flatnonzero(owners == c)) for c in range(n_cls)]
+    first = int(rng.integers(n_cls))
+    cls = (first + np.arange(n)) % n_cls
+    return np.array([cycles[c][(i // n_cls) % len(cycles[c])] for i, c in enumerate(cls)], np.int64)
+
+
 def plan_video(n_frames: int, fps: float, seed: int, *, seconds_per_polyp: float = 2.5) -> tuple[VideoPlan, dict]:
     """Where the polyps sit and where the camera looks in every frame (deterministic in ``seed``)."""
     from edgeskd.data import synthetic as sy
 
     rng = np.random.default_rng([int(seed), 6061])
     n_polyps = max(1, int(round(n_frames / fps / seconds_per_polyp)))
-    lab = sy.sample_labels(n_polyps, seed + 1009)
+    lab = sy.sample_labels(n_polyps, seed + 1009, visual=_balanced_subclasses(n_polyps, rng))
     # polyps at least 1.6 wall units apart (one in view at a time), inside the wall
     spots: list[tuple[float, float]] = []
     tries = 0
@@ -87,6 +101,7 @@ def plan_video(n_frames: int, fps: float, seed: int, *, seconds_per_polyp: float
     keys.append((*empty_spots[n_polyps], 1.0, 0.15))
     weights = np.array([k[3] for k in keys[:-1]], np.float64) + 0.4   # dwell + glide per segment
     bounds = np.concatenate([[0.0], np.cumsum(weights / weights.sum())]) * (n_frames - 1)
+    bounds[-1] = n_frames - 1   # exact: a rounded-down last bound left the last frame with a zero-width view
     cam = np.zeros((n_frames, 3))
     f = np.arange(n_frames, dtype=np.float64)
     for s in range(len(keys) - 1):
