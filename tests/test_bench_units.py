@@ -71,6 +71,22 @@ def test_onnx_flops_conv_and_gemm(tmp_path):
     gemm = 2 * 1 * 8 * 5
     assert onnx_flops_per_image(model) == conv + gemm
 
+    # the same model as ONNX Runtime saves it optimized (build-engine's fp32-opt CPU artifact):
+    # Conv+Relu becomes com.microsoft FusedConv, whose shapes ONNX shape inference does not know
+    ort = pytest.importorskip("onnxruntime")
+    relu = helper.make_graph(
+        nodes[:1] + [helper.make_node("Relu", ["c"], ["r"]), helper.make_node("GlobalAveragePool", ["r"], ["p"])]
+        + nodes[2:], "t", list(graph.input), list(graph.output), [w, g])
+    src = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(relu, opset_imports=[helper.make_opsetid("", 17)]), src)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+    fused = onnx.load(str(tmp_path / "opt.onnx"))
+    assert "FusedConv" in {n.op_type for n in fused.graph.node}
+    assert onnx_flops_per_image(fused) == onnx_flops_per_image(src) == conv + gemm
+
 
 def test_peak_memory_sees_a_large_allocation():
     from edgeskd.bench.memory import track_peak_memory
