@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -13,8 +14,21 @@ from rich.console import Console
 
 from edgeskd.errors import EdgeSKDError
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+
+
+def _width(stream: Any) -> int | None:
+    """Rich assumes 80 columns when output is not a terminal: the wide tables (bench, build-engine)
+    then fold into one-character columns in logs and CI. Give pipes and files 200 columns; a
+    terminal, or an explicit COLUMNS, keeps its own width."""
+    try:
+        tty = stream.isatty()
+    except (AttributeError, ValueError):
+        tty = False
+    return None if tty or os.environ.get("COLUMNS") else 200
+
+
+console = Console(highlight=False, width=_width(sys.stdout))
+err_console = Console(stderr=True, highlight=False, width=_width(sys.stderr))
 
 F = TypeVar("F", bound=Callable[..., Any])
 
