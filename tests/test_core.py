@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 import subprocess
 import sys
 
@@ -74,6 +75,24 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert out.stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's 0600
+
+
+def test_unwritable_outputs_are_one_line_usage_errors(tmp_path, cli):
+    from edgeskd.errors import UsageError
+    from edgeskd.utils.io import atomic_path, check_output_file
+
+    (tmp_path / "adir.json").mkdir()
+    with pytest.raises(UsageError, match="is a directory"):
+        check_output_file(tmp_path / "adir.json")
+    with pytest.raises(UsageError, match="is a directory"):
+        with atomic_path(tmp_path / "adir.json"):
+            pass
+    if Path("/proc/self").is_dir():   # root passes os.access there, but no file can be made
+        with pytest.raises(UsageError, match="cannot write"):
+            with atomic_path("/proc/edgeskd-test.json"):
+                pass
+    r = cli("bench", tmp_path / "nothing.onnx", "--out", tmp_path / "adir.json")
+    assert r.exit_code == 2 and "is a directory" in r.output and "Traceback" not in r.output
 
 
 def test_resize_matches_torch_bilinear():

@@ -44,7 +44,7 @@ def bench(
     from edgeskd.bench.report import markdown as to_markdown
     from edgeskd.bench.report import plot, rich_table
     from edgeskd.export.data import load_data
-    from edgeskd.utils.io import ensure_writable_dir, write_json_atomic
+    from edgeskd.utils.io import check_output_file, write_json_atomic
 
     if split not in ("train", "val", "test"):
         raise UsageError(f"--split {split!r} must be train, val or test")
@@ -52,9 +52,9 @@ def bench(
         raise UsageError(f"--device {device!r} must be cpu or cuda")
     opts = BenchOptions(batch_sizes=_parse_batches(batch_sizes), threads=threads, warmup=warmup, iters=iters,
                         device=device, max_seconds_per_timing=max_seconds)
-    ensure_writable_dir(out.parent)
+    check_output_file(out)
     if plot_path is not None:
-        ensure_writable_dir(plot_path.parent)
+        check_output_file(plot_path)
     arts = discover(artifacts)
     ls = load_data(None if data is not None else data_ref_from_artifacts(arts), path=data, fmt=format.value)
     part = ls.split(split)

@@ -174,6 +174,9 @@ def export_onnx(
     out = Path(out) if out is not None else default_onnx_path(checkpoint)
     if out.suffix != ".onnx":
         raise UsageError(f"--out {out} must end in .onnx")
+    from edgeskd.utils.io import check_output_file
+
+    check_output_file(out)
     notes: list[str] = []
     ref = data_ref_from_checkpoint(ckpt)
     meta = meta.replace(precision="fp32", model_name=meta.model_name or Path(checkpoint).stem,

@@ -221,14 +221,6 @@ def build_onnxruntime(
                 f"{c.throughput:.0f} img/s  {c.size_bytes / 1e3:.0f} kB  {'pass' if c.passed else 'FAIL gate'}")
             report.candidates.append(c)
 
-        # The S8S8 Q/DQ (TensorRT's input) is an artifact of its own when it passes (or --force).
-        s8 = next((c for c in cands if c.name == "s8s8"), None)
-        if s8 is not None and qdq_out is not None:
-            if s8.passed or force:
-                _place(paths["s8s8"], qdq_out)
-                report.extra_artifacts.append(qdq_out)
-                s8.path = str(qdq_out)
-
         # Precision asked for: its candidates first; FP32-opt competes only for int8 (fastest wins).
         pool = [c for c in cands if c.passed]
         asked = [c for c in cands if c.precision == precision]
@@ -257,7 +249,17 @@ def build_onnxruntime(
         if out is None:
             out = default_outputs(fp32_path, "onnxruntime", winner.precision)[0]
         _place(paths[winner.name], out)
-        winner.path = str(out)
+        # The S8S8 Q/DQ (TensorRT's input) is an artifact of its own when it passes (or --force);
+        # placed after the main artifact, so a failure to write that one leaves neither.
+        kept: dict[str, str] = {}
+        s8 = next((c for c in cands if c.name == "s8s8"), None)
+        if s8 is not None and qdq_out is not None and (s8.passed or force):
+            _place(paths["s8s8"], qdq_out)
+            report.extra_artifacts.append(qdq_out)
+            kept["s8s8"] = str(qdq_out)
+        kept[winner.name] = str(out)
+        for c in cands:   # the others were temporary files (removed below): no path in the report
+            c.path = kept.get(c.name, "")
         report.artifact = out
         return report
     finally:
@@ -383,7 +385,7 @@ def build_engine(
     from edgeskd.quantize.calibration import cache_path, select_calibration
     from edgeskd.quantize.qdq import CALIB_METHODS
     from edgeskd.runtime.onnxrt import OnnxRuntimeRunner
-    from edgeskd.utils.io import ensure_writable_dir
+    from edgeskd.utils.io import check_output_file
 
     if precision not in PRECISIONS:
         raise UsageError(f"--precision {precision!r} must be one of {', '.join(PRECISIONS)}")
@@ -408,7 +410,8 @@ def build_engine(
         raise UsageError(f"--out {art}: the onnxruntime artifact is an .onnx file")
     if backend == "tensorrt" and art.suffix not in (".engine", ".plan", ".trt"):
         raise UsageError(f"--out {art}: a TensorRT engine file ends in .engine")
-    ensure_writable_dir(art.parent)
+    check_output_file(art)
+    check_output_file(qdq_out)
 
     ls = dataset if dataset is not None else load_data(meta.extra.get("data"), path=data)
     ls = align_classes(ls, meta)

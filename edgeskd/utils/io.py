@@ -35,6 +35,16 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
     return p
 
 
+def check_output_file(path: str | os.PathLike) -> Path:
+    """Fail early (UsageError) if ``path`` cannot become an output file: a directory, or an
+    unwritable/uncreatable parent. Call before the work whose result goes there."""
+    final = Path(path)
+    if final.is_dir():
+        raise UsageError(f"output {final} is a directory; give a file name")
+    ensure_writable_dir(final.parent if str(final.parent) else ".")
+    return final
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it over ``path`` only if the block succeeds.
@@ -44,15 +54,21 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with atomic_path(out) as tmp:
             onnx.save(model, tmp)
     """
-    final = Path(path)
-    parent = ensure_writable_dir(final.parent if str(final.parent) else ".")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp" + final.suffix, dir=parent)
+    final = check_output_file(path)
+    parent = final.parent if str(final.parent) else Path(".")
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp" + final.suffix, dir=parent)
+    except OSError as e:  # e.g. /proc, a read-only mount: os.access says yes to root
+        raise UsageError(f"cannot write {final}: {e.strerror}; choose a writable path") from None
     os.close(fd)
     tmp = Path(tmp_name)
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; artifacts get the usual permissions
     try:
         yield tmp
-        os.replace(tmp, final)
+        try:
+            os.replace(tmp, final)
+        except OSError as e:
+            raise UsageError(f"cannot write {final}: {e.strerror}; choose a writable path") from None
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
