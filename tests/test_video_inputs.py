@@ -182,9 +182,12 @@ def test_missing_engine_and_labels(tmp_path, cli, onnx_path):
     _no_leftovers(tmp_path)
 
 
-def test_interrupted_run_leaves_no_partial_outputs(tmp_path, onnx_path):
+def test_ctrl_c_ends_the_stream_and_keeps_complete_outputs(tmp_path, onnx_path, monkeypatch):
+    """Ctrl-C is how a live stream ends: the outputs are finished for the frames processed so far.
+    A Ctrl-C while they are being finished aborts and leaves none of them."""
     from edgeskd.runtime.loader import load_runner
     from edgeskd.stream import StreamConfig, run_stream
+    from edgeskd.stream import pipeline
 
     video = make_video(tmp_path / "in.mp4", n=20)
     runner = load_runner(onnx_path, threads=1)
@@ -201,9 +204,25 @@ def test_interrupted_run_leaves_no_partial_outputs(tmp_path, onnx_path):
     outdir = tmp_path / "out"
     cfg = StreamConfig(video=str(video), out=outdir / "a.mp4", jsonl=outdir / "p.jsonl", stats=outdir / "s.json",
                        measure_ceiling=False)
+    warned: list[str] = []
+    res = run_stream(cfg, runner=runner, warn=warned.append)
+    assert res.stats["frames_processed"] == 4 and res.stats["source"]["interrupted"] is True
+    assert any("Ctrl-C" in w for w in warned)
+    assert json.loads((outdir / "s.json").read_text())["frames_processed"] == 4
+    assert len((outdir / "p.jsonl").read_text().splitlines()) == 4
+    assert (outdir / "a.mp4").stat().st_size > 0
+    assert sorted(p.name for p in outdir.iterdir()) == ["a.mp4", "p.jsonl", "s.json"]   # no temp files
+
+    def interrupted_while_finishing(**kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "stats_dict", interrupted_while_finishing)
+    outdir2 = tmp_path / "out2"
+    cfg2 = StreamConfig(video=str(video), out=outdir2 / "a.mp4", jsonl=outdir2 / "p.jsonl",
+                        stats=outdir2 / "s.json", measure_ceiling=False)
     with pytest.raises(KeyboardInterrupt):
-        run_stream(cfg, runner=runner)
-    assert not any(outdir.iterdir())
+        run_stream(cfg2, runner=load_runner(onnx_path, threads=1))
+    assert not any(outdir2.iterdir())
 
 
 def test_corrupted_middle_is_processed_with_a_warning_or_concealed(tmp_path, cli, onnx_path):

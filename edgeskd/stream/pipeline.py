@@ -158,6 +158,10 @@ def run_stream(
 
         check_video_path(cfg.out)
     outs = [p for p in (cfg.out, cfg.jsonl, cfg.stats) if p is not None]
+    from edgeskd.utils.io import check_output_file
+
+    for p in outs:
+        check_output_file(p)
     if len({Path(p).resolve() for p in outs}) != len(outs):
         raise UsageError("--out, --jsonl and --stats must be different files")
     if Path(cfg.video).exists() and any(Path(p).resolve() == Path(cfg.video).resolve() for p in outs):
@@ -249,78 +253,84 @@ def run_stream(
         cpu_start = time.thread_time()
         last_progress = 0.0
         source.start()
-        while True:
-            items = source.get_batch(cfg.batch)
-            if not items:
-                break
-            if tracker is not None:
-                for it in items:
-                    if tracker.due():
-                        thumb, sx, sy = thumbnail_rgb(it.frame, rgb=it.rgb)
-                        est = detect_content_area(thumb)
-                        tracker.update(None if est is None else scale_box(est, sx, sy, it.frame.width, it.frame.height))
-                    tracker.step()
-                crop = tracker.box
-            frame_w, frame_h = items[0].frame.width, items[0].frame.height
-            if (frame_w, frame_h) != (info.width, info.height):
-                # resolution changed mid-stream (some live sources do): re-validate the crop
+        interrupted = False
+        try:
+            while True:
+                items = source.get_batch(cfg.batch)
+                if not items:
+                    break
                 if tracker is not None:
-                    tracker = CropTracker(frame_w, frame_h, every=cfg.crop_every)
-                    crop = None
-                elif fixed_crop is not None:
-                    crop = check_crop(fixed_crop, frame_w, frame_h)
-            logits = predictor(items, crop)
-            probs = class_probabilities(logits, meta)
-            subs = subclass_probabilities(logits, meta)
-            t_done = time.perf_counter()
-            fps_mon.tick(len(items), t_done)
-            for k, it in enumerate(items):
-                p = probs[k]
-                ps = smoother.update(p)
-                lat = t_done - it.t_decoded
-                latencies.append(lat)
-                raw_c, sm_c = int(np.argmax(p)), int(np.argmax(ps))
-                top_sub = int(np.argmax(subs[k])) if subs is not None else None
-                if gt is not None and it.index in gt:
-                    y_true.append(gt[it.index])
-                    y_raw.append(raw_c)
-                    y_smooth.append(sm_c)
-                if jsonl is not None:
-                    rec = {
-                        "frame": it.index,
-                        "time": round(it.time_s, 6),
-                        "probs": [round(float(v), 6) for v in p],
-                        "smoothed": [round(float(v), 6) for v in ps],
-                        "class": names[raw_c],
-                        "smoothed_class": names[sm_c],
-                        "latency_ms": round(lat * 1000.0, 3),
-                    }
-                    if subs is not None:
-                        rec["subclass"] = sub_names[top_sub]  # type: ignore[index]
-                        rec["subclass_probs"] = [round(float(v), 6) for v in subs[k]]
-                    if crop is not None:
-                        rec["crop"] = list(crop)
-                    jsonl.write(rec)
-                if sink is not None:
-                    if processed + k - disp[2] >= 8 or disp[2] < 0:   # the numbers on screen update ~4x/s
-                        disp = (fps_mon.fps, lat * 1000.0, processed + k)
-                    sink.put(it, Annotation(
-                        class_name=names[sm_c], prob=float(ps[sm_c]), raw_class_name=names[raw_c],
-                        raw_prob=float(p[raw_c]),
-                        subclass=sub_names[top_sub] if top_sub is not None else None,
-                        subclass_prob=float(subs[k][top_sub]) if subs is not None else None,
-                        positive_prob=float(ps[pos]) if pos < len(ps) else 0.0,
-                        fps=disp[0], latency_ms=disp[1], crop=crop, is_positive=sm_c == pos,
-                    ))
-            processed += len(items)
-            if on_progress is not None and t_done - last_progress > 0.25:
-                last_progress = t_done
-                on_progress({
-                    "processed": processed, "decoded": source.frames_decoded, "dropped": source.frames_dropped,
-                    "fps": fps_mon.fps, "latency_ms": latencies[-1] * 1000.0,
-                    "class": names[int(np.argmax(smoother.state))] if smoother.state is not None else "-",
-                    "prob": float(np.max(smoother.state)) if smoother.state is not None else 0.0,
-                })
+                    for it in items:
+                        if tracker.due():
+                            thumb, sx, sy = thumbnail_rgb(it.frame, rgb=it.rgb)
+                            est = detect_content_area(thumb)
+                            tracker.update(None if est is None else scale_box(est, sx, sy, it.frame.width, it.frame.height))
+                        tracker.step()
+                    crop = tracker.box
+                frame_w, frame_h = items[0].frame.width, items[0].frame.height
+                if (frame_w, frame_h) != (info.width, info.height):
+                    # resolution changed mid-stream (some live sources do): re-validate the crop
+                    if tracker is not None:
+                        tracker = CropTracker(frame_w, frame_h, every=cfg.crop_every)
+                        crop = None
+                    elif fixed_crop is not None:
+                        crop = check_crop(fixed_crop, frame_w, frame_h)
+                logits = predictor(items, crop)
+                probs = class_probabilities(logits, meta)
+                subs = subclass_probabilities(logits, meta)
+                t_done = time.perf_counter()
+                fps_mon.tick(len(items), t_done)
+                for k, it in enumerate(items):
+                    p = probs[k]
+                    ps = smoother.update(p)
+                    lat = t_done - it.t_decoded
+                    latencies.append(lat)
+                    raw_c, sm_c = int(np.argmax(p)), int(np.argmax(ps))
+                    top_sub = int(np.argmax(subs[k])) if subs is not None else None
+                    if gt is not None and it.index in gt:
+                        y_true.append(gt[it.index])
+                        y_raw.append(raw_c)
+                        y_smooth.append(sm_c)
+                    if jsonl is not None:
+                        rec = {
+                            "frame": it.index,
+                            "time": round(it.time_s, 6),
+                            "probs": [round(float(v), 6) for v in p],
+                            "smoothed": [round(float(v), 6) for v in ps],
+                            "class": names[raw_c],
+                            "smoothed_class": names[sm_c],
+                            "latency_ms": round(lat * 1000.0, 3),
+                        }
+                        if subs is not None:
+                            rec["subclass"] = sub_names[top_sub]  # type: ignore[index]
+                            rec["subclass_probs"] = [round(float(v), 6) for v in subs[k]]
+                        if crop is not None:
+                            rec["crop"] = list(crop)
+                        jsonl.write(rec)
+                    if sink is not None:
+                        if processed + k - disp[2] >= 8 or disp[2] < 0:   # the numbers on screen update ~4x/s
+                            disp = (fps_mon.fps, lat * 1000.0, processed + k)
+                        sink.put(it, Annotation(
+                            class_name=names[sm_c], prob=float(ps[sm_c]), raw_class_name=names[raw_c],
+                            raw_prob=float(p[raw_c]),
+                            subclass=sub_names[top_sub] if top_sub is not None else None,
+                            subclass_prob=float(subs[k][top_sub]) if subs is not None else None,
+                            positive_prob=float(ps[pos]) if pos < len(ps) else 0.0,
+                            fps=disp[0], latency_ms=disp[1], crop=crop, is_positive=sm_c == pos,
+                        ))
+                processed += len(items)
+                if on_progress is not None and t_done - last_progress > 0.25:
+                    last_progress = t_done
+                    on_progress({
+                        "processed": processed, "decoded": source.frames_decoded, "dropped": source.frames_dropped,
+                        "fps": fps_mon.fps, "latency_ms": latencies[-1] * 1000.0,
+                        "class": names[int(np.argmax(smoother.state))] if smoother.state is not None else "-",
+                        "prob": float(np.max(smoother.state)) if smoother.state is not None else 0.0,
+                    })
+        except KeyboardInterrupt:
+            # Ctrl-C is how a live stream (camera, RTSP) ends: finish the outputs for the frames
+            # processed so far. A second Ctrl-C while they are written aborts and removes them.
+            interrupted = True
         t_end = time.perf_counter()
         main_cpu = time.thread_time() - cpu_start
         source.close()
@@ -335,7 +345,10 @@ def run_stream(
             lost = expected - source.frames_decoded
             if info.frames is None and lost <= max(1, expected // 100):
                 lost = 0   # estimated from duration x fps: a frame or two of rounding is not a loss
-        if source.ended_early or lost or source.decode_errors:
+        if interrupted:
+            lost = 0
+            _warn(f"stopped by Ctrl-C after {processed} processed frames; the outputs cover those frames")
+        elif source.ended_early or lost or source.decode_errors:
             parts = []
             if lost:
                 parts.append(f"{lost} of {expected} frames could not be decoded")
@@ -367,6 +380,7 @@ def run_stream(
             "decode_threads": source.decode_threads,
             "frames_expected": expected,
             "frames_lost": lost,
+            "interrupted": interrupted,
             "decode_errors": source.decode_errors,
             "ceiling_method": ceiling_method or "decoder thread busy time",
             "preprocess": predictor.path,
