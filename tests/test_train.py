@@ -203,8 +203,10 @@ def test_teacher_checkpoint_reuse_and_mismatch(known_run, cli, tmp_path):
     (["--students", "none,distil"], "unknown --students mode 'distil'"),
     (["--alpha", "1.5"], "--alpha 1.5 is outside [0, 1]"),
     (["--alpha", "-0.1"], "outside [0, 1]"),
-    (["--temperature", "0"], "--temperature 0.0 must be > 0"),
-    (["--temperature", "-2"], "must be > 0"),
+    (["--temperature", "0"], "--temperature 0.0 must be a finite number > 0"),
+    (["--temperature", "-2"], "must be a finite number > 0"),
+    (["--temperature", "inf"], "--temperature inf must be a finite number > 0"),
+    (["--seed", "-1"], "--seed"),
     (["--subclasses", "invent:1"], "K must be >= 2"),
     (["--subclasses", "sometimes"], "use 'known' or 'invent:K'"),
 ])
@@ -280,6 +282,15 @@ def test_config_files_yaml_toml_and_flags_win(tmp_path):
     (tmp_path / "c.json").write_text("{}")
     with pytest.raises(UsageError, match="yaml"):
         resolve_config({}, tmp_path / "c.json")
+
+
+def test_paths_are_recorded_absolute(tmp_path, monkeypatch):
+    """A run records where its data is; export/bench read it back from any directory."""
+    monkeypatch.chdir(tmp_path)
+    cfg = resolve_config({"data": "sets/s", "teacher_checkpoint": "r/teacher.pt"})
+    assert cfg.data == str(tmp_path / "sets" / "s")
+    assert cfg.teacher_checkpoint == str(tmp_path / "r" / "teacher.pt")
+    assert resolve_config({}).data is None   # the synthetic default stays the default
 
 
 def test_config_file_through_cli(cli, tmp_path):

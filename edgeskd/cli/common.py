@@ -74,7 +74,7 @@ DataOpt = Annotated[
     typer.Option("--data", help="Data set: MHIST root, folder tree, manifest CSV. Default: the synthetic set."),
 ]
 FormatOpt = Annotated[DataFormat, typer.Option("--format", help="Data format; auto detects it.")]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed.")]
+SeedOpt = Annotated[int, typer.Option("--seed", min=0, help="Random seed (>= 0).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 

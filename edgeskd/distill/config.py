@@ -8,6 +8,7 @@ are parsed with ``yaml.safe_load`` / ``tomllib`` (nothing executes), and unknown
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -103,9 +104,12 @@ class TrainConfig:
         need(not bad, f"unknown --students mode {', '.join(map(repr, bad))}; choose from {', '.join(STUDENT_MODES)}")
         need(len(set(self.students)) == len(self.students), "--students lists a mode twice")
         need(0.0 <= self.alpha <= 1.0, f"--alpha {self.alpha} is outside [0, 1]; it weights the distillation term")
-        need(self.temperature > 0, f"--temperature {self.temperature} must be > 0")
-        need(self.aux_temperature > 0, f"--aux-temperature {self.aux_temperature} must be > 0")
-        need(self.beta >= 0, f"--beta {self.beta} must be >= 0")
+        need(math.isfinite(self.temperature) and self.temperature > 0,
+             f"--temperature {self.temperature} must be a finite number > 0")
+        need(math.isfinite(self.aux_temperature) and self.aux_temperature > 0,
+             f"--aux-temperature {self.aux_temperature} must be a finite number > 0")
+        need(math.isfinite(self.beta) and self.beta >= 0, f"--beta {self.beta} must be a finite number >= 0")
+        need(self.seed >= 0 and self.data_seed >= 0, "--seed and data-seed must be >= 0")
         if self.subclasses != "known":
             k = self.invent_k
             need(k is not None, f"--subclasses {self.subclasses!r}: use 'known' or 'invent:K' (e.g. invent:4)")
@@ -229,4 +233,12 @@ def resolve_config(cli_values: Mapping[str, Any] | None = None, config_file: str
     values.update(from_file)
     values.update({k: _coerce(k, v, "option") for k, v in given.items()})
     values["preset"] = preset
+    # Paths are recorded absolute: checkpoints and metrics.json name their data, and `export`,
+    # `build-engine` and `bench` load it from there, from whatever directory they run in.
+    for k in _PATH_KEYS:
+        if values.get(k):
+            values[k] = str(Path(values[k]).expanduser().resolve())
     return TrainConfig(**values).validate()
+
+
+_PATH_KEYS = ("data", "pretrained", "student_pretrained", "teacher_checkpoint")
