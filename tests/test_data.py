@@ -351,6 +351,14 @@ def test_manifest_bad_header_rows_and_duplicates(tmp_path):
         load_dataset(_manifest(tmp_path / "m2", [r[:2] for r in ok], header="path,class"), format="manifest")
     with pytest.raises(DataError, match="duplicate path"):
         load_dataset(_manifest(tmp_path / "m3", ok + [ok[0]]))
+    m3b = _manifest(tmp_path / "m3b", ok)
+    (tmp_path / "m3b" / "alias").symlink_to(tmp_path / "m3b" / "a")   # the same file, reached another way
+    _manifest(tmp_path / "m3b", ok + [["alias/1.png", "neg", "n", "train", "1"]], make_images=False)
+    with pytest.raises(DataError, match="duplicate image file"):
+        load_dataset(m3b)
+    # the same file name in two folders (per-patient folders of 0001.png ...) is two images
+    same_name = ok + [["b/1.png", "pos", "p", "train", "6"]]
+    assert len(load_dataset(_manifest(tmp_path / "m3c", same_name), format="manifest")) == 3
     with pytest.raises(DataError, match="votes 9 outside"):
         load_dataset(_manifest(tmp_path / "m4", ok + [["a/3.png", "pos", "p", "train", "9"]]))
     with pytest.raises(DataError, match="unknown split 'holdout'"):

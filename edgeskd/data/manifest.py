@@ -88,7 +88,9 @@ def load_manifest(csv_path: Path) -> LabeledSet:
         records.append(Record(p, cls, sub, split, votes))
         rels.append(str(Path(rel.replace("\\", "/"))))
     check_unique(rels, what="path", where=where)
-    check_unique([p.name for p in (r.path for r in records)], what="image name", where=where)
+    # the same file listed twice (by different spellings); equal file names in different folders
+    # (per-patient folders of 0001.png ...) are fine
+    check_unique([str(r.path.resolve()) for r in records], what="image file", where=where)
     given = [r.split != "" for r in records]
     if any(given) and not all(given):
         ln = given.index(False) + 2
