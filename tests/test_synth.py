@@ -156,8 +156,9 @@ def test_synth_cli_writes_and_refuses(cli, tmp_path):
     assert r.exit_code == 2 and "not empty" in r.output and "Traceback" not in r.output
     r = cli("synth", out, "--n", "40", "--size", "32", "--format", "folder", "--overwrite")
     assert r.exit_code == 0 and (out / "train").is_dir() and not (out / "manifest.csv").exists()
-    r = cli("synth", tmp_path / "t", "--n", "0")
-    assert r.exit_code != 0 and not (tmp_path / "t").exists()
+    for n in ("0", "3"):   # 3 frames: a set `info` and `train` would then refuse (one class, empty splits)
+        r = cli("synth", tmp_path / "t", "--n", n)
+        assert r.exit_code == 2 and "--n" in r.output and not (tmp_path / "t").exists()
 
 
 def test_torch_dataset_matches_preprocess_and_augments_reproducibly():

@@ -21,7 +21,8 @@ class WriteFormat(str, Enum):
 @cli_command
 def synth(
     out: Annotated[Path, typer.Argument(help="Output directory (must be new or empty unless --overwrite).")],
-    n: Annotated[int, typer.Option("--n", help="Number of frames.", min=1)] = 3000,
+    n: Annotated[int, typer.Option("--n", help="Number of frames (>= 20: both classes in all three splits).",
+                                   min=20)] = 3000,
     size: Annotated[int, typer.Option("--size", help="Frame size in pixels (square).", min=16, max=1024)] = 128,
     seed: SeedOpt = 0,
     format: Annotated[WriteFormat, typer.Option("--format", help="Layout to write.")] = WriteFormat.folder,

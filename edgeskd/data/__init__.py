@@ -175,7 +175,7 @@ def finalize_splits(ls: LabeledSet, seed: int = 0) -> LabeledSet:
             tr = sp == "train"
             sp[tr] = np.where(carve_split(ls.subclasses[tr], seed, frac=VAL_FROM_TRAIN, name="test") == "test",
                               "test", "train")
-            warnings.append("no test split: carved 15% of the data from train as test")
+            warnings.append(f"no test split: carved {VAL_FROM_TRAIN:.1%} of train as test")
             src.append("test carved from train")
         if "val" not in have:
             tr = sp == "train"
