@@ -218,3 +218,15 @@ def test_build_engine_cli_end_to_end(tmp_path, cli, monkeypatch):
     rep = json.loads(r.output[r.output.index("{"):])
     assert len(list((tmp_path / "calibration").glob("bright-*.json"))) == 1
     assert "cached ranges" in rep["calibration"] and rep["winner"] in {c["name"] for c in rep["candidates"]}
+
+
+def test_quantizer_needs_onnxruntime_with_calibration_cache():
+    from edgeskd.errors import BackendUnavailable
+    from edgeskd.quantize.qdq import check_quantizer_version
+
+    for old in ("1.17.3", "1.26.0"):
+        with pytest.raises(BackendUnavailable, match=r"onnxruntime >= 1\.27.*this is " + old):
+            check_quantizer_version(old)
+    for ok in ("1.27.0", "1.32.0", "2.0.0", "1.33.0+cu130"):
+        check_quantizer_version(ok)
+    check_quantizer_version()   # the installed one (pyproject's train extra asks for >= 1.27)

@@ -402,6 +402,10 @@ def build_engine(
     if meta.precision != "fp32":
         raise UsageError(f"{onnx_path} is already {meta.precision}; give the FP32 ONNX from `edgeskd export`")
     backend = resolve_backend(backend)
+    if precision == "int8":
+        from edgeskd.quantize.qdq import check_quantizer_version
+
+        check_quantizer_version()
     art, qdq_out = default_outputs(onnx_path, backend, precision)
     art = Path(out) if out is not None else art
     if out is not None and Path(out).resolve() == onnx_path.resolve():

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeskd.errors import ArtifactError
+from edgeskd.errors import ArtifactError, BackendUnavailable
 from edgeskd.meta import ModelMeta
 from edgeskd.utils.io import atomic_path
 
@@ -64,6 +64,31 @@ def _quiet_ort_logging():
         root.setLevel(level)
 
 
+# quantize_static(calibration_cache_path=...) — the saved ranges that let a rebuild skip
+# calibration — first shipped in onnxruntime 1.27 (1.26 does not have it).
+MIN_ORT_FOR_QUANTIZE = (1, 27)
+
+
+def check_quantizer_version(version: str | None = None) -> None:
+    """One-line error (not a TypeError deep in quantize_static) on an ONNX Runtime too old to
+    quantize here. Running artifacts needs no such version: the runtime works with older ones."""
+    if version is None:
+        import onnxruntime
+
+        version = onnxruntime.__version__
+    try:
+        have = tuple(int(p) for p in version.split("+")[0].split(".")[:2])
+    except ValueError:
+        return   # a development build: let it try
+    if have < MIN_ORT_FOR_QUANTIZE:
+        need = ".".join(map(str, MIN_ORT_FOR_QUANTIZE))
+        raise BackendUnavailable(
+            f"INT8 quantization needs onnxruntime >= {need} (saved calibration ranges); this is {version}. "
+            f"Build on a machine with `pip install -U 'onnxruntime>={need}'` — the built artifact still runs "
+            f"on older ONNX Runtime versions"
+        )
+
+
 def quantize_qdq(
     fp32_path: str | Path,
     out: str | Path,
@@ -89,6 +114,7 @@ def quantize_qdq(
 
     from edgeskd.export.onnx_export import attach_metadata
 
+    check_quantizer_version()
     v = VARIANTS[variant]
     if method not in CALIB_METHODS:
         raise ValueError(f"calibration method {method!r}; use one of {CALIB_METHODS}")
