@@ -75,6 +75,11 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert out.stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's 0600
+    with atomic_path(out) as tmp:   # a writer that replaces the file with its own mode
+        tmp.unlink()
+        fd = os.open(tmp, os.O_CREAT | os.O_WRONLY, 0o600)
+        os.close(fd)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~mask
 
 
 def test_unwritable_outputs_are_one_line_usage_errors(tmp_path, cli):

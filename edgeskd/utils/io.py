@@ -62,10 +62,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise UsageError(f"cannot write {final}: {e.strerror}; choose a writable path") from None
     os.close(fd)
     tmp = Path(tmp_name)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; artifacts get the usual permissions
     try:
         yield tmp
         try:
+            # mkstemp makes 0600, and some writers (onnxruntime's calibration cache) recreate the
+            # file with their own mode: artifacts get the usual umask permissions
+            os.chmod(tmp, 0o666 & ~_UMASK)
             os.replace(tmp, final)
         except OSError as e:
             raise UsageError(f"cannot write {final}: {e.strerror}; choose a writable path") from None
