@@ -109,18 +109,27 @@ def run_quickstart(workdir: str | Path, *, profile: str = "fast",
         return code
 
     t_all = time.perf_counter()
-    if (data / "manifest.csv").exists() or (data.exists() and any(data.iterdir())):
-        say(f"\n[bold]== synthetic data[/]: reusing {data}")
+    want = {"n": p.synth_n, "size": p.synth_size, "seed": seed}
+    have = _synth_params(data)
+    if have == want:
+        say(f"\n[bold]== synthetic data[/]: reusing {data} (same n, size and seed)")
     else:
-        step("synthetic data", ["synth", str(data), "--n", str(p.synth_n), "--size", str(p.synth_size),
-                                "--seed", str(seed)])
+        synth = ["synth", str(data), "--n", str(p.synth_n), "--size", str(p.synth_size), "--seed", str(seed)]
+        if data.exists() and any(data.iterdir()):
+            if have is None:
+                raise UsageError(f"{data} exists and is not a synthetic set written by quickstart; "
+                                 "give another --workdir or remove it")
+            synth.append("--overwrite")   # our own earlier set, for another profile or seed
+        step("synthetic data", synth)
     step("train teacher + students", ["train", "--data", str(data), "--preset", p.train_preset, "--out", str(run),
                                       "--seed", str(seed), *p.train_extra])
     step("export SKD student to ONNX", ["export", str(run / "student-skd.pt"), "--out", str(onnx)])
+    t_build = time.time()
     code = step("build INT8 artifact", ["build-engine", str(onnx), "--precision", "int8",
-                                        "--calib-size", str(p.calib_size)], ok_codes=(0, 6))
-    int8 = _find_int8(eng)
-    stream_engine = int8 if (code == 0 and int8 is not None) else onnx
+                                        "--calib-size", str(p.calib_size),
+                                        "--calib-dir", str(wd / "calibration")], ok_codes=(0, 6))
+    built = _built_artifact(eng, since=t_build) if code == 0 else None
+    stream_engine = built if built is not None else onnx
     if code == 6:
         res.notes.append("the INT8 artifact failed the accuracy gate; streaming with the FP32 ONNX")
     step("benchmark", ["bench", str(run), str(eng), "--out", str(wd / "bench.json"), "--iters", str(p.bench_iters),
@@ -143,12 +152,24 @@ def run_quickstart(workdir: str | Path, *, profile: str = "fast",
     return res
 
 
-def _find_int8(eng: Path) -> Path | None:
-    """The artifact build-engine wrote (it names a CPU artifact after the precision that won)."""
-    for pattern in ("*.int8.engine", "*.int8.cpu.onnx", "*.engine", "*.cpu.onnx"):
-        found = sorted(p for p in eng.glob(pattern) if "qdq" not in p.name)
-        if found:
-            return found[0]
+def _synth_params(data: Path) -> dict[str, int] | None:
+    """n, size and seed of a synthetic set written by `edgeskd synth` (its dataset.json), else None."""
+    gen = _load(data / "dataset.json").get("generator")
+    if not isinstance(gen, dict):
+        return None
+    return {k: gen.get(k) for k in ("n", "size", "seed")}
+
+
+def _built_artifact(eng: Path, since: float) -> Path | None:
+    """The artifact this build-engine run wrote, read from the report it writes beside it
+    (``<artifact>.json``; a CPU artifact is named after the precision that won). Reports older
+    than this run are ignored, so an artifact left by an earlier run is never picked."""
+    for report in sorted(eng.glob("*.json")):
+        if report.stat().st_mtime < since - 1:
+            continue
+        art = _load(report).get("artifact")
+        if art and Path(art).is_file():
+            return Path(art)
     return None
 
 

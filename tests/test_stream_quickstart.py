@@ -17,7 +17,10 @@ def test_invoke_returns_the_commands_exit_code(tmp_path, capsys):
 
 
 def test_summary_reads_what_the_steps_wrote(tmp_path):
-    from edgeskd.quickstart import _find_int8, summarize
+    import os
+    import time
+
+    from edgeskd.quickstart import _built_artifact, summarize
 
     (tmp_path / "run").mkdir()
     (tmp_path / "engines").mkdir()
@@ -28,10 +31,19 @@ def test_summary_reads_what_the_steps_wrote(tmp_path):
          "latency_p50_ms": 0.8, "status": "ok"}]}))
     (tmp_path / "stream.json").write_text(json.dumps({"fps": 250.0, "latency_ms": {"p50": 3.0},
                                                       "labels": {"raw": {"f1": 0.5}, "smoothed": {"f1": 0.6}}}))
-    for name in ("student-skd.onnx", "student-skd.int8.qdq.onnx", "student-skd.int8.cpu.onnx"):
-        (tmp_path / "engines" / name).write_bytes(b"x")
-    art = _find_int8(tmp_path / "engines")
-    assert art is not None and art.name == "student-skd.int8.cpu.onnx"
+    eng = tmp_path / "engines"
+    for name in ("student-skd.onnx", "student-skd.int8.qdq.onnx", "student-skd.int8.cpu.onnx",
+                 "student-skd.fp32.cpu.onnx"):
+        (eng / name).write_bytes(b"x")
+    # an earlier run's report names the int8 artifact; this run's build chose fp32-opt
+    old = eng / "student-skd.int8.cpu.onnx.json"
+    old.write_text(json.dumps({"artifact": str(eng / "student-skd.int8.cpu.onnx")}))
+    os.utime(old, (time.time() - 600, time.time() - 600))
+    since = time.time()
+    assert _built_artifact(eng, since) is None          # nothing built by this run yet
+    (eng / "student-skd.fp32.cpu.onnx.json").write_text(json.dumps({"artifact": str(eng / "student-skd.fp32.cpu.onnx")}))
+    art = _built_artifact(eng, since)
+    assert art is not None and art.name == "student-skd.fp32.cpu.onnx"
     s = summarize(tmp_path, art)
     assert s["models"]["student-skd"]["f1"] == 75.5
     assert s["bench"][0]["f1"] == 74.0 and s["bench"][0]["precision"] == "int8"
@@ -61,3 +73,32 @@ def test_quickstart_smoke_end_to_end(tmp_path):
     assert q["profile"] == "smoke" and q["steps"][-1]["argv"][:2] == ["edgeskd", "stream"]
     for p in ("annotated.mp4", "stream.json", "bench.json", "video.labels.csv", "run/metrics.json"):
         assert (tmp_path / "qs" / p).exists(), p
+    assert list((tmp_path / "qs" / "calibration").glob("*.json"))   # the workdir holds everything
+    assert s["stream"]["engine"] != str(tmp_path / "qs" / "engines" / "student-skd.onnx") or \
+        any(n for n in res.notes if "gate" in n)
+
+
+def test_quickstart_reuses_only_its_own_matching_data(tmp_path, monkeypatch):
+    from edgeskd import quickstart as qs
+    from edgeskd.errors import UsageError
+
+    calls: list[list[str]] = []
+
+    def fake_invoke(argv):
+        calls.append(argv)
+        raise SystemExit("stop after the first step")
+
+    monkeypatch.setattr(qs, "_invoke", fake_invoke)
+    data = tmp_path / "w" / "data"
+    data.mkdir(parents=True)
+    (data / "dataset.json").write_text(json.dumps({"generator": {"n": 1500, "size": 96, "seed": 0}}))
+    with pytest.raises(SystemExit):
+        qs.run_quickstart(tmp_path / "w", profile="fast", say=lambda s: None)
+    assert calls[-1][0] == "train"                              # same n/size/seed: reused
+    with pytest.raises(SystemExit):
+        qs.run_quickstart(tmp_path / "w", profile="fast", seed=3, say=lambda s: None)
+    assert calls[-1][:2] == ["synth", str(data)] and "--overwrite" in calls[-1]   # another seed: rewritten
+    (data / "dataset.json").unlink()
+    (data / "mine.png").write_bytes(b"x")
+    with pytest.raises(UsageError, match="not a synthetic set"):
+        qs.run_quickstart(tmp_path / "w", profile="fast", say=lambda s: None)

@@ -14,7 +14,7 @@ from edgeskd.cli.common import cli_command, console
 def quickstart(
     workdir: Annotated[Path, typer.Option("--workdir", help="Where every artifact goes.")] = Path("quickstart"),
     fast: Annotated[bool, typer.Option("--fast/--full", help="fast: the few-minute CPU run; full: the full recipe.")] = True,
-    seed: Annotated[int, typer.Option("--seed", help="Seed for data, training and video.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed for data, training and video.")] = 0,
 ) -> None:
     """synth data → train → export → build-engine → bench → synth-video → stream, then a summary."""
     from rich.table import Table
@@ -38,8 +38,9 @@ def quickstart(
             table.add_row(f"{r['name']} [{r['backend']} {r['precision']}]", f(r["f1"]), f(r["latency_p50_ms"]), "")
     st = s["stream"]
     lat = (st.get("latency_ms") or {}).get("p50")
-    table.add_row(f"stream {Path(st['engine']).name} (frame F1, smoothed)", f(st["frame_f1_smoothed"]), f(lat),
-                  f(st["fps"], "{:.1f}"))
+    frame_f1 = st.get("frame_f1_smoothed")
+    table.add_row(f"stream {Path(st['engine']).name} (frame F1 smoothed; fps with the annotated video)",
+                  f(None if frame_f1 is None else 100.0 * frame_f1), f(lat), f(st["fps"], "{:.1f}"))
     console.print(table)
     for note in res.notes:
         console.print(f"[yellow]note:[/] {note}")
