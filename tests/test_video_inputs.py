@@ -236,9 +236,16 @@ def test_corrupted_middle_is_processed_with_a_warning_or_concealed(tmp_path, cli
     data[a:b] = np.random.default_rng(1).integers(0, 256, b - a, dtype=np.uint8).tobytes()
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(bytes(data))
-    r, out, st = _run(cli, tmp_path, bad, onnx_path)
+    jl = tmp_path / "p.jsonl"
+    r, out, st = _run(cli, tmp_path, bad, onnx_path, "--jsonl", jl)
     assert r.exit_code == 0, r.output
     s = json.loads(st.read_text())
     assert s["frames_processed"] >= 1 and out.exists()
     lost = s["source"]["frames_lost"] + s["source"]["decode_errors"]
     assert (lost > 0) == ("warning" in r.output)
+    # frame numbers are positions in the video (what --labels rows name), also after lost frames
+    recs = [json.loads(line) for line in jl.read_text().splitlines()]
+    fps = s["source"]["fps"]
+    t0 = recs[0]["time"] - recs[0]["frame"] / fps
+    assert all(round((rec["time"] - t0) * fps) == rec["frame"] for rec in recs)
+    assert [rec["frame"] for rec in recs] == sorted({rec["frame"] for rec in recs})

@@ -61,7 +61,8 @@ class VideoInfo:
 
 @dataclass
 class DecodedFrame:
-    index: int                     # 0-based index among decoded frames
+    index: int                     # 0-based frame number: its position in a file (from its timestamp, so
+                                   # frames lost to damage leave gaps), the decode count on live sources
     time_s: float                  # presentation time in seconds (index / fps if unknown)
     t_decoded: float               # time.perf_counter() when it left the decoder
     frame: Any                     # av.VideoFrame
@@ -305,6 +306,11 @@ class VideoSource:
         fps = self.info.fps or 30.0
         t0_wall = None
         pts0 = None
+        # frame numbers of a file follow its timestamps, so a damaged stretch that loses frames
+        # does not shift every later frame onto another frame's label (--labels)
+        by_time = not self.info.live and bool(self.info.fps) and tb is not None
+        t_first: float | None = float(vs.start_time * tb) if by_time and vs.start_time is not None else None
+        last_idx = -1
         consecutive = 0
         cpu0 = time.thread_time()
         try:
@@ -341,8 +347,13 @@ class VideoSource:
                     idx = self.frames_decoded
                     if frame.pts is not None and tb is not None:
                         t_s = float(frame.pts * tb)
+                        if by_time:
+                            if t_first is None:
+                                t_first = t_s
+                            idx = int(round((t_s - t_first) * fps))
                     else:
                         t_s = idx / fps
+                    idx = last_idx = max(idx, last_idx + 1)   # unique and increasing, whatever the timestamps
                     if self.pace:
                         if t0_wall is None:
                             t0_wall, pts0 = time.perf_counter(), t_s
