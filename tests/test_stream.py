@@ -261,12 +261,20 @@ def test_stream_realtime_drops_and_bounds_latency(tmp_path, onnx_path):
         return real(batch)
 
     runner._infer_impl = slow
-    res = run_stream(StreamConfig(video=str(video), realtime=True, measure_ceiling=False), runner=runner)
+    out = tmp_path / "rt.mp4"
+    res = run_stream(StreamConfig(video=str(video), realtime=True, measure_ceiling=False, out=out), runner=runner)
     s = res.stats
     assert s["source"]["realtime"] and s["source"]["paced"]
     assert s["frames_decoded"] == 30
     assert s["frames_processed"] + s["frames_dropped"] == 30
     assert s["frames_dropped"] >= 10
+    # the annotated video keeps the source's timeline: dropped frames are gaps, not a faster video
+    import av
+
+    with av.open(str(out)) as c:
+        times = [float(f.pts * f.time_base) for f in c.decode(video=0)]
+    written = s["frames_processed"] - s["source"]["video_frames_skipped"]
+    assert len(times) == written < 30 and times[-1] >= 20 / 60
     # newest-frame policy: latency ~ one or two processing times (25 ms each), never a growing queue
     assert s["latency_ms"]["p99"] < 120
     # file mode with the same slow model processes every frame, and frames wait in the queue

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import queue
 import threading
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable
 
@@ -69,6 +70,8 @@ class VideoSink:
         self.stream.pix_fmt = "yuv420p"
         if self.codec == "libx264":
             self.stream.options = {"preset": preset, "crf": str(crf)}
+        self.time_base = Fraction(1) / Fraction(rate)
+        self._last_pts = -1
         self.frames_written = 0
         self.frames_skipped = 0      # real-time mode: frames not written because the writer was behind
         self.block = block
@@ -103,6 +106,14 @@ class VideoSink:
                 if rgb.shape[0] != self.height or rgb.shape[1] != self.width:
                     rgb = np.pad(rgb, ((0, self.height - rgb.shape[0]), (0, self.width - rgb.shape[1]), (0, 0)))
                 frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+                # the source frame's number as its time (units of 1/rate): frames skipped or
+                # dropped in real-time mode leave gaps instead of shortening the video
+                index = getattr(job[0], "index", None)
+                if index is not None:
+                    if index <= self._last_pts:
+                        continue
+                    frame.pts = self._last_pts = int(index)
+                    frame.time_base = self.time_base
                 for packet in self.stream.encode(frame):
                     self.container.mux(packet)
                 self.frames_written += 1
