@@ -97,3 +97,22 @@ def test_peak_memory_sees_a_large_allocation():
     if pm.peak_mb is None:
         pytest.skip("peak RSS reset not supported on this kernel")
     assert pm.peak_mb >= 50
+
+
+def test_peak_memory_is_not_hidden_by_memory_an_earlier_block_freed():
+    """Rows are measured one after another in one process: memory an earlier artifact freed must
+    not make a later one look free (glibc keeps freed heap memory for reuse)."""
+    from edgeskd.bench.memory import track_peak_memory
+
+    # 96 MiB of small (heap, not mmap) blocks, then a block above them that stays: freeing the 96
+    # MiB leaves a hole glibc keeps for reuse instead of returning it to the OS
+    chunks = [np.ones(32 * 1024 // 8) for _ in range(96 * 32)]
+    keep = np.ones(32 * 1024 // 8)
+    del chunks
+    with track_peak_memory() as pm:
+        chunks = [np.ones(32 * 1024 // 8) for _ in range(64 * 32)]   # 64 MiB, reusing the hole
+        del chunks
+    del keep
+    if pm.peak_mb is None:
+        pytest.skip("peak RSS reset not supported on this kernel")
+    assert pm.peak_mb >= 50

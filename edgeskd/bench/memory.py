@@ -32,9 +32,24 @@ class PeakMemory:
     peak_mb: float | None = None
 
 
+def _release_free_memory() -> None:
+    """Give memory freed by earlier work back to the OS (glibc keeps it in the heap otherwise), so
+    the next block's growth is its own and not hidden by reuse of what an earlier artifact freed."""
+    import gc
+
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):   # not glibc: nothing to release
+        pass
+
+
 @contextlib.contextmanager
 def track_peak_memory() -> Iterator[PeakMemory]:
     res = PeakMemory()
+    _release_free_memory()
     base = _status_kb("VmRSS")
     ok = _reset_peak() and base is not None
     try:
