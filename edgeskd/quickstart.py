@@ -122,7 +122,7 @@ def run_quickstart(workdir: str | Path, *, profile: str = "fast",
             synth.append("--overwrite")   # our own earlier set, for another profile or seed
         step("synthetic data", synth)
     step("train teacher + students", ["train", "--data", str(data), "--preset", p.train_preset, "--out", str(run),
-                                      "--seed", str(seed), *p.train_extra])
+                                      "--seed", str(seed), "--overwrite", *p.train_extra])
     step("export SKD student to ONNX", ["export", str(run / "student-skd.pt"), "--out", str(onnx)])
     t_build = time.time()
     code = step("build INT8 artifact", ["build-engine", str(onnx), "--precision", "int8",

@@ -259,6 +259,24 @@ def test_out_not_writable(cli, tmp_path):
     _assert_one_line_error(r, "--resume")
 
 
+def test_an_earlier_run_is_never_mixed_in(cli, tmp_path):
+    """OUT holding a run: refused without --resume/--overwrite; --overwrite clears that run's files
+    (not the user's other files, not a teacher reused from the same folder) before training."""
+    out = tmp_path / "run"
+    one = ["--epochs", "1", "--teacher-epochs", "1", "--out", out]
+    assert cli("train", *TINY, *one).exit_code == 0
+    r = cli("train", *TINY, *one)
+    _assert_one_line_error(r, "already holds a training run", "--overwrite")
+    _assert_one_line_error(cli("train", *TINY, *one, "--resume", "--overwrite"), "give one of them")
+    (out / "notes.txt").write_text("mine")
+    (out / "student-old.pt").write_bytes(b"an earlier run's student")
+    r = cli("train", *TINY, *one, "--overwrite", "--students", "skd", "--teacher-checkpoint", out / "teacher.pt")
+    assert r.exit_code == 0, r.output
+    assert (out / "notes.txt").read_text() == "mine" and not (out / "student-old.pt").exists()
+    assert sorted(p.name for p in out.glob("*.pt")) == ["student-skd.pt", "teacher.pt"]
+    assert list(json.loads((out / "metrics.json").read_text())["models"]) == ["teacher", "student-skd"]
+
+
 def test_config_files_yaml_toml_and_flags_win(tmp_path):
     y = tmp_path / "c.yaml"
     y.write_text("preset: fast\nepochs: 3\nimg-size: 48\nstudents: [kd, skd]\nalpha: 0.25\n")

@@ -98,6 +98,9 @@ def train(
         help="Output directory. \\[default: runs/<timestamp>]", rich_help_panel=_R)] = None,
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue the run in --out from its last finished epoch.", rich_help_panel=_R)] = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace an earlier run in --out (its checkpoints, metrics, report and plots).",
+        rich_help_panel=_R)] = False,
     skip_bad: Annotated[bool, typer.Option(
         "--skip-bad", help="Skip unreadable images instead of failing.", rich_help_panel=_R)] = False,
 ) -> None:
@@ -114,7 +117,7 @@ def train(
         batch_size=batch_size, lr=lr, teacher_lr=teacher_lr, weight_decay=weight_decay, temperature=temperature,
         alpha=alpha, beta=beta, aux_temperature=aux_temperature, augment=augment, synthetic_n=synthetic_n,
         seeds=seeds, seed=seed, device=device.value if device is not None else None, amp=amp, workers=workers,
-        out=out, resume=resume or None, skip_bad=skip_bad or None,
+        out=out, resume=resume or None, overwrite=overwrite or None, skip_bad=skip_bad or None,
     )
     cfg = resolve_config(values, config)
     metrics = run_training(cfg, console=console, argv=["edgeskd", *sys.argv[1:]])

@@ -58,6 +58,7 @@ class TrainConfig:
     workers: int = 0
     out: str | None = None                  # None → runs/<timestamp>
     resume: bool = False
+    overwrite: bool = False                 # replace an earlier run in OUT (else refused)
     preset: str = "default"
     progress: bool = True
 
@@ -137,7 +138,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 _FIELDS = {f.name: f for f in fields(TrainConfig)}
-_NOT_IN_FILES = {"progress"}
+_NOT_IN_FILES = {"progress", "overwrite"}
 
 
 def _norm_key(k: str) -> str:

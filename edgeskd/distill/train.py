@@ -561,6 +561,11 @@ def _resolve_out(cfg: TrainConfig, ctx: ddp.DistContext) -> Path:
             if cfg.resume and not (out / "log.jsonl").is_file():
                 raise UsageError(f"--resume: {out} holds no edgeskd training run (no log.jsonl); drop --resume "
                                  "or give the run's --out")
+            if cfg.resume and cfg.overwrite:
+                raise UsageError("--resume continues the run in --out, --overwrite replaces it: give one of them")
+            if not cfg.resume and not cfg.overwrite and _run_files(out):
+                raise UsageError(f"{out} already holds a training run; --resume continues it, --overwrite "
+                                 "replaces it, or choose another --out")
             _probe_writable(out)
             result = ("ok", str(out))
         except UsageError as e:
@@ -571,6 +576,17 @@ def _resolve_out(cfg: TrainConfig, ctx: ddp.DistContext) -> Path:
     if result[0] == "error":
         raise UsageError(result[1])
     return Path(result[1])
+
+
+_RUN_FILES = ("log.jsonl", "metrics.json", "report.md", "*.pt", "*.png")
+
+
+def _run_files(out: Path) -> list[Path]:
+    """The files a training run writes in OUT (and its seed-N folders); nothing else is touched."""
+    if not out.is_dir():
+        return []
+    dirs = [out, *sorted(d for d in out.glob("seed-*") if d.is_dir())]
+    return [f for d in dirs for pat in _RUN_FILES for f in sorted(d.glob(pat)) if f.is_file()]
 
 
 def run_training(cfg: TrainConfig, *, console=None, argv: list[str] | None = None) -> dict[str, Any]:
@@ -598,8 +614,11 @@ def run_training(cfg: TrainConfig, *, console=None, argv: list[str] | None = Non
             console.print(f"[yellow]warning:[/] {w}", soft_wrap=True)
         if ctx.is_main:  # everything checked: now create OUT
             ensure_writable_dir(out)
-            if not cfg.resume:
-                (out / "log.jsonl").unlink(missing_ok=True)
+            if not cfg.resume:   # --overwrite (or a fresh OUT): nothing of an earlier run may mix in
+                inputs = {Path(p).resolve() for p in (cfg.teacher_checkpoint, cfg.pretrained, cfg.student_pretrained) if p}
+                for f in _run_files(out):
+                    if f.resolve() not in inputs:   # a teacher reused from this very folder stays
+                        f.unlink()
         ddp.barrier(ctx)
         env = _Env(cfg, ctx, ls, out, console)
         per_seed: dict[int, dict[str, FitResult]] = {}
