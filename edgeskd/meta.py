@@ -94,10 +94,12 @@ class ModelMeta:
     def from_dict(cls, d: Mapping[str, Any], *, source: str = "artifact") -> "ModelMeta":
         missing = [k for k in REQUIRED_KEYS if k not in d]
         if missing:
-            raise ArtifactError(
-                f"{source} has no edgeskd metadata for: {', '.join(missing)}; "
-                "re-export it with `edgeskd export`, or pass --input-size/--classes"
-            )
+            fixable = {"input_size", "class_names"}
+            hint = ("re-export it with `edgeskd export`, or pass --input-size/--classes"
+                    if set(missing) <= fixable else
+                    "re-export it with `edgeskd export` (--input-size/--classes give only the input size and "
+                    "class names; a model with subclass outputs needs its subclass names from the checkpoint)")
+            raise ArtifactError(f"{source} has no edgeskd metadata for: {', '.join(missing)}; {hint}")
         known = {f.name for f in fields(cls)}
         kwargs = {k: v for k, v in d.items() if k in known}
         extra = dict(kwargs.pop("extra", {}) or {})

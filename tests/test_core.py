@@ -47,9 +47,12 @@ def test_meta_roundtrip_props():
 
 
 def test_meta_missing_keys_named():
-    with pytest.raises(ArtifactError, match="input_size"):
+    with pytest.raises(ArtifactError, match="input_size.*pass --input-size/--classes"):
         ModelMeta.from_dict({"class_names": ["a", "b"], "subclass_names": ["a", "b"],
                              "subclass_to_class": [0, 1], "output": "class_logits"})
+    # subclass names cannot come from --classes: the hint must not offer it
+    with pytest.raises(ArtifactError, match="subclass_names, subclass_to_class.*subclass names from the checkpoint"):
+        ModelMeta.from_dict({"class_names": ["a", "b"], "input_size": [32, 32], "output": "subclass_logits"})
 
 
 @pytest.mark.parametrize("bad", [dict(subclass_to_class=[0, 1, 0, 1, 1]),
