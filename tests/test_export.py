@@ -102,6 +102,8 @@ def test_export_bad_input_one_line(tmp_path, cli):
     assert r.exit_code == 4 and "not an edgeskd checkpoint" in r.output and "Traceback" not in r.output
     r = cli("export", tmp_path / "missing.pt")
     assert r.exit_code == 4 and "does not exist" in r.output
+    r = cli("export", tmp_path)   # a run directory instead of a checkpoint in it
+    assert r.exit_code == 4 and "is a directory" in r.output and "student-skd.pt" in r.output
     ckpt, _ = make_checkpoint(tmp_path / "s.pt")
     r = cli("export", ckpt, "--batch", "zero", "--out", tmp_path / "s.onnx")
     assert r.exit_code == 2 and "--batch" in r.output

@@ -54,6 +54,8 @@ def save_checkpoint(
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load and validate an edgeskd checkpoint (weights_only=True: no code runs on load)."""
     p = Path(path)
+    if p.is_dir():
+        raise ArtifactError(f"{p} is a directory; give a checkpoint file in it, e.g. {p / 'student-skd.pt'}")
     if not p.is_file():
         raise ArtifactError(f"checkpoint {p} does not exist")
     try:

@@ -82,6 +82,8 @@ def load_stream_runner(engine: str | Path, threads: int | None):
     try:
         return load_runner(engine, threads=threads)
     except ArtifactError as e:
+        if "metadata" not in str(e):
+            raise
         raise ArtifactError(f"{e} (stream needs the model's class names, input size and normalisation)") from None
 
 
