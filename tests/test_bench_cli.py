@@ -71,3 +71,34 @@ def test_bench_cli_bad_options(cli, tiny, args, msg):
     r = cli("bench", run, "--data", data, *args)
     assert r.exit_code != 0 and msg in r.output
     assert "Traceback" not in r.output
+
+
+def test_bench_warns_when_artifacts_come_from_different_data(cli, tiny, tmp_path):
+    """Every row is scored on one data set: artifacts trained on different ones are named in a warning."""
+    from edgeskd.bench.core import data_refs_from_artifacts, discover
+
+    data, run = tiny
+    ls = make_synthetic(60, 32, seed=0)
+    meta = ModelMeta(class_names=ls.class_names, subclass_names=ls.subclass_names,
+                     subclass_to_class=ls.subclass_to_class, input_size=(32, 32), output="subclass_logits",
+                     arch="tiny_cnn", model_name="student-skd")
+    model = create_model("tiny_cnn", meta.num_outputs).eval()
+
+    def ckpt(name, **train):
+        p = tmp_path / "cks" / name
+        p.parent.mkdir(exist_ok=True)
+        save_checkpoint(p, model, meta, config={"train": {"format": "auto", "data_seed": 0, **train}})
+        return p
+
+    a = ckpt("a.pt", data=str(data), img_size=32)
+    b = ckpt("b.pt", data=str(data), img_size=48)           # the same real data at another size: the same
+    c = ckpt("c.pt", data=None, synthetic_n=60, img_size=32)
+    d = ckpt("d.pt", data=None, synthetic_n=60, img_size=48)  # synthetic, rendered at another size: different
+    assert len(data_refs_from_artifacts(discover([a, b]))) == 1
+    assert len(data_refs_from_artifacts(discover([c, d]))) == 2
+    r = cli("bench", a, c, "--batch-sizes", "1", "--warmup", "0", "--iters", "2", "--threads", "1",
+            "--out", tmp_path / "bench.json")
+    assert "2 different data sets" in r.output and str(data) in r.output
+    r = cli("bench", a, c, "--data", data, "--batch-sizes", "1", "--warmup", "0", "--iters", "2", "--threads", "1",
+            "--out", tmp_path / "bench2.json")
+    assert r.exit_code == 0 and "different data sets" not in r.output

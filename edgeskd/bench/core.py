@@ -292,9 +292,9 @@ def run_bench(artifacts: Iterable[Artifact], ls, opts: BenchOptions, *, machine:
     return {"machine": machine, "rows": [r.to_dict() for r in rows]}
 
 
-def data_ref_from_artifacts(artifacts: Iterable[Artifact]) -> dict[str, Any] | None:
-    """The data the artifacts were trained on (``edgeskd.export.data`` reference): from the first
-    checkpoint's training config, else from an ONNX's ``extra["data"]`` metadata."""
+def data_refs_from_artifacts(artifacts: Iterable[Artifact]) -> list[dict[str, Any]]:
+    """Each distinct training-data reference among the artifacts, in artifact order."""
+    refs: list[dict[str, Any]] = []
     for a in artifacts:
         if a.error:
             continue
@@ -315,6 +315,19 @@ def data_ref_from_artifacts(artifacts: Iterable[Artifact]) -> dict[str, Any] | N
                 ref = None
         except Exception:  # noqa: BLE001 - an unreadable artifact gets its own failed row
             continue
-        if isinstance(ref, dict):
-            return ref
-    return None
+        if isinstance(ref, dict) and all(_data_key(ref) != _data_key(r) for r in refs):
+            refs.append(ref)
+    return refs
+
+
+def _data_key(ref: dict[str, Any]) -> tuple:
+    """What makes two references different images: a real data set is read at each model's own
+    input size; the synthetic one is rendered at the training size, so that size counts too."""
+    base = (ref.get("data"), ref.get("format"), ref.get("seed"), ref.get("skip_bad"))
+    return base if ref.get("data") else (*base, ref.get("synthetic_n"), ref.get("img_size"))
+
+
+def describe_data_ref(ref: dict[str, Any]) -> str:
+    if ref.get("data"):
+        return str(ref["data"])
+    return f"synthetic n={ref.get('synthetic_n')} at {ref.get('img_size')} px, seed {ref.get('seed')}"

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from edgeskd.cli.common import DataFormat, cli_command, console, err_console
+from edgeskd.cli.common import DataFormat, cli_command, console, err_console, warn
 from edgeskd.errors import UsageError
 
 
@@ -39,7 +39,7 @@ def bench(
 ) -> None:
     """Bench every artifact: F1/accuracy/AUC through the runtime, latency p50/p99, throughput, size,
     FLOPs vs this machine's measured GEMM peak, speed-up vs torch eager, F1 change vs FP32."""
-    from edgeskd.bench.core import BenchOptions, data_ref_from_artifacts, discover, run_bench
+    from edgeskd.bench.core import BenchOptions, data_refs_from_artifacts, describe_data_ref, discover, run_bench
     from edgeskd.bench.machine import machine_info
     from edgeskd.bench.report import markdown as to_markdown
     from edgeskd.bench.report import plot, rich_table
@@ -56,7 +56,11 @@ def bench(
     if plot_path is not None:
         check_output_file(plot_path)
     arts = discover(artifacts)
-    ls = load_data(None if data is not None else data_ref_from_artifacts(arts), path=data, fmt=format.value)
+    refs = [] if data is not None else data_refs_from_artifacts(arts)
+    if len(refs) > 1:
+        warn(f"the artifacts were trained on {len(refs)} different data sets; all are benched on the first "
+             f"({describe_data_ref(refs[0])}) — bench each run on its own or give --data")
+    ls = load_data(refs[0] if refs else None, path=data, fmt=format.value)
     part = ls.split(split)
     if len(part) == 0:
         raise UsageError(f"the data has no {split!r} split; choose another with --split")
