@@ -77,9 +77,15 @@ def dataset_summary(ls: LabeledSet) -> dict[str, Any]:
             "unknown": int(np.sum(ls.votes < 0)),
         }
         known = ls.votes >= 0
-        agree = (ls.votes[known] * 2 > n).astype(np.int64) == ls.labels[known]
+        pos = list(ls.class_names).index(out["positive_class"]) if out["positive_class"] in ls.class_names else 1
+        agree = (ls.votes[known] * 2 > n) == (ls.labels[known] == pos)   # votes count the positive class
         if ls.num_classes == 2:
             out["votes"]["disagree_with_label"] = int(np.sum(~agree))
+            if agree.size >= 10 and np.mean(~agree) > 0.5:
+                out.setdefault("extra_warnings", []).append(
+                    f"votes disagree with the label on {np.mean(~agree):.0%} of images: votes count annotators "
+                    f"for the positive class, here {out['positive_class']!r}; if that is the wrong class, set "
+                    "\"positive_class\" in ROOT/dataset.json")
     if "vote_disagreements" in ls.info:
         out["vote_disagreements"] = ls.info["vote_disagreements"]
     if "true_labels" in ls.info:
@@ -92,5 +98,5 @@ def dataset_summary(ls: LabeledSet) -> dict[str, Any]:
         out["generator"] = ls.info["generator"]
     if "skipped_bad" in ls.info:
         out["skipped_bad"] = list(ls.info["skipped_bad"])
-    out["warnings"] = list(ls.info.get("warnings", []))
+    out["warnings"] = list(ls.info.get("warnings", [])) + out.pop("extra_warnings", [])
     return out
