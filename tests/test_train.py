@@ -165,7 +165,9 @@ def test_resume_continues_after_interrupt(tmp_path, monkeypatch, cli):
     teacher_bytes = (out / "teacher.pt").read_bytes()
 
     monkeypatch.setattr(T, "make_loss", real_make_loss)
-    r = cli(*args, "--resume")
+    r = cli("train", "--out", out, "--resume", "--img-size", "48")   # a setting that changes the result
+    assert r.exit_code == 2 and "img-size=32" in r.output
+    r = cli("train", "--out", out, "--resume")   # the run's own settings come from OUT/train-config.json
     assert r.exit_code == 0, r.output
     assert "resuming after epoch 1" in r.output
     assert (out / "student-kd.pt").is_file() and not (out / "student-kd.last.pt").exists()

@@ -97,7 +97,8 @@ def train(
     out: Annotated[Optional[Path], typer.Option(
         help="Output directory. \\[default: runs/<timestamp>]", rich_help_panel=_R)] = None,
     resume: Annotated[bool, typer.Option(
-        "--resume", help="Continue the run in --out from its last finished epoch.", rich_help_panel=_R)] = False,
+        "--resume", help="Continue the run in --out from its last finished epoch, with the settings it started "
+        "with (OUT/train-config.json).", rich_help_panel=_R)] = False,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace an earlier run in --out (its checkpoints, metrics, report and plots).",
         rich_help_panel=_R)] = False,

@@ -219,18 +219,42 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return out
 
 
+RUN_CONFIG_FILE = "train-config.json"     # the resolved settings, written in OUT when a run starts
+# settings of the run itself, not of its result: a resumed run takes these from the command line
+_PER_INVOCATION = {"resume", "overwrite", "progress", "out", "device", "amp", "workers"}
+
+
+def saved_run_config(out: str | Path) -> dict[str, Any]:
+    """The settings a run in ``out`` started with ({} if it recorded none)."""
+    import json
+
+    p = Path(out) / RUN_CONFIG_FILE
+    try:
+        d = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in d.items() if k in _FIELDS and k not in _PER_INVOCATION} if isinstance(d, dict) else {}
+
+
 def resolve_config(cli_values: Mapping[str, Any] | None = None, config_file: str | Path | None = None,
                    **overrides: Any) -> TrainConfig:
-    """Defaults → preset → config file → command-line values (only those the user gave: not None)."""
+    """Defaults → preset → config file → command-line values (only those the user gave: not None).
+
+    ``--resume``: the run's saved settings (``OUT/train-config.json``) come before the config file
+    and the flags, so ``edgeskd train --out RUN --resume`` needs no other option."""
     given = {_norm_key(k): v for k, v in dict(cli_values or {}, **overrides).items() if v is not None}
     for k in given:
         if k not in _FIELDS:
             raise UsageError(f"unknown training option {k!r}")
     from_file = load_config_file(config_file) if config_file is not None else {}
-    preset = given.get("preset", from_file.get("preset", "default"))
+    resume = given.get("resume", from_file.get("resume", False))
+    out = given.get("out", from_file.get("out"))
+    saved = saved_run_config(out) if resume and out else {}
+    preset = given.get("preset", from_file.get("preset", saved.get("preset", "default")))
     if preset not in PRESETS:
         raise UsageError(f"unknown --preset {preset!r}; choose from {', '.join(PRESETS)}")
     values: dict[str, Any] = dict(PRESETS[preset])
+    values.update({k: _coerce(k, v, RUN_CONFIG_FILE) for k, v in saved.items()})
     values.update(from_file)
     values.update({k: _coerce(k, v, "option") for k, v in given.items()})
     values["preset"] = preset

@@ -35,11 +35,11 @@ from typing import Any, Callable
 import numpy as np
 
 from edgeskd.distill import ddp
-from edgeskd.distill.config import TrainConfig
+from edgeskd.distill.config import RUN_CONFIG_FILE, TrainConfig
 from edgeskd.distill.evaluate import EvalInputs, evaluate_logits, mean_soft_subclass_distribution, predict_logits
 from edgeskd.errors import ArtifactError, DataError, EdgeSKDError, UsageError
 from edgeskd.meta import ModelMeta
-from edgeskd.utils.io import ensure_writable_dir
+from edgeskd.utils.io import ensure_writable_dir, write_json_atomic
 
 LossFn = Callable[[Any, Any, Any, Any], dict]
 
@@ -578,7 +578,7 @@ def _resolve_out(cfg: TrainConfig, ctx: ddp.DistContext) -> Path:
     return Path(result[1])
 
 
-_RUN_FILES = ("log.jsonl", "metrics.json", "report.md", "*.pt", "*.png")
+_RUN_FILES = ("log.jsonl", "metrics.json", "report.md", "*.pt", "*.png", RUN_CONFIG_FILE)
 
 
 def _run_files(out: Path) -> list[Path]:
@@ -619,6 +619,7 @@ def run_training(cfg: TrainConfig, *, console=None, argv: list[str] | None = Non
                 for f in _run_files(out):
                     if f.resolve() not in inputs:   # a teacher reused from this very folder stays
                         f.unlink()
+                write_json_atomic(out / RUN_CONFIG_FILE, cfg.to_dict())   # what --resume starts from
         ddp.barrier(ctx)
         env = _Env(cfg, ctx, ls, out, console)
         per_seed: dict[int, dict[str, FitResult]] = {}
