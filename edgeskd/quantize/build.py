@@ -158,11 +158,7 @@ def build_onnxruntime(
         cands: list[Candidate] = []
         paths: dict[str, Path] = {}
         if precision == "int8":
-            if cache.is_file():
-                report.calibration = f"cached ranges {cache} (no recalibration)"
-            else:
-                report.warnings += calib.warnings
-                report.calibration = f"{calib.source} → {cache}"
+            _note_calibration(report, calib, cache)
             log(f"calibration: {report.calibration}")
             for v in [v for v in variants if v in VARIANTS]:
                 p = tmp / f"{v}.onnx"
@@ -266,6 +262,16 @@ def build_onnxruntime(
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _note_calibration(report: BuildReport, calib: Any, cache: Path) -> None:
+    """Where the INT8 ranges come from. The cache is keyed by the calibration set, so cached ranges
+    were computed on these same images: their warnings (too few images) hold for a rebuild too."""
+    report.warnings += calib.warnings
+    if cache.is_file():
+        report.calibration = f"cached ranges {cache} from {calib.source} (no recalibration)"
+    else:
+        report.calibration = f"{calib.source} → {cache}"
+
+
 def _place(src: Path, dst: Path) -> None:
     from edgeskd.utils.io import atomic_path
 
@@ -305,11 +311,7 @@ def build_tensorrt(
     qdq_existed = qdq_out.exists()
     try:
         if precision == "int8":
-            if cache.is_file():
-                report.calibration = f"cached ranges {cache} (no recalibration)"
-            else:
-                report.warnings += calib.warnings
-                report.calibration = f"{calib.source} → {cache}"
+            _note_calibration(report, calib, cache)
             quantize_qdq(fp32_path, qdq_out, meta, calib=calib, cache=cache, variant="s8s8", method=calib_method,
                          weight_qdq_pair=weight_qdq_pair)
             problems = inspect_qdq(qdq_out).problems()
