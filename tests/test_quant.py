@@ -232,3 +232,21 @@ def test_quantizer_needs_onnxruntime_with_calibration_cache():
     for ok in ("1.27.0", "1.32.0", "2.0.0", "1.33.0+cu130"):
         check_quantizer_version(ok)
     check_quantizer_version()   # the installed one (pyproject's train extra asks for >= 1.27)
+
+
+def test_winner_is_the_fastest_unless_a_speed_tie_has_better_f1():
+    from edgeskd.quantize.build import LATENCY_TIE, Candidate, pick_winner
+
+    def c(name, p50, f1, size=100):
+        return Candidate(name, "int8" if name != "fp32-opt" else "fp32", "", size_bytes=size, p50_ms=p50, f1=f1,
+                         passed=True)
+
+    fp32opt, u8, s8 = c("fp32-opt", 0.097, 79.22, 720), c("u8s8", 0.095, 78.71, 211), c("s8s8", 0.142, 79.22, 211)
+    # 0.095 vs 0.097 ms is a tie: the better F1 wins, not the timing noise
+    assert pick_winner([fp32opt, u8, s8]) == (fp32opt, u8)
+    # a clear speed gap wins over F1
+    fast = c("u8s8", 0.097 / (1 + 2 * LATENCY_TIE), 78.71, 211)
+    assert pick_winner([fp32opt, fast, s8]) == (fast, fast)
+    # tied on speed and F1: the smaller file
+    big, small = c("fp32-opt", 0.095, 79.22, 720), c("u8s8", 0.097, 79.22, 211)
+    assert pick_winner([big, small]) == (small, big)

@@ -106,6 +106,19 @@ def time_runner(runner, meta: ModelMeta, *, batch: int = 32, seconds: float = 2.
     return s1.p50_ms, s1.p99_ms, throughput(sb, batch)
 
 
+# Batch-1 medians closer than this are a tie: timing noise on a shared CPU is a few percent, so
+# speed alone would pick between equals at random; a tie goes to the better F1, then the smaller file.
+LATENCY_TIE = 0.05
+
+
+def pick_winner(pool: list[Candidate]) -> tuple[Candidate, Candidate]:
+    """(winner, fastest) among the candidates allowed to win."""
+    fastest = min(pool, key=lambda c: c.p50_ms)
+    tied = [c for c in pool if c.p50_ms <= fastest.p50_ms * (1 + LATENCY_TIE)]
+    winner = min(tied, key=lambda c: (-c.f1, c.size_bytes, c.p50_ms))
+    return winner, fastest
+
+
 def gate(name: str, f1_fp32: float, f1_q: float, max_drop: float) -> tuple[bool, float]:
     drop = round(f1_fp32 - f1_q, 4)
     return drop <= max_drop, drop
@@ -226,13 +239,17 @@ def build_onnxruntime(
                 raise AccuracyGateError(_fail_message(best, fp32_f1, max_f1_drop))
             pool = [best]   # --force: keep the best-F1 one of the precision asked for
             report.warnings.append(f"--force: keeping {best.name} although it fails the accuracy gate")
-        winner = min(pool, key=lambda c: c.p50_ms)
+        winner, fastest = pick_winner(pool)
         others = sorted((c for c in cands if c is not winner), key=lambda c: c.p50_ms)
         faster_failed = [c for c in cands if not c.passed and c.p50_ms < winner.p50_ms]
         report.winner = winner.name
         rest = ", ".join(f"{c.name} {c.p50_ms:.3f}" for c in others)
+        why = ("has the lowest batch-1 median latency" if winner is fastest else
+               f"is within {LATENCY_TIE:.0%} of the lowest batch-1 median latency (a tie at this timing's noise) "
+               f"with the best F1 of the tied ({winner.f1:.2f} vs {fastest.name} {fastest.f1:.2f}"
+               + (", and the smaller file" if winner.f1 == fastest.f1 else "") + ";")
         report.reason = (
-            f"{winner.name} has the lowest batch-1 median latency ({winner.p50_ms:.3f} ms"
+            f"{winner.name} {why} ({winner.p50_ms:.3f} ms"
             + (f"; {rest}" if rest else "")
             + f") among the built artifacts within {max_f1_drop:g} F1 pts of FP32 (median of {max(1, rounds)} "
             f"interleaved timing rounds, {threads or 'default'} threads; exported FP32 ONNX: {ref_c.p50_ms:.3f} ms)"
@@ -241,7 +258,7 @@ def build_onnxruntime(
         if not winner.passed:
             report.reason = f"--force: kept {winner.name} (best F1 of the {precision} variants) although it fails the gate"
         if winner.precision != precision:
-            report.reason += f" (no {precision} variant was faster on this CPU)"
+            report.reason += f" (the {precision} variants were slower or less accurate on this CPU)"
         if out is None:
             out = default_outputs(fp32_path, "onnxruntime", winner.precision)[0]
         _place(paths[winner.name], out)
