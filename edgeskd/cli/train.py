@@ -15,10 +15,18 @@ from typing import Annotated, Optional
 import typer
 
 from edgeskd.cli.common import DataOpt, FormatOpt, cli_command, console
+from edgeskd.distill.config import PRESETS, TrainConfig
 
 _T = "Training"
 _M = "Models"
 _R = "Run"
+
+
+def _dflt(key: str) -> str:
+    """'\\[default: D; fast: F]' for help texts, read off the dataclass and the presets."""
+    d = getattr(TrainConfig, key)
+    fast = PRESETS["fast"].get(key, d)
+    return f"\\[default: {d}" + (f"; fast: {fast}]" if fast != d else "]")
 
 
 class Preset(str, Enum):
@@ -59,11 +67,11 @@ def train(
     student_pretrained: Annotated[Optional[Path], typer.Option(
         help="Local state dict for the students' backbone.", rich_help_panel=_M)] = None,
     img_size: Annotated[Optional[int], typer.Option(
-        help="Model input size (square). \\[default: 96; fast: 64]", rich_help_panel=_T)] = None,
+        help=f"Model input size (square). {_dflt('img_size')}", rich_help_panel=_T)] = None,
     epochs: Annotated[Optional[int], typer.Option(
-        help="Student epochs. \\[default: 30; fast: 8]", rich_help_panel=_T)] = None,
+        help=f"Student epochs. {_dflt('epochs')}", rich_help_panel=_T)] = None,
     teacher_epochs: Annotated[Optional[int], typer.Option(
-        help="Teacher epochs. \\[default: 30; fast: 6]", rich_help_panel=_T)] = None,
+        help=f"Teacher epochs. {_dflt('teacher_epochs')}", rich_help_panel=_T)] = None,
     batch_size: Annotated[Optional[int], typer.Option(
         help="Batch size per process. \\[default: 64]", rich_help_panel=_T)] = None,
     lr: Annotated[Optional[float], typer.Option(

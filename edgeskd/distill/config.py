@@ -134,7 +134,7 @@ class TrainConfig:
 # a few minutes on a 2-core CPU. "default" = the full recipe (GPU, or a long CPU run).
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
-    "fast": dict(img_size=64, teacher_epochs=6, epochs=8, batch_size=64, synthetic_n=1500),
+    "fast": dict(img_size=64, teacher_epochs=15, epochs=20, batch_size=64, synthetic_n=1500),
 }
 
 _FIELDS = {f.name: f for f in fields(TrainConfig)}
