@@ -72,6 +72,23 @@ def test_every_frame_has_a_view_and_short_clips_show_both_classes(seconds, fps):
         assert len(set(own[:3])) == min(3, len(own))
 
 
+def test_one_polyp_at_a_time_and_none_pops_into_view():
+    """Each visit has its own polyp; it appears and goes only while it is out of the field of view,
+    and it is rendered as the data set's training images are (its look does not depend on the
+    video: the same polyp parameters as ``sample_polyp_params`` gives)."""
+    from edgeskd.stream.synthvideo import SynthVideo
+
+    sv = SynthVideo(160, 120, 10, 14, seed=3, render_size=64)
+    act = sv.plan.active
+    assert len(sv.plan.polyps) >= 5 and set(act.tolist()) == set(range(len(sv.plan.polyps)))
+    assert (np.diff(act) >= 0).all()                      # visits in order, one polyp at a time
+    for i in np.flatnonzero(np.diff(act)):                 # the frames where one polyp gives way to the next
+        for j in (i, i + 1):
+            assert sv.truth(j)[1] == 0.0, (j, sv.truth(j))
+    seen = [max(sv.truth(i)[1] for i in np.flatnonzero(act == k)) for k in range(len(sv.plan.polyps))]
+    assert min(seen) > 0.95                                # and every polyp is seen whole at its visit
+
+
 @pytest.mark.parametrize("args,msg", [
     (["--size", "12x34x5"], "WIDTHxHEIGHT"),
     (["--size", "10x10"], "between 64"),

@@ -1,19 +1,24 @@
 """Synthetic endoscopy video with per-frame ground truth (`edgeskd synth-video`).
 
-A camera moves over one colon wall on which polyps sit at fixed places; it glides from polyp to
-polyp through stretches of bare mucosa (frames with no polyp), zooming in and out, with a
-hand-held tremor. It reuses the renderers of ``edgeskd.data.synthetic`` — so the polyps look like
-the training images of the embedded default data set:
+A camera moves over a colon wall: it rests on bare mucosa (frames with no polyp), glides to a
+polyp, dwells on it with a hand-held tremor, and glides on to bare wall and the next polyp. It
+reuses the renderers of ``edgeskd.data.synthetic`` so the polyps look like the training images of
+the embedded default data set:
 
-* the wall (mucosa texture, folds, vessels) is rendered once as a large canvas covering the whole
-  wall (``render_mucosa`` with a zoomed-out camera), and every polyp is composited onto it once
-  (``render_polyp``), with the look, subclass and label drawn like the data set's
-  (``sample_labels``, ``sample_polyp_params``);
-* each frame samples the camera's view from the canvas (bilinear, sub-pixel), then applies the
-  endoscope look (lighting, specular highlights, blur, vignetting, circular field of view:
-  ``apply_endoscope_look``, one fixed camera look for the whole video) at ``render_size`` px,
-  scales the field up to the frame height and puts it on a black frame with overlay text in the
-  border (patient id, date, running clock) — as endoscopy monitors show it.
+* the bare wall (mucosa texture, folds, vessels) is rendered once as a large canvas covering the
+  whole wall (``render_mucosa`` with a zoomed-out camera); each frame samples the camera's view
+  from it (bilinear, sub-pixel);
+* the polyp of the current visit is rendered into each frame's view (``render_polyp``, placed and
+  scaled by the camera), with its look, subclass and label drawn like the data set's
+  (``sample_labels``, ``sample_polyp_params``); at a polyp the view is about as wide as a training
+  image, so the polyp has the size the model was trained on. One polyp is on the wall at a time:
+  it appears and goes while the camera rests on bare wall out of its reach, so a long video can
+  reuse places without polyps overlapping;
+* then the endoscope look (lighting, specular highlights, blur, vignetting, circular field of
+  view: ``apply_endoscope_look``, one fixed camera look for the whole video) at ``render_size``
+  px; the field is scaled up to the frame height and put on a black frame with overlay text in
+  the border (patient id, date, running clock) — as endoscopy monitors show it. The classes of
+  successive polyps alternate, so even a short clip shows both.
 
 Ground truth (``OUT.labels.csv``): ``frame,class,subclass,has_polyp,visible,polyp_id``. A frame is
 labelled with a polyp's class and subclass when at least ``min_visible`` of the polyp's area is
@@ -51,6 +56,7 @@ class VideoPlan:
     polyps: list[PolypOnWall]
     cam: np.ndarray        # (F, 3): x, y, half-width of the view in wall units
     fps: float
+    active: np.ndarray     # (F,): the polyp on the wall in each frame (one at a time)
 
 
 def _ease(t: np.ndarray) -> np.ndarray:
@@ -71,42 +77,50 @@ def _balanced_subclasses(n: int, rng: np.random.Generator) -> np.ndarray:
     return np.array([cycles[c][(i // n_cls) % len(cycles[c])] for i, c in enumerate(cls)], np.int64)
 
 
+SEPARATION = 1.75   # wall units between consecutive stops: a polyp is outside the field of view
+                    # (radius ~0.95 x half-width ~1.05) while the camera rests on the bare wall beside it
+
+
 def plan_video(n_frames: int, fps: float, seed: int, *, seconds_per_polyp: float = 2.5) -> tuple[VideoPlan, dict]:
-    """Where the polyps sit and where the camera looks in every frame (deterministic in ``seed``)."""
+    """Where the polyps sit, where the camera looks in every frame and which polyp is on the wall
+    then (deterministic in ``seed``).
+
+    The camera alternates between bare wall and polyps: stop e0, polyp 0, e1, polyp 1, ..., each stop
+    at least SEPARATION from the one before. Polyp k exists from stop e_k to stop e_(k+1) — while
+    the camera rests on bare wall between two polyps neither is in view, so the wall can hold a
+    new polyp for each visit (a long video reuses places without two polyps ever overlapping)."""
     from edgeskd.data import synthetic as sy
 
     rng = np.random.default_rng([int(seed), 6061])
     n_polyps = max(1, int(round(n_frames / fps / seconds_per_polyp)))
     lab = sy.sample_labels(n_polyps, seed + 1009, visual=_balanced_subclasses(n_polyps, rng))
-    # polyps at least 1.6 wall units apart (one in view at a time), inside the wall
-    spots: list[tuple[float, float]] = []
-    tries = 0
-    while len(spots) < n_polyps + 1 + n_polyps and tries < 20000:
-        tries += 1
+    spots: list[tuple[float, float]] = [tuple(rng.uniform(-1.9, 1.9, 2))]  # type: ignore[list-item]
+    while len(spots) < 2 * n_polyps + 1:
         p = tuple(rng.uniform(-1.9, 1.9, 2))
-        if all(np.hypot(p[0] - q[0], p[1] - q[1]) > 1.45 for q in spots):
+        if np.hypot(p[0] - spots[-1][0], p[1] - spots[-1][1]) >= SEPARATION:
             spots.append(p)  # type: ignore[arg-type]
-    if len(spots) < 2 * n_polyps + 1:
-        # a long video: more polyps than fit apart on one wall; reuse places cyclically
-        spots = [spots[i % len(spots)] for i in range(2 * n_polyps + 1)]
-    polyp_spots, empty_spots = spots[1::2][:n_polyps], spots[0::2][: n_polyps + 1]
+    polyp_spots, empty_spots = spots[1::2], spots[0::2]
     polyps = [PolypOnWall(float(x), float(y), int(lab["visual"][i]), int(lab["labels"][i]),
                           int(lab["subclasses"][i]), float(lab["ambiguity"][i]))
               for i, (x, y) in enumerate(polyp_spots)]
-    # camera keyframes: empty, polyp, empty, polyp, ..., empty; dwell at polyps, glide between
+    # camera keyframes: empty, polyp, empty, polyp, ..., empty; dwell at polyps, glide between.
+    # At a polyp the view is about as wide as a training image (half-width 1): the polyp has the
+    # size the model was trained on.
     keys = []
     for i in range(n_polyps):
-        keys.append((*empty_spots[i], rng.uniform(0.9, 1.1), 0.15))
-        keys.append((polyps[i].x, polyps[i].y, rng.uniform(0.55, 0.8), 0.45))
+        keys.append((*empty_spots[i], rng.uniform(0.95, 1.1), 0.15))
+        keys.append((polyps[i].x, polyps[i].y, rng.uniform(0.85, 1.05), 0.45))
     keys.append((*empty_spots[n_polyps], 1.0, 0.15))
     weights = np.array([k[3] for k in keys[:-1]], np.float64) + 0.4   # dwell + glide per segment
     bounds = np.concatenate([[0.0], np.cumsum(weights / weights.sum())]) * (n_frames - 1)
     bounds[-1] = n_frames - 1   # exact: a rounded-down last bound left the last frame with a zero-width view
     cam = np.zeros((n_frames, 3))
     f = np.arange(n_frames, dtype=np.float64)
+    active = np.full(n_frames, -1, np.int64)
     for s in range(len(keys) - 1):
         a, b = keys[s], keys[s + 1]
         sel = (f >= bounds[s]) & (f <= bounds[s + 1])
+        active[sel] = s // 2   # segments 2k (e_k → polyp k) and 2k+1 (polyp k → e_k+1)
         span = max(bounds[s + 1] - bounds[s], 1e-9)
         u = (f[sel] - bounds[s]) / span
         dwell = a[3] / (a[3] + 0.4)                          # hold on key a, then glide to b
@@ -122,7 +136,7 @@ def plan_video(n_frames: int, fps: float, seed: int, *, seconds_per_polyp: float
     lim = WALL_EXTENT - cam[:, 2] - 0.05
     cam[:, 0] = np.clip(cam[:, 0], -lim, lim)
     cam[:, 1] = np.clip(cam[:, 1], -lim, lim)
-    return VideoPlan(polyps, cam, fps), lab
+    return VideoPlan(polyps, cam, fps, active), lab
 
 
 def _sample_view(canvas: np.ndarray, cx: float, cy: float, half: float, size: int) -> np.ndarray:
@@ -179,31 +193,31 @@ class SynthVideo:
         self.min_visible = float(min_visible)
         self.sy = sy
         self.plan, _ = plan_video(self.n_frames, self.fps, seed)
-        # the wall: canvas of C x C px over [-3, 3]^2, i.e. render_size px per view of half-width 1
+        # the bare wall: canvas of C x C px over [-3, 3]^2, i.e. render_size px per view of half-width 1
         C = int(round(self.render_size * WALL_EXTENT))
         wall_seed = np.array([sy._sample_seed(seed, 10_000_019)], np.int64)
         rgb, hgt = sy.render_mucosa(wall_seed, C, zoom=WALL_EXTENT)
-        self.polyp_masks: list[np.ndarray] = []
+        self.canvas = np.concatenate([rgb[0], hgt[0][..., None]], axis=-1).astype(np.float32)
+        # each polyp: its look (as a training image's, drawn from its subclass and ambiguity) and its
+        # area when seen as in a training image (view half-width 1), for the visible fraction
+        self.polyp_params: list[dict[str, np.ndarray]] = []
+        self.polyp_seeds: list[np.ndarray] = []
+        self.polyp_area: list[float] = []
+        R = self.render_size
         for k, p in enumerate(self.plan.polyps):
             pseed = np.array([sy._sample_seed(seed, 20_000_000 + k)], np.int64)
             params = sy.sample_polyp_params(np.random.default_rng([int(pseed[0]), 0]),
                                             np.array([p.visual]), np.array([p.ambiguity], np.float32))
-            # to canvas units (half-canvas = 3 wall units); keep the pit pattern's size relative to the polyp
-            params["cx"] = np.array([p.x / WALL_EXTENT], np.float32)
-            params["cy"] = np.array([p.y / WALL_EXTENT], np.float32)
-            params["radius"] = params["radius"] / WALL_EXTENT
-            params["pit_period"] = params["pit_period"] / WALL_EXTENT
-            rgb, hgt, mask = sy.render_polyp(rgb, hgt, params, pseed)
-            self.polyp_masks.append(mask[0])
-        self.canvas = np.concatenate([rgb[0], hgt[0][..., None]], axis=-1).astype(np.float32)
-        self.masks = np.stack(self.polyp_masks, -1) if self.polyp_masks else np.zeros((C, C, 0), np.float32)
-        self.mask_area = self.masks.reshape(-1, self.masks.shape[-1]).sum(0) if self.polyp_masks else np.zeros(0)
+            self.polyp_params.append(params)
+            self.polyp_seeds.append(pseed)
+            flat = np.zeros((1, R, R, 3), np.float32), np.zeros((1, R, R), np.float32)
+            centred = dict(params, cx=np.zeros(1, np.float32), cy=np.zeros(1, np.float32))
+            self.polyp_area.append(float(sy.render_polyp(*flat, centred, pseed)[2].sum()))
         look_rng = np.random.default_rng([seed, 4242])
         self.look = sy.sample_look(look_rng, 1)
         self.look.fov_cx[:] = 0.0
         self.look.fov_cy[:] = 0.0
         self.look_seed = np.array([sy._sample_seed(seed, 30_000_001)], np.int64)
-        R = self.render_size
         tt = (np.arange(R) + 0.5) / R * 2 - 1
         self.fov = (tt[None, :] ** 2 + tt[:, None] ** 2) <= float(self.look.fov_radius[0]) ** 2
         # layout: the square field, height-sized, right of centre; text in the left border
@@ -215,23 +229,40 @@ class SynthVideo:
         self.date = f"2026-{rng.integers(1, 13):02d}-{rng.integers(1, 29):02d}"
         self.t0 = int(rng.integers(8 * 3600, 17 * 3600))
 
-    def truth(self, i: int) -> tuple[int | None, float]:
-        """(index of the polyp in view or None, its visible fraction) for frame ``i``."""
-        if not self.polyp_masks:
-            return None, 0.0
+    def _polyp_in_view(self, k: int, i: int) -> dict[str, np.ndarray]:
+        """Polyp ``k``'s parameters in frame ``i``'s view (half-image units of the view)."""
         cx, cy, half = self.plan.cam[i]
-        m = _sample_view(self.masks, cx, cy, half, self.render_size)
-        px_scale = (self.render_size / (2 * half)) ** 2 / (self.canvas.shape[0] / (2 * WALL_EXTENT)) ** 2
-        vis = (m * self.fov[..., None]).reshape(-1, m.shape[-1]).sum(0) / np.maximum(self.mask_area * px_scale, 1e-9)
-        k = int(np.argmax(vis))
-        return k, float(min(1.0, vis[k]))
+        p, params = self.plan.polyps[k], self.polyp_params[k]
+        return dict(params, cx=np.array([(p.x - cx) / half], np.float32), cy=np.array([(p.y - cy) / half], np.float32),
+                    radius=params["radius"] / np.float32(half), pit_period=params["pit_period"] / np.float32(half))
+
+    def _render(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int]:
+        """(rgb, height, polyp mask or None, polyp index or -1) of frame ``i``'s view, before the look."""
+        cx, cy, half = self.plan.cam[i]
+        view = _sample_view(self.canvas, cx, cy, half, self.render_size)
+        rgb, hgt = view[None, ..., :3].copy(), view[None, ..., 3].copy()
+        k = int(self.plan.active[i])
+        if k < 0:
+            return rgb, hgt, None, k
+        rgb, hgt, mask = self.sy.render_polyp(rgb, hgt, self._polyp_in_view(k, i), self.polyp_seeds[k])
+        return rgb, hgt, mask[0], k
+
+    def truth(self, i: int) -> tuple[int | None, float]:
+        """(index of the polyp on the wall or None, the fraction of it inside the field of view) for frame ``i``."""
+        k = int(self.plan.active[i])
+        if k < 0:
+            return None, 0.0
+        R = self.render_size
+        flat = np.zeros((1, R, R, 3), np.float32), np.zeros((1, R, R), np.float32)
+        mask = self.sy.render_polyp(*flat, self._polyp_in_view(k, i), self.polyp_seeds[k])[2][0]
+        half = float(self.plan.cam[i][2])
+        vis = float((mask * self.fov).sum()) / max(self.polyp_area[k] / half ** 2, 1e-9)
+        return k, min(1.0, vis)
 
     def frame(self, i: int) -> np.ndarray:
         from PIL import Image
 
-        cx, cy, half = self.plan.cam[i]
-        view = _sample_view(self.canvas, cx, cy, half, self.render_size)
-        rgb, hgt = view[None, ..., :3], view[None, ..., 3]
+        rgb, hgt, _, _ = self._render(i)
         sq = self.sy.apply_endoscope_look(rgb, hgt, self.look_seed, look=self.look, text=False)[0]
         if self.side != self.render_size:   # the optics: PIL's filter is fine here (not the model's resize)
             sq = np.asarray(Image.fromarray(sq).resize((self.side, self.side), Image.BILINEAR))
