@@ -43,6 +43,8 @@ def test_bench_cli_json_schema_and_plot(cli, tiny, tmp_path):
     assert r.exit_code == 0, r.output
     res = json.loads(out.read_text())
     assert {"cpu", "cores", "threads", "libraries", "gemm_peak_gflops"} <= set(res["machine"])
+    peaks = res["machine"]["gemm_peaks_gflops"]   # numpy's BLAS and ONNX Runtime's MLAS, the best is the roofline
+    assert set(peaks) == {"numpy", "onnxruntime"} and res["machine"]["gemm_peak_gflops"] == max(peaks.values()) > 0
     assert [row["name"] for row in res["rows"]] == ["teacher", "student-skd"]
     for row in res["rows"]:
         assert ROW_SCHEMA <= set(row) and row["status"] == "ok"

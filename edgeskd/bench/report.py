@@ -61,7 +61,8 @@ def _caption(result: dict[str, Any]) -> str:
     m = result["machine"]
     parts = [f"split {result.get('split', '?')} (n={result.get('n_images', '?')})"]
     if m.get("gemm_peak_gflops"):
-        parts.append(f"measured fp32 GEMM peak {m['gemm_peak_gflops']:.1f} GFLOP/s")
+        parts.append(f"measured fp32 GEMM peak {m['gemm_peak_gflops']:.1f} GFLOP/s (best of "
+                     + ", ".join(f"{k} {v:.0f}" for k, v in (m.get("gemm_peaks_gflops") or {}).items()) + ")")
     parts.append("img/s per batch size; × torch = batch-1 p50 speed-up vs the torch-eager student")
     return "; ".join(parts)
 
