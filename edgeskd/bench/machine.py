@@ -58,19 +58,24 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+def _gemm_gflops(matmul: Any, n: int, repeats: int) -> float:
+    """GFLOP/s of the fastest of ``repeats`` calls of an n x n x n ``matmul`` (after one warm-up)."""
+    matmul()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter_ns()
+        matmul()
+        best = min(best, (time.perf_counter_ns() - t0) / 1e9)
+    return 2.0 * n**3 / best / 1e9
+
+
 def gemm_peak_gflops(threads: int, n: int = 1024, repeats: int = 5) -> float:
     """Measured float32 GEMM throughput (numpy BLAS, ``threads`` threads): the CPU 'roofline' here."""
     a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
     b = np.random.default_rng(1).standard_normal((n, n), dtype=np.float32)
 
     def run() -> float:
-        a @ b  # warm
-        best = float("inf")
-        for _ in range(repeats):
-            t0 = time.perf_counter_ns()
-            a @ b
-            best = min(best, (time.perf_counter_ns() - t0) / 1e9)
-        return 2.0 * n**3 / best / 1e9
+        return _gemm_gflops(lambda: a @ b, n, repeats)
 
     try:
         from threadpoolctl import threadpool_limits
@@ -100,13 +105,7 @@ def ort_gemm_peak_gflops(threads: int, n: int = 1024, repeats: int = 5) -> float
     so.inter_op_num_threads = 1
     sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
     a = rng.standard_normal((n, n), dtype=np.float32)
-    sess.run(None, {"a": a})  # warm
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter_ns()
-        sess.run(None, {"a": a})
-        best = min(best, (time.perf_counter_ns() - t0) / 1e9)
-    return 2.0 * n**3 / best / 1e9
+    return _gemm_gflops(lambda: sess.run(None, {"a": a}), n, repeats)
 
 
 def machine_info(threads: int, *, measure_peak: bool = True) -> dict[str, Any]:
