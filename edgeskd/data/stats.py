@@ -67,6 +67,7 @@ def dataset_summary(ls: LabeledSet) -> dict[str, Any]:
         "label_bits": round(label_bits(ls), 6),
         "label_bits_formula": LABEL_BITS_FORMULA,
     }
+    warnings = list(ls.info.get("warnings", []))
     if ls.votes is not None and np.any(ls.votes >= 0):
         v = ls.votes[ls.votes >= 0]
         n = ls.n_annotators
@@ -82,7 +83,7 @@ def dataset_summary(ls: LabeledSet) -> dict[str, Any]:
         if ls.num_classes == 2:
             out["votes"]["disagree_with_label"] = int(np.sum(~agree))
             if agree.size >= 10 and np.mean(~agree) > 0.5:
-                out.setdefault("extra_warnings", []).append(
+                warnings.append(
                     f"votes disagree with the label on {np.mean(~agree):.0%} of images: votes count annotators "
                     f"for the positive class, here {out['positive_class']!r}; if that is the wrong class, set "
                     "\"positive_class\" in ROOT/dataset.json")
@@ -98,5 +99,5 @@ def dataset_summary(ls: LabeledSet) -> dict[str, Any]:
         out["generator"] = ls.info["generator"]
     if "skipped_bad" in ls.info:
         out["skipped_bad"] = list(ls.info["skipped_bad"])
-    out["warnings"] = list(ls.info.get("warnings", [])) + out.pop("extra_warnings", [])
+    out["warnings"] = warnings
     return out
