@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from edgeskd.runtime.preprocess import preprocess_for
-from test_stream_fixtures import META, decode_all, endo_frame, make_onnx, make_video
+from helpers_stream import META, decode_all, endo_frame, make_onnx, make_video
 
 av = pytest.importorskip("av")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from test_stream_fixtures import make_onnx, make_video
+from helpers_stream import make_onnx, make_video
 
 pytest.importorskip("av")
 

@@ -156,7 +156,7 @@ def run_stream(
     crop_opt = parse_crop(cfg.crop)
     smoother = EmaSmoother(cfg.smooth)
     if cfg.out is not None:
-        from edgeskd.stream.sinks import check_video_path
+        from edgeskd.data.video_writer import check_video_path
 
         check_video_path(cfg.out)
     outs = [p for p in (cfg.out, cfg.jsonl, cfg.stats) if p is not None]
