@@ -240,6 +240,7 @@ def test_stream_cli_end_to_end(tmp_path, cli, onnx_path):
             "--labels", gt, "--crop", "auto", "--crop-every", "5", "--batch", "4", "--smooth", "0.5")
     assert r.exit_code == 0, r.output
     assert "processed 24 of 24" in r.output
+    assert "[cpu preprocessing, onnxruntime]" in r.output
     stats = json.loads(st.read_text())
     assert list(stats)[:7] == ["frames_decoded", "frames_processed", "frames_dropped", "fps", "latency_ms",
                                "decode_fps_ceiling", "source"]

@@ -136,8 +136,8 @@ class FramePreprocessor:
         self.meta = meta
         self.out_hw = (int(meta.input_size[0]), int(meta.input_size[1]))
         self.swap = input_order != meta.channel_order
-        self.m = (np.asarray(meta.mean, np.float32) * 255.0).reshape(3, 1, 1)
-        self.s = (np.asarray(meta.std, np.float32) * 255.0).reshape(3, 1, 1)
+        self.mean255 = (np.asarray(meta.mean, np.float32) * 255.0).reshape(3, 1, 1)
+        self.std255 = (np.asarray(meta.std, np.float32) * 255.0).reshape(3, 1, 1)
 
     def one(self, frame: Any, crop: tuple[int, int, int, int] | None, rgb: np.ndarray | None = None,
             out: np.ndarray | None = None) -> np.ndarray:
@@ -147,8 +147,8 @@ class FramePreprocessor:
             x = x[::-1]
         if out is None:
             out = np.empty(x.shape, np.float32)
-        np.subtract(x, self.m, out=out)
-        np.divide(out, self.s, out=out)
+        np.subtract(x, self.mean255, out=out)
+        np.divide(out, self.std255, out=out)
         return out
 
     def __call__(self, frames: Sequence[Any], crop: tuple[int, int, int, int] | None,

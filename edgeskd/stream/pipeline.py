@@ -206,9 +206,9 @@ class _Ceiling:
     def measure(cls, cfg: StreamConfig, info: Any) -> "_Ceiling":
         if not cfg.measure_ceiling or info.live:
             return cls()
-        m = measure_decode_fps(cfg.video, max_frames=cfg.max_frames, time_budget_s=cfg.ceiling_budget_s)
-        return cls(m["fps"], f"decode-only pass over {m['frames']} frames of the same file, best of FFmpeg "
-                             f"threading {m['per_setting']}", m["cpu_ms_per_frame"])
+        best = measure_decode_fps(cfg.video, max_frames=cfg.max_frames, time_budget_s=cfg.ceiling_budget_s)
+        return cls(best["fps"], f"decode-only pass over {best['frames']} frames of the same file, best of FFmpeg "
+                                f"threading {best['per_setting']}", best["cpu_ms_per_frame"])
 
 
 @dataclass
