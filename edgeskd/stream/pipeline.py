@@ -106,8 +106,9 @@ class FrameProcessor:
         self.fps.tick(len(items), t_done)
         fps = self.fps.fps
         results = [
-            FrameResult(it, self.processed + k, probs[k], self.smoother.update(probs[k]),
-                        None if subs is None else subs[k], t_done - it.t_decoded, fps, box)
+            FrameResult(frame=it, ordinal=self.processed + k, probs=probs[k], smoothed=self.smoother.update(probs[k]),
+                        subclass_probs=None if subs is None else subs[k], latency_s=t_done - it.t_decoded,
+                        fps=fps, crop=box)
             for k, it in enumerate(items)
         ]
         self.processed += len(items)
