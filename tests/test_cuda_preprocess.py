@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from edgeskd.runtime.preprocess import preprocess_for
-from test_stream_fixtures import META, decode_all, endo_frame, make_video
+from helpers_stream import META, decode_all, endo_frame, make_video
 
 cp = pytest.importorskip("edgeskd.runtime.cuda_preprocess")
 
@@ -170,7 +170,7 @@ def test_stream_cuda_path_matches_cpu_path_end_to_end(tmp_path, cli):
     pytest.importorskip("tensorrt")
     from edgeskd.export.tensorrt_build import build_tensorrt_engine
     from edgeskd.runtime.loader import load_runner
-    from test_stream_fixtures import make_onnx
+    from helpers_stream import make_onnx
 
     onnx_path = make_onnx(tmp_path / "m.onnx")
     engine = build_tensorrt_engine(onnx_path, tmp_path / "m.engine", precision="fp32", max_batch=4,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from edgeskd.runtime.preprocess import preprocess_for
-from test_stream_fixtures import META, decode_all, endo_frame, make_onnx, make_video
+from helpers_stream import META, decode_all, endo_frame, make_onnx, make_video
 
 av = pytest.importorskip("av")
 
@@ -124,6 +124,31 @@ def test_crop_tracker_smooths_and_follows_a_real_change():
     assert t.due()
 
 
+def test_crop_tracker_observes_frames_and_restarts_at_a_new_size(tmp_path):
+    from edgeskd.errors import UsageError
+    from edgeskd.stream.crop import CropTracker, FrameCrop
+    from edgeskd.stream.source import DecodedFrame
+
+    c, frames = _frames(make_video(tmp_path / "a.mp4", n=7, w=320, h=180), 7)
+    t = CropTracker(320, 180, every=3)
+    for f in frames:
+        t.observe(f)
+    assert t.estimates == 3                       # frames 0, 3 and 6
+    cx, cy, r = 320 // 2 + 320 // 16, 90, int(180 * 0.45)
+    assert abs(t.box[0] - (cx - r)) <= 6 and abs(t.box[2] - 2 * r) <= 10
+    c2, (g,) = _frames(make_video(tmp_path / "b.mp4", n=1, w=256, h=256), 1)
+    t.observe(g)                                  # another frame size: start over at that size
+    assert (t.width, t.height, t.estimates) == (256, 256, 1)
+    assert t.box[0] + t.box[2] <= 256 and abs(t.box[2] - 2 * int(256 * 0.45)) <= 10
+    fixed = FrameCrop((10, 10, 300, 150), 320, 180)
+    assert fixed.mode == "fixed" and fixed.observe([DecodedFrame(0, 0.0, 0.0, frames[0])]) == (10, 10, 300, 150)
+    with pytest.raises(UsageError, match="does not fit"):
+        fixed.observe([DecodedFrame(1, 0.0, 0.0, g)])     # the frame size changed under a fixed crop
+    assert FrameCrop(None, 320, 180).observe([DecodedFrame(0, 0.0, 0.0, frames[0])]) is None
+    c.close()
+    c2.close()
+
+
 def test_binary_open_removes_thin_strokes():
     from edgeskd.stream.crop import binary_open
 
@@ -215,6 +240,7 @@ def test_stream_cli_end_to_end(tmp_path, cli, onnx_path):
             "--labels", gt, "--crop", "auto", "--crop-every", "5", "--batch", "4", "--smooth", "0.5")
     assert r.exit_code == 0, r.output
     assert "processed 24 of 24" in r.output
+    assert "[cpu preprocessing, onnxruntime]" in r.output
     stats = json.loads(st.read_text())
     assert list(stats)[:7] == ["frames_decoded", "frames_processed", "frames_dropped", "fps", "latency_ms",
                                "decode_fps_ceiling", "source"]
@@ -282,6 +308,64 @@ def test_stream_realtime_drops_and_bounds_latency(tmp_path, onnx_path):
     f = res.stats
     assert f["frames_processed"] == 16 and f["frames_dropped"] == 0
     assert s["latency_ms"]["p50"] < f["latency_ms"]["p50"]
+
+
+def test_stream_cuda_path_wiring_on_cpu(tmp_path, onnx_path, monkeypatch):
+    """A runner that declares ``supports_cuda_preprocess`` gets the CUDA path under --preprocess auto:
+    each frame's full RGB goes into the runner's input buffer, ``infer_device`` runs on it, and the
+    preprocessor is closed when the stream ends. The kernel is stood in for by the numpy reference
+    (the real kernel against it: tests/test_cuda_preprocess.py, on a GPU)."""
+    from edgeskd.runtime import cuda_preprocess
+    from edgeskd.runtime.base import Runner
+    from edgeskd.runtime.loader import load_runner
+    from edgeskd.stream import StreamConfig, run_stream
+
+    inner = load_runner(onnx_path, threads=1)
+
+    class InPlaceRunner(Runner):
+        backend = "in-place"
+        supports_cuda_preprocess = True
+
+        def __init__(self) -> None:
+            super().__init__(inner.metadata, max_batch=4)
+            self.input_buffer = np.zeros((4, 3, 32, 32), np.float32)
+
+        def _infer_impl(self, batch):
+            return inner.infer(batch)
+
+        def infer_device(self, n):
+            return self.infer(self.input_buffer[:n])
+
+    class HostKernel:
+        made: list = []
+
+        def __init__(self, runner) -> None:
+            self.runner, self.frames, self.closed = runner, 0, False
+            HostKernel.made.append(self)
+
+        def run_into_runner(self, rgb, crop, index) -> None:
+            assert rgb.dtype == np.uint8 and rgb.shape == (120, 160, 3)
+            self.runner.input_buffer[index] = preprocess_for(self.runner.metadata, rgb, crop=crop)[0]
+            self.frames += 1
+
+        def close(self) -> None:
+            self.closed = True
+
+    monkeypatch.setattr(cuda_preprocess.CudaPreprocessor, "for_runner", classmethod(lambda cls, r: HostKernel(r)))
+    video = make_video(tmp_path / "in.mp4", n=10, w=160, h=120)
+    runner = InPlaceRunner()
+    res = run_stream(StreamConfig(video=str(video), batch=4, realtime=False, measure_ceiling=False,
+                                  jsonl=tmp_path / "p.jsonl"), runner=runner)
+    (kernel,) = HostKernel.made
+    assert res.stats["source"]["preprocess"] == "cuda" and kernel.frames == 10 and kernel.closed
+    got = [json.loads(line)["probs"] for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    from edgeskd.runtime.postprocess import class_probabilities
+
+    crop = res.stats["source"]["crop"]
+    want = class_probabilities(inner.infer(preprocess_for(META, np.stack(decode_all(video)), crop=crop)), META)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    res = run_stream(StreamConfig(video=str(video), preprocess="cpu", measure_ceiling=False), runner=runner)
+    assert res.stats["source"]["preprocess"] == "cpu" and len(HostKernel.made) == 1
 
 
 def test_stream_rejects_bad_options(tmp_path, cli, onnx_path):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from test_stream_fixtures import make_onnx, make_video
+from helpers_stream import make_onnx, make_video
 
 pytest.importorskip("av")
 
@@ -187,7 +187,7 @@ def test_ctrl_c_ends_the_stream_and_keeps_complete_outputs(tmp_path, onnx_path, 
     A Ctrl-C while they are being finished aborts and leaves none of them."""
     from edgeskd.runtime.loader import load_runner
     from edgeskd.stream import StreamConfig, run_stream
-    from edgeskd.stream import pipeline
+    from edgeskd.stream import stats as stream_stats
 
     video = make_video(tmp_path / "in.mp4", n=20)
     runner = load_runner(onnx_path, threads=1)
@@ -216,7 +216,7 @@ def test_ctrl_c_ends_the_stream_and_keeps_complete_outputs(tmp_path, onnx_path, 
     def interrupted_while_finishing(**kw):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline, "stats_dict", interrupted_while_finishing)
+    monkeypatch.setattr(stream_stats, "stats_dict", interrupted_while_finishing)
     outdir2 = tmp_path / "out2"
     cfg2 = StreamConfig(video=str(video), out=outdir2 / "a.mp4", jsonl=outdir2 / "p.jsonl",
                         stats=outdir2 / "s.json", measure_ceiling=False)

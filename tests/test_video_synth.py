@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from test_stream_fixtures import decode_all, make_onnx
+from helpers_stream import decode_all, make_onnx
 
 pytest.importorskip("av")
 
@@ -38,7 +38,7 @@ def test_synth_video_cli_writes_video_and_labels(tmp_path, cli):
 
 
 def test_synth_video_is_deterministic_and_labels_follow_the_picture():
-    from edgeskd.stream.synthvideo import SynthVideo
+    from edgeskd.data.synthvideo import SynthVideo
 
     a = SynthVideo(128, 96, 10, 2, seed=5, render_size=64)
     b = SynthVideo(128, 96, 10, 2, seed=5, render_size=64)
@@ -59,7 +59,7 @@ def test_synth_video_is_deterministic_and_labels_follow_the_picture():
 @pytest.mark.parametrize("seconds,fps", [(8, 30), (3, 25), (20, 30)])
 def test_every_frame_has_a_view_and_short_clips_show_both_classes(seconds, fps):
     from edgeskd.data.synthetic import SUBCLASS_TO_CLASS
-    from edgeskd.stream.synthvideo import plan_video
+    from edgeskd.data.synthvideo import plan_video
 
     plan, _ = plan_video(int(seconds * fps), fps, seed=0)
     assert (plan.cam[:, 2] > 0.3).all()     # the last frame too (it once kept a zero-width view)
@@ -76,7 +76,7 @@ def test_one_polyp_at_a_time_and_none_pops_into_view():
     """Each visit has its own polyp; it appears and goes only while it is out of the field of view,
     and it is rendered as the data set's training images are (its look does not depend on the
     video: the same polyp parameters as ``sample_polyp_params`` gives)."""
-    from edgeskd.stream.synthvideo import SynthVideo
+    from edgeskd.data.synthvideo import SynthVideo
 
     sv = SynthVideo(160, 120, 10, 14, seed=3, render_size=64)
     act = sv.plan.active
@@ -117,7 +117,7 @@ def test_synth_video_streamed_with_its_labels(tmp_path, cli):
     out = tmp_path / "v.mp4"
     assert cli("synth-video", out, "--seconds", "2", "--fps", "10", "--size", "192x128", "--render-size", "64").exit_code == 0
     from edgeskd.data.synthetic import CLASS_NAMES
-    from test_stream_fixtures import META
+    from helpers_stream import META
 
     # the tiny test model, labelled with the synthetic set's class names (2 subclasses per class)
     onnx_path = make_onnx(tmp_path / "m.onnx", meta=META.replace(class_names=list(CLASS_NAMES)))

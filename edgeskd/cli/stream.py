@@ -68,26 +68,30 @@ def stream(
             result = run_stream(cfg, on_progress=on_progress, warn=warn)
     else:
         result = run_stream(cfg, warn=warn)
-    s = result.stats
-    lat = s["latency_ms"]
-    ceil = s["decode_fps_ceiling"]
-    if s["source"]["paced"]:
-        ratio = f" (paced at the file's {s['source']['fps']:g} fps, as a live camera)"
+    _print_summary(result)
+
+
+def _print_summary(result) -> None:
+    stats = result.stats
+    source, latency, ceiling = stats["source"], stats["latency_ms"], stats["decode_fps_ceiling"]
+    if source["paced"]:
+        ratio = f" (paced at the file's {source['fps']:g} fps, as a live camera)"
     else:
-        ratio = f" = {s['fps'] / ceil:.2f}x decode-only ({ceil:.1f} fps)" if ceil else ""
+        ratio = f" = {stats['fps'] / ceiling:.2f}x decode-only ({ceiling:.1f} fps)" if ceiling else ""
     console.print(
-        f"processed {s['frames_processed']} of {s['frames_decoded']} decoded frames "
-        f"(dropped {s['frames_dropped']}) at {s['fps']:.1f} fps{ratio}; "
-        f"latency p50 {lat['p50']} / p95 {lat['p95']} / p99 {lat['p99']} ms "
-        f"[{s['source']['preprocess']} preprocessing, {s['source']['backend']}]",
-        soft_wrap=True,
+        f"processed {stats['frames_processed']} of {stats['frames_decoded']} decoded frames "
+        f"(dropped {stats['frames_dropped']}) at {stats['fps']:.1f} fps{ratio}; "
+        f"latency p50 {latency['p50']} / p95 {latency['p95']} / p99 {latency['p99']} ms "
+        f"[{source['preprocess']} preprocessing, {source['backend']}]",
+        markup=False, soft_wrap=True,   # the brackets are text, not a rich style tag
     )
-    if "labels" in s and s["labels"]["frames_evaluated"]:
-        lb = s["labels"]
+    if "labels" in stats and stats["labels"]["frames_evaluated"]:
+        labels = stats["labels"]
+        raw, smoothed = labels["raw"], labels["smoothed"]
         console.print(
-            f"frame-level ({lb['frames_evaluated']} labelled frames): accuracy raw {lb['raw']['accuracy']:.3f} / "
-            f"smoothed {lb['smoothed']['accuracy']:.3f}; F1({lb['positive_class']}) raw {lb['raw']['f1']:.3f} / "
-            f"smoothed {lb['smoothed']['f1']:.3f}",
+            f"frame-level ({labels['frames_evaluated']} labelled frames): accuracy raw {raw['accuracy']:.3f} / "
+            f"smoothed {smoothed['accuracy']:.3f}; F1({labels['positive_class']}) raw {raw['f1']:.3f} / "
+            f"smoothed {smoothed['f1']:.3f}",
             soft_wrap=True,
         )
     for kind, path in result.outputs.items():

@@ -29,7 +29,7 @@ def synth_video(
     render_size: Annotated[int, typer.Option("--render-size", help="Pixels across the rendered field before scaling to the frame.")] = 192,
 ) -> None:
     """Render a camera moving over a colon wall with polyps of known class/subclass (H.264)."""
-    from edgeskd.stream.synthvideo import write_synth_video
+    from edgeskd.data.synthvideo import write_synth_video
 
     w, h = parse_size(size)
     if not 64 <= render_size <= 1024:

@@ -17,6 +17,9 @@ from edgeskd.meta import ModelMeta
 
 class Runner(abc.ABC):
     backend: str = "?"
+    # True where a CUDA preprocessor can write the input in place: the runner then has
+    # ``input_buffer``, ``stream``, ``cu`` and ``infer_device(n)`` (the TensorRT runner)
+    supports_cuda_preprocess: bool = False
 
     def __init__(self, meta: ModelMeta, *, max_batch: int | None = None) -> None:
         self.meta = meta

@@ -18,7 +18,9 @@ from edgeskd.errors import UsageError
 
 
 @lru_cache(maxsize=64)
-def _axis_weights(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def axis_weights(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Half-pixel bilinear sampling of one axis, ``n_in`` → ``n_out`` samples: (i0, i1, w1), so that
+    output k = in[i0[k]] + (in[i1[k]] - in[i0[k]]) * w1[k]. Shared with the video-frame path."""
     scale = n_in / n_out
     src = (np.arange(n_out, dtype=np.float64) + 0.5) * scale - 0.5
     src = np.clip(src, 0.0, n_in - 1)
@@ -36,8 +38,8 @@ def resize_bilinear(img: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
     x = img.astype(np.float32, copy=False)
     if (in_h, in_w) == (out_h, out_w):
         return x.copy() if x is img else x
-    y0, y1, wy = _axis_weights(in_h, out_h)
-    x0, x1, wx = _axis_weights(in_w, out_w)
+    y0, y1, wy = axis_weights(in_h, out_h)
+    x0, x1, wx = axis_weights(in_w, out_w)
     top = np.take(x, y0, axis=h_axis)
     bot = np.take(x, y1, axis=h_axis)
     wy_b = wy.reshape((-1, 1, 1))

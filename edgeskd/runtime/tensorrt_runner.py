@@ -111,6 +111,7 @@ def cuda_index(device: int | str | None) -> int:
 
 class TensorRTRunner(Runner):
     backend = "tensorrt"
+    supports_cuda_preprocess = True
 
     def __init__(self, path: str | os.PathLike, *, binding: str = "auto", device: int | str = 0) -> None:
         device = cuda_index(device)

@@ -9,17 +9,20 @@ above a threshold set between the border's black level and the field's level; a 
 opening (box erosion + dilation via an integral image) removes thin strokes such as overlay text
 and isolated specks; then the largest lit region is isolated by alternating column / row
 projections (the run of columns, then rows, holding most lit pixels), which separates a text block
-from the field whenever a black gap lies between them. ``CropTracker`` re-estimates it every N
-frames and smooths it (median of the last K estimates; a large jump — a different scope or zoom —
-is adopted after it has been seen twice in a row).
+from the field whenever a black gap lies between them. ``CropTracker`` observes the frames itself:
+it re-estimates the area every N frames and smooths it (median of the last K estimates; a large
+jump — a different scope or zoom — is adopted after it has been seen twice in a row).
+``FrameCrop`` is the stream's crop stage: none, a fixed box, or the tracked area.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
+
+from edgeskd.stream.frames import check_crop, thumbnail_rgb
 
 Box = tuple[int, int, int, int]  # x, y, w, h
 
@@ -113,13 +116,19 @@ def iou(a: Sequence[int], b: Sequence[int]) -> float:
 
 
 class CropTracker:
-    """Re-estimate the content area every ``every`` frames; smooth with a median of ``window``."""
+    """Re-estimate the content area every ``every`` frames; smooth with a median of ``window``.
+
+    ``observe(frame)`` per decoded frame does it all; ``due`` / ``update`` / ``step`` are its parts."""
 
     def __init__(self, width: int, height: int, *, every: int = 30, window: int = 5, jump_iou: float = 0.6) -> None:
-        self.width, self.height = width, height
         self.every = max(1, int(every))
         self.window = max(1, int(window))
         self.jump_iou = jump_iou
+        self.reset(width, height)
+
+    def reset(self, width: int, height: int) -> None:
+        """Forget everything: a new frame size (some live sources change resolution mid-stream)."""
+        self.width, self.height = width, height
         self._history: deque[Box] = deque(maxlen=self.window)
         self._pending: Box | None = None
         self.box: Box | None = None
@@ -155,3 +164,39 @@ class CropTracker:
 
     def step(self) -> None:
         self._frames += 1
+
+    def observe(self, frame: Any, rgb: np.ndarray | None = None) -> Box | None:
+        """Feed one decoded frame (``rgb``: its full RGB array, if the decoder made one); returns
+        the current box. The content area is estimated on a thumbnail when an estimate is due."""
+        if (frame.width, frame.height) != (self.width, self.height):
+            self.reset(frame.width, frame.height)
+        if self.due():
+            thumb, sx, sy = thumbnail_rgb(frame, rgb=rgb)
+            est = detect_content_area(thumb)
+            self.update(None if est is None else scale_box(est, sx, sy, frame.width, frame.height))
+        self.step()
+        return self.box
+
+
+class FrameCrop:
+    """The crop applied to each batch of frames: ``option`` None (no crop), a fixed (x, y, w, h) box
+    (checked against the frame size, again if the size changes), or "auto" (a ``CropTracker``
+    re-estimating the content area every ``every`` frames)."""
+
+    def __init__(self, option: str | Sequence[int] | None, width: int, height: int, *, every: int = 30) -> None:
+        self.mode = "auto" if option == "auto" else ("none" if option is None else "fixed")
+        self.fixed = check_crop(option, width, height) if self.mode == "fixed" else None  # type: ignore[arg-type]
+        self.tracker = CropTracker(width, height, every=every) if self.mode == "auto" else None
+        self.size = (width, height)
+        self.box: Box | None = self.fixed
+
+    def observe(self, items: Sequence[Any]) -> Box | None:
+        """The crop for this batch of decoded frames (``.frame``, ``.rgb``)."""
+        if self.tracker is not None:
+            for it in items:
+                self.box = self.tracker.observe(it.frame, it.rgb)
+        elif self.fixed is not None:
+            size = (items[0].frame.width, items[0].frame.height)
+            if size != self.size:
+                self.box = check_crop(self.fixed, *size)
+        return self.box

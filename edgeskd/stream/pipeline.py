@@ -1,8 +1,12 @@
-"""video source → preprocess (CPU or CUDA) → runner → probabilities → smoothing → sinks → stats.
+"""video source → crop → preprocess + infer (CPU or CUDA) → probabilities → smoothing → sinks → stats.
 
-``run_stream(StreamConfig(...))`` is what `edgeskd stream` calls. The decoder runs on its own
-thread (``source.VideoSource``); the annotated video is drawn and encoded on another
-(``sinks.VideoSink``); this thread preprocesses, runs the model and records.
+``run_stream(StreamConfig(...))`` is what `edgeskd stream` calls; it wires the stages:
+
+* ``source.VideoSource`` decodes on its own thread and hands over batches of ``DecodedFrame``;
+* ``FrameProcessor`` turns a batch into ``result.FrameResult``s: ``crop.FrameCrop`` observes the
+  frames, ``predict.Predictor`` preprocesses and infers, ``smoothing.EmaSmoother`` smooths;
+* every result goes to each sink's ``write(result)``: ``stats.StreamStats``, ``sinks.JsonlSink`` and
+  ``sinks.VideoSink`` (which draws and encodes on its own thread).
 
 Latency of a frame = from the moment it left the decoder to the moment its (smoothed) prediction
 is ready; it includes waiting in the queue. Output files are renamed into place only if the whole
@@ -17,14 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
-
-from edgeskd.errors import ArtifactError, BackendUnavailable, UsageError, VideoError
-from edgeskd.stream.crop import CropTracker, detect_content_area, scale_box
-from edgeskd.stream.frames import FramePreprocessor, check_crop, thumbnail_rgb
+from edgeskd.errors import ArtifactError, UsageError, VideoError
+from edgeskd.stream.crop import FrameCrop
+from edgeskd.stream.predict import Predictor
+from edgeskd.stream.result import FrameResult
 from edgeskd.stream.smoothing import EmaSmoother
-from edgeskd.stream.source import VideoSource, frames_expected, measure_decode_fps, rate_fraction
-from edgeskd.stream.stats import FpsMonitor, classification_metrics, stats_dict
+from edgeskd.stream.source import DecodedFrame, VideoSource, frames_expected, measure_decode_fps, rate_fraction
+from edgeskd.stream.stats import FpsMonitor, StreamStats
 
 
 @dataclass
@@ -87,64 +90,33 @@ def load_stream_runner(engine: str | Path, threads: int | None):
         raise ArtifactError(f"{e} (stream needs the model's class names, input size and normalisation)") from None
 
 
-def _cuda_capable(runner: Any) -> bool:
-    return all(hasattr(runner, a) for a in ("infer_device", "input_buffer", "stream", "cu"))
+class FrameProcessor:
+    """A batch of decoded frames → ``FrameResult``s: crop → preprocess + infer → probabilities →
+    smoothing, timed (latency, fps over a sliding window)."""
+
+    def __init__(self, predictor: Predictor, crop: FrameCrop, smoother: EmaSmoother) -> None:
+        self.predictor, self.crop, self.smoother = predictor, crop, smoother
+        self.fps = FpsMonitor()
+        self.processed = 0
+
+    def __call__(self, items: Sequence[DecodedFrame]) -> list[FrameResult]:
+        box = self.crop.observe(items)
+        probs, subs = self.predictor(items, box)
+        t_done = time.perf_counter()
+        self.fps.tick(len(items), t_done)
+        fps = self.fps.fps
+        results = [
+            FrameResult(frame=it, ordinal=self.processed + k, probs=probs[k], smoothed=self.smoother.update(probs[k]),
+                        subclass_probs=None if subs is None else subs[k], latency_s=t_done - it.t_decoded,
+                        fps=fps, crop=box)
+            for k, it in enumerate(items)
+        ]
+        self.processed += len(items)
+        return results
 
 
-class _Predictor:
-    """Preprocess + infer + probabilities for a batch of decoded frames (CPU or CUDA path)."""
-
-    def __init__(self, runner: Any, mode: str) -> None:
-        self.runner = runner
-        self.meta = runner.metadata
-        self.cpu = FramePreprocessor(self.meta)
-        self.cuda = None
-        if mode == "cuda" or (mode == "auto" and _cuda_capable(runner)):
-            if not _cuda_capable(runner):
-                raise BackendUnavailable(
-                    f"--preprocess cuda needs a GPU runner (a TensorRT .engine); {runner.backend} runs on the CPU — "
-                    "use --preprocess cpu"
-                )
-            from edgeskd.runtime.cuda_preprocess import CudaPreprocessor
-
-            self.cuda = CudaPreprocessor.for_runner(runner)
-        self.path = "cuda" if self.cuda is not None else "cpu"
-
-    def __call__(self, items: list[Any], crop) -> np.ndarray:
-        if self.cuda is not None:
-            for i, it in enumerate(items):
-                rgb = it.rgb if it.rgb is not None else it.frame.to_ndarray(format="rgb24")
-                self.cuda.run_into_runner(rgb, crop, i)
-            return self.runner.infer_device(len(items))
-        x = self.cpu([it.frame for it in items], crop, [it.rgb for it in items])
-        return self.runner.infer(x)
-
-
-def _render_factory(meta: Any) -> Callable[[Any, Any], np.ndarray]:
-    from edgeskd.stream.overlay import draw_annotation
-
-    def render(item: Any, ann: Any) -> np.ndarray:
-        rgb = item.rgb if item.rgb is not None else item.frame.to_ndarray(format="rgb24")
-        return draw_annotation(rgb, ann)
-
-    return render
-
-
-def run_stream(
-    cfg: StreamConfig,
-    *,
-    runner: Any = None,
-    on_progress: Callable[[dict[str, Any]], None] | None = None,
-    warn: Callable[[str], None] | None = None,
-) -> StreamResult:
-    warnings: list[str] = []
-
-    def _warn(msg: str) -> None:
-        warnings.append(msg)
-        if warn is not None:
-            warn(msg)
-
-    # -- validate options before any heavy work -------------------------------------------------
+def _check_config(cfg: StreamConfig) -> tuple[str | tuple[int, int, int, int] | None, EmaSmoother]:
+    """Validate the options before any heavy work; returns the parsed crop and the smoother."""
     if cfg.batch < 1 or cfg.batch > 256:
         raise UsageError(f"--batch {cfg.batch} must be between 1 and 256")
     if cfg.preprocess not in ("auto", "cpu", "cuda"):
@@ -156,7 +128,7 @@ def run_stream(
     crop_opt = parse_crop(cfg.crop)
     smoother = EmaSmoother(cfg.smooth)
     if cfg.out is not None:
-        from edgeskd.stream.sinks import check_video_path
+        from edgeskd.data.video_writer import check_video_path
 
         check_video_path(cfg.out)
     outs = [p for p in (cfg.out, cfg.jsonl, cfg.stats) if p is not None]
@@ -168,16 +140,211 @@ def run_stream(
         raise UsageError("--out, --jsonl and --stats must be different files")
     if Path(cfg.video).exists() and any(Path(p).resolve() == Path(cfg.video).resolve() for p in outs):
         raise UsageError("an output path is the input video; choose another output name")
+    return crop_opt, smoother
 
-    own_runner = runner is None
+
+def _open_runner(cfg: StreamConfig, runner: Any) -> Any:
     if runner is None:
         if cfg.engine is None:
             raise UsageError("give --engine ARTIFACT (.onnx, .engine or .pt)")
         runner = load_stream_runner(cfg.engine, cfg.threads)
-    meta = runner.metadata
-    if getattr(runner, "max_batch", None) and cfg.batch > int(runner.max_batch):
+    if runner.max_batch and cfg.batch > int(runner.max_batch):
         raise UsageError(f"--batch {cfg.batch} exceeds this artifact's max batch {runner.max_batch}; "
                          "lower --batch or rebuild the engine with a larger --max-batch")
+    return runner
+
+
+@dataclass
+class _Outputs:
+    """The sinks of the files asked for (temporary files, renamed when the run succeeds)."""
+
+    paths: dict[str, str] = field(default_factory=dict)
+    video: Any = None
+    jsonl: Any = None
+    stats_tmp: Path | None = None
+
+    @classmethod
+    def open(cls, cfg: StreamConfig, stack: contextlib.ExitStack, meta: Any, info: Any, realtime: bool) -> "_Outputs":
+        from edgeskd.stream.sinks import JsonlSink, VideoSink
+        from edgeskd.utils.io import atomic_path
+
+        self = cls()
+        if cfg.out is not None:
+            tmp = stack.enter_context(atomic_path(cfg.out))
+            self.video = stack.enter_context(
+                VideoSink(tmp, info.width, info.height, rate_fraction(info.fps), meta, block=not realtime))
+            self.paths["video"] = str(cfg.out)
+        if cfg.jsonl is not None:
+            self.jsonl = stack.enter_context(JsonlSink(stack.enter_context(atomic_path(cfg.jsonl)), meta))
+            self.paths["jsonl"] = str(cfg.jsonl)
+        if cfg.stats is not None:
+            self.stats_tmp = stack.enter_context(atomic_path(cfg.stats))
+        return self
+
+    @property
+    def sinks(self) -> list[Any]:
+        return [s for s in (self.jsonl, self.video) if s is not None]
+
+    def finish(self, stats: dict[str, Any], stats_path: Path | None) -> None:
+        if self.stats_tmp is not None:
+            import json
+
+            self.stats_tmp.write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
+            self.paths["stats"] = str(stats_path)
+        for sink in self.sinks:
+            sink.close()
+
+
+@dataclass
+class _Ceiling:
+    """Decode-only fps of the same file, measured before the stream starts (not during it)."""
+
+    fps: float | None = None
+    method: str | None = None
+    cpu_ms_per_frame: Any = None
+
+    @classmethod
+    def measure(cls, cfg: StreamConfig, info: Any) -> "_Ceiling":
+        if not cfg.measure_ceiling or info.live:
+            return cls()
+        best = measure_decode_fps(cfg.video, max_frames=cfg.max_frames, time_budget_s=cfg.ceiling_budget_s)
+        return cls(best["fps"], f"decode-only pass over {best['frames']} frames of the same file, best of FFmpeg "
+                                f"threading {best['per_setting']}", best["cpu_ms_per_frame"])
+
+
+@dataclass
+class _Run:
+    wall_s: float
+    cpu_s: float          # CPU time of this (the inference) thread
+    interrupted: bool
+
+
+class _Progress:
+    """``on_progress`` at most every 0.25 s: counts, fps, latency, the smoothed class."""
+
+    def __init__(self, callback: Callable[[dict[str, Any]], None], source: VideoSource, meta: Any) -> None:
+        self.callback, self.source, self.names = callback, source, list(meta.class_names)
+        self.last = 0.0
+
+    def __call__(self, r: FrameResult) -> None:
+        now = time.perf_counter()
+        if now - self.last <= 0.25:
+            return
+        self.last = now
+        self.callback({
+            "processed": r.ordinal + 1, "decoded": self.source.frames_decoded, "dropped": self.source.frames_dropped,
+            "fps": r.fps, "latency_ms": r.latency_s * 1000.0,
+            "class": self.names[r.smoothed_pred], "prob": float(r.smoothed.max()),
+        })
+
+
+def _pump(source: VideoSource, process: FrameProcessor, sinks: list[Any], batch: int,
+          progress: _Progress | None) -> _Run:
+    """Decode → process → every sink, until the source ends. Ctrl-C is how a live stream (camera,
+    RTSP) ends: the outputs are then finished for the frames processed so far (a second Ctrl-C
+    while they are written aborts and removes them)."""
+    t_start = time.perf_counter()
+    cpu_start = time.thread_time()
+    source.start()
+    interrupted = False
+    try:
+        while items := source.get_batch(batch):
+            results = process(items)
+            for r in results:
+                for sink in sinks:
+                    sink.write(r)
+            if progress is not None:
+                progress(results[-1])
+    except KeyboardInterrupt:
+        interrupted = True
+    return _Run(time.perf_counter() - t_start, time.thread_time() - cpu_start, interrupted)
+
+
+def _frames_lost(cfg: StreamConfig, source: VideoSource, processed: int, interrupted: bool,
+                 warn: Callable[[str], None]) -> tuple[int | None, int]:
+    """(frames expected, frames lost) at the end of the stream; says what was lost."""
+    info = source.info
+    if processed == 0:
+        why = f": {source.error}" if source.error is not None else ""
+        raise VideoError(f"no frame of {cfg.video} could be decoded{why}; is it a complete, supported video?")
+    expected = frames_expected(info)
+    lost = 0
+    if cfg.max_frames is None and expected is not None and source.frames_decoded < expected:
+        lost = expected - source.frames_decoded
+        if info.frames is None and lost <= max(1, expected // 100):
+            lost = 0   # estimated from duration x fps: a frame or two of rounding is not a loss
+    if interrupted:
+        warn(f"stopped by Ctrl-C after {processed} processed frames; the outputs cover those frames")
+        return expected, 0
+    if source.ended_early or lost or source.decode_errors:
+        parts = []
+        if lost:
+            parts.append(f"{lost} of {expected} frames could not be decoded")
+        if source.decode_errors:
+            parts.append(f"{source.decode_errors} packets failed to decode")
+        if source.error is not None:
+            parts.append(str(source.error))
+        what = "stream ended with an error" if info.live else "looks truncated or damaged"
+        warn(f"{cfg.video} {what}: " + "; ".join(parts)
+             + f"; processed the {source.frames_decoded} frames that decoded (exit status 0: the outputs "
+             "are complete for those frames)")
+    return expected, lost
+
+
+def _source_summary(cfg: StreamConfig, runner: Any, source: VideoSource, process: FrameProcessor, run: _Run,
+                    ceiling: _Ceiling, outputs: _Outputs, expected: int | None, lost: int) -> dict[str, Any]:
+    """The stats JSON's "source" block: the source, the options in effect and where the time went."""
+    src = source.info.to_dict()
+    crop = process.crop
+    src.update({
+        "realtime": source.realtime,
+        "paced": source.pace,
+        "decode_threads": source.decode_threads,
+        "frames_expected": expected,
+        "frames_lost": lost,
+        "interrupted": run.interrupted,
+        "decode_errors": source.decode_errors,
+        "ceiling_method": ceiling.method or "decoder thread busy time",
+        "preprocess": process.predictor.path,
+        "batch": cfg.batch,
+        "crop": list(crop.box) if crop.box is not None else None,
+        "crop_mode": crop.mode,
+        "smooth_alpha": process.smoother.alpha,
+        "engine": str(cfg.engine) if cfg.engine is not None else runner.backend,
+        "backend": runner.backend,
+        "wall_s": round(run.wall_s, 4),
+        "video_frames_skipped": outputs.video.frames_skipped if outputs.video is not None else 0,
+        # CPU time per frame of each thread: where the time goes, independent of machine load
+        # (FFmpeg's own frame threads, with decode threading AUTO, are not included)
+        "cpu_ms_per_frame": {
+            "decoder_thread": round(source.decoder_cpu_s * 1000.0 / max(source.frames_decoded, 1), 3),
+            "inference_thread": round(run.cpu_s * 1000.0 / max(process.processed, 1), 3),
+            "decode_only_pass": ceiling.cpu_ms_per_frame,
+        },
+    })
+    return src
+
+
+def run_stream(
+    cfg: StreamConfig,
+    *,
+    runner: Any = None,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> StreamResult:
+    """Run ``cfg`` end to end; ``runner``: an already loaded runner instead of ``cfg.engine`` (the
+    caller keeps it). ``warn`` hears each warning as it happens; the result lists them too."""
+    warnings: list[str] = []
+
+    def _warn(msg: str) -> None:
+        warnings.append(msg)
+        if warn is not None:
+            warn(msg)
+
+    crop_opt, smoother = _check_config(cfg)
+    own_runner = runner is None
+    runner = _open_runner(cfg, runner)
+    meta = runner.metadata
     gt: dict[int, int] | None = None
     if cfg.labels is not None:
         from edgeskd.stream.labels import read_frame_labels
@@ -189,233 +356,32 @@ def run_stream(
             stack.enter_context(runner)
         else:
             runner.activate()
-        predictor = _Predictor(runner, cfg.preprocess)
-        realtime = cfg.realtime
-        source = VideoSource(cfg.video, realtime=realtime, max_frames=cfg.max_frames, timeout_s=cfg.timeout_s)
+        predictor = Predictor(runner, cfg.preprocess)
+        stack.callback(predictor.close)
+        source = VideoSource(cfg.video, realtime=cfg.realtime, max_frames=cfg.max_frames, timeout_s=cfg.timeout_s)
         stack.callback(source.close)
         info = source.info
         if source.realtime and cfg.batch > 1:
             raise UsageError("--batch > 1 needs --no-realtime: in real-time mode only the newest frame is processed")
         source.want_rgb = predictor.path == "cuda"
-
-        if crop_opt is None or crop_opt == "auto":
-            fixed_crop = None
-        else:
-            fixed_crop = check_crop(crop_opt, info.width, info.height)
-        tracker = CropTracker(info.width, info.height, every=cfg.crop_every) if crop_opt == "auto" else None
-
-        # -- sinks (temporary files, renamed on success) -------------------------------------------
-        from edgeskd.utils.io import atomic_path
-
-        sink = jsonl = None
-        out_paths: dict[str, str] = {}
-        if cfg.out is not None:
-            from edgeskd.stream.sinks import VideoSink
-
-            tmp = stack.enter_context(atomic_path(cfg.out))
-            sink = stack.enter_context(
-                VideoSink(tmp, info.width, info.height, rate_fraction(info.fps), _render_factory(meta),
-                          block=not source.realtime)
-            )
-            out_paths["video"] = str(cfg.out)
-        if cfg.jsonl is not None:
-            from edgeskd.stream.sinks import JsonlSink
-
-            jsonl = stack.enter_context(JsonlSink(stack.enter_context(atomic_path(cfg.jsonl))))
-            out_paths["jsonl"] = str(cfg.jsonl)
-        stats_tmp = stack.enter_context(atomic_path(cfg.stats)) if cfg.stats is not None else None
-
-        # decode-only ceiling of the same file, measured before the stream starts (not during it)
-        ceiling = None
-        ceiling_method = None
-        ceiling_cpu = None
-        if cfg.measure_ceiling and not info.live:
-            m = measure_decode_fps(cfg.video, max_frames=cfg.max_frames, time_budget_s=cfg.ceiling_budget_s)
-            ceiling = m["fps"]
-            ceiling_cpu = m["cpu_ms_per_frame"]
-            ceiling_method = (f"decode-only pass over {m['frames']} frames of the same file, best of FFmpeg "
-                              f"threading {m['per_setting']}")
-
-        # -- main loop ----------------------------------------------------------------------------
-        names = list(meta.class_names)
-        sub_names = list(meta.subclass_names)
-        pos = int(meta.positive_class)
-        latencies: list[float] = []
-        fps_mon = FpsMonitor()
-        processed = 0
-        y_true: list[int] = []
-        y_raw: list[int] = []
-        y_smooth: list[int] = []
-        crop = fixed_crop
-        disp = (0.0, 0.0, -1)   # (fps, latency ms, frame) shown on the annotated video
-        from edgeskd.stream.overlay import Annotation
-        from edgeskd.runtime.postprocess import class_probabilities, subclass_probabilities
-
-        t_start = time.perf_counter()
-        cpu_start = time.thread_time()
-        last_progress = 0.0
-        source.start()
-        interrupted = False
-        try:
-            while True:
-                items = source.get_batch(cfg.batch)
-                if not items:
-                    break
-                if tracker is not None:
-                    for it in items:
-                        if tracker.due():
-                            thumb, sx, sy = thumbnail_rgb(it.frame, rgb=it.rgb)
-                            est = detect_content_area(thumb)
-                            tracker.update(None if est is None else scale_box(est, sx, sy, it.frame.width, it.frame.height))
-                        tracker.step()
-                    crop = tracker.box
-                frame_w, frame_h = items[0].frame.width, items[0].frame.height
-                if (frame_w, frame_h) != (info.width, info.height):
-                    # resolution changed mid-stream (some live sources do): re-validate the crop
-                    if tracker is not None:
-                        tracker = CropTracker(frame_w, frame_h, every=cfg.crop_every)
-                        crop = None
-                    elif fixed_crop is not None:
-                        crop = check_crop(fixed_crop, frame_w, frame_h)
-                logits = predictor(items, crop)
-                probs = class_probabilities(logits, meta)
-                subs = subclass_probabilities(logits, meta)
-                t_done = time.perf_counter()
-                fps_mon.tick(len(items), t_done)
-                for k, it in enumerate(items):
-                    p = probs[k]
-                    ps = smoother.update(p)
-                    lat = t_done - it.t_decoded
-                    latencies.append(lat)
-                    raw_c, sm_c = int(np.argmax(p)), int(np.argmax(ps))
-                    top_sub = int(np.argmax(subs[k])) if subs is not None else None
-                    if gt is not None and it.index in gt:
-                        y_true.append(gt[it.index])
-                        y_raw.append(raw_c)
-                        y_smooth.append(sm_c)
-                    if jsonl is not None:
-                        rec = {
-                            "frame": it.index,
-                            "time": round(it.time_s, 6),
-                            "probs": [round(float(v), 6) for v in p],
-                            "smoothed": [round(float(v), 6) for v in ps],
-                            "class": names[raw_c],
-                            "smoothed_class": names[sm_c],
-                            "latency_ms": round(lat * 1000.0, 3),
-                        }
-                        if subs is not None:
-                            rec["subclass"] = sub_names[top_sub]  # type: ignore[index]
-                            rec["subclass_probs"] = [round(float(v), 6) for v in subs[k]]
-                        if crop is not None:
-                            rec["crop"] = list(crop)
-                        jsonl.write(rec)
-                    if sink is not None:
-                        if processed + k - disp[2] >= 8 or disp[2] < 0:   # the numbers on screen update ~4x/s
-                            disp = (fps_mon.fps, lat * 1000.0, processed + k)
-                        sink.put(it, Annotation(
-                            class_name=names[sm_c], prob=float(ps[sm_c]), raw_class_name=names[raw_c],
-                            raw_prob=float(p[raw_c]),
-                            subclass=sub_names[top_sub] if top_sub is not None else None,
-                            subclass_prob=float(subs[k][top_sub]) if subs is not None else None,
-                            positive_prob=float(ps[pos]) if pos < len(ps) else 0.0,
-                            fps=disp[0], latency_ms=disp[1], crop=crop, is_positive=sm_c == pos,
-                        ))
-                processed += len(items)
-                if on_progress is not None and t_done - last_progress > 0.25:
-                    last_progress = t_done
-                    on_progress({
-                        "processed": processed, "decoded": source.frames_decoded, "dropped": source.frames_dropped,
-                        "fps": fps_mon.fps, "latency_ms": latencies[-1] * 1000.0,
-                        "class": names[int(np.argmax(smoother.state))] if smoother.state is not None else "-",
-                        "prob": float(np.max(smoother.state)) if smoother.state is not None else 0.0,
-                    })
-        except KeyboardInterrupt:
-            # Ctrl-C is how a live stream (camera, RTSP) ends: finish the outputs for the frames
-            # processed so far. A second Ctrl-C while they are written aborts and removes them.
-            interrupted = True
-        t_end = time.perf_counter()
-        main_cpu = time.thread_time() - cpu_start
+        process = FrameProcessor(predictor, FrameCrop(crop_opt, info.width, info.height, every=cfg.crop_every),
+                                 smoother)
+        outputs = _Outputs.open(cfg, stack, meta, info, source.realtime)
+        ceiling = _Ceiling.measure(cfg, info)
+        stats = StreamStats(meta.class_names, meta.positive_class, gt)
+        progress = _Progress(on_progress, source, meta) if on_progress is not None else None
+        run = _pump(source, process, [stats, *outputs.sinks], cfg.batch, progress)
         source.close()
 
-        # -- end of stream: what was lost, and is anything left to write? -------------------------
-        if processed == 0:
-            why = f": {source.error}" if source.error is not None else ""
-            raise VideoError(f"no frame of {cfg.video} could be decoded{why}; is it a complete, supported video?")
-        expected = frames_expected(info)
-        lost = 0
-        if cfg.max_frames is None and expected is not None and source.frames_decoded < expected:
-            lost = expected - source.frames_decoded
-            if info.frames is None and lost <= max(1, expected // 100):
-                lost = 0   # estimated from duration x fps: a frame or two of rounding is not a loss
-        if interrupted:
-            lost = 0
-            _warn(f"stopped by Ctrl-C after {processed} processed frames; the outputs cover those frames")
-        elif source.ended_early or lost or source.decode_errors:
-            parts = []
-            if lost:
-                parts.append(f"{lost} of {expected} frames could not be decoded")
-            if source.decode_errors:
-                parts.append(f"{source.decode_errors} packets failed to decode")
-            if source.error is not None:
-                parts.append(str(source.error))
-            what = "stream ended with an error" if info.live else "looks truncated or damaged"
-            _warn(f"{cfg.video} {what}: " + "; ".join(parts)
-                  + f"; processed the {source.frames_decoded} frames that decoded (exit status 0: the outputs "
-                  "are complete for those frames)")
-
-        wall = t_end - t_start
-        labels_block = None
-        if gt is not None:
-            labels_block = {
-                "frames_labelled": len(gt),
-                "frames_evaluated": len(y_true),
-                "raw": classification_metrics(np.array(y_true), np.array(y_raw), len(names), pos),
-                "smoothed": classification_metrics(np.array(y_true), np.array(y_smooth), len(names), pos),
-                "positive_class": names[pos],
-            }
-            if not y_true:
-                _warn(f"no processed frame has a label in {cfg.labels}; check its frame numbers")
-        src_d = info.to_dict()
-        src_d.update({
-            "realtime": source.realtime,
-            "paced": source.pace,
-            "decode_threads": source.decode_threads,
-            "frames_expected": expected,
-            "frames_lost": lost,
-            "interrupted": interrupted,
-            "decode_errors": source.decode_errors,
-            "ceiling_method": ceiling_method or "decoder thread busy time",
-            "preprocess": predictor.path,
-            "batch": cfg.batch,
-            "crop": list(crop) if crop is not None else None,
-            "crop_mode": "auto" if tracker is not None else ("fixed" if fixed_crop else "none"),
-            "smooth_alpha": smoother.alpha,
-            "engine": str(cfg.engine) if cfg.engine is not None else getattr(runner, "backend", "?"),
-            "backend": getattr(runner, "backend", "?"),
-            "wall_s": round(wall, 4),
-            "video_frames_skipped": sink.frames_skipped if sink is not None else 0,
-            # CPU time per frame of each thread: where the time goes, independent of machine load
-            # (FFmpeg's own frame threads, with decode threading AUTO, are not included)
-            "cpu_ms_per_frame": {
-                "decoder_thread": round(source.decoder_cpu_s * 1000.0 / max(source.frames_decoded, 1), 3),
-                "inference_thread": round(main_cpu * 1000.0 / max(processed, 1), 3),
-                "decode_only_pass": ceiling_cpu,
-            },
-        })
-        if ceiling is None and source.decode_busy_s > 0:
-            ceiling = source.frames_decoded / source.decode_busy_s
-        stats = stats_dict(
-            frames_decoded=source.frames_decoded, frames_processed=processed,
-            frames_dropped=source.frames_dropped, fps=processed / wall if wall > 0 else 0.0,
-            latencies_s=latencies, decode_fps_ceiling=ceiling, source=src_d, labels=labels_block,
+        expected, lost = _frames_lost(cfg, source, stats.processed, run.interrupted, _warn)
+        if gt is not None and not stats.y_true:
+            _warn(f"no processed frame has a label in {cfg.labels}; check its frame numbers")
+        if ceiling.fps is None and source.decode_busy_s > 0:
+            ceiling.fps = source.frames_decoded / source.decode_busy_s
+        summary = stats.summary(
+            frames_decoded=source.frames_decoded, frames_dropped=source.frames_dropped, wall_s=run.wall_s,
+            decode_fps_ceiling=ceiling.fps,
+            source=_source_summary(cfg, runner, source, process, run, ceiling, outputs, expected, lost),
         )
-        if stats_tmp is not None:
-            import json
-
-            stats_tmp.write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
-            out_paths["stats"] = str(cfg.stats)
-        if jsonl is not None:
-            jsonl.close()
-        if sink is not None:
-            sink.close()
-    return StreamResult(stats=stats, warnings=warnings, outputs=out_paths)
+        outputs.finish(summary, cfg.stats)
+    return StreamResult(stats=summary, warnings=warnings, outputs=outputs.paths)

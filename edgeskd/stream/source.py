@@ -1,6 +1,6 @@
 """Video sources: open a file / URL / V4L2 device with PyAV and decode it on its own thread.
 
-Two delivery policies (DESIGN.md §6):
+Two delivery policies:
 
 * file mode (``realtime=False``): a bounded FIFO; the decoder blocks when the consumer is behind,
   so every frame is processed.

@@ -1,12 +1,19 @@
-"""Run statistics: fps, latency percentiles, frame counts, and frame-level accuracy / F1."""
+"""Run statistics: fps, latency percentiles, frame counts, and frame-level accuracy / F1.
+
+``StreamStats`` is the accumulator the stream feeds every ``FrameResult`` to (``write(result)``);
+``stats_dict`` is the schema of the stats JSON.
+"""
 
 from __future__ import annotations
 
 import time
 from collections import deque
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from edgeskd.stream.result import FrameResult
 
 
 def percentiles_ms(latencies_s: Sequence[float]) -> dict[str, float | None]:
@@ -78,3 +85,52 @@ def stats_dict(
 
 
 STATS_KEYS = ("frames_decoded", "frames_processed", "frames_dropped", "fps", "latency_ms", "decode_fps_ceiling", "source")
+
+
+class StreamStats:
+    """What the stats JSON reports, accumulated frame by frame: the processed count, latencies and,
+    with ground truth (frame index → class index), the raw and smoothed predictions of the labelled
+    frames."""
+
+    def __init__(self, class_names: Sequence[str], positive: int, labels: dict[int, int] | None = None) -> None:
+        self.class_names = list(class_names)
+        self.positive = int(positive)
+        self.labels = labels
+        self.processed = 0
+        self.latencies_s: list[float] = []
+        self.y_true: list[int] = []
+        self.y_raw: list[int] = []
+        self.y_smooth: list[int] = []
+
+    def write(self, result: "FrameResult") -> None:
+        self.processed += 1
+        self.latencies_s.append(result.latency_s)
+        if self.labels is not None and result.index in self.labels:
+            self.y_true.append(self.labels[result.index])
+            self.y_raw.append(result.pred)
+            self.y_smooth.append(result.smoothed_pred)
+
+    def _metrics(self, y_pred: list[int]) -> dict[str, Any]:
+        # the one place the stream computes classification metrics (raw and smoothed)
+        return classification_metrics(np.array(self.y_true), np.array(y_pred), len(self.class_names), self.positive)
+
+    def labels_block(self) -> dict[str, Any] | None:
+        """Frame-level metrics against the ground truth (None without ``labels``)."""
+        if self.labels is None:
+            return None
+        return {
+            "frames_labelled": len(self.labels),
+            "frames_evaluated": len(self.y_true),
+            "raw": self._metrics(self.y_raw),
+            "smoothed": self._metrics(self.y_smooth),
+            "positive_class": self.class_names[self.positive],
+        }
+
+    def summary(self, *, frames_decoded: int, frames_dropped: int, wall_s: float,
+                decode_fps_ceiling: float | None, source: dict[str, Any]) -> dict[str, Any]:
+        """The stats JSON of the run (``stats_dict``)."""
+        return stats_dict(
+            frames_decoded=frames_decoded, frames_processed=self.processed, frames_dropped=frames_dropped,
+            fps=self.processed / wall_s if wall_s > 0 else 0.0, latencies_s=self.latencies_s,
+            decode_fps_ceiling=decode_fps_ceiling, source=source, labels=self.labels_block(),
+        )

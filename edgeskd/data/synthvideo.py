@@ -36,6 +36,7 @@ from typing import Iterator
 
 import numpy as np
 
+from edgeskd.data import synthetic
 from edgeskd.errors import UsageError
 
 WALL_EXTENT = 3.0          # the synthetic wall spans [-3, 3]^2 wall units (a 128-px training image = [-1, 1]^2)
@@ -67,9 +68,7 @@ def _balanced_subclasses(n: int, rng: np.random.Generator) -> np.ndarray:
     """Visual subclasses of ``n`` polyps: the classes alternate (from a random first one) and each
     class cycles through its subclasses in a seeded order, so a short clip already shows both classes
     and frame-level F1 is defined (drawing from the priors gave 8-s clips with one class only)."""
-    from edgeskd.data import synthetic as sy
-
-    owners = np.asarray(sy.SUBCLASS_TO_CLASS)
+    owners = np.asarray(synthetic.SUBCLASS_TO_CLASS)
     n_cls = int(owners.max()) + 1
     cycles = [rng.permutation(np.flatnonzero(owners == c)) for c in range(n_cls)]
     first = int(rng.integers(n_cls))
@@ -89,11 +88,9 @@ def plan_video(n_frames: int, fps: float, seed: int, *, seconds_per_polyp: float
     at least SEPARATION from the one before. Polyp k exists from stop e_k to stop e_(k+1) — while
     the camera rests on bare wall between two polyps neither is in view, so the wall can hold a
     new polyp for each visit (a long video reuses places without two polyps ever overlapping)."""
-    from edgeskd.data import synthetic as sy
-
     rng = np.random.default_rng([int(seed), 6061])
     n_polyps = max(1, int(round(n_frames / fps / seconds_per_polyp)))
-    lab = sy.sample_labels(n_polyps, seed + 1009, visual=_balanced_subclasses(n_polyps, rng))
+    lab = synthetic.sample_labels(n_polyps, seed + 1009, visual=_balanced_subclasses(n_polyps, rng))
     spots: list[tuple[float, float]] = [tuple(rng.uniform(-1.9, 1.9, 2))]  # type: ignore[list-item]
     while len(spots) < 2 * n_polyps + 1:
         p = tuple(rng.uniform(-1.9, 1.9, 2))
@@ -179,8 +176,6 @@ class SynthVideo:
 
     def __init__(self, width: int = 1280, height: int = 720, fps: float = 30.0, seconds: float = 10.0,
                  seed: int = 0, *, render_size: int = 192, min_visible: float = 0.5) -> None:
-        from edgeskd.data import synthetic as sy
-
         if width < 64 or height < 64 or width > 7680 or height > 4320:
             raise UsageError(f"--size {width}x{height}: width and height must be between 64 and 7680x4320")
         if not 1 <= fps <= 240:
@@ -191,12 +186,11 @@ class SynthVideo:
         self.n_frames = max(1, int(round(seconds * fps)))
         self.render_size = int(render_size)
         self.min_visible = float(min_visible)
-        self.sy = sy
         self.plan, _ = plan_video(self.n_frames, self.fps, seed)
         # the bare wall: canvas of C x C px over [-3, 3]^2, i.e. render_size px per view of half-width 1
         C = int(round(self.render_size * WALL_EXTENT))
-        wall_seed = np.array([sy._sample_seed(seed, 10_000_019)], np.int64)
-        rgb, hgt = sy.render_mucosa(wall_seed, C, zoom=WALL_EXTENT)
+        wall_seed = np.array([synthetic._sample_seed(seed, 10_000_019)], np.int64)
+        rgb, hgt = synthetic.render_mucosa(wall_seed, C, zoom=WALL_EXTENT)
         self.canvas = np.concatenate([rgb[0], hgt[0][..., None]], axis=-1).astype(np.float32)
         # each polyp: its look (as a training image's, drawn from its subclass and ambiguity) and its
         # area when seen as in a training image (view half-width 1), for the visible fraction
@@ -205,19 +199,19 @@ class SynthVideo:
         self.polyp_area: list[float] = []
         R = self.render_size
         for k, p in enumerate(self.plan.polyps):
-            pseed = np.array([sy._sample_seed(seed, 20_000_000 + k)], np.int64)
-            params = sy.sample_polyp_params(np.random.default_rng([int(pseed[0]), 0]),
+            pseed = np.array([synthetic._sample_seed(seed, 20_000_000 + k)], np.int64)
+            params = synthetic.sample_polyp_params(np.random.default_rng([int(pseed[0]), 0]),
                                             np.array([p.visual]), np.array([p.ambiguity], np.float32))
             self.polyp_params.append(params)
             self.polyp_seeds.append(pseed)
             flat = np.zeros((1, R, R, 3), np.float32), np.zeros((1, R, R), np.float32)
             centred = dict(params, cx=np.zeros(1, np.float32), cy=np.zeros(1, np.float32))
-            self.polyp_area.append(float(sy.render_polyp(*flat, centred, pseed)[2].sum()))
+            self.polyp_area.append(float(synthetic.render_polyp(*flat, centred, pseed)[2].sum()))
         look_rng = np.random.default_rng([seed, 4242])
-        self.look = sy.sample_look(look_rng, 1)
+        self.look = synthetic.sample_look(look_rng, 1)
         self.look.fov_cx[:] = 0.0
         self.look.fov_cy[:] = 0.0
-        self.look_seed = np.array([sy._sample_seed(seed, 30_000_001)], np.int64)
+        self.look_seed = np.array([synthetic._sample_seed(seed, 30_000_001)], np.int64)
         tt = (np.arange(R) + 0.5) / R * 2 - 1
         self.fov = (tt[None, :] ** 2 + tt[:, None] ** 2) <= float(self.look.fov_radius[0]) ** 2
         # layout: the square field, height-sized, right of centre; text in the left border
@@ -244,7 +238,7 @@ class SynthVideo:
         k = int(self.plan.active[i])
         if k < 0:
             return rgb, hgt, None, k
-        rgb, hgt, mask = self.sy.render_polyp(rgb, hgt, self._polyp_in_view(k, i), self.polyp_seeds[k])
+        rgb, hgt, mask = synthetic.render_polyp(rgb, hgt, self._polyp_in_view(k, i), self.polyp_seeds[k])
         return rgb, hgt, mask[0], k
 
     def truth(self, i: int) -> tuple[int | None, float]:
@@ -254,7 +248,7 @@ class SynthVideo:
             return None, 0.0
         R = self.render_size
         flat = np.zeros((1, R, R, 3), np.float32), np.zeros((1, R, R), np.float32)
-        mask = self.sy.render_polyp(*flat, self._polyp_in_view(k, i), self.polyp_seeds[k])[2][0]
+        mask = synthetic.render_polyp(*flat, self._polyp_in_view(k, i), self.polyp_seeds[k])[2][0]
         half = float(self.plan.cam[i][2])
         vis = float((mask * self.fov).sum()) / max(self.polyp_area[k] / half ** 2, 1e-9)
         return k, min(1.0, vis)
@@ -263,7 +257,7 @@ class SynthVideo:
         from PIL import Image
 
         rgb, hgt, _, _ = self._render(i)
-        sq = self.sy.apply_endoscope_look(rgb, hgt, self.look_seed, look=self.look, text=False)[0]
+        sq = synthetic.apply_endoscope_look(rgb, hgt, self.look_seed, look=self.look, text=False)[0]
         if self.side != self.render_size:   # the optics: PIL's filter is fine here (not the model's resize)
             sq = np.asarray(Image.fromarray(sq).resize((self.side, self.side), Image.BILINEAR))
         out = np.full((self.height, self.width, 3), 3, np.uint8)
@@ -296,8 +290,8 @@ class SynthVideo:
                 futs[i] = None  # type: ignore[call-overload]
 
     def labels_csv(self) -> str:
-        names = self.sy.CLASS_NAMES
-        subs = self.sy.SUBCLASS_NAMES
+        names = synthetic.CLASS_NAMES
+        subs = synthetic.SUBCLASS_NAMES
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(["frame", "class", "subclass", "has_polyp", "visible", "polyp_id"])
@@ -320,26 +314,25 @@ def labels_path_for(video: str | Path) -> Path:
 def write_synth_video(out: str | Path, *, seconds: float = 10.0, fps: float = 30.0, size: tuple[int, int] = (1280, 720),
                       seed: int = 0, render_size: int = 192, progress=None) -> dict:
     """Render, encode (H.264 via PyAV) and write ``out`` + ``OUT.labels.csv`` atomically."""
-    from edgeskd.stream.encode import encode_video
-    from edgeskd.stream.sinks import check_video_path
+    from edgeskd.data.video_writer import check_video_path, encode_video
     from edgeskd.utils.io import atomic_path, write_text_atomic
 
     out = check_video_path(out)
-    sv = SynthVideo(size[0], size[1], fps, seconds, seed, render_size=render_size)
-    labels = sv.labels_csv()
+    video = SynthVideo(size[0], size[1], fps, seconds, seed, render_size=render_size)
+    labels = video.labels_csv()
 
     def frames() -> Iterator[np.ndarray]:
-        for i, f in enumerate(sv.frames()):
+        for i, f in enumerate(video.frames()):
             if progress is not None:
-                progress(i, sv.n_frames)
+                progress(i, video.n_frames)
             yield f
 
     pix_fmt = "yuv420p" if size[0] % 2 == 0 and size[1] % 2 == 0 else "yuv444p"
     with atomic_path(out) as tmp:
         n = encode_video(tmp, frames(), fps=fps, pix_fmt=pix_fmt)
-    lp = write_text_atomic(labels_path_for(out), labels)
+    labels_file = write_text_atomic(labels_path_for(out), labels)
     rows = list(csv.DictReader(io.StringIO(labels)))
     with_polyp = sum(r["has_polyp"] == "1" for r in rows)
-    return {"video": str(out), "labels": str(lp), "frames": n, "fps": fps, "size": list(size),
-            "polyps": len(sv.plan.polyps), "frames_with_polyp": with_polyp,
+    return {"video": str(out), "labels": str(labels_file), "frames": n, "fps": fps, "size": list(size),
+            "polyps": len(video.plan.polyps), "frames_with_polyp": with_polyp,
             "frames_without_polyp": n - with_polyp, "pix_fmt": pix_fmt}

@@ -1,5 +1,9 @@
 """Helpers shared by the stream / video tests (no tests here): a tiny ONNX model with edgeskd
-metadata, and small generated endoscopy-like videos with a known content area."""
+metadata, and small generated endoscopy-like videos with a known content area.
+
+Imported as ``from helpers_stream import ...``: pytest's default import mode ("prepend") puts this
+folder on ``sys.path`` (it has no ``__init__.py``), and the name does not match ``test_*.py``, so
+pytest never collects it as a test module."""
 
 from __future__ import annotations
 
@@ -78,7 +82,7 @@ def endo_frame(w: int, h: int, i: int = 0, *, field: tuple[int, int, int] | None
 
 def make_video(path: Path, n: int = 20, w: int = 160, h: int = 120, *, codec: str = "libx264",
                pix_fmt: str = "yuv420p", fps: int = 30, faststart: bool = True, **kw) -> Path:
-    from edgeskd.stream.encode import encode_video
+    from edgeskd.data.video_writer import encode_video
 
     encode_video(path, (endo_frame(w, h, i, **kw) for i in range(n)), fps=fps, codec=codec, pix_fmt=pix_fmt,
                  faststart=faststart)
