@@ -150,7 +150,7 @@ def test_corrupt_and_missing_files(tmp_path):
 def test_runtime_imports_without_torch():
     code = (
         "import sys; import edgeskd.runtime.onnxrt, edgeskd.runtime.loader, edgeskd.runtime.formats,"
-        " edgeskd.runtime.metrics, edgeskd.runtime.engine_file, edgeskd.runtime.tensorrt_runner,"
+        " edgeskd.metrics, edgeskd.runtime.engine_file, edgeskd.runtime.tensorrt_runner,"
         " edgeskd.runtime.cuda_binding, edgeskd.runtime.evaluate;"
         "bad=[m for m in ('torch','tensorrt','pycuda','cuda','sklearn') if m in sys.modules];"
         "assert not bad, bad"

@@ -202,6 +202,7 @@ def _input_batch(ls, meta, n: int, cache: dict) -> np.ndarray:
 def bench_artifact(art: Artifact, ls, opts: BenchOptions, *, input_cache: dict | None = None,
                    clock: Callable[[], int] | None = None) -> Row:
     """Measure one artifact on ``ls`` (one split). Errors become a failed row."""
+    from edgeskd.metrics import as_percent
     from edgeskd.runtime.evaluate import evaluate_runner
     from edgeskd.runtime.loader import load_runner
 
@@ -221,7 +222,7 @@ def bench_artifact(art: Artifact, ls, opts: BenchOptions, *, input_cache: dict |
                 row.precision = meta.precision
                 row.model_name = meta.model_name or art.name
                 _check_matches_data(meta, ls)
-                m = evaluate_runner(runner, ls, batch_size=opts.eval_batch)
+                m = as_percent(evaluate_runner(runner, ls, batch_size=opts.eval_batch))
                 row.f1, row.accuracy, row.auc = m["f1"], m["accuracy"], m["auc"]
                 timing_kw: dict[str, Any] = {"warmup": opts.warmup, "iters": opts.iters,
                                              "max_seconds": opts.max_seconds_per_timing}

@@ -94,6 +94,13 @@ def resolve_backend(backend: str) -> str:
     return "tensorrt" if ok else "onnxruntime"
 
 
+def _f1_percent(runner, val, batch_size: int = 64) -> float:
+    from edgeskd.metrics import as_percent
+    from edgeskd.runtime.evaluate import evaluate_runner
+
+    return float(as_percent(evaluate_runner(runner, val, batch_size=batch_size))["f1"])
+
+
 def time_runner(runner, meta: ModelMeta, *, batch: int = 32, seconds: float = 2.0) -> tuple[float, float, float]:
     """(p50 ms, p99 ms) at batch 1 and images/s at ``batch``, on fixed random inputs."""
     from edgeskd.bench.timing import throughput, time_call
@@ -162,7 +169,7 @@ def build_onnxruntime(
     from edgeskd.runtime.onnxrt import OnnxRuntimeRunner, session_options
 
     ref = OnnxRuntimeRunner(fp32_path, threads=threads)
-    fp32_f1 = float(evaluate_runner(ref, val)["f1"])
+    fp32_f1 = _f1_percent(ref, val)
     fp32_size = fp32_path.stat().st_size
     log(f"FP32 ONNX F1 on {len(val)} validation images: {fp32_f1:.2f}")
     report = BuildReport("onnxruntime", precision, out or fp32_path, fp32_f1)
@@ -213,7 +220,7 @@ def build_onnxruntime(
         for c in cands:
             p = paths[c.name]
             runners[c.name] = OnnxRuntimeRunner(p, threads=threads)
-            c.f1 = float(evaluate_runner(runners[c.name], val)["f1"])
+            c.f1 = _f1_percent(runners[c.name], val)
             c.passed, c.f1_drop = gate(c.name, fp32_f1, c.f1, max_f1_drop)
             c.size_bytes = p.stat().st_size
             c.path = str(p)
@@ -322,7 +329,7 @@ def build_tensorrt(
     from edgeskd.runtime.tensorrt_runner import TensorRTRunner
     from edgeskd.utils.io import atomic_path
 
-    fp32_f1 = float(evaluate_runner(OnnxRuntimeRunner(fp32_path), val)["f1"])
+    fp32_f1 = _f1_percent(OnnxRuntimeRunner(fp32_path), val)
     report = BuildReport("tensorrt", precision, out, fp32_f1)
     src = fp32_path
     qdq_existed = qdq_out.exists()
@@ -341,7 +348,7 @@ def build_tensorrt(
             build_tensorrt_engine(src, tmp_engine, precision=precision, max_batch=max_batch, workspace_gib=workspace_gib,
                                   timing_cache=timing_cache, rebuild_from=fp32_path)
             with TensorRTRunner(tmp_engine) as r:
-                f1 = float(evaluate_runner(r, val, batch_size=max_batch)["f1"])
+                f1 = _f1_percent(r, val, batch_size=max_batch)
                 p50, p99, tp = time_runner(r, meta, batch=max_batch)
             ok, drop = gate(precision, fp32_f1, f1, max_f1_drop)
             c = Candidate(f"tensorrt-{precision}", precision, "TensorRT engine", tmp_engine.stat().st_size, p50, p99, tp,

@@ -76,9 +76,9 @@ class CalibrationSet:
         return h.hexdigest()[:16]
 
     def batches(self) -> Iterator[np.ndarray]:
-        from edgeskd.runtime.evaluate import iter_batches
+        from edgeskd.runtime.evaluate import EvalInputs
 
-        return iter_batches(self.ls, self.meta, self.batch_size, self.indices)
+        return EvalInputs(self.ls, self.meta, batch_size=self.batch_size, indices=self.indices, cache_bytes=0).batches()
 
     def reader(self, input_name: str = "input"):
         """An onnxruntime CalibrationDataReader over the preprocessed batches."""

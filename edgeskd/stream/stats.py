@@ -8,6 +8,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from edgeskd.metrics import label_metrics, present
+
 
 def percentiles_ms(latencies_s: Sequence[float]) -> dict[str, float | None]:
     if not len(latencies_s):
@@ -35,26 +37,10 @@ class FpsMonitor:
         return (len(self._t) - 1) / (self._t[-1] - self._t[0])
 
 
-def f1_binary(y_true: np.ndarray, y_pred: np.ndarray, positive: int) -> float:
-    tp = int(np.sum((y_pred == positive) & (y_true == positive)))
-    fp = int(np.sum((y_pred == positive) & (y_true != positive)))
-    fn = int(np.sum((y_pred != positive) & (y_true == positive)))
-    return 2 * tp / (2 * tp + fp + fn) if (2 * tp + fp + fn) else 0.0
-
-
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int, positive: int) -> dict[str, Any]:
-    """Accuracy, F1 of the positive class, macro F1 (numpy; the edge runtime has no sklearn)."""
-    y_true = np.asarray(y_true, dtype=np.int64)
-    y_pred = np.asarray(y_pred, dtype=np.int64)
-    if not len(y_true):
-        return {"accuracy": None, "f1": None, "f1_macro": None}
-    f1s = [f1_binary(y_true, y_pred, c) for c in range(num_classes)]
-    present = [c for c in range(num_classes) if np.any(y_true == c) or np.any(y_pred == c)]
-    return {
-        "accuracy": round(float(np.mean(y_true == y_pred)), 6),
-        "f1": round(float(f1s[positive]), 6),
-        "f1_macro": round(float(np.mean([f1s[c] for c in present])), 6) if present else None,
-    }
+    """Frame-level accuracy, F1 of the positive class and macro F1 (``edgeskd.metrics.label_metrics``),
+    as the stats JSON shows them: fractions with 6 decimals."""
+    return present(label_metrics(y_true, y_pred, num_classes, positive), scale=1.0, digits=6)
 
 
 def stats_dict(
