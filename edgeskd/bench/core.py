@@ -2,7 +2,7 @@
 size, parameters, FLOPs and achieved GFLOP/s, peak memory — plus comparisons between rows.
 
 A failing artifact gives a row with ``status="failed"`` and a one-line ``error``; it never stops the
-others. Timing: warm-up, then ``iters`` timed calls with ``perf_counter_ns`` (bench/timing.py), on
+others. Timing: warm-up, then ``iters`` timed calls with ``perf_counter_ns`` (``edgeskd.runtime.timing``), on
 real preprocessed images of the split, the thread count fixed for every backend.
 """
 
@@ -18,9 +18,9 @@ import numpy as np
 
 from edgeskd.bench.flops import onnx_flops_per_image
 from edgeskd.bench.memory import track_peak_memory
-from edgeskd.bench.timing import throughput, time_call
 from edgeskd.errors import ArtifactError, EdgeSKDError, UsageError
 from edgeskd.runtime.formats import Format, all_suffixes, detect_format
+from edgeskd.runtime.timing import throughput, time_infer
 
 RUN_MODEL_ORDER = ("teacher", "student-none", "student-kd", "student-skd")
 ROW_KEYS = ("name", "path", "backend", "precision", "size_mb", "params", "f1", "accuracy", "auc",
@@ -232,7 +232,7 @@ def bench_artifact(art: Artifact, ls, opts: BenchOptions, *, input_cache: dict |
                     if runner.max_batch is not None and b > runner.max_batch:
                         continue
                     x = _input_batch(ls, meta, b, cache)
-                    st = time_call(lambda x=x: runner.infer(x), **timing_kw)
+                    st = time_infer(runner, x, **timing_kw)
                     if b == 1:
                         row.latency_p50_ms = round(st.p50_ms, 4)
                         row.latency_p99_ms = round(st.p99_ms, 4)

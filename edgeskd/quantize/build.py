@@ -22,6 +22,7 @@ import numpy as np
 
 from edgeskd.errors import AccuracyGateError, BackendUnavailable, UsageError
 from edgeskd.meta import ModelMeta
+from edgeskd.runtime.timing import latency_and_throughput
 
 PRECISIONS = ("int8", "fp16", "fp32")
 BACKENDS = ("auto", "tensorrt", "onnxruntime")
@@ -99,18 +100,6 @@ def _f1_percent(runner, val, batch_size: int = 64) -> float:
     from edgeskd.runtime.evaluate import evaluate_runner
 
     return float(as_percent(evaluate_runner(runner, val, batch_size=batch_size))["f1"])
-
-
-def time_runner(runner, meta: ModelMeta, *, batch: int = 32, seconds: float = 2.0) -> tuple[float, float, float]:
-    """(p50 ms, p99 ms) at batch 1 and images/s at ``batch``, on fixed random inputs."""
-    from edgeskd.bench.timing import throughput, time_call
-
-    h, w = meta.input_size
-    x1 = np.random.default_rng(0).normal(size=(1, 3, h, w)).astype(np.float32)
-    xb = np.random.default_rng(1).normal(size=(batch, 3, h, w)).astype(np.float32)
-    s1 = time_call(lambda: runner.infer(x1), warmup=10, iters=400, max_seconds=seconds)
-    sb = time_call(lambda: runner.infer(xb), warmup=2, iters=50, max_seconds=seconds)
-    return s1.p50_ms, s1.p99_ms, throughput(sb, batch)
 
 
 # Batch-1 medians closer than this are a tie: timing noise on a shared CPU is a few percent, so
@@ -227,7 +216,7 @@ def build_onnxruntime(
         times: dict[str, list[tuple[float, float, float]]] = {k: [] for k in runners}
         for _ in range(max(1, rounds)):
             for k, r in runners.items():
-                times[k].append(time_runner(r, meta, seconds=time_seconds))
+                times[k].append(latency_and_throughput(r, seconds=time_seconds))
         for c in [ref_c, *cands]:
             t = np.asarray(times[c.name])
             c.p50_ms, c.p99_ms, c.throughput = (float(v) for v in np.median(t, axis=0))
@@ -349,7 +338,7 @@ def build_tensorrt(
                                   timing_cache=timing_cache, rebuild_from=fp32_path)
             with TensorRTRunner(tmp_engine) as r:
                 f1 = _f1_percent(r, val, batch_size=max_batch)
-                p50, p99, tp = time_runner(r, meta, batch=max_batch)
+                p50, p99, tp = latency_and_throughput(r, batch=max_batch)
             ok, drop = gate(precision, fp32_f1, f1, max_f1_drop)
             c = Candidate(f"tensorrt-{precision}", precision, "TensorRT engine", tmp_engine.stat().st_size, p50, p99, tp,
                           f1, drop, ok, "", str(out))
