@@ -158,7 +158,7 @@ def export_onnx(
     """
     import onnx
 
-    from edgeskd.export.data import align_classes, data_ref_from_checkpoint, load_data
+    from edgeskd.data.artifact_data import align_classes, data_ref_from_checkpoint, load_data
     from edgeskd.models.checkpoint import model_from_checkpoint
 
     if batch != "dynamic":

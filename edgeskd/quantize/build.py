@@ -396,7 +396,7 @@ def build_engine(
     Calibration data: ``calib_dataset`` / ``calib_data`` / the training split of the same data.
     """
     from edgeskd.errors import ArtifactError, DataError
-    from edgeskd.export.data import align_classes, load_data
+    from edgeskd.data.artifact_data import align_classes, load_data
     from edgeskd.quantize.calibration import cache_path, select_calibration
     from edgeskd.quantize.qdq import CALIB_METHODS
     from edgeskd.runtime.onnxrt import OnnxRuntimeRunner
