@@ -250,17 +250,16 @@ def test_stream_realtime_drops_and_bounds_latency(tmp_path, onnx_path):
 
     video = make_video(tmp_path / "in.mp4", n=30, w=160, h=120, fps=60)
     # a slow model (25 ms per frame) behind a 60 fps source: most frames must be dropped
-    from edgeskd.runtime.loader import load_runner
     import time
 
-    runner = load_runner(onnx_path, threads=1)
-    real = runner._infer_impl
+    from edgeskd.runtime.fake import FakeRunner
+    from edgeskd.runtime.loader import load_runner
 
-    def slow(batch):
+    def slow(model, batch):
         time.sleep(0.025)
-        return real(batch)
+        return model.infer(batch)
 
-    runner._infer_impl = slow
+    runner = FakeRunner.wrapping(load_runner(onnx_path, threads=1), slow)
     out = tmp_path / "rt.mp4"
     res = run_stream(StreamConfig(video=str(video), realtime=True, measure_ceiling=False, out=out), runner=runner)
     s = res.stats

@@ -21,7 +21,7 @@ from edgeskd.runtime.tensorrt_runner import TRT_API
 ROOT = Path(__file__).resolve().parents[1]
 WHEELS = ROOT / ".cache" / "trt-wheels"
 # The files that talk to TensorRT; names of TensorRT objects in them follow this convention.
-TRT_SOURCES = [ROOT / "edgeskd/runtime/tensorrt_runner.py", ROOT / "edgeskd/export/tensorrt_build.py"]
+TRT_SOURCES = [ROOT / "edgeskd/runtime/tensorrt_runner.py", ROOT / "edgeskd/engine/tensorrt_build.py"]
 TRT_OBJECTS = {"trt", "builder", "network", "parser", "config", "profile", "cache", "engine", "err",
                "runtime", "context", "inp", "Severity"}
 WHEEL_FOR = {"10": "tensorrt_cu12_bindings-10.*.whl", "11": "tensorrt_cu13_bindings-11.*.whl"}
@@ -169,7 +169,7 @@ def test_trt_api_check_can_fail():
 @pytest.mark.gpu
 def test_tensorrt_build_and_run_matches_onnxruntime(tmp_path):
     pytest.importorskip("tensorrt", reason="TensorRT not installed")
-    from edgeskd.export.tensorrt_build import build_tensorrt_engine
+    from edgeskd.engine.tensorrt_build import build_tensorrt_engine
     from edgeskd.runtime.onnxrt import OnnxRuntimeRunner
     from edgeskd.runtime.tensorrt_runner import TensorRTRunner
 

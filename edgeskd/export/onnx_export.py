@@ -125,11 +125,11 @@ def check_parity(model, onnx_bytes: bytes, meta: ModelMeta, x: np.ndarray, sourc
     from edgeskd.runtime.postprocess import class_probabilities
     from edgeskd.runtime.torch_runner import TorchRunner
 
-    ort_runner = OnnxRuntimeRunner(onnx_bytes, meta_overrides=meta.to_dict())
-    tr = TorchRunner(model=model, meta=meta)
     bs = batch or 32
-    a = np.concatenate([tr.infer(x[i:i + bs]) for i in range(0, len(x), bs)])
-    b = np.concatenate([ort_runner.infer(x[i:i + bs]) for i in range(0, len(x), bs)])
+    with TorchRunner(model=model, meta=meta) as torch_runner, \
+            OnnxRuntimeRunner(onnx_bytes, meta_overrides=meta.to_dict()) as ort_runner:
+        a = np.concatenate([torch_runner.infer(x[i:i + bs]) for i in range(0, len(x), bs)])
+        b = np.concatenate([ort_runner.infer(x[i:i + bs]) for i in range(0, len(x), bs)])
     diff = float(np.max(np.abs(a - b))) if len(a) else 0.0
     agree = float(np.mean(class_probabilities(a, meta).argmax(1) == class_probabilities(b, meta).argmax(1)))
     return ParityReport(n=len(x), max_abs_diff=diff, top1_agreement=agree, source=source, tolerance=tol)

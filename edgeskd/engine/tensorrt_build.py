@@ -8,30 +8,25 @@
 * One optimization profile for batch 1..max_batch, a workspace limit, a persistent timing cache;
   parser errors and ``build_serialized_network`` returning None are reported in one line.
 * Output: the edgeskd engine file (JSON header: metadata, TRT version, GPU compute capability).
+
+``build_tensorrt`` is build-engine's TensorRT path: the Q/DQ ONNX for INT8, the engine, and the
+accuracy gate on the validation split with the TensorRT runner.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from edgeskd.errors import ArtifactError, UsageError
+from edgeskd.engine.report import BuildReport, Candidate, f1_percent, fail_message, gate, note_calibration
+from edgeskd.errors import AccuracyGateError, ArtifactError, UsageError
+from edgeskd.meta import ModelMeta
 from edgeskd.runtime.engine_file import EngineHeader, write_engine
 from edgeskd.runtime.tensorrt_runner import import_tensorrt, make_logger, trt_major
-from edgeskd.utils.io import write_bytes_atomic
+from edgeskd.utils.io import atomic_path, write_bytes_atomic
 
 DEFAULT_TIMING_CACHE = Path("calibration") / "trt-timing.cache"
-
-
-def fp16_onnx_bytes(onnx_path: str | os.PathLike) -> bytes:
-    """An FP16 copy of an FP32 ONNX with float32 inputs/outputs (for TRT 11's strongly typed FP16)."""
-    import onnx
-    from onnxconverter_common import float16
-
-    model = onnx.load(str(onnx_path))
-    fp16 = float16.convert_float_to_float16(model, keep_io_types=True)
-    return fp16.SerializeToString()
 
 
 def _parse_errors(parser: Any) -> list[str]:
@@ -63,15 +58,17 @@ def build_tensorrt_engine(
         raise UsageError("--max-batch must be >= 1 and --workspace > 0")
     trt = import_tensorrt()
     from edgeskd.runtime.cuda_binding import get_binding
-    from edgeskd.runtime.onnxrt import OnnxRuntimeRunner
+    from edgeskd.runtime.onnxrt import load_onnx
 
     cu = get_binding(binding, device)
     cc = cu.compute_capability(device)
-    src_meta = OnnxRuntimeRunner(onnx_path, meta_overrides=meta_overrides).meta   # validates metadata
+    src_meta = load_onnx(onnx_path, meta_overrides=meta_overrides).meta   # validates metadata
     major = trt_major(trt)
     model_bytes = Path(onnx_path).read_bytes()
     strongly_typed = True
     if precision == "fp16" and major >= 11:
+        from edgeskd.quantize.fp16 import fp16_onnx_bytes
+
         model_bytes = fp16_onnx_bytes(onnx_path)
     elif precision == "fp16":
         strongly_typed = False
@@ -125,3 +122,85 @@ def build_tensorrt_engine(
                "opt_batch": opt},
     )
     return write_engine(out, bytes(plan), header)
+
+
+def build_tensorrt(
+    fp32_path: Path,
+    meta: ModelMeta,
+    *,
+    precision: str,
+    out: Path,
+    val,
+    calib: Any,
+    cache: Path,
+    qdq_out: Path,
+    max_f1_drop: float = 1.0,
+    force: bool = False,
+    calib_method: str = "minmax",
+    weight_qdq_pair: bool = False,
+    max_batch: int = 8,
+    workspace_gib: float = 1.0,
+    timing_cache: Path | None = None,
+    log: Callable[[str], None] = lambda s: None,
+) -> BuildReport:
+    """The TensorRT engine for ``precision`` (from the S8S8 Q/DQ ONNX for INT8), gated on ``val``
+    against the FP32 ONNX; a failed gate leaves neither the engine nor a Q/DQ ONNX it wrote."""
+    from edgeskd.runtime.onnxrt import OnnxRuntimeRunner
+
+    with OnnxRuntimeRunner(fp32_path) as ref:
+        fp32_f1 = f1_percent(ref, val)
+    report = BuildReport("tensorrt", precision, out, fp32_f1)
+    qdq_existed = qdq_out.exists()
+    try:
+        src = fp32_path
+        if precision == "int8":
+            note_calibration(report, calib, cache)
+            src = tensorrt_qdq(fp32_path, meta, qdq_out, calib=calib, cache=cache, method=calib_method,
+                               weight_qdq_pair=weight_qdq_pair)
+            report.extra_artifacts.append(qdq_out)
+        with atomic_path(out) as tmp_engine:
+            build_tensorrt_engine(src, tmp_engine, precision=precision, max_batch=max_batch, workspace_gib=workspace_gib,
+                                  timing_cache=timing_cache, rebuild_from=fp32_path)
+            c = _gated_engine(tmp_engine, out, val, precision=precision, fp32_f1=fp32_f1, max_f1_drop=max_f1_drop,
+                              max_batch=max_batch)
+            report.candidates.append(c)
+            log(f"  {c.name} F1 {c.f1:.2f} (drop {c.f1_drop:+.2f}) p50 {c.p50_ms:.3f} ms")
+            if not c.passed and not force:
+                if precision == "int8":
+                    qdq_out.unlink(missing_ok=True)
+                raise AccuracyGateError(fail_message(c, fp32_f1, max_f1_drop))
+    except BaseException:
+        if precision == "int8" and not qdq_existed:
+            qdq_out.unlink(missing_ok=True)
+        raise
+    report.winner = c.name
+    report.reason = "the only TensorRT artifact built"
+    return report
+
+
+def tensorrt_qdq(fp32_path: Path, meta: ModelMeta, qdq_out: Path, *, calib: Any, cache: Path, method: str,
+                 weight_qdq_pair: bool) -> Path:
+    """The S8S8 Q/DQ ONNX at ``qdq_out``, checked against what TensorRT accepts."""
+    from edgeskd.quantize.qdq import inspect_qdq, quantize_qdq
+
+    quantize_qdq(fp32_path, qdq_out, meta, calib=calib, cache=cache, variant="s8s8", method=method,
+                 weight_qdq_pair=weight_qdq_pair)
+    problems = inspect_qdq(qdq_out).problems()
+    if problems:
+        qdq_out.unlink(missing_ok=True)
+        raise UsageError(f"the Q/DQ ONNX does not fit TensorRT: {'; '.join(problems)}")
+    return qdq_out
+
+
+def _gated_engine(engine_file: Path, out: Path, val, *, precision: str, fp32_f1: float, max_f1_drop: float,
+                  max_batch: int) -> Candidate:
+    """The built engine's F1 on ``val``, its latency, and the gate's verdict."""
+    from edgeskd.runtime.tensorrt_runner import TensorRTRunner
+    from edgeskd.runtime.timing import latency_and_throughput
+
+    with TensorRTRunner(engine_file) as r:
+        f1 = f1_percent(r, val, batch_size=max_batch)
+        p50, p99, tp = latency_and_throughput(r, batch=max_batch)
+    ok, drop = gate(fp32_f1, f1, max_f1_drop)
+    return Candidate(f"tensorrt-{precision}", precision, "TensorRT engine", engine_file.stat().st_size, p50, p99, tp,
+                     f1, drop, ok, "", str(out))
