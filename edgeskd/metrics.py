@@ -2,9 +2,11 @@
 stream all measure with these functions.
 
 Evaluation is at class level: the prediction is the argmax of the class probabilities (for a
-subclass-logit model, softmax over the logsumexp of each class's subclass block); precision, recall
-and F1 are those of the positive class; ROC-AUC is computed from P(positive); accuracy is also
-reported within each data subclass.
+subclass-logit model, softmax over the logsumexp of each class's subclass block; a model's raw
+output goes through ``edgeskd.runtime.evaluate.evaluate_logits``, which applies the runtime's
+post-processing and then ``probability_metrics``); precision, recall and F1 are those of the
+positive class; ROC-AUC is computed from P(positive); accuracy is also reported within each data
+subclass.
 
 Units: every function returns **fractions** in [0, 1]. Percent appears only where results are
 written or shown, through ``as_percent`` (metrics.json, bench.json, build reports); the stream's
@@ -128,29 +130,6 @@ def probability_metrics(y_true: np.ndarray, class_probs: np.ndarray, *, positive
     }
     if subclasses is not None:
         out["per_subclass_accuracy"] = per_subclass_accuracy(y_true, y_pred, subclasses, subclass_names)
-    return out
-
-
-def evaluate_logits(logits: np.ndarray, meta: Any, labels: np.ndarray, subclasses: np.ndarray | None = None,
-                    subclass_names: Sequence[str] | None = None) -> dict[str, Any]:
-    """Metrics (fractions) of a model's raw outputs: class or subclass logits, as ``meta.output`` says.
-
-    The keys of ``probability_metrics`` with the positive class ``meta.positive_class``, and, for a
-    model that predicts the data's own subclasses (same names), ``subclass_accuracy``.
-    """
-    from edgeskd.runtime.postprocess import class_probabilities
-
-    logits = np.asarray(logits, dtype=np.float32)
-    labels = np.asarray(labels, dtype=np.int64)
-    if logits.ndim != 2 or len(logits) != len(labels):
-        raise ValueError(f"logits {logits.shape} do not match {len(labels)} labels")
-    if logits.shape[1] != meta.num_outputs:
-        raise ValueError(f"logits have {logits.shape[1]} columns, the model's metadata says {meta.num_outputs}")
-    out = probability_metrics(labels, class_probabilities(logits, meta), positive=int(meta.positive_class),
-                              subclasses=subclasses, subclass_names=subclass_names)
-    if (subclasses is not None and meta.output == "subclass_logits" and subclass_names is not None
-            and list(meta.subclass_names) == list(subclass_names)):
-        out["subclass_accuracy"] = subclass_accuracy(logits.argmax(axis=1), subclasses)
     return out
 
 

@@ -1,4 +1,5 @@
-"""edgeskd.metrics: hand-computed cases, sklearn on random cases, and the percent presentation."""
+"""edgeskd.metrics (and evaluate_logits, a model's raw output → those metrics): hand-computed cases,
+sklearn on random cases, and the percent presentation."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import pytest
 
 from edgeskd import metrics
 from edgeskd.meta import ModelMeta
+from edgeskd.runtime.evaluate import evaluate_logits
 
 
 def _meta(output="subclass_logits", names=("a", "b", "c")):
@@ -59,18 +61,18 @@ def test_evaluate_logits_by_hand_in_fractions():
     # class logits via logsumexp: sample 0 → ssa (b, c), 1 → hp, 2 → ssa, 3 → hp
     logits = np.array([[0, 1, 1], [3, 0, 0], [0, 0, 2], [1, -1, -1]], np.float32)
     labels, subs = np.array([1, 0, 0, 1]), np.array([1, 0, 0, 2])
-    m = metrics.evaluate_logits(logits, meta, labels, subs, ["a", "b", "c"])
+    m = evaluate_logits(logits, meta, labels, subs, ["a", "b", "c"])
     # TP = 1 (sample 0), FP = 1 (sample 2), FN = 1 (sample 3) → P = R = F1 = 0.5
     assert (m["f1"], m["precision"], m["recall"], m["accuracy"], m["auc"]) == (0.5, 0.5, 0.5, 0.5, 0.5)
     assert m["per_subclass_accuracy"] == {"a": 0.5, "b": 1.0, "c": 0.0}
     assert m["confusion"] == [[1, 1], [1, 1]] and m["n"] == 4
     assert m["subclass_accuracy"] == 0.5
     # a model with other subclasses than the data's: no subclass accuracy
-    assert "subclass_accuracy" not in metrics.evaluate_logits(logits, meta, labels, subs, ["x", "y", "z"])
+    assert "subclass_accuracy" not in evaluate_logits(logits, meta, labels, subs, ["x", "y", "z"])
     with pytest.raises(ValueError, match="columns"):
-        metrics.evaluate_logits(logits[:, :2], meta, labels)
+        evaluate_logits(logits[:, :2], meta, labels)
     with pytest.raises(ValueError, match="do not match"):
-        metrics.evaluate_logits(logits, meta, labels[:3])
+        evaluate_logits(logits, meta, labels[:3])
 
 
 def test_presentation():
@@ -125,7 +127,7 @@ def test_evaluate_logits_against_sklearn(output, k):
     logits = rng.normal(size=(200, k)).astype(np.float32)
     subs = rng.integers(0, 5, 200)
     labels = (subs >= 2).astype(np.int64)
-    m = metrics.evaluate_logits(logits, meta, labels, subs, names)
+    m = evaluate_logits(logits, meta, labels, subs, names)
     probs = class_probabilities(logits, meta)
     pred = probs.argmax(1)
     assert m["f1"] == pytest.approx(sk.f1_score(labels, pred), abs=1e-12)

@@ -1,7 +1,8 @@
 """Evaluation of torch models during training, on the runtime's evaluation loop and metrics.
 
 Inputs come from ``edgeskd.runtime.evaluate.EvalInputs`` (the inference preprocessing, un-augmented)
-and metrics from ``edgeskd.metrics``, the same code the benchmark runs on exported artifacts.
+and metrics from ``edgeskd.runtime.evaluate.evaluate_logits`` (``edgeskd.metrics``), the same code
+the benchmark runs on exported artifacts.
 Training records its results (log.jsonl, checkpoints, metrics.json) in percent, so the metrics
 returned here are presented with ``as_percent``.
 
@@ -16,8 +17,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from edgeskd import metrics
 from edgeskd.meta import ModelMeta
+from edgeskd.metrics import as_percent
+from edgeskd.runtime import evaluate as runtime_evaluate
 from edgeskd.runtime.evaluate import EvalInputs
 from edgeskd.runtime.postprocess import softmax
 
@@ -31,11 +33,11 @@ def evaluate_logits(
     subclasses: np.ndarray | None = None,
     subclass_names: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """``edgeskd.metrics.evaluate_logits`` in percent: ``f1``/``precision``/``recall`` of
+    """``edgeskd.runtime.evaluate.evaluate_logits`` in percent: ``f1``/``precision``/``recall`` of
     ``meta.positive_class``, ``accuracy``, ``auc`` (None with one class only),
     ``per_subclass_accuracy``, ``confusion`` (counts) and, for a model that predicts the data's own
     subclasses, ``subclass_accuracy``."""
-    return metrics.as_percent(metrics.evaluate_logits(logits, meta, labels, subclasses, subclass_names))
+    return as_percent(runtime_evaluate.evaluate_logits(logits, meta, labels, subclasses, subclass_names))
 
 
 def mean_soft_subclass_distribution(

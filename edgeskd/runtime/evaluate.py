@@ -3,17 +3,19 @@ preprocessing (``preprocess_for``, un-augmented), in batches, into any Runner.
 
 Training (torch models), the export parity check, calibration, the INT8 accuracy gate and the
 benchmark all read their inputs through ``EvalInputs``, so a runner that reproduces a model's
-logits reproduces its metrics to the digit. Metrics here are fractions (``edgeskd.metrics``).
+logits reproduces its metrics to the digit. ``evaluate_logits`` turns a model's raw output into
+metrics (fractions, ``edgeskd.metrics``).
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from edgeskd.meta import ModelMeta
-from edgeskd.metrics import evaluate_logits
+from edgeskd.metrics import probability_metrics, subclass_accuracy
+from edgeskd.runtime.postprocess import class_probabilities
 from edgeskd.runtime.preprocess import preprocess_for
 
 # Preprocessed inputs are kept in memory up to this size (validation runs every epoch); larger
@@ -78,6 +80,27 @@ class EvalInputs:
             self._cache, self._complete = cache, True
 
 
+def evaluate_logits(logits: np.ndarray, meta: ModelMeta, labels: np.ndarray, subclasses: np.ndarray | None = None,
+                    subclass_names: Sequence[str] | None = None) -> dict[str, Any]:
+    """Metrics (fractions) of a model's raw outputs: class or subclass logits, as ``meta.output`` says.
+
+    The keys of ``probability_metrics`` with the positive class ``meta.positive_class``, and, for a
+    model that predicts the data's own subclasses (same names), ``subclass_accuracy``.
+    """
+    logits = np.asarray(logits, dtype=np.float32)
+    labels = np.asarray(labels, dtype=np.int64)
+    if logits.ndim != 2 or len(logits) != len(labels):
+        raise ValueError(f"logits {logits.shape} do not match {len(labels)} labels")
+    if logits.shape[1] != meta.num_outputs:
+        raise ValueError(f"logits have {logits.shape[1]} columns, the model's metadata says {meta.num_outputs}")
+    out = probability_metrics(labels, class_probabilities(logits, meta), positive=int(meta.positive_class),
+                              subclasses=subclasses, subclass_names=subclass_names)
+    if (subclasses is not None and meta.output == "subclass_logits" and subclass_names is not None
+            and list(meta.subclass_names) == list(subclass_names)):
+        out["subclass_accuracy"] = subclass_accuracy(logits.argmax(axis=1), subclasses)
+    return out
+
+
 def predict(runner, dataset, *, batch_size: int = 64, indices: np.ndarray | None = None) -> np.ndarray:
     """Raw logits of ``runner`` on the rows of ``dataset`` (all of them by default)."""
     bs = batch_size if runner.max_batch is None else min(batch_size, runner.max_batch)
@@ -89,7 +112,7 @@ def predict(runner, dataset, *, batch_size: int = 64, indices: np.ndarray | None
 
 
 def evaluate_runner(runner, dataset, *, batch_size: int = 64) -> dict[str, Any]:
-    """Class-level metrics (fractions, ``edgeskd.metrics.evaluate_logits``) of ``runner`` on all rows
+    """Class-level metrics (fractions, ``evaluate_logits``) of ``runner`` on all rows
     of ``dataset``, plus the logits under ``"logits"``."""
     logits = predict(runner, dataset, batch_size=batch_size)
     out = evaluate_logits(logits, runner.metadata, dataset.labels, dataset.subclasses, dataset.subclass_names)
