@@ -79,6 +79,32 @@ def test_engine_from_other_trt_or_gpu_is_refused():
         check_compatible(h, trt_version="10.3.0", compute_capability=(9, 0))
 
 
+def test_builder_profile_and_network_source_without_tensorrt(tmp_path):
+    """The builder's pure steps: the profile's batch range, and what is parsed for each precision."""
+    import onnx
+    from test_runtime import make_onnx
+
+    from edgeskd.engine.tensorrt_build import batch_range, network_source
+    from edgeskd.errors import UsageError
+
+    assert batch_range(-1, 8, None, "m.onnx") == (1, 8, 8)
+    assert batch_range(-1, 8, 4, "m.onnx") == (1, 4, 8) and batch_range(-1, 8, 99, "m.onnx") == (1, 8, 8)
+    assert batch_range(4, 4, None, "m.onnx") == (4, 4, 4)
+    with pytest.raises(UsageError, match="fixed batch of 4.*--batch dynamic"):
+        batch_range(4, 8, None, "m.onnx")
+    path = tmp_path / "m.onnx"
+    onnx.save(make_onnx(), path)
+    raw = path.read_bytes()
+    assert network_source(path, "int8", 10) == (raw, True) and network_source(path, "fp32", 11) == (raw, True)
+    assert network_source(path, "fp16", 10) == (raw, False)        # TRT 10: FP16 flag, weakly typed
+    pytest.importorskip("onnxconverter_common")
+    fp16, strongly_typed = network_source(path, "fp16", 11)       # TRT 11: an FP16 ONNX, strongly typed
+    assert strongly_typed and fp16 != raw
+    from edgeskd.runtime.onnx_proto import read_onnx_summary
+
+    assert read_onnx_summary(fp16).precision() == "fp16"
+
+
 def test_cuda_index_accepts_one_device_option_for_all_backends():
     from edgeskd.errors import UsageError
     from edgeskd.runtime.tensorrt_runner import cuda_index

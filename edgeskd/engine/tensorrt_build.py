@@ -37,6 +37,28 @@ def _parse_errors(parser: Any) -> list[str]:
     return out
 
 
+def network_source(onnx_path: str | os.PathLike, precision: str, major: int) -> tuple[bytes, bool]:
+    """(ONNX bytes to parse, strongly typed?): FP16 on TRT 11 parses an FP16 copy of the ONNX; FP16 on
+    TRT 10 is a builder flag, which only a weakly typed network takes."""
+    if precision == "fp16" and major >= 11:
+        from edgeskd.quantize.fp16 import fp16_onnx_bytes
+
+        return fp16_onnx_bytes(onnx_path), True
+    return Path(onnx_path).read_bytes(), precision != "fp16"
+
+
+def batch_range(onnx_batch: int, max_batch: int, opt_batch: int | None, onnx_path: str | os.PathLike
+                ) -> tuple[int, int, int]:
+    """(min, opt, max) batch of the optimization profile: 1..max_batch for a dynamic batch (-1),
+    the ONNX's own batch when it is fixed (which must then be ``max_batch``)."""
+    if onnx_batch == -1:
+        return 1, min(max(opt_batch or max_batch, 1), max_batch), max_batch
+    if max_batch != onnx_batch:
+        raise UsageError(f"{onnx_path} has a fixed batch of {onnx_batch}; export with --batch dynamic for "
+                         f"--max-batch {max_batch}")
+    return onnx_batch, onnx_batch, onnx_batch
+
+
 def build_tensorrt_engine(
     onnx_path: str | os.PathLike,
     out: str | os.PathLike,
@@ -64,14 +86,7 @@ def build_tensorrt_engine(
     cc = cu.compute_capability(device)
     src_meta = load_onnx(onnx_path, meta_overrides=meta_overrides).meta   # validates metadata
     major = trt_major(trt)
-    model_bytes = Path(onnx_path).read_bytes()
-    strongly_typed = True
-    if precision == "fp16" and major >= 11:
-        from edgeskd.quantize.fp16 import fp16_onnx_bytes
-
-        model_bytes = fp16_onnx_bytes(onnx_path)
-    elif precision == "fp16":
-        strongly_typed = False
+    model_bytes, strongly_typed = network_source(onnx_path, precision, major)
 
     logger = make_logger(trt)
     builder = trt.Builder(logger)
@@ -90,14 +105,8 @@ def build_tensorrt_engine(
         config.set_flag(trt.BuilderFlag.FP16)
 
     inp = network.get_input(0)
-    dims = list(inp.shape)
     h, w = src_meta.input_size
-    if dims[0] == -1:
-        lo, opt, hi = 1, min(max(opt_batch or max_batch, 1), max_batch), max_batch
-    else:
-        lo = opt = hi = int(dims[0])
-        if max_batch != hi:
-            raise UsageError(f"{onnx_path} has a fixed batch of {hi}; export with --batch dynamic for --max-batch {max_batch}")
+    lo, opt, hi = batch_range(int(list(inp.shape)[0]), max_batch, opt_batch, onnx_path)
     profile = builder.create_optimization_profile()
     profile.set_shape(inp.name, (lo, 3, h, w), (opt, 3, h, w), (hi, 3, h, w))
     config.add_optimization_profile(profile)

@@ -95,6 +95,13 @@ def _fields(buf: memoryview, start: int = 0, end: int | None = None) -> Iterator
             yield num, value
 
 
+def _spans(buf: memoryview, span: tuple[int, int], number: int) -> Iterator[tuple[int, int]]:
+    """The spans of the length-delimited field ``number`` in the message at ``span``."""
+    for num, v in _fields(buf, *span):
+        if num == number and isinstance(v, tuple):
+            yield v
+
+
 def _text(buf: memoryview, span: tuple[int, int]) -> str:
     try:
         return bytes(buf[span[0]:span[1]]).decode("utf-8")
@@ -111,9 +118,8 @@ def _dims(buf: memoryview, type_span: tuple[int, int]) -> list[Dim]:
     dims: list[Dim] = []
     for num, tensor in _fields(buf, *type_span):
         if num in (_TYPE_TENSOR, _TYPE_SPARSE_TENSOR) and isinstance(tensor, tuple):
-            for n2, shape in _fields(buf, *tensor):
-                if n2 == _TENSOR_TYPE_SHAPE and isinstance(shape, tuple):
-                    dims = [_dim(buf, d) for n3, d in _fields(buf, *shape) if n3 == _SHAPE_DIM and isinstance(d, tuple)]
+            for shape in _spans(buf, tensor, _TENSOR_TYPE_SHAPE):
+                dims = [_dim(buf, d) for d in _spans(buf, shape, _SHAPE_DIM)]
     return dims
 
 
@@ -155,13 +161,13 @@ def _graph(buf: memoryview, span: tuple[int, int], out: OnnxSummary) -> None:
         if not isinstance(v, tuple):
             continue
         if num == _GRAPH_NODE:
-            out.op_types.update(_text(buf, s) for n2, s in _fields(buf, *v) if n2 == _NODE_OP_TYPE and isinstance(s, tuple))
+            out.op_types.update(_text(buf, s) for s in _spans(buf, v, _NODE_OP_TYPE))
         elif num == _GRAPH_INITIALIZER:
             name, dtype = _tensor(buf, v)
             weights.add(name)
             out.weight_types.add(dtype)
         elif num == _GRAPH_SPARSE_INITIALIZER:
-            weights.update(_tensor(buf, s)[0] for n2, s in _fields(buf, *v) if n2 == _SPARSE_VALUES and isinstance(s, tuple))
+            weights.update(_tensor(buf, s)[0] for s in _spans(buf, v, _SPARSE_VALUES))
         elif num == _GRAPH_INPUT:
             inputs.append(_value_info(buf, v))
         elif num == _GRAPH_OUTPUT:
