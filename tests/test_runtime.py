@@ -151,11 +151,24 @@ def test_runtime_imports_without_torch():
     code = (
         "import sys; import edgeskd.runtime.onnxrt, edgeskd.runtime.loader, edgeskd.runtime.formats,"
         " edgeskd.metrics, edgeskd.runtime.engine_file, edgeskd.runtime.tensorrt_runner,"
-        " edgeskd.runtime.cuda_binding, edgeskd.runtime.evaluate;"
+        " edgeskd.runtime.cuda_binding, edgeskd.runtime.evaluate, edgeskd.runtime.fake, edgeskd.runtime.timing;"
         "bad=[m for m in ('torch','tensorrt','pycuda','cuda','sklearn') if m in sys.modules];"
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_running_an_onnx_needs_neither_torch_nor_the_onnx_package(tmp_path):
+    path = tmp_path / "m.onnx"
+    onnx.save(make_onnx(meta=_meta()), path)
+    code = (
+        "import sys, numpy as np; from edgeskd.runtime.loader import load_runner;"
+        f"r = load_runner({str(path)!r}, threads=1); print(r.metadata.precision);"
+        "r.activate(); r.infer(np.zeros((1, 3, 16, 16), np.float32)); r.deactivate();"
+        "bad=[m for m in ('torch','onnx','sklearn') if m in sys.modules]; assert not bad, bad"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    assert out.stdout.strip() == "fp32"
 
 
 # -- loader / runner lifecycle ----------------------------------------------------------------------
