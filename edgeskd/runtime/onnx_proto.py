@@ -2,9 +2,9 @@
 outputs with their shapes, ``metadata_props``, the node types and weight types — read straight from
 the protobuf wire format.
 
-The ``onnx`` package could parse the whole model, but importing it costs about 0.6 s (measured on a
-2-core x86 box, against 0.2 s for everything the stream command imports), and the edge runtime
-needs only these few fields. The reader walks only the fields named below and skips everything else
+The ``onnx`` package could parse the whole model, but importing it takes about three times as long
+as everything else the stream command imports (0.6 s against 0.2 s on a 2-core x86 box), and the
+edge runtime needs only these few fields. The reader walks only the fields named below and skips everything else
 (weights included) by length; a file that is not a protobuf raises ``ProtoError``. Field numbers
 are those of ``onnx.proto`` (ModelProto, GraphProto, NodeProto, TensorProto, ValueInfoProto,
 TypeProto, TensorShapeProto), stable since ONNX IR version 3.
