@@ -100,7 +100,7 @@ def test_builder_profile_and_network_source_without_tensorrt(tmp_path):
     pytest.importorskip("onnxconverter_common")
     fp16, strongly_typed = network_source(path, "fp16", 11)       # TRT 11: an FP16 ONNX, strongly typed
     assert strongly_typed and fp16 != raw
-    from edgeskd.runtime.onnx_proto import read_onnx_summary
+    from edgeskd.runtime.onnxrt import read_onnx_summary
 
     assert read_onnx_summary(fp16).precision() == "fp16"
 

@@ -16,16 +16,21 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence, Union
 
 import numpy as np
 
 from edgeskd.errors import ArtifactError, BackendUnavailable, UsageError
 from edgeskd.meta import OUTPUT_KINDS, ModelMeta
 from edgeskd.runtime.base import Runner
-from edgeskd.runtime.onnx_proto import OnnxSummary, ProtoError, read_onnx_summary
+
+if TYPE_CHECKING:
+    import onnx
+
+Dim = Union[int, str, None]   # dim_value, dim_param, or unknown — as ONNX Runtime reports a dimension
+QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger"})
 
 
 def parse_props(props: Mapping[str, str], source: str) -> dict[str, Any]:
@@ -96,6 +101,71 @@ def session_options(threads: int | None = None, *, optimization: str = "all",
     return so
 
 
+# -- what the graph says -----------------------------------------------------------------------------
+@dataclass
+class OnnxSummary:
+    """What a runner needs to know about an ONNX model before ONNX Runtime loads it."""
+
+    inputs: list[tuple[str, list[Dim]]] = field(default_factory=list)    # graph inputs that are not weights
+    outputs: list[tuple[str, list[Dim]]] = field(default_factory=list)
+    metadata: dict[str, str] = field(default_factory=dict)               # metadata_props
+    op_types: set[str] = field(default_factory=set)                      # of the main graph's nodes
+    weight_types: set[int] = field(default_factory=set)                  # TensorProto data types of initializers
+
+    def precision(self) -> str:
+        """int8 with Q/DQ (or QLinear/Integer) nodes, fp16 with float16 weights, else fp32."""
+        from onnx import TensorProto
+
+        if self.op_types & QUANTIZED_OPS:
+            return "int8"
+        return "fp16" if TensorProto.FLOAT16 in self.weight_types else "fp32"
+
+
+def _text(v: str | bytes) -> str:
+    """A string field: ONNX is proto2, so protobuf hands back the bytes of one that is not UTF-8."""
+    return v if isinstance(v, str) else v.decode("utf-8")   # UnicodeDecodeError for those bytes
+
+
+def _dims(value: onnx.ValueInfoProto) -> list[Dim]:
+    """The shape of a tensor (or sparse tensor) input/output; [] when the rank is unknown."""
+    kind = value.type.WhichOneof("value")
+    if kind not in ("tensor_type", "sparse_tensor_type") or not getattr(value.type, kind).HasField("shape"):
+        return []
+    return [_dim(d) for d in getattr(value.type, kind).shape.dim]
+
+
+def _dim(d: onnx.TensorShapeProto.Dimension) -> Dim:
+    which = d.WhichOneof("value")   # "dim_value", "dim_param" or None
+    return d.dim_value if which == "dim_value" else _text(d.dim_param) if which == "dim_param" else None
+
+
+def onnx_summary(model: onnx.ModelProto) -> OnnxSummary:
+    """The ``OnnxSummary`` of a parsed model."""
+    g = model.graph
+    weights = {_text(t.name) for t in g.initializer} | {_text(t.values.name) for t in g.sparse_initializer}
+    inputs = [(_text(v.name), _dims(v)) for v in g.input]
+    return OnnxSummary(
+        # before IR version 4 weights were listed as graph inputs too; ONNX Runtime does not count them
+        inputs=[(name, dims) for name, dims in inputs if name not in weights],
+        outputs=[(_text(v.name), _dims(v)) for v in g.output],
+        metadata={_text(p.key): _text(p.value) for p in model.metadata_props},
+        op_types={_text(n.op_type) for n in g.node},
+        weight_types={t.data_type for t in g.initializer},
+    )
+
+
+def read_onnx_summary(data: bytes, source: str = "ONNX model (bytes)") -> OnnxSummary:
+    """The ``OnnxSummary`` of a serialized model (ArtifactError if the bytes are not one); external
+    weight files are not read."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        return onnx_summary(onnx.load_model_from_string(data))
+    except (DecodeError, UnicodeDecodeError):
+        raise ArtifactError(f"cannot load {source}: not an ONNX model") from None
+
+
 # -- loader -----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class OnnxArtifact:
@@ -138,10 +208,7 @@ def load_onnx(path_or_bytes: str | os.PathLike | bytes, *,
     or metadata that does not fit the graph.
     """
     model, source, data = _read(path_or_bytes)
-    try:
-        summary = read_onnx_summary(data)
-    except ProtoError as e:
-        raise ArtifactError(f"cannot load {source}: not an ONNX model ({e})") from None
+    summary = read_onnx_summary(data, source)
     if len(summary.inputs) != 1:
         raise ArtifactError(f"{source} has {len(summary.inputs)} inputs; edgeskd models have one image input")
     input_name, dims = summary.inputs[0]
