@@ -10,7 +10,8 @@ import pytest
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 
-from edgeskd.bench.core import ROW_KEYS, Artifact, BenchOptions, add_comparisons, bench_artifact, discover, run_bench  # noqa: E402
+from edgeskd.bench.discover import Artifact, discover  # noqa: E402
+from edgeskd.bench.measure import ROW_KEYS, BenchOptions, add_comparisons, bench_artifact, run_bench  # noqa: E402
 from edgeskd.data.base import LabeledSet  # noqa: E402
 from edgeskd.meta import ModelMeta  # noqa: E402
 from edgeskd.models import create_model  # noqa: E402
@@ -119,7 +120,7 @@ def test_failing_artifacts_make_failed_rows_and_others_go_on(tmp_path):
 
 
 def test_comparisons_pick_the_right_sources():
-    from edgeskd.bench.core import Row
+    from edgeskd.bench.measure import Row
 
     rows = [
         Row("student-skd", "a.pt", backend="torch", precision="fp32", model_name="student-skd", f1=80.0,

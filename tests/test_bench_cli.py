@@ -77,7 +77,7 @@ def test_bench_cli_bad_options(cli, tiny, args, msg):
 
 def test_bench_warns_when_artifacts_come_from_different_data(cli, tiny, tmp_path):
     """Every row is scored on one data set: artifacts trained on different ones are named in a warning."""
-    from edgeskd.bench.core import data_refs_from_artifacts, discover
+    from edgeskd.data.artifact_data import data_refs
 
     data, run = tiny
     ls = make_synthetic(60, 32, seed=0)
@@ -96,8 +96,8 @@ def test_bench_warns_when_artifacts_come_from_different_data(cli, tiny, tmp_path
     b = ckpt("b.pt", data=str(data), img_size=48)           # the same real data at another size: the same
     c = ckpt("c.pt", data=None, synthetic_n=60, img_size=32)
     d = ckpt("d.pt", data=None, synthetic_n=60, img_size=48)  # synthetic, rendered at another size: different
-    assert len(data_refs_from_artifacts(discover([a, b]))) == 1
-    assert len(data_refs_from_artifacts(discover([c, d]))) == 2
+    assert len(data_refs([a, b])) == 1
+    assert len(data_refs([c, d])) == 2
     r = cli("bench", a, c, "--batch-sizes", "1", "--warmup", "0", "--iters", "2", "--threads", "1",
             "--out", tmp_path / "bench.json")
     assert "2 different data sets" in r.output and str(data) in r.output

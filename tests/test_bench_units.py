@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgeskd.bench.timing import TimingStats, throughput, time_call
+from edgeskd.runtime.timing import TimingStats, throughput, time_call
 
 
 class FakeClock:

@@ -143,13 +143,9 @@ def test_class_probabilities_sum_subclass_blocks():
 
 
 def test_runner_input_checks():
-    from edgeskd.runtime.base import Runner
+    from edgeskd.runtime.fake import FakeRunner
 
-    class Echo(Runner):
-        def _infer_impl(self, batch):
-            return batch.reshape(len(batch), -1)[:, :5]
-
-    with Echo(_meta(), max_batch=4) as r:
+    with FakeRunner(_meta(), lambda batch: batch.reshape(len(batch), -1)[:, :5], max_batch=4) as r:
         assert r.infer(np.zeros((2, 3, 32, 32), np.float32)).shape == (2, 5)
         assert r.infer(np.zeros((1, 3, 32, 32), np.float64)).dtype == np.float32
         for bad in [np.zeros((3, 32, 32), np.float32), np.zeros((1, 3, 16, 32), np.float32),

@@ -168,7 +168,7 @@ def test_stream_cuda_path_matches_cpu_path_end_to_end(tmp_path, cli):
     preprocessing, on the same decoded frames: logits within 1e-3. Then the CLI with
     --preprocess cuda."""
     pytest.importorskip("tensorrt")
-    from edgeskd.export.tensorrt_build import build_tensorrt_engine
+    from edgeskd.engine.tensorrt_build import build_tensorrt_engine
     from edgeskd.runtime.loader import load_runner
     from helpers_stream import make_onnx
 

@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 from edgeskd.data.base import LabeledSet
 from edgeskd.errors import AccuracyGateError, DataError
 from edgeskd.meta import ModelMeta
-from edgeskd.quantize.build import build_engine
+from edgeskd.engine.build import build_engine
 from edgeskd.quantize.calibration import select_calibration, stratified_indices
 from edgeskd.quantize.qdq import inspect_qdq
 
@@ -235,7 +235,7 @@ def test_quantizer_needs_onnxruntime_with_calibration_cache():
 
 
 def test_winner_is_the_fastest_unless_a_speed_tie_has_better_f1():
-    from edgeskd.quantize.build import LATENCY_TIE, Candidate, pick_winner
+    from edgeskd.engine.report import LATENCY_TIE, Candidate, pick_winner
 
     def c(name, p50, f1, size=100):
         return Candidate(name, "int8" if name != "fp32-opt" else "fp32", "", size_bytes=size, p50_ms=p50, f1=f1,

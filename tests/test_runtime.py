@@ -150,9 +150,140 @@ def test_corrupt_and_missing_files(tmp_path):
 def test_runtime_imports_without_torch():
     code = (
         "import sys; import edgeskd.runtime.onnxrt, edgeskd.runtime.loader, edgeskd.runtime.formats,"
-        " edgeskd.runtime.metrics, edgeskd.runtime.engine_file, edgeskd.runtime.tensorrt_runner,"
-        " edgeskd.runtime.cuda_binding, edgeskd.runtime.evaluate;"
+        " edgeskd.metrics, edgeskd.runtime.engine_file, edgeskd.runtime.tensorrt_runner,"
+        " edgeskd.runtime.cuda_binding, edgeskd.runtime.evaluate, edgeskd.runtime.fake, edgeskd.runtime.timing;"
         "bad=[m for m in ('torch','tensorrt','pycuda','cuda','sklearn') if m in sys.modules];"
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_running_an_onnx_needs_no_torch(tmp_path):
+    path = tmp_path / "m.onnx"
+    onnx.save(make_onnx(meta=_meta()), path)
+    code = (
+        "import sys, numpy as np; from edgeskd.runtime.loader import load_runner;"
+        f"r = load_runner({str(path)!r}, threads=1); print(r.metadata.precision);"
+        "r.activate(); r.infer(np.zeros((1, 3, 16, 16), np.float32)); r.deactivate();"
+        "bad=[m for m in ('torch','sklearn') if m in sys.modules]; assert not bad, bad"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    assert out.stdout.strip() == "fp32"
+
+
+# -- loader / runner lifecycle ----------------------------------------------------------------------
+def test_onnx_loader_reads_metadata_and_the_session_lives_between_activate_and_deactivate(tmp_path):
+    from edgeskd.runtime.onnxrt import OnnxArtifact, load_onnx
+
+    meta = _meta()
+    path = tmp_path / "m.onnx"
+    onnx.save(make_onnx(meta=meta, batch=4), path)
+    art = load_onnx(path)
+    assert isinstance(art, OnnxArtifact) and art.meta.to_dict() == meta.to_dict()
+    assert (art.input_name, art.output_name, art.static_batch, art.path) == ("input", "subclass_logits", 4, path)
+    r = OnnxRuntimeRunner(art, threads=1)
+    assert r.session is None and not r.active                     # nothing built yet
+    assert r.metadata.to_dict() == meta.to_dict() and r.input_shape == (4, 3, 16, 16)
+    x = np.random.default_rng(0).normal(size=(4, 3, 16, 16)).astype(np.float32)
+    with r:
+        assert r.session is not None and r.providers == ["CPUExecutionProvider"]
+        y = r.infer(x)
+    assert r.session is None and not r.active                     # freed on deactivate
+    with r:                                                       # and built again
+        np.testing.assert_array_equal(r.infer(x), y)
+
+
+def test_onnx_runtime_errors_surface_at_activation(tmp_path):
+    """A graph that parses but that ONNX Runtime cannot run: metadata is readable, activate says why."""
+    meta = _meta()
+    m = make_onnx(meta=meta)
+    m.graph.node[1].op_type = "NoSuchOp"
+    path = tmp_path / "bad_op.onnx"
+    onnx.save(m, path)
+    r = load_runner(path)
+    assert r.metadata.output == "subclass_logits"
+    with pytest.raises(ArtifactError, match="ONNX Runtime cannot load"):
+        r.activate()
+    assert not r.active
+    with pytest.raises(UsageError, match="threads"):
+        OnnxRuntimeRunner(path, threads=0)
+
+
+def _qdq_and_fp16_models():
+    """(Q/DQ model, FP16-weight model) without edgeskd metadata."""
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 8, 8])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3, 8, 8])
+    scale = numpy_helper.from_array(np.array(0.1, np.float32), "s")
+    zp = numpy_helper.from_array(np.array(0, np.int8), "z")
+    qdq = helper.make_model(helper.make_graph(
+        [helper.make_node("QuantizeLinear", ["input", "s", "z"], ["q"]),
+         helper.make_node("DequantizeLinear", ["q", "s", "z"], ["logits"])], "qdq", [x], [y], [scale, zp]),
+        opset_imports=[helper.make_opsetid("", 17)])
+    half = numpy_helper.from_array(np.ones((1,), np.float16), "h")
+    fp16 = helper.make_model(helper.make_graph(
+        [helper.make_node("Cast", ["input"], ["xh"], to=TensorProto.FLOAT16),
+         helper.make_node("Mul", ["xh", "h"], ["yh"]),
+         helper.make_node("Cast", ["yh"], ["logits"], to=TensorProto.FLOAT)], "fp16", [x], [y], [half]),
+        opset_imports=[helper.make_opsetid("", 17)])
+    return qdq, fp16
+
+
+def test_onnx_summary_matches_onnx_runtime():
+    """The loader's summary sees what ONNX Runtime sees: I/O names and shapes (weights listed as
+    inputs, as before IR 4, are not inputs), metadata_props, node and weight types."""
+    import onnxruntime as ort
+
+    from edgeskd.runtime.onnxrt import read_onnx_summary
+
+    old_style = make_onnx(meta=_meta())
+    for init in old_style.graph.initializer:
+        old_style.graph.input.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    qdq, fp16 = _qdq_and_fp16_models()
+    models = [make_onnx(meta=_meta()), make_onnx(k=2, out_name="logits", batch=3), old_style, qdq, fp16]
+    for m in models:
+        blob = m.SerializeToString()
+        s = read_onnx_summary(blob)
+        sess = ort.InferenceSession(blob, providers=["CPUExecutionProvider"])
+        assert s.inputs == [(i.name, list(i.shape)) for i in sess.get_inputs()]
+        assert s.outputs == [(o.name, list(o.shape)) for o in sess.get_outputs()]
+        assert s.metadata == {p.key: p.value for p in m.metadata_props}
+        assert s.op_types == {n.op_type for n in m.graph.node}
+        assert s.weight_types == {t.data_type for t in m.graph.initializer}
+    assert [read_onnx_summary(m.SerializeToString()).precision() for m in models] == \
+        ["fp32", "fp32", "fp32", "int8", "fp16"]
+    not_utf8 = make_onnx().SerializeToString().replace(b"input", b"inpu\xff")   # a name that is not UTF-8
+    for junk in (b"not an onnx file", b"\x3a\xff\xff", b"\x08", not_utf8):
+        with pytest.raises(ArtifactError, match="not an ONNX model"):
+            read_onnx_summary(junk)
+
+
+def test_precision_of_a_foreign_onnx_comes_from_its_graph(tmp_path):
+    qdq, fp16 = _qdq_and_fp16_models()
+    over = {"class_names": ["a", "b", "c"]}
+    for m, want in ((qdq, "int8"), (fp16, "fp16")):
+        m.graph.output[0].type.tensor_type.shape.dim.pop()   # (N, 3, 8, 8) → (N, 3, 8): not a logits shape,
+        m.graph.output[0].type.tensor_type.shape.dim.pop()   # then (N, 3): three class logits
+        assert OnnxRuntimeRunner(m.SerializeToString(), meta_overrides=over).metadata.precision == want
+
+
+def test_fake_runner_lifecycle_and_wrapping(tmp_path):
+    from edgeskd.runtime.fake import FakeRunner
+
+    meta = _meta()
+    fake = FakeRunner(meta, max_batch=2)
+    x = np.ones((2, 3, 16, 16), np.float32)
+    with fake:
+        np.testing.assert_array_equal(fake.infer(x), np.zeros((2, 5), np.float32))
+        with pytest.raises(UsageError, match="max batch"):
+            fake.infer(np.ones((3, 3, 16, 16), np.float32))
+    assert (fake.calls, fake.activations, fake.deactivations) == (1, 1, 1)
+    path = tmp_path / "m.onnx"
+    onnx.save(make_onnx(meta=meta), path)
+    real = load_runner(path, threads=1)
+    doubled = FakeRunner.wrapping(real, lambda model, batch: 2 * model.infer(batch))
+    with doubled:
+        assert real.active
+        got = doubled.infer(x)
+    assert not real.active
+    with real:
+        np.testing.assert_allclose(got, 2 * real.infer(x), rtol=1e-6)

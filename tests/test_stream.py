@@ -195,11 +195,11 @@ def test_stats_schema_and_percentiles():
 def test_metrics_match_sklearn():
     from sklearn.metrics import accuracy_score, f1_score
 
-    from edgeskd.stream.stats import classification_metrics
+    from edgeskd.metrics import label_metrics
 
     rng = np.random.default_rng(0)
     y, p = rng.integers(0, 2, 200), rng.integers(0, 2, 200)
-    m = classification_metrics(y, p, 2, 1)
+    m = label_metrics(y, p, 2, 1)
     assert m["accuracy"] == pytest.approx(accuracy_score(y, p), abs=1e-6)
     assert m["f1"] == pytest.approx(f1_score(y, p, pos_label=1), abs=1e-6)
     assert m["f1_macro"] == pytest.approx(f1_score(y, p, average="macro"), abs=1e-6)
@@ -276,17 +276,16 @@ def test_stream_realtime_drops_and_bounds_latency(tmp_path, onnx_path):
 
     video = make_video(tmp_path / "in.mp4", n=30, w=160, h=120, fps=60)
     # a slow model (25 ms per frame) behind a 60 fps source: most frames must be dropped
-    from edgeskd.runtime.loader import load_runner
     import time
 
-    runner = load_runner(onnx_path, threads=1)
-    real = runner._infer_impl
+    from edgeskd.runtime.fake import FakeRunner
+    from edgeskd.runtime.loader import load_runner
 
-    def slow(batch):
+    def slow(model, batch):
         time.sleep(0.025)
-        return real(batch)
+        return model.infer(batch)
 
-    runner._infer_impl = slow
+    runner = FakeRunner.wrapping(load_runner(onnx_path, threads=1), slow)
     out = tmp_path / "rt.mp4"
     res = run_stream(StreamConfig(video=str(video), realtime=True, measure_ceiling=False, out=out), runner=runner)
     s = res.stats

@@ -21,7 +21,7 @@ from edgeskd.runtime.tensorrt_runner import TRT_API
 ROOT = Path(__file__).resolve().parents[1]
 WHEELS = ROOT / ".cache" / "trt-wheels"
 # The files that talk to TensorRT; names of TensorRT objects in them follow this convention.
-TRT_SOURCES = [ROOT / "edgeskd/runtime/tensorrt_runner.py", ROOT / "edgeskd/export/tensorrt_build.py"]
+TRT_SOURCES = [ROOT / "edgeskd/runtime/tensorrt_runner.py", ROOT / "edgeskd/engine/tensorrt_build.py"]
 TRT_OBJECTS = {"trt", "builder", "network", "parser", "config", "profile", "cache", "engine", "err",
                "runtime", "context", "inp", "Severity"}
 WHEEL_FOR = {"10": "tensorrt_cu12_bindings-10.*.whl", "11": "tensorrt_cu13_bindings-11.*.whl"}
@@ -77,6 +77,32 @@ def test_engine_from_other_trt_or_gpu_is_refused():
         check_compatible(h, trt_version="11.4.0", compute_capability=(8, 7))
     with pytest.raises(ArtifactError, match=r"compute capability 8\.7.*9\.0.*rebuild"):
         check_compatible(h, trt_version="10.3.0", compute_capability=(9, 0))
+
+
+def test_builder_profile_and_network_source_without_tensorrt(tmp_path):
+    """The builder's pure steps: the profile's batch range, and what is parsed for each precision."""
+    import onnx
+    from test_runtime import make_onnx
+
+    from edgeskd.engine.tensorrt_build import batch_range, network_source
+    from edgeskd.errors import UsageError
+
+    assert batch_range(-1, 8, None, "m.onnx") == (1, 8, 8)
+    assert batch_range(-1, 8, 4, "m.onnx") == (1, 4, 8) and batch_range(-1, 8, 99, "m.onnx") == (1, 8, 8)
+    assert batch_range(4, 4, None, "m.onnx") == (4, 4, 4)
+    with pytest.raises(UsageError, match="fixed batch of 4.*--batch dynamic"):
+        batch_range(4, 8, None, "m.onnx")
+    path = tmp_path / "m.onnx"
+    onnx.save(make_onnx(), path)
+    raw = path.read_bytes()
+    assert network_source(path, "int8", 10) == (raw, True) and network_source(path, "fp32", 11) == (raw, True)
+    assert network_source(path, "fp16", 10) == (raw, False)        # TRT 10: FP16 flag, weakly typed
+    pytest.importorskip("onnxconverter_common")
+    fp16, strongly_typed = network_source(path, "fp16", 11)       # TRT 11: an FP16 ONNX, strongly typed
+    assert strongly_typed and fp16 != raw
+    from edgeskd.runtime.onnxrt import read_onnx_summary
+
+    assert read_onnx_summary(fp16).precision() == "fp16"
 
 
 def test_cuda_index_accepts_one_device_option_for_all_backends():
@@ -169,7 +195,7 @@ def test_trt_api_check_can_fail():
 @pytest.mark.gpu
 def test_tensorrt_build_and_run_matches_onnxruntime(tmp_path):
     pytest.importorskip("tensorrt", reason="TensorRT not installed")
-    from edgeskd.export.tensorrt_build import build_tensorrt_engine
+    from edgeskd.engine.tensorrt_build import build_tensorrt_engine
     from edgeskd.runtime.onnxrt import OnnxRuntimeRunner
     from edgeskd.runtime.tensorrt_runner import TensorRTRunner
 

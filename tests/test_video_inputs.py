@@ -185,22 +185,21 @@ def test_missing_engine_and_labels(tmp_path, cli, onnx_path):
 def test_ctrl_c_ends_the_stream_and_keeps_complete_outputs(tmp_path, onnx_path, monkeypatch):
     """Ctrl-C is how a live stream ends: the outputs are finished for the frames processed so far.
     A Ctrl-C while they are being finished aborts and leaves none of them."""
+    from edgeskd.runtime.fake import FakeRunner
     from edgeskd.runtime.loader import load_runner
     from edgeskd.stream import StreamConfig, run_stream
     from edgeskd.stream import stats as stream_stats
 
     video = make_video(tmp_path / "in.mp4", n=20)
-    runner = load_runner(onnx_path, threads=1)
     calls = {"n": 0}
-    real = runner._infer_impl
 
-    def boom(batch):
+    def boom(model, batch):
         calls["n"] += 1
         if calls["n"] == 5:
             raise KeyboardInterrupt
-        return real(batch)
+        return model.infer(batch)
 
-    runner._infer_impl = boom
+    runner = FakeRunner.wrapping(load_runner(onnx_path, threads=1), boom)
     outdir = tmp_path / "out"
     cfg = StreamConfig(video=str(video), out=outdir / "a.mp4", jsonl=outdir / "p.jsonl", stats=outdir / "s.json",
                        measure_ceiling=False)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
-import time
 from typing import Any
 
 import numpy as np
@@ -60,13 +59,10 @@ def library_versions() -> dict[str, str]:
 
 def _gemm_gflops(matmul: Any, n: int, repeats: int) -> float:
     """GFLOP/s of the fastest of ``repeats`` calls of an n x n x n ``matmul`` (after one warm-up)."""
-    matmul()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter_ns()
-        matmul()
-        best = min(best, (time.perf_counter_ns() - t0) / 1e9)
-    return 2.0 * n**3 / best / 1e9
+    from edgeskd.runtime.timing import time_call
+
+    best_s = time_call(matmul, warmup=1, iters=repeats).min_ms / 1e3
+    return 2.0 * n**3 / best_s / 1e9
 
 
 def gemm_peak_gflops(threads: int, n: int = 1024, repeats: int = 5) -> float:

@@ -39,11 +39,12 @@ def bench(
 ) -> None:
     """Bench every artifact: F1/accuracy/AUC through the runtime, latency p50/p99, throughput, size,
     FLOPs vs this machine's measured GEMM peak, speed-up vs torch eager, F1 change vs FP32."""
-    from edgeskd.bench.core import BenchOptions, data_refs_from_artifacts, describe_data_ref, discover, run_bench
+    from edgeskd.bench.discover import discover
     from edgeskd.bench.machine import machine_info
+    from edgeskd.bench.measure import BenchOptions, run_bench
     from edgeskd.bench.report import markdown as to_markdown
     from edgeskd.bench.report import plot, rich_table
-    from edgeskd.export.data import load_data
+    from edgeskd.data.artifact_data import data_refs, describe_data_ref, load_data
     from edgeskd.utils.io import check_output_file, write_json_atomic
 
     if split not in ("train", "val", "test"):
@@ -56,12 +57,12 @@ def bench(
     if plot_path is not None:
         check_output_file(plot_path)
     arts = discover(artifacts)
-    refs = [] if data is not None else data_refs_from_artifacts(arts)
+    refs = [] if data is not None else data_refs(a.path for a in arts if not a.error)
     if len(refs) > 1:
         warn(f"the artifacts were trained on {len(refs)} different data sets; all are benched on the first "
              f"({describe_data_ref(refs[0])}) — bench each run on its own or give --data")
-    ls = load_data(refs[0] if refs else None, path=data, fmt=format.value)
-    part = ls.split(split)
+    dataset = load_data(refs[0] if refs else None, path=data, fmt=format.value)
+    part = dataset.split(split)
     if len(part) == 0:
         raise UsageError(f"the data has no {split!r} split; choose another with --split")
 

@@ -75,7 +75,7 @@ def build_engine(
     as_json: JsonOpt = False,
 ) -> None:
     """Build an INT8 (Q/DQ), FP16 or FP32 artifact; INT8/FP16 must pass the accuracy gate."""
-    from edgeskd.quantize.build import build_engine as build
+    from edgeskd.engine.build import build_engine as build
 
     log = (lambda s: None) if as_json else (lambda s: console.print(s))
     rep = build(

@@ -1,12 +1,14 @@
-"""Class-level evaluation shared by training, bench and quickstart.
+"""Evaluation of torch models during training, on the runtime's evaluation loop and metrics.
 
-Everything goes through the runtime's numpy code: ``preprocess_for`` (un-augmented inputs) and
-``class_probabilities`` (logsumexp over subclass blocks), so any runner that reproduces a model's
-logits reproduces its F1 to the digit. Metrics are in percent.
+Inputs come from ``edgeskd.runtime.evaluate.EvalInputs`` (the inference preprocessing, un-augmented)
+and metrics from ``edgeskd.runtime.evaluate.evaluate_logits`` (``edgeskd.metrics``), the same code
+the benchmark runs on exported artifacts.
+Training records its results (log.jsonl, checkpoints, metrics.json) in percent, so the metrics
+returned here are presented with ``as_percent``.
 
-* ``evaluate_logits(logits, meta, labels, subclasses, subclass_names)`` — raw model output → metrics
-* ``evaluate_model(model, meta, labeled_set)`` — torch model on a LabeledSet split → metrics
-* ``predict_logits(model, inputs)`` / ``EvalInputs`` — batched inference on preprocessed inputs
+* ``evaluate_logits(logits, meta, labels, subclasses, subclass_names)`` — raw model output → metrics (%)
+* ``evaluate_model(model, meta, dataset)`` — torch model on a LabeledSet split → metrics (%)
+* ``predict_logits(model, inputs)`` — a torch model's raw outputs over ``EvalInputs``
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from edgeskd.meta import ModelMeta
-from edgeskd.runtime.postprocess import class_probabilities, softmax
+from edgeskd.metrics import as_percent
+from edgeskd.runtime import evaluate as runtime_evaluate
+from edgeskd.runtime.evaluate import EvalInputs
+from edgeskd.runtime.postprocess import softmax
 
-# Preprocessed evaluation inputs are cached in memory up to this size; larger sets stream.
-CACHE_BYTES = 768 * 2**20
+__all__ = ["EvalInputs", "evaluate_logits", "evaluate_model", "mean_soft_subclass_distribution", "predict_logits"]
 
 
 def evaluate_logits(
@@ -29,54 +33,11 @@ def evaluate_logits(
     subclasses: np.ndarray | None = None,
     subclass_names: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Metrics of one model's raw outputs (class or subclass logits, as ``meta.output`` says).
-
-    Returns percent values ``f1`` (positive class = ``meta.positive_class``), ``accuracy``,
-    ``precision``, ``recall``, ``auc`` (from P(positive); None if the split has one class only),
-    ``per_subclass_accuracy`` (class accuracy within each *data* subclass), ``confusion`` (rows =
-    true class) and, for a model that predicts the data's own subclasses, ``subclass_accuracy``.
-    """
-    from sklearn.metrics import (
-        accuracy_score,
-        confusion_matrix,
-        f1_score,
-        precision_score,
-        recall_score,
-        roc_auc_score,
-    )
-
-    logits = np.asarray(logits, dtype=np.float32)
-    labels = np.asarray(labels, dtype=np.int64)
-    if logits.ndim != 2 or len(logits) != len(labels):
-        raise ValueError(f"logits {logits.shape} do not match {len(labels)} labels")
-    if logits.shape[1] != meta.num_outputs:
-        raise ValueError(f"logits have {logits.shape[1]} columns, the model's metadata says {meta.num_outputs}")
-    probs = class_probabilities(logits, meta)
-    pred = probs.argmax(axis=1)
-    pos = int(meta.positive_class)
-    y_pos, p_pos = labels == pos, pred == pos
-    pct = lambda v: round(100.0 * float(v), 4)  # noqa: E731
-    out: dict[str, Any] = {
-        "n": int(len(labels)),
-        "f1": pct(f1_score(y_pos, p_pos, zero_division=0)),
-        "accuracy": pct(accuracy_score(labels, pred)),
-        "precision": pct(precision_score(y_pos, p_pos, zero_division=0)),
-        "recall": pct(recall_score(y_pos, p_pos, zero_division=0)),
-        "auc": pct(roc_auc_score(y_pos, probs[:, pos])) if 0 < y_pos.sum() < len(y_pos) else None,
-        "confusion": confusion_matrix(labels, pred, labels=list(range(meta.num_classes))).tolist(),
-    }
-    if subclasses is not None:
-        subclasses = np.asarray(subclasses, dtype=np.int64)
-        names = list(subclass_names) if subclass_names is not None else [str(i) for i in range(subclasses.max() + 1)]
-        per = {}
-        for s, name in enumerate(names):
-            m = subclasses == s
-            if m.any():
-                per[name] = pct((pred[m] == labels[m]).mean())
-        out["per_subclass_accuracy"] = per
-        if meta.output == "subclass_logits" and subclass_names is not None and list(meta.subclass_names) == names:
-            out["subclass_accuracy"] = pct((logits.argmax(axis=1) == subclasses).mean())
-    return out
+    """``edgeskd.runtime.evaluate.evaluate_logits`` in percent: ``f1``/``precision``/``recall`` of
+    ``meta.positive_class``, ``accuracy``, ``auc`` (None with one class only),
+    ``per_subclass_accuracy``, ``confusion`` (counts) and, for a model that predicts the data's own
+    subclasses, ``subclass_accuracy``."""
+    return as_percent(runtime_evaluate.evaluate_logits(logits, meta, labels, subclasses, subclass_names))
 
 
 def mean_soft_subclass_distribution(
@@ -91,56 +52,6 @@ def mean_soft_subclass_distribution(
         if m.any():
             out[s] = p[m].mean(axis=0)
     return out
-
-
-class EvalInputs:
-    """The un-augmented, preprocessed inputs of a LabeledSet split (``preprocess_for``), in batches.
-
-    Cached in memory when small enough (validation runs every epoch); otherwise re-read per pass.
-    ``indices`` restricts to a shard (DDP evaluation).
-    """
-
-    def __init__(self, ls, meta: ModelMeta, *, batch_size: int = 128, indices: np.ndarray | None = None) -> None:
-        self.ls = ls
-        self.meta = meta
-        self.batch_size = int(batch_size)
-        self.indices = np.arange(len(ls)) if indices is None else np.asarray(indices, dtype=np.intp)
-        per_item = 4 * 3 * meta.input_size[0] * meta.input_size[1]
-        self._cache: list[np.ndarray] | None = [] if per_item * len(self.indices) <= CACHE_BYTES else None
-        self._complete = False
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    @property
-    def labels(self) -> np.ndarray:
-        return self.ls.labels[self.indices]
-
-    @property
-    def subclasses(self) -> np.ndarray:
-        return self.ls.subclasses[self.indices]
-
-    def _make(self, idx: np.ndarray) -> np.ndarray:
-        from edgeskd.runtime.preprocess import preprocess_for
-
-        ls = self.ls
-        if ls.images is not None:
-            return preprocess_for(self.meta, ls.images[idx])
-        # files may differ in size: preprocess one by one (same function, same result)
-        return np.concatenate([preprocess_for(self.meta, ls.load_image(int(i))) for i in idx])
-
-    def batches(self):
-        if self._complete and self._cache is not None:
-            yield from self._cache
-            return
-        cache: list[np.ndarray] = []
-        for start in range(0, len(self.indices), self.batch_size):
-            x = self._make(self.indices[start:start + self.batch_size])
-            if self._cache is not None:
-                cache.append(x)
-            yield x
-        if self._cache is not None:
-            self._cache, self._complete = cache, True
 
 
 def predict_logits(model, inputs: EvalInputs, *, device: str = "cpu", amp_dtype=None) -> np.ndarray:
@@ -164,8 +75,7 @@ def predict_logits(model, inputs: EvalInputs, *, device: str = "cpu", amp_dtype=
     return np.concatenate(outs) if outs else np.zeros((0, n_out), np.float32)
 
 
-def evaluate_model(model, meta: ModelMeta, ls, *, batch_size: int = 128, device: str = "cpu") -> dict[str, Any]:
-    """Metrics of a torch model on a LabeledSet (or one split of it), through ``preprocess_for``."""
-    inputs = EvalInputs(ls, meta, batch_size=batch_size)
-    logits = predict_logits(model, inputs, device=device)
-    return evaluate_logits(logits, meta, ls.labels, ls.subclasses, ls.subclass_names)
+def evaluate_model(model, meta: ModelMeta, dataset, *, batch_size: int = 128, device: str = "cpu") -> dict[str, Any]:
+    """Metrics (percent) of a torch model on a LabeledSet (or one split of it)."""
+    logits = predict_logits(model, EvalInputs(dataset, meta, batch_size=batch_size), device=device)
+    return evaluate_logits(logits, meta, dataset.labels, dataset.subclasses, dataset.subclass_names)

@@ -97,19 +97,19 @@ def attach_metadata(model, meta: ModelMeta, extra_props: dict[str, str] | None =
     return model
 
 
-def parity_images(ls, meta: ModelMeta, n: int, seed: int = 0) -> tuple[np.ndarray, str]:
-    """Preprocessed samples for the parity check: the test split (else val, else all) of ``ls``, or
+def parity_images(dataset, meta: ModelMeta, n: int, seed: int = 0) -> tuple[np.ndarray, str]:
+    """Preprocessed samples for the parity check: the test split (else val, else all) of ``dataset``, or
     seeded generated images when there is no data set."""
     from edgeskd.runtime.evaluate import preprocess_items
 
-    if ls is not None and len(ls):
+    if dataset is not None and len(dataset):
         for split in ("test", "val", None):
-            sub = ls if split is None else ls.split(split)
+            sub = dataset if split is None else dataset.split(split)
             if len(sub):
                 idx = np.arange(len(sub))
                 if len(idx) > n:
                     idx = np.sort(np.random.default_rng(seed).choice(len(idx), n, replace=False))
-                return preprocess_items(sub, meta, idx), f"{len(idx)} images of {ls.name} {split or 'all'}"
+                return preprocess_items(sub, meta, idx), f"{len(idx)} images of {dataset.name} {split or 'all'}"
     from edgeskd.runtime.preprocess import preprocess_for
 
     h, w = meta.input_size
@@ -125,11 +125,11 @@ def check_parity(model, onnx_bytes: bytes, meta: ModelMeta, x: np.ndarray, sourc
     from edgeskd.runtime.postprocess import class_probabilities
     from edgeskd.runtime.torch_runner import TorchRunner
 
-    ort_runner = OnnxRuntimeRunner(onnx_bytes, meta_overrides=meta.to_dict())
-    tr = TorchRunner(model=model, meta=meta)
     bs = batch or 32
-    a = np.concatenate([tr.infer(x[i:i + bs]) for i in range(0, len(x), bs)])
-    b = np.concatenate([ort_runner.infer(x[i:i + bs]) for i in range(0, len(x), bs)])
+    with TorchRunner(model=model, meta=meta) as torch_runner, \
+            OnnxRuntimeRunner(onnx_bytes, meta_overrides=meta.to_dict()) as ort_runner:
+        a = np.concatenate([torch_runner.infer(x[i:i + bs]) for i in range(0, len(x), bs)])
+        b = np.concatenate([ort_runner.infer(x[i:i + bs]) for i in range(0, len(x), bs)])
     diff = float(np.max(np.abs(a - b))) if len(a) else 0.0
     agree = float(np.mean(class_probabilities(a, meta).argmax(1) == class_probabilities(b, meta).argmax(1)))
     return ParityReport(n=len(x), max_abs_diff=diff, top1_agreement=agree, source=source, tolerance=tol)
@@ -158,7 +158,7 @@ def export_onnx(
     """
     import onnx
 
-    from edgeskd.export.data import align_classes, data_ref_from_checkpoint, load_data
+    from edgeskd.data.artifact_data import align_classes, data_ref_from_checkpoint, load_data
     from edgeskd.models.checkpoint import model_from_checkpoint
 
     if batch != "dynamic":
@@ -193,17 +193,17 @@ def export_onnx(
         raise ArtifactError(f"exported ONNX fails onnx.checker: {str(e).splitlines()[0]}") from None
     blob = model_proto.SerializeToString()
 
-    ls = dataset
-    if ls is None and (data_path is not None or ref is not None):
+    parity_data = dataset
+    if parity_data is None and (data_path is not None or ref is not None):
         try:
-            ls = load_data(ref, path=data_path)
+            parity_data = load_data(ref, path=data_path)
         except Exception as e:  # noqa: BLE001 - data is optional for parity; say what happened
             if data_path is not None:
                 raise
             notes.append(f"training data not loadable ({str(e).splitlines()[0][:120]}); parity on generated images")
-    if ls is not None:
-        ls = align_classes(ls, meta)
-    x, source = parity_images(ls, meta, parity_samples)
+    if parity_data is not None:
+        parity_data = align_classes(parity_data, meta)
+    x, source = parity_images(parity_data, meta, parity_samples)
     parity = check_parity(model, blob, meta, x, source, tol=tol, batch=static)
     if not parity.ok:
         raise ArtifactError(

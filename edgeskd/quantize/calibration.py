@@ -51,7 +51,7 @@ def stratified_indices(strata: np.ndarray, size: int, seed: int) -> np.ndarray:
 class CalibrationSet:
     """The chosen rows of a data set; images are preprocessed lazily (a cache hit never loads them)."""
 
-    ls: Any
+    dataset: Any
     meta: ModelMeta
     indices: np.ndarray
     source: str
@@ -64,21 +64,22 @@ class CalibrationSet:
     def fingerprint(self) -> str:
         """Identity of the exact calibration inputs (data rows + preprocessing)."""
         h = hashlib.sha256()
-        h.update(json.dumps({"name": self.ls.name, "format": self.ls.format, "n": len(self.ls),
+        h.update(json.dumps({"name": self.dataset.name, "format": self.dataset.format, "n": len(self.dataset),
                              "pre": [list(self.meta.input_size), list(self.meta.mean), list(self.meta.std),
                                      self.meta.channel_order]}).encode())
         h.update(np.asarray(self.indices, np.int64).tobytes())
-        if self.ls.paths is not None:
-            h.update("\n".join(str(self.ls.paths[i]) for i in self.indices).encode())
+        if self.dataset.paths is not None:
+            h.update("\n".join(str(self.dataset.paths[i]) for i in self.indices).encode())
         else:
             for i in self.indices:
-                h.update(np.ascontiguousarray(self.ls.images[i]).tobytes())
+                h.update(np.ascontiguousarray(self.dataset.images[i]).tobytes())
         return h.hexdigest()[:16]
 
     def batches(self) -> Iterator[np.ndarray]:
-        from edgeskd.runtime.evaluate import iter_batches
+        from edgeskd.runtime.evaluate import EvalInputs
 
-        return iter_batches(self.ls, self.meta, self.batch_size, self.indices)
+        inputs = EvalInputs(self.dataset, self.meta, batch_size=self.batch_size, indices=self.indices, cache_bytes=0)
+        return inputs.batches()
 
     def reader(self, input_name: str = "input"):
         """An onnxruntime CalibrationDataReader over the preprocessed batches."""
@@ -100,9 +101,9 @@ class CalibrationSet:
         return _Reader()
 
 
-def select_calibration(ls, meta: ModelMeta, *, size: int = DEFAULT_SIZE, seed: int = 0, batch_size: int = 32,
+def select_calibration(dataset, meta: ModelMeta, *, size: int = DEFAULT_SIZE, seed: int = 0, batch_size: int = 32,
                        split: str | None = "train", source: str = "") -> CalibrationSet:
-    """Stratified (by subclass), seeded pick of ``size`` images from ``split`` of ``ls``.
+    """Stratified (by subclass), seeded pick of ``size`` images from ``split`` of ``dataset``.
 
     Fewer than 300 images → a warning in ``.warnings``; none, or fewer than one batch → DataError.
     """
@@ -110,15 +111,15 @@ def select_calibration(ls, meta: ModelMeta, *, size: int = DEFAULT_SIZE, seed: i
         raise UsageError(f"--calib-size {size} must be >= 1")
     if batch_size < 1:
         raise UsageError(f"calibration batch {batch_size} must be >= 1")
-    sub = ls
-    if split is not None and (ls.splits == split).any():
-        sub = ls.split(split)
-    elif split is not None and len(ls) and set(np.unique(ls.splits)) - {split}:
+    sub = dataset
+    if split is not None and (dataset.splits == split).any():
+        sub = dataset.split(split)
+    elif split is not None and len(dataset) and set(np.unique(dataset.splits)) - {split}:
         # no such split (e.g. a test-only set): use everything the user gave
-        sub = ls
+        sub = dataset
     n_avail = len(sub)
     if n_avail == 0:
-        raise DataError(f"calibration data {source or ls.name} is empty; give --calib-data with >= {MIN_RECOMMENDED} images")
+        raise DataError(f"calibration data {source or dataset.name} is empty; give --calib-data with >= {MIN_RECOMMENDED} images")
     idx = stratified_indices(sub.subclasses, size, seed)
     if len(idx) < batch_size:
         raise DataError(
@@ -129,7 +130,7 @@ def select_calibration(ls, meta: ModelMeta, *, size: int = DEFAULT_SIZE, seed: i
     if len(idx) < MIN_RECOMMENDED:
         warnings.append(f"calibrating on only {len(idx)} images (< {MIN_RECOMMENDED}); INT8 ranges may be poor — "
                         "give --calib-data with more representative images")
-    where = f"{source or ls.name} {split if sub is not ls else 'all'}"
+    where = f"{source or dataset.name} {split if sub is not dataset else 'all'}"
     return CalibrationSet(sub, meta, idx, f"{len(idx)} images of {where} (seed {seed})", batch_size, warnings)
 
 

@@ -1,6 +1,7 @@
-"""Q/DQ INT8 ONNX with onnxruntime's ``quantize_static`` (DESIGN.md §4), and a reader of the result
-that checks what TensorRT needs: symmetric INT8 (zero points 0), per-channel weights on axis 0,
-per-tensor activations, no int32 bias DQ, opset >= 13.
+"""Q/DQ INT8 ONNX with onnxruntime's ``quantize_static`` (explicit quantization: the form TensorRT 10
+and 11 build as a strongly typed network, implicit INT8 calibration having been removed in TensorRT
+11), and a reader of the result that checks what TensorRT needs: symmetric INT8 (zero points 0),
+per-channel weights on axis 0, per-tensor activations, no int32 bias DQ, opset >= 13.
 
 Weights are stored pre-quantized (INT8 initializer → DequantizeLinear). TensorRT accepts that form
 ("pre-quantized weights need an IDequantizeLayer", TRT explicit-quantization guide) and it keeps the

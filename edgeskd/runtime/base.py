@@ -1,7 +1,12 @@
 """The Runner protocol: one interface over every backend (Polygraphy-style).
 
-A runner is a context manager; ``infer(batch)`` checks the input once here and then calls the
+Lifecycle: a backend's loader reads the artifact and its metadata when the runner is constructed
+(``metadata`` and ``input_shape`` are readable from then on); ``activate`` creates what inference
+needs (an ONNX Runtime session, a TensorRT execution context and device buffers) and
+``deactivate`` frees it. A runner is a context manager over that pair; ``infer`` activates a
+runner that is not active yet. ``infer(batch)`` checks the input once here and then calls the
 backend's ``_infer_impl``. Backends import their libraries lazily so the package imports anywhere.
+For tests, ``edgeskd.runtime.fake.FakeRunner`` computes its output with a given function.
 """
 
 from __future__ import annotations
@@ -40,6 +45,10 @@ class Runner(abc.ABC):
     @property
     def precision(self) -> str:
         return self.meta.precision
+
+    @property
+    def active(self) -> bool:
+        return self._active
 
     def __enter__(self) -> "Runner":
         self.activate()

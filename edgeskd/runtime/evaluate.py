@@ -1,49 +1,121 @@
-"""Run any Runner over a LabeledSet split through the one inference preprocessing, torch-free.
+"""The one evaluation loop, torch-free: a labelled data set's rows through the inference
+preprocessing (``preprocess_for``, un-augmented), in batches, into any Runner.
 
-Used by the export parity check, calibration, the INT8 accuracy gate and the benchmark.
+Training (torch models), the export parity check, calibration, the INT8 accuracy gate and the
+benchmark all read their inputs through ``EvalInputs``, so a runner that reproduces a model's
+logits reproduces its metrics to the digit. ``evaluate_logits`` turns a model's raw output into
+metrics (fractions, ``edgeskd.metrics``).
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from edgeskd.meta import ModelMeta
-from edgeskd.runtime.metrics import evaluate_logits
+from edgeskd.metrics import probability_metrics, subclass_accuracy
+from edgeskd.runtime.postprocess import class_probabilities
 from edgeskd.runtime.preprocess import preprocess_for
 
+# Preprocessed inputs are kept in memory up to this size (validation runs every epoch); larger
+# sets are preprocessed again at each pass.
+CACHE_BYTES = 768 * 2**20
 
-def preprocess_items(ls, meta: ModelMeta, indices: np.ndarray) -> np.ndarray:
-    """Preprocessed float32 NCHW batch of the given rows (images may differ in size)."""
-    if ls.images is not None:
-        return preprocess_for(meta, ls.images[np.asarray(indices, dtype=np.intp)])
-    imgs = [ls.load_image(int(i)) for i in indices]
+
+def preprocess_items(dataset, meta: ModelMeta, indices: np.ndarray) -> np.ndarray:
+    """Preprocessed float32 NCHW batch of the given rows of a LabeledSet (images may differ in size)."""
+    if dataset.images is not None:
+        return preprocess_for(meta, dataset.images[np.asarray(indices, dtype=np.intp)])
+    imgs = [dataset.load_image(int(i)) for i in indices]
     if len({im.shape for im in imgs}) == 1:
         return preprocess_for(meta, np.stack(imgs))
     return np.concatenate([preprocess_for(meta, im) for im in imgs])
 
 
-def iter_batches(ls, meta: ModelMeta, batch_size: int = 64,
-                 indices: np.ndarray | None = None) -> Iterator[np.ndarray]:
-    idx = np.arange(len(ls)) if indices is None else np.asarray(indices, dtype=np.intp)
-    for i in range(0, len(idx), batch_size):
-        yield preprocess_items(ls, meta, idx[i:i + batch_size])
+class EvalInputs:
+    """The preprocessed inputs of a LabeledSet (or one split of it), in batches of ``batch_size``.
+
+    ``indices`` restricts to some rows (a DDP shard, a calibration pick). Passes after the first are
+    served from memory when the whole set fits in ``cache_bytes`` (0 = never keep them).
+    """
+
+    def __init__(self, dataset, meta: ModelMeta, *, batch_size: int = 128, indices: np.ndarray | None = None,
+                 cache_bytes: int = CACHE_BYTES) -> None:
+        self.dataset = dataset
+        self.meta = meta
+        self.batch_size = int(batch_size)
+        self.indices = np.arange(len(dataset)) if indices is None else np.asarray(indices, dtype=np.intp)
+        per_item = 4 * 3 * meta.input_size[0] * meta.input_size[1]
+        self._cache: list[np.ndarray] | None = [] if 0 < per_item * len(self.indices) <= cache_bytes else None
+        self._complete = False
+
+    @property
+    def ls(self):
+        """The data set (the name the training loop reads)."""
+        return self.dataset
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.dataset.labels[self.indices]
+
+    @property
+    def subclasses(self) -> np.ndarray:
+        return self.dataset.subclasses[self.indices]
+
+    def batches(self) -> Iterator[np.ndarray]:
+        if self._complete and self._cache is not None:
+            yield from self._cache
+            return
+        cache: list[np.ndarray] = []
+        for start in range(0, len(self.indices), self.batch_size):
+            x = preprocess_items(self.dataset, self.meta, self.indices[start:start + self.batch_size])
+            if self._cache is not None:
+                cache.append(x)
+            yield x
+        if self._cache is not None:
+            self._cache, self._complete = cache, True
 
 
-def predict(runner, ls, *, batch_size: int = 64, indices: np.ndarray | None = None) -> np.ndarray:
-    """Raw logits of ``runner`` on the rows of ``ls`` (all of them by default)."""
+def evaluate_logits(logits: np.ndarray, meta: ModelMeta, labels: np.ndarray, subclasses: np.ndarray | None = None,
+                    subclass_names: Sequence[str] | None = None) -> dict[str, Any]:
+    """Metrics (fractions) of a model's raw outputs: class or subclass logits, as ``meta.output`` says.
+
+    The keys of ``probability_metrics`` with the positive class ``meta.positive_class``, and, for a
+    model that predicts the data's own subclasses (same names), ``subclass_accuracy``.
+    """
+    logits = np.asarray(logits, dtype=np.float32)
+    labels = np.asarray(labels, dtype=np.int64)
+    if logits.ndim != 2 or len(logits) != len(labels):
+        raise ValueError(f"logits {logits.shape} do not match {len(labels)} labels")
+    if logits.shape[1] != meta.num_outputs:
+        raise ValueError(f"logits have {logits.shape[1]} columns, the model's metadata says {meta.num_outputs}")
+    out = probability_metrics(labels, class_probabilities(logits, meta), positive=int(meta.positive_class),
+                              subclasses=subclasses, subclass_names=subclass_names)
+    if (subclasses is not None and meta.output == "subclass_logits" and subclass_names is not None
+            and list(meta.subclass_names) == list(subclass_names)):
+        out["subclass_accuracy"] = subclass_accuracy(logits.argmax(axis=1), subclasses)
+    return out
+
+
+def predict(runner, dataset, *, batch_size: int = 64, indices: np.ndarray | None = None) -> np.ndarray:
+    """Raw logits of ``runner`` on the rows of ``dataset`` (all of them by default)."""
     bs = batch_size if runner.max_batch is None else min(batch_size, runner.max_batch)
-    outs = [runner.infer(x) for x in iter_batches(ls, runner.metadata, bs, indices)]
+    inputs = EvalInputs(dataset, runner.metadata, batch_size=bs, indices=indices, cache_bytes=0)
+    outs = [runner.infer(x) for x in inputs.batches()]
     if not outs:
         return np.zeros((0, runner.metadata.num_outputs), np.float32)
     return np.concatenate(outs)
 
 
-def evaluate_runner(runner, ls, *, batch_size: int = 64) -> dict[str, Any]:
-    """Class-level metrics (percent) of ``runner`` on all rows of ``ls``; also returns the logits."""
-    logits = predict(runner, ls, batch_size=batch_size)
-    out = evaluate_logits(logits, runner.metadata, ls.labels, ls.subclasses, ls.subclass_names)
+def evaluate_runner(runner, dataset, *, batch_size: int = 64) -> dict[str, Any]:
+    """Class-level metrics (fractions, ``evaluate_logits``) of ``runner`` on all rows
+    of ``dataset``, plus the logits under ``"logits"``."""
+    logits = predict(runner, dataset, batch_size=batch_size)
+    out = evaluate_logits(logits, runner.metadata, dataset.labels, dataset.subclasses, dataset.subclass_names)
     out["logits"] = logits
     return out
 

@@ -73,15 +73,3 @@ def detect_format(path: str | Path) -> Format:
     raise ArtifactError(
         f"cannot tell the format of {p.name}; expected one of {', '.join(all_suffixes())}"
     )
-
-
-def onnx_precision(model) -> str:
-    """Precision held by an ``onnx.ModelProto``: int8 with Q/DQ nodes, fp16 with float16 weights."""
-    from onnx import TensorProto
-
-    ops = {n.op_type for n in model.graph.node}
-    if ops & {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger"}:
-        return "int8"
-    if any(t.data_type == TensorProto.FLOAT16 for t in model.graph.initializer):
-        return "fp16"
-    return "fp32"

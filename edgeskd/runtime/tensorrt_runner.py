@@ -1,6 +1,10 @@
 """TensorRT backend: an edgeskd engine file (JSON header + plan) run with name-based I/O on one
 CUDA stream, device buffers through ``cuda_binding`` (cuda-python, or pycuda).
 
+Loader and runner are separate: ``load_engine`` reads the header (the metadata) and the plan and
+checks them against this machine; ``TensorRTRunner.activate`` deserializes the engine, creates the
+execution context and allocates the buffers; ``deactivate`` frees them.
+
 Per call: ``set_input_shape`` → async H2D copy → ``execute_async_v3`` → async D2H copy → one
 stream sync. Buffers are allocated once for the engine's max batch and bound with
 ``set_tensor_address``. For zero-copy callers (the CUDA preprocessing writes straight into the
@@ -13,15 +17,16 @@ deserialization, with the command that rebuilds it.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from edgeskd.errors import ArtifactError, BackendUnavailable, UsageError
 from edgeskd.runtime.base import Runner
-from edgeskd.runtime.engine_file import check_compatible, read_engine
+from edgeskd.runtime.engine_file import EngineHeader, check_compatible, read_engine
 
-# Every TensorRT name this module and the builder (edgeskd/export/tensorrt_build.py) use, by
+# Every TensorRT name this module and the builder (edgeskd/engine/tensorrt_build.py) use, by
 # TensorRT major version. tests/test_trt_api.py checks (a) that the source uses no TensorRT
 # attribute missing from this table and (b) that each name exists in that version's tensorrt.so.
 TRT_API: dict[str, tuple[str, ...]] = {
@@ -109,23 +114,74 @@ def cuda_index(device: int | str | None) -> int:
     return 0
 
 
+# -- loader -----------------------------------------------------------------------------------------
+@dataclass
+class EngineArtifact:
+    """An engine file read and checked against this machine: its header (the metadata), the plan
+    bytes, TensorRT and the CUDA binding that will run it."""
+
+    path: str
+    header: EngineHeader
+    plan: bytes
+    trt: Any
+    cu: Any          # the CUDA binding (cuda_binding.get_binding)
+    device: int
+
+
+def load_engine(path: str | os.PathLike, *, binding: str = "auto", device: int | str = 0) -> EngineArtifact:
+    """Read the engine file (header problems are reported first), import TensorRT, pick the CUDA
+    binding, and refuse an engine built for another TensorRT version or GPU architecture."""
+    device = cuda_index(device)
+    header, plan = read_engine(path)
+    trt = import_tensorrt()
+    from edgeskd.runtime.cuda_binding import get_binding
+
+    cu = get_binding(binding, device)
+    check_compatible(header, trt_version=trt.__version__, compute_capability=cu.compute_capability(device),
+                     source=str(path))
+    return EngineArtifact(str(path), header, plan, trt, cu, device)
+
+
+def deserialize(runtime: Any, plan: bytes, logger: Any, source: str) -> Any:
+    """The ICudaEngine of ``plan`` (ArtifactError with TensorRT's last errors if it cannot be read)."""
+    engine = runtime.deserialize_cuda_engine(plan)
+    if engine is None:
+        errs = "; ".join(logger.errors()[-2:]) or "no details from TensorRT"
+        raise ArtifactError(f"TensorRT cannot deserialize {source} ({errs}); rebuild it with edgeskd build-engine")
+    return engine
+
+
+def io_names(trt: Any, engine: Any, preferred_output: str, source: str) -> tuple[str, str, list[str]]:
+    """(input name, output name, all output names) of an engine with one input."""
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+    outputs = [n for n in names if n not in inputs]
+    if len(inputs) != 1 or not outputs:
+        raise ArtifactError(f"{source}: expected 1 input and an output, found {inputs} / {outputs}")
+    return inputs[0], preferred_output if preferred_output in outputs else outputs[0], outputs
+
+
+# -- runner ------------------------------------------------------------------------------------------
 class TensorRTRunner(Runner):
+    """Runs an edgeskd engine file. ``artifact``: its path, or an ``EngineArtifact`` from
+    ``load_engine``. The engine is deserialized and its buffers allocated in ``activate``, freed in
+    ``deactivate``."""
+
     backend = "tensorrt"
     supports_cuda_preprocess = True
 
-    def __init__(self, path: str | os.PathLike, *, binding: str = "auto", device: int | str = 0) -> None:
-        device = cuda_index(device)
-        self.path = str(path)
-        header, self._plan = read_engine(path)          # header problems are reported first
-        self.header = header
-        self.trt = import_tensorrt()
-        from edgeskd.runtime.cuda_binding import get_binding
-
-        self.cu = get_binding(binding, device)
-        check_compatible(header, trt_version=self.trt.__version__,
-                         compute_capability=self.cu.compute_capability(device), source=self.path)
-        super().__init__(header.meta, max_batch=header.max_batch)
-        self.min_batch = header.min_batch
+    def __init__(self, artifact: str | os.PathLike | EngineArtifact, *, binding: str = "auto",
+                 device: int | str = 0) -> None:
+        if not isinstance(artifact, EngineArtifact):
+            artifact = load_engine(artifact, binding=binding, device=device)
+        self.artifact = artifact
+        self.path = artifact.path
+        self.header = artifact.header
+        self._plan = artifact.plan
+        self.trt = artifact.trt
+        self.cu = artifact.cu
+        super().__init__(artifact.header.meta, max_batch=artifact.header.max_batch)
+        self.min_batch = artifact.header.min_batch
         self._buffers: list[Any] = []
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -133,21 +189,16 @@ class TensorRTRunner(Runner):
         trt = self.trt
         self._logger = make_logger(trt)
         self._runtime = trt.Runtime(self._logger)
-        engine = self._runtime.deserialize_cuda_engine(self._plan)
-        if engine is None:
-            errs = "; ".join(self._logger.errors()[-2:]) or "no details from TensorRT"
-            raise ArtifactError(f"TensorRT cannot deserialize {self.path} ({errs}); rebuild it with edgeskd build-engine")
-        self.engine = engine
-        self.context = engine.create_execution_context()
-        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-        inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        outputs = [n for n in names if n not in inputs]
-        if len(inputs) != 1 or not outputs:
-            raise ArtifactError(f"{self.path}: expected 1 input and an output, found {inputs} / {outputs}")
-        self.input_name = inputs[0]
-        self.output_name = self.header.output_name if self.header.output_name in outputs else outputs[0]
-        self.in_dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(self.input_name)))
-        self.out_dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(self.output_name)))
+        self.engine = deserialize(self._runtime, self._plan, self._logger, self.path)
+        self.context = self.engine.create_execution_context()
+        self.input_name, self.output_name, outputs = io_names(trt, self.engine, self.header.output_name, self.path)
+        self.in_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(self.input_name)))
+        self.out_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(self.output_name)))
+        self._allocate(outputs)
+
+    def _allocate(self, outputs: list[str]) -> None:
+        """Device and pinned host buffers for the max batch, bound to the context by address."""
+        trt = self.trt
         h, w = self.meta.input_size
         k = self.meta.num_outputs
         mb = int(self.max_batch or 1)
@@ -161,8 +212,8 @@ class TensorRTRunner(Runner):
         self.context.set_tensor_address(self.output_name, self.output_buffer.ptr)
         for n in outputs:
             if n != self.output_name:   # bind any extra outputs to scratch memory
-                shape = tuple(max(int(d), 1) if int(d) >= 0 else mb for d in engine.get_tensor_shape(n))
-                dt = np.dtype(trt.nptype(engine.get_tensor_dtype(n)))
+                shape = tuple(max(int(d), 1) if int(d) >= 0 else mb for d in self.engine.get_tensor_shape(n))
+                dt = np.dtype(trt.nptype(self.engine.get_tensor_dtype(n)))
                 buf = self.cu.malloc(int(np.prod(shape)) * dt.itemsize)
                 self._buffers.append(buf)
                 self.context.set_tensor_address(n, buf.ptr)

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from edgeskd.metrics import label_metrics, present
+
 if TYPE_CHECKING:
     from edgeskd.stream.result import FrameResult
 
@@ -40,28 +42,6 @@ class FpsMonitor:
         if len(self._t) < 2 or self._t[-1] <= self._t[0]:
             return 0.0
         return (len(self._t) - 1) / (self._t[-1] - self._t[0])
-
-
-def f1_binary(y_true: np.ndarray, y_pred: np.ndarray, positive: int) -> float:
-    tp = int(np.sum((y_pred == positive) & (y_true == positive)))
-    fp = int(np.sum((y_pred == positive) & (y_true != positive)))
-    fn = int(np.sum((y_pred != positive) & (y_true == positive)))
-    return 2 * tp / (2 * tp + fp + fn) if (2 * tp + fp + fn) else 0.0
-
-
-def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int, positive: int) -> dict[str, Any]:
-    """Accuracy, F1 of the positive class, macro F1 (numpy; the edge runtime has no sklearn)."""
-    y_true = np.asarray(y_true, dtype=np.int64)
-    y_pred = np.asarray(y_pred, dtype=np.int64)
-    if not len(y_true):
-        return {"accuracy": None, "f1": None, "f1_macro": None}
-    f1s = [f1_binary(y_true, y_pred, c) for c in range(num_classes)]
-    present = [c for c in range(num_classes) if np.any(y_true == c) or np.any(y_pred == c)]
-    return {
-        "accuracy": round(float(np.mean(y_true == y_pred)), 6),
-        "f1": round(float(f1s[positive]), 6),
-        "f1_macro": round(float(np.mean([f1s[c] for c in present])), 6) if present else None,
-    }
 
 
 def stats_dict(
@@ -111,8 +91,9 @@ class StreamStats:
             self.y_smooth.append(result.smoothed_pred)
 
     def _metrics(self, y_pred: list[int]) -> dict[str, Any]:
-        # the one place the stream computes classification metrics (raw and smoothed)
-        return classification_metrics(np.array(self.y_true), np.array(y_pred), len(self.class_names), self.positive)
+        # frame-level accuracy, positive-class F1 and macro F1 as the stats JSON shows them: 6-decimal fractions
+        m = label_metrics(np.array(self.y_true), np.array(y_pred), len(self.class_names), self.positive)
+        return present(m, scale=1.0, digits=6)
 
     def labels_block(self) -> dict[str, Any] | None:
         """Frame-level metrics against the ground truth (None without ``labels``)."""

@@ -2,38 +2,30 @@
 size, parameters, FLOPs and achieved GFLOP/s, peak memory — plus comparisons between rows.
 
 A failing artifact gives a row with ``status="failed"`` and a one-line ``error``; it never stops the
-others. Timing: warm-up, then ``iters`` timed calls with ``perf_counter_ns`` (bench/timing.py), on
+others. Timing: warm-up, then ``iters`` timed calls with ``perf_counter_ns`` (``edgeskd.runtime.timing``), on
 real preprocessed images of the split, the thread count fixed for every backend.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from edgeskd.bench.discover import Artifact
 from edgeskd.bench.flops import onnx_flops_per_image
 from edgeskd.bench.memory import track_peak_memory
-from edgeskd.bench.timing import throughput, time_call
 from edgeskd.errors import ArtifactError, EdgeSKDError, UsageError
-from edgeskd.runtime.formats import Format, all_suffixes, detect_format
+from edgeskd.metrics import as_percent
+from edgeskd.runtime.formats import Format, detect_format
+from edgeskd.runtime.timing import throughput, time_infer
 
-RUN_MODEL_ORDER = ("teacher", "student-none", "student-kd", "student-skd")
 ROW_KEYS = ("name", "path", "backend", "precision", "size_mb", "params", "f1", "accuracy", "auc",
             "latency_p50_ms", "latency_p99_ms", "throughput", "peak_mem_mb", "flops_per_image",
             "gflops_achieved", "pct_of_gemm_peak", "speedup_vs_torch_student", "f1_change_vs_fp32",
             "model_name", "status", "error")
-
-
-@dataclass
-class Artifact:
-    name: str
-    path: Path
-    error: str | None = None        # set when the artifact cannot even be classified
 
 
 @dataclass
@@ -83,68 +75,6 @@ class Row:
         return {k: getattr(self, k) for k in ROW_KEYS}
 
 
-# -- discovery ---------------------------------------------------------------------------------
-def _is_run_dir(p: Path) -> bool:
-    return p.is_dir() and (p / "metrics.json").is_file() and any(p.glob("*.pt"))
-
-
-def _run_models(run: Path) -> list[Artifact]:
-    found = {pt.stem: pt for pt in run.glob("*.pt")}
-    ordered = [m for m in RUN_MODEL_ORDER if m in found] + sorted(set(found) - set(RUN_MODEL_ORDER))
-    return [Artifact(name, found[name]) for name in ordered if not name.endswith(".last")]
-
-
-def _name_for(path: Path) -> str:
-    name = path.name
-    for s in sorted(all_suffixes(), key=len, reverse=True):
-        if name.lower().endswith(s):
-            return name[: -len(s)]
-    return path.stem
-
-
-def discover(paths: Sequence[str | os.PathLike]) -> list[Artifact]:
-    """Artifacts named on the command line: run directories (their teacher and students),
-    checkpoints, ONNX files, engines, and directories holding any of these (one level deep)."""
-    out: list[Artifact] = []
-    seen: set[Path] = set()
-
-    def add(a: Artifact) -> None:
-        key = a.path.resolve()
-        if key not in seen:
-            seen.add(key)
-            out.append(a)
-
-    for raw in paths:
-        p = Path(raw)
-        if not p.exists():
-            add(Artifact(p.name or str(p), p, error=f"{p} does not exist"))
-        elif _is_run_dir(p):
-            for a in _run_models(p):
-                add(a)
-        elif p.is_dir():
-            children = sorted(p.iterdir())
-            found = False
-            for c in children:
-                if _is_run_dir(c):
-                    for a in _run_models(c):
-                        add(a)
-                    found = True
-            for c in children:
-                if c.is_file() and any(c.name.lower().endswith(s) for s in all_suffixes()) and \
-                        not c.name.startswith("."):
-                    add(Artifact(_name_for(c), c))
-                    found = True
-            if not found:
-                add(Artifact(p.name, p, error=f"{p} holds no run directory, .pt, .onnx or .engine file"))
-        else:
-            try:
-                detect_format(p)
-                add(Artifact(_name_for(p), p))
-            except ArtifactError as e:
-                add(Artifact(p.name, p, error=f"unknown artifact kind: {e}"))
-    return out
-
-
 # -- per-artifact measurements ------------------------------------------------------------------
 def _onnx_params(path: Path) -> int:
     import onnx
@@ -178,30 +108,47 @@ def _static_info(fmt: Format, path: Path, runner) -> tuple[float | None, int | N
     return extra.get("flops_per_image"), extra.get("params")
 
 
-def _check_matches_data(meta, ls) -> None:
-    if list(meta.class_names) != list(ls.class_names):
+def _check_matches_data(meta, dataset) -> None:
+    if list(meta.class_names) != list(dataset.class_names):
         raise ArtifactError(
-            f"its classes {list(meta.class_names)} do not match the data's {list(ls.class_names)}; "
+            f"its classes {list(meta.class_names)} do not match the data's {list(dataset.class_names)}; "
             "bench it on the data it was trained for (--data)"
         )
     if meta.output == "subclass_logits" and len(meta.subclass_names) < 2:
         raise ArtifactError("its metadata lists no subclasses for a subclass-logit model")
 
 
-def _input_batch(ls, meta, n: int, cache: dict) -> np.ndarray:
+def _input_batch(dataset, meta, n: int, cache: dict) -> np.ndarray:
     """``n`` real preprocessed images from the split (tiled if the split is smaller)."""
     from edgeskd.runtime.evaluate import preprocess_items
 
     key = (tuple(meta.input_size), tuple(meta.mean), tuple(meta.std), meta.channel_order, n)
     if key not in cache:
-        idx = np.arange(n) % max(len(ls), 1)
-        cache[key] = preprocess_items(ls, meta, idx)
+        idx = np.arange(n) % max(len(dataset), 1)
+        cache[key] = preprocess_items(dataset, meta, idx)
     return cache[key]
 
 
-def bench_artifact(art: Artifact, ls, opts: BenchOptions, *, input_cache: dict | None = None,
+def _time_batches(row: Row, runner, dataset, opts: BenchOptions, cache: dict,
+                  clock: Callable[[], int] | None) -> None:
+    """Batch-1 latency and the throughput at each of ``opts.batch_sizes`` the artifact accepts."""
+    timing_kw: dict[str, Any] = {"warmup": opts.warmup, "iters": opts.iters, "max_seconds": opts.max_seconds_per_timing}
+    if clock is not None:
+        timing_kw["clock"] = clock
+    for b in sorted(set(opts.batch_sizes) | {1}):
+        if runner.max_batch is not None and b > runner.max_batch:
+            continue
+        st = time_infer(runner, _input_batch(dataset, runner.metadata, b, cache), **timing_kw)
+        if b == 1:
+            row.latency_p50_ms = round(st.p50_ms, 4)
+            row.latency_p99_ms = round(st.p99_ms, 4)
+        if b in opts.batch_sizes:
+            row.throughput[str(b)] = round(throughput(st, b), 2)
+
+
+def bench_artifact(art: Artifact, dataset, opts: BenchOptions, *, input_cache: dict | None = None,
                    clock: Callable[[], int] | None = None) -> Row:
-    """Measure one artifact on ``ls`` (one split). Errors become a failed row."""
+    """Measure one artifact on ``dataset`` (one split). Errors become a failed row."""
     from edgeskd.runtime.evaluate import evaluate_runner
     from edgeskd.runtime.loader import load_runner
 
@@ -220,23 +167,10 @@ def bench_artifact(art: Artifact, ls, opts: BenchOptions, *, input_cache: dict |
                 row.backend = runner.backend
                 row.precision = meta.precision
                 row.model_name = meta.model_name or art.name
-                _check_matches_data(meta, ls)
-                m = evaluate_runner(runner, ls, batch_size=opts.eval_batch)
+                _check_matches_data(meta, dataset)
+                m = as_percent(evaluate_runner(runner, dataset, batch_size=opts.eval_batch))
                 row.f1, row.accuracy, row.auc = m["f1"], m["accuracy"], m["auc"]
-                timing_kw: dict[str, Any] = {"warmup": opts.warmup, "iters": opts.iters,
-                                             "max_seconds": opts.max_seconds_per_timing}
-                if clock is not None:
-                    timing_kw["clock"] = clock
-                for b in sorted(set(opts.batch_sizes) | {1}):
-                    if runner.max_batch is not None and b > runner.max_batch:
-                        continue
-                    x = _input_batch(ls, meta, b, cache)
-                    st = time_call(lambda x=x: runner.infer(x), **timing_kw)
-                    if b == 1:
-                        row.latency_p50_ms = round(st.p50_ms, 4)
-                        row.latency_p99_ms = round(st.p99_ms, 4)
-                    if b in opts.batch_sizes:
-                        row.throughput[str(b)] = round(throughput(st, b), 2)
+                _time_batches(row, runner, dataset, opts, cache, clock)
                 flops, params = _static_info(fmt, art.path, runner)
                 row.flops_per_image = None if flops is None else float(flops)
                 row.params = params
@@ -279,55 +213,14 @@ def add_comparisons(rows: list[Row], gemm_peak_gflops: float | None) -> None:
                 r.pct_of_gemm_peak = round(100.0 * r.gflops_achieved / gemm_peak_gflops, 2)
 
 
-def run_bench(artifacts: Iterable[Artifact], ls, opts: BenchOptions, *, machine: dict[str, Any],
+def run_bench(artifacts: Iterable[Artifact], dataset, opts: BenchOptions, *, machine: dict[str, Any],
               on_row: Callable[[Row], None] | None = None) -> dict[str, Any]:
     rows: list[Row] = []
     cache: dict = {}
     for art in artifacts:
-        row = bench_artifact(art, ls, opts, input_cache=cache)
+        row = bench_artifact(art, dataset, opts, input_cache=cache)
         rows.append(row)
         if on_row is not None:
             on_row(row)
     add_comparisons(rows, machine.get("gemm_peak_gflops"))
     return {"machine": machine, "rows": [r.to_dict() for r in rows]}
-
-
-def data_refs_from_artifacts(artifacts: Iterable[Artifact]) -> list[dict[str, Any]]:
-    """Each distinct training-data reference among the artifacts, in artifact order."""
-    refs: list[dict[str, Any]] = []
-    for a in artifacts:
-        if a.error:
-            continue
-        try:
-            fmt = detect_format(a.path)
-            if fmt is Format.torch:
-                from edgeskd.export.data import data_ref_from_checkpoint
-                from edgeskd.models.checkpoint import load_checkpoint
-
-                ref = data_ref_from_checkpoint(load_checkpoint(a.path))
-            elif fmt is Format.onnx:
-                import onnx
-
-                props = {p.key: p.value for p in onnx.load(str(a.path), load_external_data=False).metadata_props}
-                extra = json.loads(props.get("edgeskd.extra", "{}"))
-                ref = extra.get("data") if isinstance(extra, dict) else None
-            else:
-                ref = None
-        except Exception:  # noqa: BLE001 - an unreadable artifact gets its own failed row
-            continue
-        if isinstance(ref, dict) and all(_data_key(ref) != _data_key(r) for r in refs):
-            refs.append(ref)
-    return refs
-
-
-def _data_key(ref: dict[str, Any]) -> tuple:
-    """What makes two references different images: a real data set is read at each model's own
-    input size; the synthetic one is rendered at the training size, so that size counts too."""
-    base = (ref.get("data"), ref.get("format"), ref.get("seed"), ref.get("skip_bad"))
-    return base if ref.get("data") else (*base, ref.get("synthetic_n"), ref.get("img_size"))
-
-
-def describe_data_ref(ref: dict[str, Any]) -> str:
-    if ref.get("data"):
-        return str(ref["data"])
-    return f"synthetic n={ref.get('synthetic_n')} at {ref.get('img_size')} px, seed {ref.get('seed')}"

@@ -1,13 +1,15 @@
-"""Timing done right: warm-up, many iterations, perf_counter_ns, robust percentiles.
+"""The one timing harness: warm-up, many iterations, perf_counter_ns, robust percentiles.
 
-The clock is injectable so the statistics are tested on a fake clock, not on wall time.
+``edgeskd bench`` (rows per artifact and batch size, the GEMM peak), ``build-engine`` (the CPU
+variant search) and the TensorRT gate all time through ``time_call`` / ``time_infer``. The clock is
+injectable so the statistics are tested on a fake clock, not on wall time.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -71,3 +73,24 @@ def time_call(
 def throughput(stats: TimingStats, batch: int) -> float:
     """Images per second from per-batch latency (median: robust to hiccups)."""
     return batch / (stats.p50_ms / 1e3) if stats.p50_ms > 0 else float("inf")
+
+
+def time_infer(runner: Any, batch: np.ndarray, *, warmup: int = 20, iters: int = 200,
+               max_seconds: float | None = None, clock: Callable[[], int] = time.perf_counter_ns) -> TimingStats:
+    """``time_call`` of ``runner.infer(batch)``."""
+    return time_call(lambda: runner.infer(batch), warmup=warmup, iters=iters, clock=clock, max_seconds=max_seconds)
+
+
+def random_batch(meta: Any, n: int, seed: int = 0) -> np.ndarray:
+    """A fixed (seeded) standard-normal float32 batch of ``n`` inputs of the model's size."""
+    h, w = meta.input_size
+    return np.random.default_rng(seed).normal(size=(n, 3, h, w)).astype(np.float32)
+
+
+def latency_and_throughput(runner: Any, *, batch: int = 32, seconds: float = 2.0) -> tuple[float, float, float]:
+    """(p50 ms, p99 ms) at batch 1 and images/s at ``batch``, on fixed random inputs; each phase is
+    capped at ``seconds``."""
+    meta = runner.metadata
+    s1 = time_infer(runner, random_batch(meta, 1, seed=0), warmup=10, iters=400, max_seconds=seconds)
+    sb = time_infer(runner, random_batch(meta, batch, seed=1), warmup=2, iters=50, max_seconds=seconds)
+    return s1.p50_ms, s1.p99_ms, throughput(sb, batch)

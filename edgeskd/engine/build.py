@@ -1,0 +1,198 @@
+"""``build-engine``: FP32 ONNX → the artifact for a backend and precision, behind an accuracy gate.
+
+* onnxruntime (CPU, ``engine/cpu.py``): for INT8, build the TensorRT-compatible S8S8 Q/DQ ONNX (kept
+  as ``<name>.int8.qdq.onnx``) and the CPU variants (U8S8 Q/DQ; FP32 with ORT graph optimizations
+  saved), time each here with the same threads, gate each against FP32 on the validation split, and
+  keep the fastest that passes as the CPU artifact. What was tried and why the winner won is in the
+  report.
+* tensorrt (GPU, ``engine/tensorrt_build.py``): the engine from the Q/DQ ONNX (INT8), the FP32 ONNX
+  (FP32) or FP16 (flag / FP16 ONNX), gated on the validation split with the TensorRT runner.
+
+A failed gate raises AccuracyGateError and leaves no artifact, unless ``force``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from edgeskd.engine.report import BuildReport, default_outputs
+from edgeskd.errors import ArtifactError, BackendUnavailable, DataError, UsageError
+from edgeskd.meta import ModelMeta
+
+PRECISIONS = ("int8", "fp16", "fp32")
+BACKENDS = ("auto", "tensorrt", "onnxruntime")
+
+
+def tensorrt_usable() -> tuple[bool, str]:
+    """(usable, why not) — tensorrt importable and a CUDA device present."""
+    try:
+        from edgeskd.runtime.tensorrt_runner import import_tensorrt
+
+        import_tensorrt()
+        from edgeskd.runtime.cuda_binding import get_binding
+
+        get_binding()
+    except BackendUnavailable as e:
+        return False, str(e)
+    return True, ""
+
+
+def resolve_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise UsageError(f"--backend {backend!r} must be one of {', '.join(BACKENDS)}")
+    if backend == "onnxruntime":
+        return backend
+    ok, why = tensorrt_usable()
+    if backend == "tensorrt":
+        if not ok:
+            raise BackendUnavailable(f"--backend tensorrt: {why}")
+        return backend
+    return "tensorrt" if ok else "onnxruntime"
+
+
+def build_engine(
+    onnx_path: str | Path,
+    *,
+    precision: str = "int8",
+    backend: str = "auto",
+    out: str | Path | None = None,
+    data: str | Path | None = None,
+    dataset: Any = None,
+    calib_data: str | Path | None = None,
+    calib_dataset: Any = None,
+    calib_size: int = 512,
+    calib_seed: int = 0,
+    calib_method: str = "minmax",
+    calib_dir: str | Path = "calibration",
+    max_f1_drop: float = 1.0,
+    force: bool = False,
+    workspace_gib: float = 1.0,
+    max_batch: int = 8,
+    threads: int | None = None,
+    weight_qdq_pair: bool = False,
+    meta_overrides: dict[str, Any] | None = None,
+    time_seconds: float = 2.0,
+    log: Callable[[str], None] = lambda s: None,
+) -> BuildReport:
+    """FP32 ONNX → gated artifact for ``backend`` (see module docstring); the report is written next
+    to the artifact as ``<artifact>.json``.
+
+    Validation data (the gate): ``dataset`` / ``data`` / the training data recorded in the ONNX.
+    Calibration data: ``calib_dataset`` / ``calib_data`` / the training split of the same data.
+    """
+    from edgeskd.utils.io import write_json_atomic
+
+    check_options(precision=precision, calib_method=calib_method, max_f1_drop=max_f1_drop, max_batch=max_batch,
+                  workspace_gib=workspace_gib)
+    onnx_path = Path(onnx_path)
+    meta = fp32_source_meta(onnx_path, meta_overrides)
+    backend = resolve_backend(backend)
+    if precision == "int8":
+        from edgeskd.quantize.qdq import check_quantizer_version
+
+        check_quantizer_version()
+    art, qdq_out = output_paths(onnx_path, backend, precision, out)
+    full = gate_data(meta, dataset, data)
+    val = validation_split(full)
+    calib = cache = None
+    if precision == "int8":
+        calib = calibration_set(meta, full, calib_dataset, calib_data, size=calib_size, seed=calib_seed)
+        cache = calibration_cache(onnx_path, calib, calib_method, calib_dir)
+    common = dict(precision=precision, val=val, calib=calib, cache=cache, max_f1_drop=max_f1_drop,
+                  force=force, calib_method=calib_method, weight_qdq_pair=weight_qdq_pair, log=log)
+    if backend == "tensorrt":
+        from edgeskd.engine.tensorrt_build import build_tensorrt
+
+        rep = build_tensorrt(onnx_path, meta, out=art, qdq_out=qdq_out, max_batch=max_batch, workspace_gib=workspace_gib,
+                             timing_cache=Path(calib_dir) / "trt-timing.cache", **common)
+    else:
+        from edgeskd.engine.cpu import build_onnxruntime
+
+        rep = build_onnxruntime(onnx_path, meta, out=Path(out) if out is not None else None,
+                                qdq_out=qdq_out if precision == "int8" else None, threads=threads,
+                                time_seconds=time_seconds, **common)
+    art = Path(rep.artifact)
+    write_json_atomic(art.with_name(art.name + ".json"), rep.to_dict())
+    return rep
+
+
+# -- the steps ------------------------------------------------------------------------------------
+def check_options(*, precision: str, calib_method: str, max_f1_drop: float, max_batch: int,
+                  workspace_gib: float) -> None:
+    from edgeskd.quantize.qdq import CALIB_METHODS
+
+    if precision not in PRECISIONS:
+        raise UsageError(f"--precision {precision!r} must be one of {', '.join(PRECISIONS)}")
+    if calib_method not in CALIB_METHODS:
+        raise UsageError(f"--calib-method {calib_method!r} must be one of {', '.join(CALIB_METHODS)}")
+    if max_f1_drop < 0:
+        raise UsageError(f"--max-f1-drop {max_f1_drop} must be >= 0")
+    if max_batch < 1 or workspace_gib <= 0:
+        raise UsageError("--max-batch must be >= 1 and --workspace > 0")
+
+
+def fp32_source_meta(onnx_path: Path, meta_overrides: dict[str, Any] | None) -> ModelMeta:
+    """The metadata of the FP32 ONNX to build from (an error for a missing or already reduced one)."""
+    from edgeskd.runtime.onnxrt import load_onnx
+
+    if not onnx_path.is_file():
+        raise ArtifactError(f"{onnx_path} does not exist; export one with `edgeskd export CHECKPOINT`")
+    meta = load_onnx(onnx_path, meta_overrides=meta_overrides).meta
+    if meta.precision != "fp32":
+        raise UsageError(f"{onnx_path} is already {meta.precision}; give the FP32 ONNX from `edgeskd export`")
+    return meta
+
+
+def output_paths(onnx_path: Path, backend: str, precision: str, out: str | Path | None) -> tuple[Path, Path]:
+    """(artifact, Q/DQ ONNX) paths, checked writable before any work is done."""
+    from edgeskd.utils.io import check_output_file
+
+    art, qdq_out = default_outputs(onnx_path, backend, precision)
+    art = Path(out) if out is not None else art
+    if out is not None and Path(out).resolve() == onnx_path.resolve():
+        raise UsageError(f"--out {out} would overwrite the source ONNX; choose another path")
+    if backend == "onnxruntime" and art.suffix != ".onnx":
+        raise UsageError(f"--out {art}: the onnxruntime artifact is an .onnx file")
+    if backend == "tensorrt" and art.suffix not in (".engine", ".plan", ".trt"):
+        raise UsageError(f"--out {art}: a TensorRT engine file ends in .engine")
+    check_output_file(art)
+    check_output_file(qdq_out)
+    return art, qdq_out
+
+
+def gate_data(meta: ModelMeta, dataset: Any, data: str | Path | None):
+    """``dataset``, else ``data``, else the training data the ONNX records; classes in the model's order."""
+    from edgeskd.data.artifact_data import align_classes, load_data
+
+    return align_classes(dataset if dataset is not None else load_data(meta.extra.get("data"), path=data), meta)
+
+
+def validation_split(dataset):
+    """The validation split the gate runs on (DataError if there is none)."""
+    val = dataset.split("val")
+    if len(val) == 0:
+        raise DataError(f"data set {dataset.name} has no validation split for the accuracy gate; "
+                        "give --data with a val split")
+    return val
+
+
+def calibration_set(meta: ModelMeta, dataset, calib_dataset: Any, calib_data: str | Path | None, *, size: int,
+                    seed: int):
+    """The calibration images: ``calib_dataset`` / ``calib_data`` / the training split of ``dataset``,
+    classes in the model's order."""
+    from edgeskd.data.artifact_data import align_classes, load_data
+    from edgeskd.quantize.calibration import select_calibration
+
+    source = calib_dataset if calib_dataset is not None else (
+        load_data(path=calib_data) if calib_data is not None else dataset)
+    return select_calibration(align_classes(source, meta), meta, size=size, seed=seed,
+                              batch_size=min(32, max(1, size)), split="train",
+                              source=str(calib_data) if calib_data else "")
+
+
+def calibration_cache(onnx_path: Path, calib: Any, method: str, calib_dir: str | Path) -> Path:
+    from edgeskd.quantize.calibration import cache_path
+
+    stem = onnx_path.name.removesuffix(".onnx")
+    return cache_path(onnx_path.read_bytes(), calib, method, directory=calib_dir, stem=stem)

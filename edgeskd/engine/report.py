@@ -1,0 +1,103 @@
+"""What ``build-engine`` writes and reports: the default artifact paths, one ``Candidate`` per
+artifact built (its F1 on the validation split, the drop in points from FP32, latency, throughput,
+size, the gate's verdict) and the ``BuildReport`` written next to the artifact as ``<artifact>.json``.
+
+F1 values here are in percent (the unit of the report and of ``--max-f1-drop``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+def f1_percent(runner, dataset, batch_size: int = 64) -> float:
+    """F1 (percent) of ``runner`` on ``dataset``: the unit of the gate and the report."""
+    from edgeskd.metrics import as_percent
+    from edgeskd.runtime.evaluate import evaluate_runner
+
+    return float(as_percent(evaluate_runner(runner, dataset, batch_size=batch_size))["f1"])
+
+
+# Batch-1 medians closer than this are a tie: timing noise on a shared CPU is a few percent, so
+# speed alone would pick between equals at random; a tie goes to the better F1, then the smaller file.
+LATENCY_TIE = 0.05
+
+
+@dataclass
+class Candidate:
+    name: str
+    precision: str
+    description: str
+    size_bytes: int = 0
+    p50_ms: float = float("nan")       # batch 1
+    p99_ms: float = float("nan")
+    throughput: float = float("nan")   # images/s at the throughput batch
+    f1: float = float("nan")           # percent
+    f1_drop: float = float("nan")      # points vs FP32 ONNX
+    passed: bool = False
+    note: str = ""
+    path: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class BuildReport:
+    backend: str
+    precision: str
+    artifact: Path
+    fp32_f1: float
+    candidates: list[Candidate] = field(default_factory=list)
+    winner: str = ""
+    reason: str = ""
+    extra_artifacts: list[Path] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    calibration: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"backend": self.backend, "precision": self.precision, "artifact": str(self.artifact),
+                "fp32_f1": self.fp32_f1, "winner": self.winner, "reason": self.reason,
+                "candidates": [c.to_dict() for c in self.candidates],
+                "extra_artifacts": [str(p) for p in self.extra_artifacts], "warnings": self.warnings,
+                "calibration": self.calibration}
+
+
+def gate(f1_fp32: float, f1_q: float, max_drop: float) -> tuple[bool, float]:
+    """(passes, drop in points): the candidate may lose at most ``max_drop`` F1 points."""
+    drop = round(f1_fp32 - f1_q, 4)
+    return drop <= max_drop, drop
+
+
+def fail_message(c: Candidate, fp32_f1: float, max_drop: float) -> str:
+    return (f"{c.name} F1 {c.f1:.2f} vs FP32 {fp32_f1:.2f} on the validation split: drop {c.f1_drop:.2f} pts > "
+            f"--max-f1-drop {max_drop:g}; nothing written — calibrate on more representative --calib-data, try "
+            "--calib-method percentile, or pass --force to keep it anyway")
+
+
+def pick_winner(pool: list[Candidate]) -> tuple[Candidate, Candidate]:
+    """(winner, fastest) among the candidates allowed to win."""
+    fastest = min(pool, key=lambda c: c.p50_ms)
+    tied = [c for c in pool if c.p50_ms <= fastest.p50_ms * (1 + LATENCY_TIE)]
+    winner = min(tied, key=lambda c: (-c.f1, c.size_bytes, c.p50_ms))
+    return winner, fastest
+
+
+def note_calibration(report: BuildReport, calib: Any, cache: Path) -> None:
+    """Where the INT8 ranges come from. The cache is keyed by the calibration set, so cached ranges
+    were computed on these same images: their warnings (too few images) hold for a rebuild too."""
+    report.warnings += calib.warnings
+    if cache.is_file():
+        report.calibration = f"cached ranges {cache} from {calib.source} (no recalibration)"
+    else:
+        report.calibration = f"{calib.source} → {cache}"
+
+
+def default_outputs(onnx_path: Path, backend: str, precision: str, engines_dir: Path | None = None
+                    ) -> tuple[Path, Path]:
+    """(artifact, Q/DQ ONNX) default paths next to the ONNX (or in ``engines_dir``)."""
+    d = engines_dir or onnx_path.parent
+    stem = onnx_path.name[: -len(".onnx")] if onnx_path.name.endswith(".onnx") else onnx_path.stem
+    art = d / (f"{stem}.{precision}.engine" if backend == "tensorrt" else f"{stem}.{precision}.cpu.onnx")
+    return art, d / f"{stem}.int8.qdq.onnx"
