@@ -49,6 +49,12 @@ class VideoError(EdgeSKDError):
     exit_code = 7
 
 
+class TrainingDiverged(EdgeSKDError):
+    """A training loss became NaN or infinite."""
+
+    exit_code = 8
+
+
 class NotAvailableYet(EdgeSKDError):
     """A command that a later release fills in."""
 

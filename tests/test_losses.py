@@ -1,4 +1,5 @@
-"""Losses against hand-computed values (DESIGN.md §1 formulas), written out with math, not torch."""
+"""Losses against hand-computed values (the SKD / KD / Subclass Distillation formulas written out
+with math, not torch), and the task objects the training loop calls."""
 
 from __future__ import annotations
 
@@ -130,3 +131,42 @@ def test_invented_teacher_loss_parts():
     ce = torch.nn.functional.cross_entropy(cls, y)
     torch.testing.assert_close(out["ce"], ce)
     torch.testing.assert_close(out["loss"], ce + 0.5 * subclass_aux_loss(x))
+
+
+def test_tasks_return_the_loss_and_its_parts():
+    """``parts = task(batch)``: each task calls its bound forward and returns the pure loss's dict."""
+    from edgeskd.distill.config import TrainConfig
+    from edgeskd.distill.tasks import (Batch, CrossEntropyTask, InventedSubclassTask, KDTask, SKDTask,
+                                       TeacherOutputs, make_task)
+    from edgeskd.meta import ModelMeta
+
+    torch.manual_seed(0)
+    idx = [0, 0, 1, 1, 1]
+    tmeta = ModelMeta(class_names=["a", "b"], subclass_names=list("vwxyz"), subclass_to_class=idx,
+                      input_size=(8, 8))
+    cfg = TrainConfig(alpha=0.25, temperature=2.0)
+    teacher = torch.nn.Linear(4, 5)
+    x, y, s = torch.randn(6, 4), torch.tensor([0, 1, 1, 0, 1, 0]), torch.tensor([0, 2, 4, 1, 3, 1])
+    batch = TeacherOutputs(teacher)(Batch(x, y, s))
+    assert batch.teacher_logits.shape == (6, 5) and not batch.teacher_logits.requires_grad
+    torch.testing.assert_close(batch.teacher_logits, teacher(x).detach())
+    assert isinstance(make_task("teacher", cfg, tmeta), CrossEntropyTask)
+    assert isinstance(make_task("teacher", TrainConfig(subclasses="invent:2"), tmeta), InventedSubclassTask)
+    for kind, n_out, expect in (
+        ("skd", 5, lambda out: skd_loss(out, batch.teacher_logits, y, idx, alpha=0.25, temperature=2.0)),
+        ("kd", 2, lambda out: kd_loss(out, subclass_to_class_logits(batch.teacher_logits, idx), y, alpha=0.25,
+                                      temperature=2.0)),
+        ("none", 2, lambda out: {"loss": torch.nn.functional.cross_entropy(out, y)}),
+    ):
+        student = torch.nn.Linear(4, n_out)
+        task = make_task(kind, cfg, tmeta).bind(student)
+        assert isinstance(task, {"skd": SKDTask, "kd": KDTask, "none": CrossEntropyTask}[kind])
+        parts = task(batch)
+        want = expect(student(x))
+        assert set(want) <= set(parts) and "loss" in parts
+        for k in want:
+            torch.testing.assert_close(parts[k], want[k])
+        parts["loss"].backward()   # the teacher's logits (computed in inference mode) can feed a backward pass
+        assert student.weight.grad is not None and teacher.weight.grad is None
+    with pytest.raises(RuntimeError, match="teacher_logits"):
+        make_task("skd", cfg, tmeta).bind(torch.nn.Linear(4, 5))(Batch(x, y, s))

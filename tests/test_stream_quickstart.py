@@ -8,7 +8,7 @@ import pytest
 
 
 def test_invoke_returns_the_commands_exit_code(tmp_path, capsys):
-    from edgeskd.quickstart import _invoke
+    from edgeskd.cli.quickstart import _invoke
 
     assert _invoke(["stream", "--video", str(tmp_path / "none.mp4"), "--engine", str(tmp_path / "m.onnx")]) == 4
     assert "m.onnx" in capsys.readouterr().err
@@ -20,7 +20,7 @@ def test_summary_reads_what_the_steps_wrote(tmp_path):
     import os
     import time
 
-    from edgeskd.quickstart import _built_artifact, summarize
+    from edgeskd.cli.quickstart import _built_artifact, summarize
 
     (tmp_path / "run").mkdir()
     (tmp_path / "engines").mkdir()
@@ -52,7 +52,7 @@ def test_summary_reads_what_the_steps_wrote(tmp_path):
 
 def test_unknown_profile(tmp_path):
     from edgeskd.errors import UsageError
-    from edgeskd.quickstart import run_quickstart
+    from edgeskd.cli.quickstart import run_quickstart
 
     with pytest.raises(UsageError, match="fast"):
         run_quickstart(tmp_path, profile="huge")
@@ -60,7 +60,7 @@ def test_unknown_profile(tmp_path):
 
 @pytest.mark.slow
 def test_quickstart_smoke_end_to_end(tmp_path):
-    from edgeskd.quickstart import run_quickstart
+    from edgeskd.cli.quickstart import run_quickstart
 
     res = run_quickstart(tmp_path / "qs", profile="smoke", say=lambda s: None)
     names = [s.name for s in res.steps]
@@ -79,7 +79,7 @@ def test_quickstart_smoke_end_to_end(tmp_path):
 
 
 def test_quickstart_reuses_only_its_own_matching_data(tmp_path, monkeypatch):
-    from edgeskd import quickstart as qs
+    from edgeskd.cli import quickstart as qs
     from edgeskd.errors import UsageError
 
     calls: list[list[str]] = []

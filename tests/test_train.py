@@ -137,23 +137,25 @@ def test_resume_continues_after_interrupt(tmp_path, monkeypatch, cli):
     import edgeskd.distill.train as T
 
     out = tmp_path / "res"
-    real_make_loss = T.make_loss
+    real_make_task = T.make_task
     calls = {"n": 0}
 
     def interrupting(kind, cfg, tmeta):
-        fn = real_make_loss(kind, cfg, tmeta)
+        task = real_make_task(kind, cfg, tmeta)
         if kind != "kd":
-            return fn
+            return task
+        loss = task.loss
 
         def wrapped(*a):
             calls["n"] += 1
             if calls["n"] > 6:  # a few batches into the second epoch (≈ 5 batches per epoch)
                 raise KeyboardInterrupt
-            return fn(*a)
+            return loss(*a)
 
-        return wrapped
+        task.loss = wrapped
+        return task
 
-    monkeypatch.setattr(T, "make_loss", interrupting)
+    monkeypatch.setattr(T, "make_task", interrupting)
     args = ["train", *TINY, "--epochs", "2", "--teacher-epochs", "1", "--students", "none,kd", "--out", out]
     r = cli(*args)
     assert r.exit_code == 130 and "interrupted" in r.output
@@ -164,7 +166,7 @@ def test_resume_continues_after_interrupt(tmp_path, monkeypatch, cli):
     assert last["epoch"] == 0  # epoch 1 finished
     teacher_bytes = (out / "teacher.pt").read_bytes()
 
-    monkeypatch.setattr(T, "make_loss", real_make_loss)
+    monkeypatch.setattr(T, "make_task", real_make_task)
     r = cli("train", "--out", out, "--resume", "--img-size", "48")   # a setting that changes the result
     assert r.exit_code == 2 and "img-size=32" in r.output
     r = cli("train", "--out", out, "--resume")   # the run's own settings come from OUT/train-config.json
@@ -244,6 +246,38 @@ def test_corrupt_or_foreign_teacher_checkpoint(cli, tmp_path):
     _assert_one_line_error(r, "not an edgeskd checkpoint")
     r = cli("train", *TINY, "--teacher-checkpoint", tmp_path / "missing.pt", "--out", tmp_path / "o3")
     _assert_one_line_error(r, "does not exist")
+
+
+@pytest.fixture
+def warnings_to_stderr(monkeypatch):
+    """Show every Python warning on (the current) sys.stderr, as a plain `edgeskd` process would,
+    instead of pytest's recorder: a library warning then shows up in the command's output."""
+    import sys
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    monkeypatch.setattr(warnings, "showwarning", show)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        yield
+
+
+def test_unreadable_checkpoint_is_exactly_one_line(cli, tmp_path, warnings_to_stderr):
+    """A plain pickle makes torch warn about its pickle protocol before weights_only loading
+    fails; the user sees only the one-line error (export, and train --teacher-checkpoint)."""
+    import pickle
+
+    not_ckpt = tmp_path / "some-non-checkpoint.pt"
+    not_ckpt.write_bytes(pickle.dumps({"a": np.zeros(3)}, protocol=4))
+    for args in (["export", not_ckpt, "--out", tmp_path / "m.onnx"],
+                 ["train", *TINY, "--teacher-checkpoint", not_ckpt, "--out", tmp_path / "o"]):
+        r = cli(*args)
+        assert r.exit_code == 4, r.output
+        assert _lines(r) == [f"error: {not_ckpt} is not a readable checkpoint (UnpicklingError); give a "
+                             "student-*.pt or teacher.pt written by `edgeskd train`"], r.output
+    assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "o").exists()
 
 
 def test_bad_data_path_creates_nothing(cli, tmp_path):

@@ -7,15 +7,12 @@ from typing import Annotated
 import typer
 
 from edgeskd import __version__
-from edgeskd.cli import bench, build_engine, export, info, quickstart, stream, synth, synth_video, train
+from edgeskd.cli import quickstart
+from edgeskd.cli.commands import new_app, register
 
-app = typer.Typer(
+app = new_app(
     name="edgeskd",
     help="Subclass Knowledge Distillation for endoscopy classifiers, from training to real-time video.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
 )
 
 
@@ -34,14 +31,7 @@ def _root(
     """edgeskd: train → export → INT8 engine → bench → stream."""
 
 
-app.command("synth")(synth.synth)
-app.command("synth-video")(synth_video.synth_video)
-app.command("info")(info.info)
-app.command("train")(train.train)
-app.command("export")(export.export)
-app.command("build-engine")(build_engine.build_engine)
-app.command("bench")(bench.bench)
-app.command("stream")(stream.stream)
+register(app)
 app.command("quickstart")(quickstart.quickstart)
 
 

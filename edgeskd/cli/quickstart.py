@@ -1,14 +1,216 @@
-"""`edgeskd quickstart` — the whole job on the embedded synthetic default, in one command."""
+"""`edgeskd quickstart`: the whole job on the embedded synthetic default, one command.
+
+synth data → train (teacher + plain / KD / SKD students) → export the SKD student → build the
+INT8 artifact (TensorRT with a GPU, else ONNX Runtime) → bench → synthetic endoscopy video →
+stream it with the INT8 artifact and the video's ground truth → a summary table.
+
+Each step runs the same CLI command a user would type (printed before it runs, so any step can be
+repeated by hand), in this process, writing into ``WORKDIR``; the summary reads the files the
+steps wrote (metrics.json, bench.json, stream.json). The steps come from the command table in
+``edgeskd.cli.commands``, not from the app that registers this command.
+"""
 
 from __future__ import annotations
 
+import json
+import shlex
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Callable
 
 import typer
 
+from edgeskd.cli.commands import steps_app
 from edgeskd.cli.common import cli_command, console
+from edgeskd.errors import EdgeSKDError, UsageError
 
+
+class StepFailed(EdgeSKDError):
+    """A quickstart step failed; its own message was printed above."""
+
+    exit_code = 8
+
+
+@dataclass(frozen=True)
+class Profile:
+    synth_n: int
+    synth_size: int
+    train_preset: str
+    calib_size: int
+    bench_iters: int
+    bench_batches: str
+    video_seconds: float
+    video_size: str
+    train_extra: tuple[str, ...] = ()
+    video_extra: tuple[str, ...] = ()
+
+
+PROFILES = {
+    "fast": Profile(synth_n=1500, synth_size=96, train_preset="fast", calib_size=300, bench_iters=50,
+                    bench_batches="1,8", video_seconds=15.0, video_size="1280x720"),
+    "full": Profile(synth_n=3000, synth_size=128, train_preset="default", calib_size=512, bench_iters=200,
+                    bench_batches="1,8,32", video_seconds=20.0, video_size="1280x720"),
+    # the test suite's end-to-end check: every step, tiny sizes
+    "smoke": Profile(synth_n=160, synth_size=32, train_preset="fast", calib_size=64, bench_iters=3,
+                     bench_batches="1", video_seconds=1.0, video_size="192x128",
+                     train_extra=("--epochs", "1", "--teacher-epochs", "1", "--img-size", "32"),
+                     video_extra=("--render-size", "64")),
+}
+
+
+@dataclass
+class StepRecord:
+    name: str
+    argv: list[str]
+    seconds: float
+    exit_code: int
+
+
+@dataclass
+class QuickstartResult:
+    workdir: Path
+    steps: list[StepRecord] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def _invoke(argv: list[str]) -> int:
+    """Run one edgeskd step command in-process, exactly as the CLI would (errors printed the same
+    way); returns its exit code."""
+    try:
+        typer.main.get_command(steps_app()).main(args=argv, prog_name="edgeskd", standalone_mode=True)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    return 0
+
+
+def run_quickstart(workdir: str | Path, *, profile: str = "fast",
+                   say: Callable[[str], None] = print, seed: int = 0) -> QuickstartResult:
+    if profile not in PROFILES:
+        raise UsageError(f"unknown profile {profile!r}; use one of {', '.join(PROFILES)}")
+    p = PROFILES[profile]
+    wd = Path(workdir)
+    from edgeskd.utils.io import ensure_writable_dir
+
+    ensure_writable_dir(wd)
+    res = QuickstartResult(workdir=wd)
+    data, run, eng = wd / "data", wd / "run", wd / "engines"
+    onnx = eng / "student-skd.onnx"
+    video = wd / "video.mp4"
+
+    def step(name: str, argv: list[str], ok_codes: tuple[int, ...] = (0,)) -> int:
+        say(f"\n[bold]== {len(res.steps) + 1}. {name}[/]  [dim]$ edgeskd {' '.join(shlex.quote(a) for a in argv)}[/]")
+        t0 = time.perf_counter()
+        code = _invoke(argv)
+        res.steps.append(StepRecord(name, argv, time.perf_counter() - t0, code))
+        if code not in ok_codes:
+            raise StepFailed(f"quickstart step '{name}' failed (exit {code}); fix the problem above and "
+                             f"re-run it with: edgeskd {' '.join(shlex.quote(a) for a in argv)}")
+        return code
+
+    t_all = time.perf_counter()
+    want = {"n": p.synth_n, "size": p.synth_size, "seed": seed}
+    have = _synth_params(data)
+    if have == want:
+        say(f"\n[bold]== synthetic data[/]: reusing {data} (same n, size and seed)")
+    else:
+        synth = ["synth", str(data), "--n", str(p.synth_n), "--size", str(p.synth_size), "--seed", str(seed)]
+        if data.exists() and any(data.iterdir()):
+            if have is None:
+                raise UsageError(f"{data} exists and is not a synthetic set written by quickstart; "
+                                 "give another --workdir or remove it")
+            synth.append("--overwrite")   # our own earlier set, for another profile or seed
+        step("synthetic data", synth)
+    step("train teacher + students", ["train", "--data", str(data), "--preset", p.train_preset, "--out", str(run),
+                                      "--seed", str(seed), "--overwrite", *p.train_extra])
+    step("export SKD student to ONNX", ["export", str(run / "student-skd.pt"), "--out", str(onnx)])
+    t_build = time.time()
+    code = step("build INT8 artifact", ["build-engine", str(onnx), "--precision", "int8",
+                                        "--calib-size", str(p.calib_size),
+                                        "--calib-dir", str(wd / "calibration")], ok_codes=(0, 6))
+    built = _built_artifact(eng, since=t_build) if code == 0 else None
+    stream_engine = built if built is not None else onnx
+    if code == 6:
+        res.notes.append("the INT8 artifact failed the accuracy gate; streaming with the FP32 ONNX")
+    step("benchmark", ["bench", str(run), str(eng), "--out", str(wd / "bench.json"), "--iters", str(p.bench_iters),
+                       "--batch-sizes", p.bench_batches, "--max-seconds", "3"])
+    step("synthetic endoscopy video", ["synth-video", str(video), "--seconds", str(p.video_seconds),
+                                       "--size", p.video_size, "--seed", str(seed), *p.video_extra])
+    step("stream the video", ["stream", "--video", str(video), "--engine", str(stream_engine),
+                              "--labels", str(wd / "video.labels.csv"), "--crop", "auto",
+                              "--out", str(wd / "annotated.mp4"), "--jsonl", str(wd / "predictions.jsonl"),
+                              "--stats", str(wd / "stream.json")])
+    res.summary = summarize(wd, stream_engine)
+    res.summary["total_seconds"] = time.perf_counter() - t_all
+    from edgeskd.utils.io import write_json_atomic
+
+    write_json_atomic(wd / "quickstart.json", {
+        "profile": profile, "summary": res.summary, "notes": res.notes,
+        "steps": [{"name": s.name, "argv": ["edgeskd", *s.argv], "seconds": round(s.seconds, 2),
+                   "exit_code": s.exit_code} for s in res.steps],
+    })
+    return res
+
+
+def _synth_params(data: Path) -> dict[str, int] | None:
+    """n, size and seed of a synthetic set written by `edgeskd synth` (its dataset.json), else None."""
+    gen = _load(data / "dataset.json").get("generator")
+    if not isinstance(gen, dict):
+        return None
+    return {k: gen.get(k) for k in ("n", "size", "seed")}
+
+
+def _built_artifact(eng: Path, since: float) -> Path | None:
+    """The artifact this build-engine run wrote, read from the report it writes beside it
+    (``<artifact>.json``; a CPU artifact is named after the precision that won). Reports older
+    than this run are ignored, so an artifact left by an earlier run is never picked."""
+    for report in sorted(eng.glob("*.json")):
+        if report.stat().st_mtime < since - 1:
+            continue
+        art = _load(report).get("artifact")
+        if art and Path(art).is_file():
+            return Path(art)
+    return None
+
+
+def _load(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def summarize(wd: Path, stream_engine: Path) -> dict[str, Any]:
+    metrics = _load(wd / "run" / "metrics.json")
+    bench = _load(wd / "bench.json")
+    stream = _load(wd / "stream.json")
+    models = {}
+    for name, m in (metrics.get("models") or {}).items():
+        models[name] = {"f1": m.get("f1"), "params": m.get("params")}
+    rows = bench.get("rows") or bench.get("results") or []
+    bench_rows = [{"name": r.get("name"), "backend": r.get("backend"), "precision": r.get("precision"),
+                   "f1": r.get("f1"), "latency_p50_ms": r.get("latency_p50_ms"), "status": r.get("status")}
+                  for r in rows if isinstance(r, dict)]
+    lab = stream.get("labels") or {}
+    return {
+        "models": models,
+        "bench": bench_rows,
+        "stream": {
+            "engine": str(stream_engine),
+            "fps": stream.get("fps"),
+            "decode_fps_ceiling": stream.get("decode_fps_ceiling"),
+            "latency_ms": stream.get("latency_ms"),
+            "frame_f1_raw": (lab.get("raw") or {}).get("f1"),
+            "frame_f1_smoothed": (lab.get("smoothed") or {}).get("f1"),
+            "frame_accuracy_smoothed": (lab.get("smoothed") or {}).get("accuracy"),
+        },
+        "artifacts": {
+            "data": str(wd / "data"), "run": str(wd / "run"), "engines": str(wd / "engines"),
+            "bench": str(wd / "bench.json"), "video": str(wd / "video.mp4"),
+            "annotated_video": str(wd / "annotated.mp4"), "stream_stats": str(wd / "stream.json"),
+        },
+    }
 
 @cli_command
 def quickstart(
@@ -18,8 +220,6 @@ def quickstart(
 ) -> None:
     """synth data → train → export → build-engine → bench → synth-video → stream, then a summary."""
     from rich.table import Table
-
-    from edgeskd.quickstart import run_quickstart
 
     res = run_quickstart(workdir, profile="fast" if fast else "full", say=console.print, seed=seed)
     s = res.summary

@@ -1,4 +1,4 @@
-"""Distillation losses as pure functions (DESIGN.md §1). torch only; no state, no modules.
+"""Distillation losses as pure functions: torch only; no state, no modules.
 
 Conventions, used everywhere in edgeskd:
 

@@ -143,7 +143,7 @@ def render_report(metrics: dict[str, Any], plots: list[str]) -> str:
               ""]
     if metrics.get("command"):
         lines += ["Command:", "", f"    {metrics['command']}", ""]
-    lines += ["Losses (DESIGN.md §1): teacher = CE on subclass labels (known) or CE on the logsumexp class "
+    lines += ["Losses: teacher = CE on subclass labels (known) or CE on the logsumexp class "
               "logits + β·L_aux (invented); SKD = α·T²·CE(softmax(t_sub/T), s_sub/T) + (1−α)·CE(y, "
               "LSE-class(s_sub)); KD = the same on the teacher's logsumexp class logits with a C-logit "
               "student; plain = CE on class labels.", ""]

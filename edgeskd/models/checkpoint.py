@@ -18,6 +18,7 @@ from torch import nn
 
 from edgeskd.errors import ArtifactError
 from edgeskd.meta import ModelMeta
+from edgeskd.models.weights import load_weights_only
 from edgeskd.utils.io import atomic_path
 
 FORMAT = "edgeskd-checkpoint"
@@ -59,7 +60,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ArtifactError(f"checkpoint {p} does not exist")
     try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+        ckpt = load_weights_only(p)
     except Exception as e:  # noqa: BLE001 - corrupt zip, pickle with code, truncated file...
         raise ArtifactError(
             f"{p} is not a readable checkpoint ({type(e).__name__}); give a student-*.pt or teacher.pt "
