@@ -15,7 +15,7 @@ import pytest
 from edgeskd.errors import BackendUnavailable
 from edgeskd.runtime import cuda_binding as cb
 from edgeskd.runtime import cuda_preprocess as cp
-from test_stream_fixtures import META, make_video
+from helpers_stream import META, make_video
 
 
 @pytest.fixture(autouse=True)
@@ -300,7 +300,7 @@ def _gpu_looking_runner(tmp_path, monkeypatch):
     """An ONNX Runtime runner dressed as a TensorRT one (the attributes the CUDA path needs), on a
     fake GPU whose kernel cannot be built: NVRTC missing and no nvcc."""
     from edgeskd.runtime.loader import load_runner
-    from test_stream_fixtures import make_onnx
+    from helpers_stream import make_onnx
 
     monkeypatch.setitem(sys.modules, "cuda.bindings.driver", _FakeDriver())
     monkeypatch.setattr(cb, "get_binding", lambda name="auto", device=0: _FakeBinding(device))
@@ -313,6 +313,7 @@ def _gpu_looking_runner(tmp_path, monkeypatch):
 
     runner.cu, runner.in_dtype, runner.infer_device = _FakeBinding(0), np.dtype(np.float32), never
     runner.input_buffer, runner.stream = _FakeBuffer(1 << 30, 0), cb.CudaStream(5, None)
+    runner.supports_cuda_preprocess = True
     return runner
 
 

@@ -450,10 +450,6 @@ def _plane_rows(plane: Any, height: int) -> np.ndarray:
     return np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:height]
 
 
-def _gpu_capable(runner: Any) -> bool:
-    return all(hasattr(runner, a) for a in ("infer_device", "input_buffer", "stream", "cu"))
-
-
 def preprocessor_for_stream(runner: Any, mode: str, warn: Callable[[str], None] | None = None) -> CudaPreprocessor | None:
     """The stream's ``--preprocess`` choice: ``cpu`` → None; ``cuda`` → a CudaPreprocessor bound to
     the runner, or the error that prevents it; ``auto`` → one when the runner is on a GPU and the
@@ -463,7 +459,7 @@ def preprocessor_for_stream(runner: Any, mode: str, warn: Callable[[str], None] 
         raise UsageError(f"--preprocess {mode!r} must be auto, cpu or cuda")
     if mode == "cpu":
         return None
-    if not _gpu_capable(runner):
+    if not getattr(runner, "supports_cuda_preprocess", False):
         if mode == "cuda":
             raise BackendUnavailable(
                 f"--preprocess cuda needs a GPU runner (a TensorRT .engine); {runner.backend} runs on the CPU — "
