@@ -21,6 +21,44 @@ def _has_cuda_python() -> bool:
     return importlib.util.find_spec("cuda") is not None and importlib.util.find_spec("cuda.bindings") is not None
 
 
+DRIVER_NAMES = ("cuInit", "cuDeviceGet", "cuDevicePrimaryCtxRetain", "cuDevicePrimaryCtxRelease", "cuCtxSetCurrent",
+                "cuModuleLoadData", "cuModuleGetFunction", "cuModuleUnload", "cuLaunchKernel", "CUstream", "CUresult")
+NVRTC_NAMES = ("nvrtcVersion", "nvrtcGetSupportedArchs", "nvrtcCreateProgram", "nvrtcCompileProgram",
+               "nvrtcGetProgramLogSize", "nvrtcGetProgramLog", "nvrtcGetCUBINSize", "nvrtcGetCUBIN",
+               "nvrtcGetPTXSize", "nvrtcGetPTX", "nvrtcDestroyProgram", "nvrtcResult")
+
+
+def _attrs_on(path, owners: set[str]) -> set[str]:
+    """Attribute names used on ``owner.X`` / ``self.owner.X`` in a source file."""
+    import ast
+    from pathlib import Path
+
+    out = set()
+    for n in ast.walk(ast.parse(Path(path).read_text())):
+        if isinstance(n, ast.Attribute):
+            v = n.value
+            name = v.id if isinstance(v, ast.Name) else (v.attr if isinstance(v, ast.Attribute) else None)
+            if name in owners:
+                out.add(n.attr)
+    return out
+
+
+@pytest.mark.skipif(not _has_cuda_python(), reason="cuda-python not installed")
+def test_cuda_python_driver_and_nvrtc_names_exist():
+    """Every driver / NVRTC name the kernel loader uses exists in the installed cuda-python."""
+    import edgeskd.runtime.cuda_preprocess as cp
+    from edgeskd.runtime.cuda_binding import import_cuda_module
+
+    drv, nvrtc = import_cuda_module("driver"), import_cuda_module("nvrtc")
+    assert not [n for n in DRIVER_NAMES if not hasattr(drv, n)]
+    assert not [n for n in NVRTC_NAMES if not hasattr(nvrtc, n)]
+    assert hasattr(drv.CUresult, "CUDA_SUCCESS") and hasattr(nvrtc.nvrtcResult, "NVRTC_SUCCESS")
+    used_drv = _attrs_on(cp.__file__, {"driver"}) - {"CUDA_SUCCESS"}
+    used_nvrtc = _attrs_on(cp.__file__, {"nvrtc"}) - {"NVRTC_SUCCESS"}
+    assert used_drv and used_drv <= set(DRIVER_NAMES), used_drv - set(DRIVER_NAMES)
+    assert used_nvrtc and used_nvrtc <= set(NVRTC_NAMES), used_nvrtc - set(NVRTC_NAMES)
+
+
 @pytest.mark.skipif(not _has_cuda_python(), reason="cuda-python not installed")
 def test_cuda_python_names_exist():
     from cuda.bindings import runtime as rt
