@@ -351,3 +351,18 @@ def test_preprocessor_for_stream_choices():
 
     with pytest.raises(UsageError):
         cp.preprocessor_for_stream(cpu_runner, "gpu")
+
+
+@pytest.mark.gpu
+def test_kernel_built_by_nvcc_runs_on_the_gpu(tmp_path, monkeypatch):
+    """No NVRTC: the nvcc-built image is loaded and gives the CPU path's numbers."""
+    if cp.find_nvcc() is None:
+        pytest.skip("nvcc not installed")
+    from edgeskd.runtime.preprocess import preprocess_for
+    from helpers_stream import decode_all
+
+    _missing_nvrtc(monkeypatch)
+    frames = np.stack(decode_all(make_video(tmp_path / "v.mp4", n=2, w=320, h=240)))
+    with cp.CudaPreprocessor(META) as pre:
+        np.testing.assert_allclose(pre.to_host(frames, (40, 0, 240, 240)),
+                                   preprocess_for(META, frames, crop=(40, 0, 240, 240)), rtol=0, atol=1e-5)

@@ -313,3 +313,35 @@ def test_kernel_loader_without_a_driver_is_a_clean_error():
         pass
     with pytest.raises(BackendUnavailable, match="driver"):
         cp._CudaPythonKernels((8, 7))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_cuda_yuv_path_matches_cpu_stream_path_on_real_frames(tmp_path, dtype):
+    """The stream's CUDA path (decoder YUV planes → GPU) vs its CPU path (FramePreprocessor) on the
+    same decoded 720p frames: float32 identical up to 1e-5, float16 within one half-precision step."""
+    from edgeskd.stream.frames import FramePreprocessor
+
+    frames = _decoded_frames(make_video(tmp_path / "v.mp4", n=4, w=1280, h=720))
+    meta = META.replace(input_size=[224, 224], channel_order="BGR")
+    cpu = FramePreprocessor(meta)
+    with cp.CudaPreprocessor(meta, dtype=dtype) as pre:
+        for crop in (None, (200, 0, 880, 720)):
+            got = pre.frames_to_host(frames, crop)
+            ref = np.stack([cpu.one(f, crop) for f in frames])
+            if dtype == np.float32:
+                np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5)
+            else:
+                np.testing.assert_allclose(got.astype(np.float32), ref, rtol=2 ** -10, atol=2 ** -14)
+
+
+@pytest.mark.gpu
+def test_cuda_preprocessor_on_the_last_gpu(tmp_path):
+    """The device index reaches the binding and the kernel loader (on a 1-GPU box: device 0)."""
+    from edgeskd.runtime.cuda_binding import get_binding
+
+    n = get_binding().device_count()
+    frames = np.stack(decode_all(make_video(tmp_path / "v.mp4", n=2, w=320, h=240)))
+    with cp.CudaPreprocessor(META, device=n - 1) as pre:
+        assert pre.device == n - 1 and pre.cu.device == n - 1
+        np.testing.assert_allclose(pre.to_host(frames), preprocess_for(META, frames), rtol=0, atol=1e-5)

@@ -116,3 +116,20 @@ def test_round_trip_on_gpu(name):
         cu.stream_synchronize(s)
     cu.stream_destroy(s)
     np.testing.assert_array_equal(host, x)
+
+
+@pytest.mark.gpu
+def test_pycuda_binding_exits_cleanly():
+    """pycuda aborts at exit when its context stack is not empty; the binding pops at exit."""
+    if "pycuda" not in available_bindings():
+        pytest.skip("pycuda not installed")
+    import subprocess
+    import sys
+
+    code = ("from edgeskd.runtime.cuda_binding import get_binding\n"
+            "cu = get_binding('pycuda'); b = cu.malloc(64); s = cu.stream_create(); cu.stream_synchronize(s)\n"
+            "cu.stream_destroy(s); b.free()\n"
+            "print('done')\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and "done" in p.stdout, p.stderr[-2000:]
+    assert "context stack was not empty" not in p.stderr
