@@ -41,14 +41,14 @@ TRT_API: dict[str, tuple[str, ...]] = {
         "name", "shape", "parse", "num_errors", "get_error", "desc", "node", "code",
         # builder config
         "set_memory_pool_limit", "add_optimization_profile", "set_shape", "create_timing_cache",
-        "set_timing_cache", "get_timing_cache", "serialize",
+        "set_timing_cache", "get_timing_cache", "serialize", "BuilderFlag", "TF32", "clear_flag",
         # runtime / engine / context
         "deserialize_cuda_engine", "num_io_tensors", "get_tensor_name", "get_tensor_mode",
         "get_tensor_dtype", "get_tensor_shape", "get_tensor_profile_shape", "create_execution_context",
         "set_input_shape", "set_tensor_address", "execute_async_v3",
     ),
     # TRT 10: strongly typed networks are opt-in; FP16 by builder flag on a weakly typed network.
-    "10": ("STRONGLY_TYPED", "BuilderFlag", "FP16", "set_flag"),
+    "10": ("STRONGLY_TYPED", "FP16", "set_flag"),
     # TRT 11: always strongly typed (FP16 comes from an FP16 ONNX); no version-only names.
     "11": (),
 }
