@@ -359,3 +359,37 @@ def test_build_engine_passes_gpu_index_and_binding_through(tmp_path, fake_gpu, m
     from edgeskd.runtime.engine_file import read_engine_header
 
     assert read_engine_header(rep.artifact).device_name == "fake GPU 1"
+
+
+# -- the runner's output buffer -------------------------------------------------------------------------
+def _engine(tmp_path, trt):
+    return _build(tmp_path, trt)[0]
+
+
+def test_runner_output_buffer_sized_from_the_engine_output_shape(tmp_path, fake_gpu):
+    from edgeskd.runtime.onnxrt import OnnxRuntimeRunner
+    from edgeskd.runtime.tensorrt_runner import TensorRTRunner
+
+    eng = _engine(tmp_path, fake_gpu)
+    x = np.random.default_rng(0).uniform(-2, 2, size=(3, 3, 16, 16)).astype(np.float32)
+    ref = OnnxRuntimeRunner(tmp_path / "m.onnx").infer(x)
+    fake_gpu.output_shape = (-1, 2, 1, 1)           # (N, K, 1, 1): K values per image all the same
+    with TensorRTRunner(eng) as r:
+        dev = fake_gpu.binding
+        in_bytes, out_bytes = dev.mallocs[:2]
+        assert in_bytes == 4 * 3 * 16 * 16 * 4 and out_bytes == 4 * 2 * 4      # max batch 4, K = 2, float32
+        np.testing.assert_allclose(r.infer(x), ref, rtol=1e-6, atol=1e-6)
+
+
+def test_runner_refuses_an_engine_whose_output_does_not_match_its_metadata(tmp_path, fake_gpu):
+    from edgeskd.runtime.tensorrt_runner import TensorRTRunner
+
+    eng = _engine(tmp_path, fake_gpu)
+    assert META.num_outputs == 2
+    for shape, msg in [((-1, 5), "5 values per image.*2 class logits.*rebuild"),
+                       ((-1,), r"shape \(-1,\)"), ((-1, -1), "shape")]:
+        fake_gpu.output_shape = shape
+        r = TensorRTRunner(eng)
+        with pytest.raises(ArtifactError, match=msg):
+            r.activate()
+        assert not r.active
