@@ -82,6 +82,46 @@ def test_nonfinite_loss_single_process():
     assert nonfinite_ranks(ctx, torch.tensor(float("inf"))) == [0]
 
 
+class _NoBackward:
+    """Optimizer and scaler of a step that must stop before ``backward()``."""
+
+    def zero_grad(self, set_to_none=True):
+        raise AssertionError("the step went on to backward() after a non-finite loss")
+
+    scale = step = zero_grad
+
+
+def _diverging_step(loss, dist):
+    import types
+
+    from edgeskd.distill import loop
+
+    t = types.SimpleNamespace(spec=types.SimpleNamespace(name="skd", task=lambda batch: {"loss": loss}),
+                              optimizer=_NoBackward(), scaler=_NoBackward())
+    loop._step(t, batch=None, epoch=2, seed=0, reporter=None, dist=dist)
+
+
+def test_training_step_checks_the_loss_on_every_rank_before_backward(monkeypatch):
+    """The loop's step asks ``ddp.nonfinite_ranks`` (one all-reduce) before ``backward()``: a rank
+    whose own loss is finite stops too when another rank's is not."""
+    from edgeskd.distill import ddp
+    from edgeskd.distill.ddp import DistContext
+    from edgeskd.errors import TrainingDiverged
+
+    with pytest.raises(TrainingDiverged, match="skd: loss became nan at epoch 3"):
+        _diverging_step(torch.tensor(float("nan")), DistContext())
+    asked = []
+
+    def rank1_diverged(ctx, loss):
+        asked.append((ctx.rank, float(loss)))
+        return [1]
+
+    monkeypatch.setattr(ddp, "nonfinite_ranks", rank1_diverged)
+    with pytest.raises(TrainingDiverged, match="skd: loss became non-finite on rank 1 at epoch 3"):
+        _diverging_step(torch.tensor(0.7), DistContext(rank=0, world_size=2, backend="gloo"))
+    assert asked == [(0, pytest.approx(0.7))]
+
+
 _DIVERGE = r"""
 import datetime, json, sys
 import torch, torch.distributed as dist
