@@ -171,7 +171,7 @@ def test_kernel_arithmetic_matches_cpu_path_bit_for_bit(host_kernel, size, crop,
 @pytest.fixture(scope="module")
 def host_kernel_yuv(host_lib):
     """The YUV entry point on the host, fed the way CudaPreprocessor.run_frame feeds the GPU."""
-    from edgeskd.stream.frames import FAST_FORMATS, yuv_to_rgb_coeffs
+    from edgeskd.runtime.preprocess import FAST_FORMATS, yuv_to_rgb_coeffs
 
     def run(frame, meta, crop=None, f16=False, input_order="RGB"):
         sx, sy, full = FAST_FORMATS[frame.format.name]
@@ -345,3 +345,19 @@ def test_cuda_preprocessor_on_the_last_gpu(tmp_path):
     with cp.CudaPreprocessor(META, device=n - 1) as pre:
         assert pre.device == n - 1 and pre.cu.device == n - 1
         np.testing.assert_allclose(pre.to_host(frames), preprocess_for(META, frames), rtol=0, atol=1e-5)
+
+
+
+def test_runtime_does_not_import_the_stream_package():
+    """The YUV coefficients the kernel is fed live in runtime/preprocess.py: no module of the runtime
+    (what an edge box runs) imports the stream package, at the top or inside a function."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "edgeskd" / "runtime"
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            found += [f"{path.name}:{node.lineno} {n}" for n in names if n.startswith("edgeskd.stream")]
+    assert found == []

@@ -1,5 +1,6 @@
-"""CUDA preprocessing: one fused kernel (``kernels/preprocess.cu``) from a uint8 frame straight into
-the engine's input buffer (DESIGN.md §5).
+"""CUDA preprocessing: one fused kernel (``kernels/preprocess.cu``) from a decoded frame straight into
+the engine's input buffer, on the inference stream — crop, bilinear resize, channel order and
+normalisation as ``edgeskd.runtime.preprocess`` does them on the CPU.
 
 The kernel is compiled at run time with **NVRTC** (cuda-python's ``nvrtc``, from wheels: no nvcc
 on the edge box) to a CUBIN for the GPU's own architecture; where NVRTC is missing (it is an
@@ -12,9 +13,9 @@ as the TensorRT runner.
 
 Two inputs: a uint8 RGB/BGR frame (``run``), or a decoded PyAV frame (``run_frame``): 8-bit planar
 YUV frames are uploaded as their Y/U/V planes (half the bytes of RGB for 4:2:0) and converted on the
-GPU with the CPU stream path's own YUV→RGB (``edgeskd.stream.frames``: the frame's matrix and range,
-float32, rounded and clipped like numpy), so CPU and CUDA stream paths give the same numbers; other
-pixel formats go through ``to_ndarray("rgb24")``, as on the CPU path.
+GPU with the CPU stream path's own YUV→RGB (``yuv_to_rgb_coeffs`` in ``runtime/preprocess.py``: the
+frame's matrix and range, float32, rounded and clipped like numpy), so CPU and CUDA stream paths
+give the same numbers; other pixel formats go through ``to_ndarray("rgb24")``, as on the CPU path.
 
 Numerics: float32 output is bit-identical to ``edgeskd.runtime.preprocess`` (same coordinate
 maths in double, same float32 lerp order, no FMA contraction, IEEE division) for the same RGB
@@ -41,6 +42,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from edgeskd.errors import BackendUnavailable, UsageError
+from edgeskd.runtime.preprocess import FAST_FORMATS, yuv_to_rgb_coeffs
 
 KERNEL_PATH = Path(__file__).with_name("kernels") / "preprocess.cu"
 KERNEL_F32 = "edgeskd_preprocess_f32"
@@ -368,8 +370,6 @@ class CudaPreprocessor:
         fast formats): planes uploaded, converted on the GPU with the CPU path's coefficients and
         rounding, so the result equals ``FramePreprocessor`` bit for bit (float32). Other formats:
         ``rgb`` if given, else ``frame.to_ndarray("rgb24")`` — what the CPU path does for them."""
-        from edgeskd.stream.frames import FAST_FORMATS, yuv_to_rgb_coeffs
-
         fast = FAST_FORMATS.get(frame.format.name)
         if fast is None:
             self.run(rgb if rgb is not None else frame.to_ndarray(format="rgb24"), crop, dst_ptr, stream, slot)
