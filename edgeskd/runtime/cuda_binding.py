@@ -1,8 +1,9 @@
 """A small CUDA adapter: device buffers, pinned host arrays, async copies, streams.
 
-Two bindings behind one interface (DESIGN.md §5): **cuda-python** (``cuda.bindings.runtime``, the
-default; wheels only, no nvcc) and **pycuda** (where it is installed). The TensorRT runner and the
-CUDA preprocessing use only what is here::
+Two bindings behind one interface: **cuda-python** (``cuda.bindings.runtime``, the default: wheels
+only, no nvcc needed) and **pycuda** (the alternative where it is installed: sdist-only, and it needs
+nvcc to build the preprocessing kernel). The TensorRT runner and the CUDA preprocessing use only what
+is here::
 
     cu = get_binding()                      # "auto" | "cuda-python" | "pycuda"
     stream = cu.stream_create()

@@ -1,8 +1,10 @@
-// edgeskd fused preprocessing kernel (DESIGN.md §5).
+// edgeskd fused preprocessing kernel: one launch per frame, from the decoded frame to the engine's
+// input, with the same numbers as the CPU path (edgeskd/runtime/preprocess.py).
 //
 // uint8 frame, HWC, 3 channels (RGB or BGR), any row pitch            (edgeskd_preprocess_f32/f16)
 //   or 8-bit planar YUV (Y, U, V planes, chroma subsampled by 2^shift) (edgeskd_preprocess_yuv_f32/f16),
-//   converted to RGB at the sampled pixels exactly as edgeskd/stream/frames.py does on the CPU:
+//   converted to RGB at the sampled pixels exactly as the CPU stream path does (coefficients from
+//   yuv_to_rgb_coeffs in edgeskd/runtime/preprocess.py):
 //   Y' = (Y - y_off) * y_scale, U' = U - 128, V' = V - 128, R = Y' + rv*V', G = Y' - (gu*U' + gv*V'),
 //   B = Y' + bu*U', each float32 operation rounded on its own, then rint and clip to [0, 255]
 //   -> optional content-area crop (x, y, w, h)
