@@ -1,6 +1,7 @@
 """The fused CUDA preprocessing kernel: compiles on CPU-only machines (NVRTC and nvcc), its arithmetic
-matches the CPU path bit for bit (the same source built for the host), and on a GPU the real
-kernel matches the CPU path on real video frames."""
+matches the CPU paths bit for bit (the same source built for the host: RGB input vs
+runtime/preprocess.py, YUV planes vs the CPU stream path's FramePreprocessor on decoded frames), and
+on a GPU the real kernel matches the CPU paths on real video frames."""
 
 from __future__ import annotations
 
@@ -60,6 +61,7 @@ def test_kernel_compiles_with_nvcc_on_cpu(arch, kind):
 
 # -- the kernel's arithmetic, built for the host -------------------------------------------------------
 _HARNESS = r"""
+#include <math.h>
 #include <cmath>
 #include <algorithm>
 #include <cstddef>
@@ -92,11 +94,30 @@ extern "C" void run(int f16, const unsigned char* src, int pitch, int cx, int cy
                                         m[0], m[1], m[2], s[0], s[1], s[2]);
           }
 }
+
+extern "C" void run_yuv(int f16, const unsigned char* yp, int ypitch, const unsigned char* up, int upitch,
+                        const unsigned char* vp, int vpitch, int sx, int sy, const float* k,
+                        int cx, int cy, int cw, int ch, void* dst, int ow, int oh, int swap,
+                        const float* m, const float* s) {
+    blockDim = {32, 8, 1};
+    for (int by = 0; by < (oh + 7) / 8; ++by)
+      for (int bx = 0; bx < (ow + 31) / 32; ++bx)
+        for (int ty = 0; ty < 8; ++ty)
+          for (int tx = 0; tx < 32; ++tx) {
+            blockIdx = {bx, by, 0}; threadIdx = {tx, ty, 0};
+            if (f16) edgeskd_preprocess_yuv_f16(yp, ypitch, up, upitch, vp, vpitch, sx, sy,
+                                                k[0], k[1], k[2], k[3], k[4], k[5], cx, cy, cw, ch,
+                                                (unsigned short*)dst, ow, oh, swap, m[0], m[1], m[2], s[0], s[1], s[2]);
+            else edgeskd_preprocess_yuv_f32(yp, ypitch, up, upitch, vp, vpitch, sx, sy,
+                                            k[0], k[1], k[2], k[3], k[4], k[5], cx, cy, cw, ch,
+                                            (float*)dst, ow, oh, swap, m[0], m[1], m[2], s[0], s[1], s[2]);
+          }
+}
 """
 
 
 @pytest.fixture(scope="module")
-def host_kernel(tmp_path_factory):
+def host_lib(tmp_path_factory):
     cxx = shutil.which("g++") or shutil.which("c++")
     if cxx is None:
         pytest.skip("no C++ compiler for the host build of the kernel")
@@ -110,6 +131,13 @@ def host_kernel(tmp_path_factory):
         pytest.skip(f"host build of the kernel failed: {r.stderr[:400]}")
     so = ctypes.CDLL(str(lib))
     so.run.restype = None
+    so.run_yuv.restype = None
+    return so
+
+
+@pytest.fixture(scope="module")
+def host_kernel(host_lib):
+    so = host_lib
 
     def run(frame: np.ndarray, meta, crop=None, f16=False, input_order="RGB"):
         H, W = frame.shape[:2]
@@ -138,6 +166,64 @@ def test_kernel_arithmetic_matches_cpu_path_bit_for_bit(host_kernel, size, crop,
     np.testing.assert_array_equal(host_kernel(frame, meta, crop), ref)
     half = host_kernel(frame, meta, crop, f16=True)
     np.testing.assert_array_equal(half, ref.astype(np.float16))
+
+
+@pytest.fixture(scope="module")
+def host_kernel_yuv(host_lib):
+    """The YUV entry point on the host, fed the way CudaPreprocessor.run_frame feeds the GPU."""
+    from edgeskd.runtime.preprocess import FAST_FORMATS, yuv_to_rgb_coeffs
+
+    def run(frame, meta, crop=None, f16=False, input_order="RGB"):
+        sx, sy, full = FAST_FORMATS[frame.format.name]
+        W, H = frame.width, frame.height
+        x, y, w, h = crop if crop is not None else (0, 0, W, H)
+        ch = (H + (1 << sy) - 1) >> sy
+        planes = [cp._plane_rows(frame.planes[i], H if i == 0 else ch).copy() for i in range(3)]
+        k = np.array(yuv_to_rgb_coeffs(frame.colorspace, frame.color_range, full), np.float32)
+        oh, ow = meta.input_size
+        out = np.zeros((3, oh, ow), np.float16 if f16 else np.float32)
+        m, s = cp.norm_constants(meta)
+        P = ctypes.c_void_p
+        host_lib.run_yuv(int(f16), *[a for pl in planes for a in (pl.ctypes.data_as(P), pl.shape[1])], sx, sy,
+                         k.ctypes.data_as(P), x, y, w, h, out.ctypes.data_as(P), ow, oh,
+                         int(input_order != meta.channel_order), m.ctypes.data_as(P), s.ctypes.data_as(P))
+        return out
+
+    return run
+
+
+def _decoded_frames(path):
+    import av
+
+    with av.open(str(path)) as c:
+        return list(c.decode(video=0))
+
+
+@pytest.mark.parametrize("pix_fmt,size,crop,order,out_hw", [
+    ("yuv420p", (320, 240), (40, 0, 240, 240), "RGB", (32, 32)),
+    ("yuv420p", (160, 120), None, "BGR", (128, 96)),            # upscaling, channel swap
+    ("yuv444p", (161, 121), (3, 5, 150, 111), "RGB", (48, 32)),  # odd size, no chroma subsampling
+    ("yuv422p", (200, 100), (10, 10, 180, 80), "BGR", (40, 40)),
+])
+def test_yuv_kernel_arithmetic_matches_cpu_stream_path_bit_for_bit(tmp_path, host_kernel_yuv, pix_fmt, size, crop,
+                                                                  order, out_hw):
+    """The CUDA stream path converts YUV on the GPU with the CPU stream path's own maths: the same
+    float32 numbers as FramePreprocessor (not swscale's rgb24, which differs by a few levels)."""
+    from edgeskd.stream.frames import FramePreprocessor
+
+    video = make_video(tmp_path / "v.mp4", n=3, w=size[0], h=size[1], pix_fmt=pix_fmt)
+    frames = _decoded_frames(video)
+    assert frames and frames[0].format.name == pix_fmt
+    meta = META.replace(channel_order=order, input_size=list(out_hw))
+    cpu = FramePreprocessor(meta)
+    for f in frames:
+        ref = cpu.one(f, crop)
+        np.testing.assert_array_equal(host_kernel_yuv(f, meta, crop), ref)
+        np.testing.assert_array_equal(host_kernel_yuv(f, meta, crop, f16=True), ref.astype(np.float16))
+    # what the old CUDA stream path fed the kernel (swscale's rgb24) is not the CPU path's RGB
+    rgb = frames[0].to_ndarray(format="rgb24")
+    swscale = preprocess_for(meta, rgb, crop=crop)[0]
+    assert np.abs(swscale - cpu.one(frames[0], crop)).max() > 0
 
 
 # -- on a GPU: the real kernel vs the CPU path on decoded video frames --------------------------------------
@@ -227,3 +313,51 @@ def test_kernel_loader_without_a_driver_is_a_clean_error():
         pass
     with pytest.raises(BackendUnavailable, match="driver"):
         cp._CudaPythonKernels((8, 7))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_cuda_yuv_path_matches_cpu_stream_path_on_real_frames(tmp_path, dtype):
+    """The stream's CUDA path (decoder YUV planes → GPU) vs its CPU path (FramePreprocessor) on the
+    same decoded 720p frames: float32 identical up to 1e-5, float16 within one half-precision step."""
+    from edgeskd.stream.frames import FramePreprocessor
+
+    frames = _decoded_frames(make_video(tmp_path / "v.mp4", n=4, w=1280, h=720))
+    meta = META.replace(input_size=[224, 224], channel_order="BGR")
+    cpu = FramePreprocessor(meta)
+    with cp.CudaPreprocessor(meta, dtype=dtype) as pre:
+        for crop in (None, (200, 0, 880, 720)):
+            got = pre.frames_to_host(frames, crop)
+            ref = np.stack([cpu.one(f, crop) for f in frames])
+            if dtype == np.float32:
+                np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5)
+            else:
+                np.testing.assert_allclose(got.astype(np.float32), ref, rtol=2 ** -10, atol=2 ** -14)
+
+
+@pytest.mark.gpu
+def test_cuda_preprocessor_on_the_last_gpu(tmp_path):
+    """The device index reaches the binding and the kernel loader (on a 1-GPU box: device 0)."""
+    from edgeskd.runtime.cuda_binding import get_binding
+
+    n = get_binding().device_count()
+    frames = np.stack(decode_all(make_video(tmp_path / "v.mp4", n=2, w=320, h=240)))
+    with cp.CudaPreprocessor(META, device=n - 1) as pre:
+        assert pre.device == n - 1 and pre.cu.device == n - 1
+        np.testing.assert_allclose(pre.to_host(frames), preprocess_for(META, frames), rtol=0, atol=1e-5)
+
+
+
+def test_runtime_does_not_import_the_stream_package():
+    """The YUV coefficients the kernel is fed live in runtime/preprocess.py: no module of the runtime
+    (what an edge box runs) imports the stream package, at the top or inside a function."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "edgeskd" / "runtime"
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            found += [f"{path.name}:{node.lineno} {n}" for n in names if n.startswith("edgeskd.stream")]
+    assert found == []

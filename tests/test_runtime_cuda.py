@@ -21,6 +21,44 @@ def _has_cuda_python() -> bool:
     return importlib.util.find_spec("cuda") is not None and importlib.util.find_spec("cuda.bindings") is not None
 
 
+DRIVER_NAMES = ("cuInit", "cuDeviceGet", "cuDevicePrimaryCtxRetain", "cuDevicePrimaryCtxRelease", "cuCtxSetCurrent",
+                "cuModuleLoadData", "cuModuleGetFunction", "cuModuleUnload", "cuLaunchKernel", "CUstream", "CUresult")
+NVRTC_NAMES = ("nvrtcVersion", "nvrtcGetSupportedArchs", "nvrtcCreateProgram", "nvrtcCompileProgram",
+               "nvrtcGetProgramLogSize", "nvrtcGetProgramLog", "nvrtcGetCUBINSize", "nvrtcGetCUBIN",
+               "nvrtcGetPTXSize", "nvrtcGetPTX", "nvrtcDestroyProgram", "nvrtcResult")
+
+
+def _attrs_on(path, owners: set[str]) -> set[str]:
+    """Attribute names used on ``owner.X`` / ``self.owner.X`` in a source file."""
+    import ast
+    from pathlib import Path
+
+    out = set()
+    for n in ast.walk(ast.parse(Path(path).read_text())):
+        if isinstance(n, ast.Attribute):
+            v = n.value
+            name = v.id if isinstance(v, ast.Name) else (v.attr if isinstance(v, ast.Attribute) else None)
+            if name in owners:
+                out.add(n.attr)
+    return out
+
+
+@pytest.mark.skipif(not _has_cuda_python(), reason="cuda-python not installed")
+def test_cuda_python_driver_and_nvrtc_names_exist():
+    """Every driver / NVRTC name the kernel loader uses exists in the installed cuda-python."""
+    import edgeskd.runtime.cuda_preprocess as cp
+    from edgeskd.runtime.cuda_binding import import_cuda_module
+
+    drv, nvrtc = import_cuda_module("driver"), import_cuda_module("nvrtc")
+    assert not [n for n in DRIVER_NAMES if not hasattr(drv, n)]
+    assert not [n for n in NVRTC_NAMES if not hasattr(nvrtc, n)]
+    assert hasattr(drv.CUresult, "CUDA_SUCCESS") and hasattr(nvrtc.nvrtcResult, "NVRTC_SUCCESS")
+    used_drv = _attrs_on(cp.__file__, {"driver"}) - {"CUDA_SUCCESS"}
+    used_nvrtc = _attrs_on(cp.__file__, {"nvrtc"}) - {"NVRTC_SUCCESS"}
+    assert used_drv and used_drv <= set(DRIVER_NAMES), used_drv - set(DRIVER_NAMES)
+    assert used_nvrtc and used_nvrtc <= set(NVRTC_NAMES), used_nvrtc - set(NVRTC_NAMES)
+
+
 @pytest.mark.skipif(not _has_cuda_python(), reason="cuda-python not installed")
 def test_cuda_python_names_exist():
     from cuda.bindings import runtime as rt
@@ -78,3 +116,20 @@ def test_round_trip_on_gpu(name):
         cu.stream_synchronize(s)
     cu.stream_destroy(s)
     np.testing.assert_array_equal(host, x)
+
+
+@pytest.mark.gpu
+def test_pycuda_binding_exits_cleanly():
+    """pycuda aborts at exit when its context stack is not empty; the binding pops at exit."""
+    if "pycuda" not in available_bindings():
+        pytest.skip("pycuda not installed")
+    import subprocess
+    import sys
+
+    code = ("from edgeskd.runtime.cuda_binding import get_binding\n"
+            "cu = get_binding('pycuda'); b = cu.malloc(64); s = cu.stream_create(); cu.stream_synchronize(s)\n"
+            "cu.stream_destroy(s); b.free()\n"
+            "print('done')\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and "done" in p.stdout, p.stderr[-2000:]
+    assert "context stack was not empty" not in p.stderr

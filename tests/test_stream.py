@@ -311,7 +311,7 @@ def test_stream_realtime_drops_and_bounds_latency(tmp_path, onnx_path):
 
 def test_stream_cuda_path_wiring_on_cpu(tmp_path, onnx_path, monkeypatch):
     """A runner that declares ``supports_cuda_preprocess`` gets the CUDA path under --preprocess auto:
-    each frame's full RGB goes into the runner's input buffer, ``infer_device`` runs on it, and the
+    each decoded frame goes into the runner's input buffer, ``infer_device`` runs on it, and the
     preprocessor is closed when the stream ends. The kernel is stood in for by the numpy reference
     (the real kernel against it: tests/test_cuda_preprocess.py, on a GPU)."""
     from edgeskd.runtime import cuda_preprocess
@@ -342,7 +342,8 @@ def test_stream_cuda_path_wiring_on_cpu(tmp_path, onnx_path, monkeypatch):
             self.runner, self.frames, self.closed = runner, 0, False
             HostKernel.made.append(self)
 
-        def run_into_runner(self, rgb, crop, index) -> None:
+        def run_frame_into_runner(self, frame, crop, index, rgb=None) -> None:
+            rgb = rgb if rgb is not None else frame.to_ndarray(format="rgb24")
             assert rgb.dtype == np.uint8 and rgb.shape == (120, 160, 3)
             self.runner.input_buffer[index] = preprocess_for(self.runner.metadata, rgb, crop=crop)[0]
             self.frames += 1

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from edgeskd import __version__
-from edgeskd.cli import quickstart
+from edgeskd.cli import doctor, quickstart
 from edgeskd.cli.commands import new_app, register
 
 app = new_app(
@@ -33,6 +33,7 @@ def _root(
 
 register(app)
 app.command("quickstart")(quickstart.quickstart)
+app.command("doctor")(doctor.doctor)
 
 
 def main() -> None:

@@ -5,6 +5,11 @@ train ...``: torchrun sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER
 ``init_context`` joins the process group (NCCL on CUDA, gloo on CPU). Every rank trains on its
 DistributedSampler shard and evaluates a strided shard of val/test; the logits are all-gathered so
 every rank computes the same metrics (and picks the same best epoch); only rank 0 writes files.
+
+Two things NCCL does not forgive: two ranks on one GPU (``resolve_device`` gives local rank k GPU k
+and refuses a rank without a GPU of its own), and one rank leaving the loop alone — the others then
+wait in DDP's gradient all-reduce until the NCCL timeout. A non-finite loss is therefore made known
+to every rank (``nonfinite_ranks``, one all-reduce of a flag per step) so all stop at the same step.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from edgeskd.errors import BackendUnavailable
+from edgeskd.errors import BackendUnavailable, UsageError
 
 
 @dataclass
@@ -35,7 +40,11 @@ class DistContext:
 
 
 def resolve_device(pref: str, local_rank: int = 0) -> str:
-    """'auto' | 'cpu' | 'cuda' → a torch device string; 'cuda' without CUDA is a one-line error."""
+    """'auto' | 'cpu' | 'cuda' → a torch device string; 'cuda' without CUDA is a one-line error.
+
+    Local rank k gets GPU k. A rank beyond the visible GPUs is refused (NCCL rejects two ranks on
+    one GPU), except where the launcher shows each rank exactly one GPU (CUDA_VISIBLE_DEVICES of
+    one entry): then every rank uses its cuda:0."""
     import torch
 
     if pref == "cpu":
@@ -43,9 +52,17 @@ def resolve_device(pref: str, local_rank: int = 0) -> str:
     has_cuda = torch.cuda.is_available()
     if pref == "cuda" and not has_cuda:
         raise BackendUnavailable("--device cuda: no CUDA device is visible to torch; use --device cpu or auto")
-    if has_cuda:
-        return f"cuda:{local_rank % max(torch.cuda.device_count(), 1)}"
-    return "cpu"
+    if not has_cuda:
+        return "cpu"
+    n = torch.cuda.device_count()
+    if local_rank < n:
+        return f"cuda:{local_rank}"
+    visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    if n == 1 and len(visible) == 1:
+        return "cuda:0"
+    raise UsageError(
+        f"local rank {local_rank} has no GPU of its own ({n} visible): NCCL needs one GPU per rank; "
+        f"use torchrun --nproc-per-node {n} or fewer, or --device cpu (gloo)")
 
 
 def init_context(device_pref: str = "auto") -> DistContext:
@@ -120,6 +137,23 @@ def all_reduce_mean(ctx: DistContext, values: dict[str, float]) -> dict[str, flo
     dist.all_reduce(t)
     t /= ctx.world_size
     return dict(zip(keys, t.tolist()))
+
+
+def nonfinite_ranks(ctx: DistContext, loss: Any) -> list[int]:
+    """Ranks whose ``loss`` is not finite this step — the same list on every rank (one all-reduce),
+    so all ranks stop together instead of the healthy ones waiting in DDP's gradient all-reduce
+    until the NCCL timeout. Call it every step before ``backward()``; raise when non-empty."""
+    import torch
+
+    bad = not bool(torch.isfinite(loss.detach()).all())
+    if not ctx.distributed:
+        return [ctx.rank] if bad else []
+    import torch.distributed as dist
+
+    flags = torch.zeros(ctx.world_size, dtype=torch.int32, device=ctx.device if ctx.backend == "nccl" else "cpu")
+    flags[ctx.rank] = int(bad)
+    dist.all_reduce(flags)
+    return [r for r, f in enumerate(flags.tolist()) if f]
 
 
 def shard_indices(n: int, ctx: DistContext):

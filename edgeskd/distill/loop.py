@@ -212,13 +212,13 @@ def _finish(ctx: RunContext, t: Trainee) -> TrainedModel:
 
 
 # -- one step, one epoch ---------------------------------------------------------------------------
-def _step(t: Trainee, batch: Batch, epoch: int, seed: int, reporter: Reporter) -> None:
-    import torch
-
+def _step(t: Trainee, batch: Batch, epoch: int, seed: int, reporter: Reporter, dist: ddp.DistContext) -> None:
     parts = t.spec.task(batch)
     loss = parts["loss"]
-    if not torch.isfinite(loss):
-        raise TrainingDiverged(f"{t.spec.name}: loss became {loss.item()} at epoch {epoch + 1}; "
+    bad = ddp.nonfinite_ranks(dist, loss)   # every rank learns of it, so all stop at this step
+    if bad:
+        value = f"non-finite on rank {', '.join(map(str, bad))}" if dist.distributed else str(loss.item())
+        raise TrainingDiverged(f"{t.spec.name}: loss became {value} at epoch {epoch + 1}; "
                                "lower --lr (or --teacher-lr), or disable --amp")
     t.optimizer.zero_grad(set_to_none=True)
     t.scaler.scale(loss).backward()
@@ -272,7 +272,7 @@ def _run_epoch(ctx: RunContext, loader, active: list[Trainee], epoch: int, seed:
             batch = prepare(batch)
         for t in active:
             t0 = time.perf_counter()
-            _step(t, batch, epoch, seed, reporter)
+            _step(t, batch, epoch, seed, reporter, ctx.dist)
             t.seconds += time.perf_counter() - t0
     shared = time.perf_counter() - t_epoch - sum(t.seconds for t in active)
     return max(0.0, shared) / len(active)

@@ -24,26 +24,26 @@ PRECISIONS = ("int8", "fp16", "fp32")
 BACKENDS = ("auto", "tensorrt", "onnxruntime")
 
 
-def tensorrt_usable() -> tuple[bool, str]:
-    """(usable, why not) — tensorrt importable and a CUDA device present."""
+def tensorrt_usable(binding: str = "auto", device: int | str = 0) -> tuple[bool, str]:
+    """(usable, why not) — tensorrt importable and CUDA device ``device`` reachable with ``binding``."""
     try:
-        from edgeskd.runtime.tensorrt_runner import import_tensorrt
+        from edgeskd.runtime.tensorrt_runner import cuda_index, import_tensorrt
 
         import_tensorrt()
         from edgeskd.runtime.cuda_binding import get_binding
 
-        get_binding()
+        get_binding(binding, cuda_index(device))
     except BackendUnavailable as e:
         return False, str(e)
     return True, ""
 
 
-def resolve_backend(backend: str) -> str:
+def resolve_backend(backend: str, *, binding: str = "auto", device: int | str = 0) -> str:
     if backend not in BACKENDS:
         raise UsageError(f"--backend {backend!r} must be one of {', '.join(BACKENDS)}")
     if backend == "onnxruntime":
         return backend
-    ok, why = tensorrt_usable()
+    ok, why = tensorrt_usable(binding, device)
     if backend == "tensorrt":
         if not ok:
             raise BackendUnavailable(f"--backend tensorrt: {why}")
@@ -73,6 +73,8 @@ def build_engine(
     weight_qdq_pair: bool = False,
     meta_overrides: dict[str, Any] | None = None,
     time_seconds: float = 2.0,
+    binding: str = "auto",
+    device: int | str = 0,
     log: Callable[[str], None] = lambda s: None,
 ) -> BuildReport:
     """FP32 ONNX → gated artifact for ``backend`` (see module docstring); the report is written next
@@ -80,6 +82,8 @@ def build_engine(
 
     Validation data (the gate): ``dataset`` / ``data`` / the training data recorded in the ONNX.
     Calibration data: ``calib_dataset`` / ``calib_data`` / the training split of the same data.
+    TensorRT: built and gated on GPU ``device`` (an index, "cuda" or "cuda:N") with the CUDA
+    ``binding`` (auto, cuda-python or pycuda).
     """
     from edgeskd.utils.io import write_json_atomic
 
@@ -87,7 +91,7 @@ def build_engine(
                   workspace_gib=workspace_gib)
     onnx_path = Path(onnx_path)
     meta = fp32_source_meta(onnx_path, meta_overrides)
-    backend = resolve_backend(backend)
+    backend = resolve_backend(backend, binding=binding, device=device)
     if precision == "int8":
         from edgeskd.quantize.qdq import check_quantizer_version
 
@@ -105,7 +109,8 @@ def build_engine(
         from edgeskd.engine.tensorrt_build import build_tensorrt
 
         rep = build_tensorrt(onnx_path, meta, out=art, qdq_out=qdq_out, max_batch=max_batch, workspace_gib=workspace_gib,
-                             timing_cache=Path(calib_dir) / "trt-timing.cache", **common)
+                             timing_cache=Path(calib_dir) / "trt-timing.cache", binding=binding, device=device,
+                             **common)
     else:
         from edgeskd.engine.cpu import build_onnxruntime
 

@@ -5,8 +5,14 @@
 * FP16: TRT 10 builds the FP32 ONNX as a weakly typed network with ``BuilderFlag.FP16`` (precision
   flags are not allowed on strongly typed networks); TRT 11 has no such flag, so the ONNX is first
   converted to FP16 with onnxconverter-common (``keep_io_types=True``: float32 in and out).
+* FP32 is FP32: ``BuilderFlag.TF32`` (on by default, so Ampere and newer would run FP32 layers as
+  TF32) is cleared for FP32 builds.
 * One optimization profile for batch 1..max_batch, a workspace limit, a persistent timing cache;
   parser errors and ``build_serialized_network`` returning None are reported in one line.
+* The timing cache is an optimisation, never a reason to lose an engine: a cache that TensorRT
+  rejects (``set_timing_cache`` returns False: it was made on another GPU or TensorRT version) is
+  discarded with a warning and the build goes on with a fresh one; the engine is written before the
+  cache is saved, and a cache that cannot be serialized or written is a warning.
 * Output: the edgeskd engine file (JSON header: metadata, TRT version, GPU compute capability).
 
 ``build_tensorrt`` is build-engine's TensorRT path: the Q/DQ ONNX for INT8, the engine, and the
@@ -23,7 +29,7 @@ from edgeskd.engine.report import BuildReport, Candidate, f1_percent, fail_messa
 from edgeskd.errors import AccuracyGateError, ArtifactError, UsageError
 from edgeskd.meta import ModelMeta
 from edgeskd.runtime.engine_file import EngineHeader, write_engine
-from edgeskd.runtime.tensorrt_runner import import_tensorrt, make_logger, trt_major
+from edgeskd.runtime.tensorrt_runner import cuda_index, import_tensorrt, make_logger, trt_major
 from edgeskd.utils.io import atomic_path, write_bytes_atomic
 
 DEFAULT_TIMING_CACHE = Path("calibration") / "trt-timing.cache"
@@ -69,19 +75,24 @@ def build_tensorrt_engine(
     workspace_gib: float = 1.0,
     timing_cache: str | os.PathLike | None = DEFAULT_TIMING_CACHE,
     binding: str = "auto",
-    device: int = 0,
+    device: int | str = 0,
     meta_overrides: dict[str, Any] | None = None,
     rebuild_from: str | os.PathLike | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> Path:
-    """ONNX → edgeskd TensorRT engine file at ``out``. For ``int8`` give the Q/DQ ONNX."""
+    """ONNX → edgeskd TensorRT engine file at ``out``, built on GPU ``device`` with the CUDA
+    ``binding``. For ``int8`` give the Q/DQ ONNX. ``warn`` hears what did not stop the build (a
+    timing cache discarded or not saved)."""
     if precision not in ("fp32", "fp16", "int8"):
         raise UsageError(f"precision {precision!r} must be fp32, fp16 or int8")
     if max_batch < 1 or workspace_gib <= 0:
         raise UsageError("--max-batch must be >= 1 and --workspace > 0")
+    warn = warn or (lambda msg: None)
     trt = import_tensorrt()
     from edgeskd.runtime.cuda_binding import get_binding
     from edgeskd.runtime.onnxrt import load_onnx
 
+    device = cuda_index(device)
     cu = get_binding(binding, device)
     cc = cu.compute_capability(device)
     src_meta = load_onnx(onnx_path, meta_overrides=meta_overrides).meta   # validates metadata
@@ -103,6 +114,8 @@ def build_tensorrt_engine(
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
     if precision == "fp16" and major == 10:
         config.set_flag(trt.BuilderFlag.FP16)
+    if precision == "fp32":
+        config.clear_flag(trt.BuilderFlag.TF32)   # on by default: FP32 layers would run as TF32
 
     inp = network.get_input(0)
     h, w = src_meta.input_size
@@ -112,16 +125,12 @@ def build_tensorrt_engine(
     config.add_optimization_profile(profile)
 
     cache_path = Path(timing_cache) if timing_cache else None
-    cache_bytes = cache_path.read_bytes() if cache_path is not None and cache_path.is_file() else b""
-    cache = config.create_timing_cache(cache_bytes)
-    config.set_timing_cache(cache, False)
+    cached = attach_timing_cache(config, cache_path, warn)
 
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         errs = logger.errors() or ["no details; rerun with a larger --workspace"]
         raise ArtifactError(f"TensorRT could not build an engine from {onnx_path}: {errs[-1]}")
-    if cache_path is not None:
-        write_bytes_atomic(cache_path, bytes(config.get_timing_cache().serialize()))
 
     out_name = network.get_output(0).name
     header = EngineHeader(
@@ -130,7 +139,46 @@ def build_tensorrt_engine(
         extra={"onnx": str(rebuild_from or onnx_path), "workspace_gib": workspace_gib, "strongly_typed": strongly_typed,
                "opt_batch": opt},
     )
-    return write_engine(out, bytes(plan), header)
+    path = write_engine(out, bytes(plan), header)
+    if cached:
+        save_timing_cache(config, cache_path, warn)   # after the engine: a cache problem cannot lose it
+    return path
+
+
+def attach_timing_cache(config: Any, cache_path: Path | None, warn: Callable[[str], None]) -> bool:
+    """Give the build a timing cache: the one saved at ``cache_path`` when TensorRT accepts it, else
+    a fresh one. A saved cache that fails verification (``set_timing_cache`` returns False: made on
+    another GPU or TensorRT version) or cannot be read is discarded with a warning. Returns whether
+    a cache is attached (False without ``cache_path``, or if TensorRT refuses even a fresh one)."""
+    if cache_path is None:
+        return False
+    saved = b""
+    try:
+        saved = cache_path.read_bytes() if cache_path.is_file() else b""
+    except OSError as e:
+        warn(f"cannot read the TensorRT timing cache {cache_path} ({e.strerror or e}); building without it")
+    if saved:
+        cache = config.create_timing_cache(saved)
+        if cache is not None and config.set_timing_cache(cache, False):
+            return True
+        warn(f"the TensorRT timing cache {cache_path} does not fit this GPU / TensorRT version (it failed "
+             "verification); building without it — it will be replaced by this build's cache")
+    cache = config.create_timing_cache(b"")
+    if cache is not None and config.set_timing_cache(cache, False):
+        return True
+    warn("TensorRT refused a fresh timing cache; building without one")
+    return False
+
+
+def save_timing_cache(config: Any, cache_path: Path, warn: Callable[[str], None]) -> None:
+    """Write the build's timing cache to ``cache_path`` (atomically); a failure is a warning."""
+    try:
+        cache = config.get_timing_cache()
+        if cache is None:
+            raise RuntimeError("the builder config has no timing cache")
+        write_bytes_atomic(cache_path, bytes(cache.serialize()))
+    except Exception as e:  # noqa: BLE001 - the engine is written; the cache only speeds up the next build
+        warn(f"the engine is built, but its TensorRT timing cache could not be saved to {cache_path} ({e})")
 
 
 def build_tensorrt(
@@ -150,10 +198,13 @@ def build_tensorrt(
     max_batch: int = 8,
     workspace_gib: float = 1.0,
     timing_cache: Path | None = None,
+    binding: str = "auto",
+    device: int | str = 0,
     log: Callable[[str], None] = lambda s: None,
 ) -> BuildReport:
-    """The TensorRT engine for ``precision`` (from the S8S8 Q/DQ ONNX for INT8), gated on ``val``
-    against the FP32 ONNX; a failed gate leaves neither the engine nor a Q/DQ ONNX it wrote."""
+    """The TensorRT engine for ``precision`` (from the S8S8 Q/DQ ONNX for INT8), built and gated on
+    GPU ``device`` with the CUDA ``binding``, on ``val`` against the FP32 ONNX; a failed gate leaves
+    neither the engine nor a Q/DQ ONNX it wrote."""
     from edgeskd.runtime.onnxrt import OnnxRuntimeRunner
 
     with OnnxRuntimeRunner(fp32_path) as ref:
@@ -169,9 +220,10 @@ def build_tensorrt(
             report.extra_artifacts.append(qdq_out)
         with atomic_path(out) as tmp_engine:
             build_tensorrt_engine(src, tmp_engine, precision=precision, max_batch=max_batch, workspace_gib=workspace_gib,
-                                  timing_cache=timing_cache, rebuild_from=fp32_path)
+                                  timing_cache=timing_cache, binding=binding, device=device, rebuild_from=fp32_path,
+                                  warn=report.warnings.append)
             c = _gated_engine(tmp_engine, out, val, precision=precision, fp32_f1=fp32_f1, max_f1_drop=max_f1_drop,
-                              max_batch=max_batch)
+                              max_batch=max_batch, binding=binding, device=device)
             report.candidates.append(c)
             log(f"  {c.name} F1 {c.f1:.2f} (drop {c.f1_drop:+.2f}) p50 {c.p50_ms:.3f} ms")
             if not c.passed and not force:
@@ -202,12 +254,13 @@ def tensorrt_qdq(fp32_path: Path, meta: ModelMeta, qdq_out: Path, *, calib: Any,
 
 
 def _gated_engine(engine_file: Path, out: Path, val, *, precision: str, fp32_f1: float, max_f1_drop: float,
-                  max_batch: int) -> Candidate:
-    """The built engine's F1 on ``val``, its latency, and the gate's verdict."""
+                  max_batch: int, binding: str = "auto", device: int | str = 0) -> Candidate:
+    """The built engine's F1 on ``val`` (run on the GPU it was built on), its latency, and the gate's
+    verdict."""
     from edgeskd.runtime.tensorrt_runner import TensorRTRunner
     from edgeskd.runtime.timing import latency_and_throughput
 
-    with TensorRTRunner(engine_file) as r:
+    with TensorRTRunner(engine_file, binding=binding, device=device) as r:
         f1 = f1_percent(r, val, batch_size=max_batch)
         p50, p99, tp = latency_and_throughput(r, batch=max_batch)
     ok, drop = gate(fp32_f1, f1, max_f1_drop)

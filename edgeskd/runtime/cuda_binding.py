@@ -1,8 +1,9 @@
 """A small CUDA adapter: device buffers, pinned host arrays, async copies, streams.
 
-Two bindings behind one interface (DESIGN.md §5): **cuda-python** (``cuda.bindings.runtime``, the
-default; wheels only, no nvcc) and **pycuda** (where it is installed). The TensorRT runner and the
-CUDA preprocessing use only what is here::
+Two bindings behind one interface: **cuda-python** (``cuda.bindings.runtime``, the default: wheels
+only, no nvcc needed) and **pycuda** (the alternative where it is installed: sdist-only, and it needs
+nvcc to build the preprocessing kernel). The TensorRT runner and the CUDA preprocessing use only what
+is here::
 
     cu = get_binding()                      # "auto" | "cuda-python" | "pycuda"
     stream = cu.stream_create()
@@ -16,11 +17,21 @@ CUDA preprocessing use only what is here::
 Both bindings work in the device's primary context, which is the one TensorRT and the CUDA runtime
 use, so pointers and streams can be shared between them. Nothing is imported until a binding is
 asked for; without a GPU, ``get_binding()`` raises BackendUnavailable saying what is missing.
+
+cuda-python moved its modules in 12.6.1 (``cuda.cudart`` → ``cuda.bindings.runtime``, ``cuda.cuda``
+→ ``cuda.bindings.driver``, ``cuda.nvrtc`` → ``cuda.bindings.nvrtc``); ``import_cuda_module`` finds
+either layout, and ``native_handle`` turns a cuda-python handle object into its integer value
+(``cuda.bindings.utils.get_cuda_native_handle`` where it exists; ``int(obj)`` is deprecated since
+12.9.1). pycuda pushes the device's primary context; ``close()`` pops it (registered at exit,
+since pycuda aborts when its context stack is not empty at interpreter shutdown).
 """
 
 from __future__ import annotations
 
+import atexit
 import ctypes
+import importlib
+import threading
 import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -30,6 +41,46 @@ import numpy as np
 from edgeskd.errors import BackendUnavailable
 
 BINDINGS = ("cuda-python", "pycuda")
+# cuda-python < 12.6.1 kept driver / runtime / NVRTC at the top of the ``cuda`` package
+_OLD_LAYOUT = {"driver": "cuda.cuda", "runtime": "cuda.cudart", "nvrtc": "cuda.nvrtc"}
+
+
+def import_cuda_module(kind: str) -> Any:
+    """cuda-python's ``driver``, ``runtime`` or ``nvrtc`` module, new layout (``cuda.bindings.*``,
+    cuda-python >= 12.6.1) or old (``cuda.cuda`` / ``cuda.cudart`` / ``cuda.nvrtc``). ImportError
+    when neither is installed. Importing loads no CUDA library: a missing driver or NVRTC shows at
+    the first call."""
+    if kind not in _OLD_LAYOUT:
+        raise ValueError(f"unknown cuda-python module {kind!r}; use driver, runtime or nvrtc")
+    try:
+        return importlib.import_module(f"cuda.bindings.{kind}")
+    except ImportError:
+        pass
+    try:
+        return importlib.import_module(_OLD_LAYOUT[kind])
+    except ImportError:
+        raise ImportError(f"cuda-python is not installed (neither cuda.bindings.{kind} nor {_OLD_LAYOUT[kind]})") from None
+
+
+def native_handle(obj: Any) -> int:
+    """The integer value of a cuda-python handle (stream, context, pointer...); ints pass through."""
+    if isinstance(obj, int):
+        return obj
+    getter = _native_handle_getter()
+    if getter is not None:
+        try:
+            return int(getter(obj))
+        except TypeError:   # a type without a registered getter (e.g. a plain pointer wrapper)
+            pass
+    return int(obj)
+
+
+def _native_handle_getter() -> Callable[[Any], int] | None:
+    try:
+        from cuda.bindings.utils import get_cuda_native_handle
+    except ImportError:    # cuda-python < 12.9.1, or the old layout
+        return None
+    return get_cuda_native_handle
 
 
 @dataclass
@@ -86,6 +137,9 @@ class CudaBinding:
     def stream_synchronize(self, stream: CudaStream) -> None: ...
     def stream_destroy(self, stream: CudaStream) -> None: ...
 
+    def close(self) -> None:
+        """Release what the binding holds for the process (safe to call twice)."""
+
 
 # -- cuda-python ---------------------------------------------------------------------------
 class CudaPythonBinding(CudaBinding):
@@ -93,20 +147,27 @@ class CudaPythonBinding(CudaBinding):
 
     def __init__(self, device: int = 0) -> None:
         try:
-            from cuda.bindings import runtime as rt
+            rt = import_cuda_module("runtime")
         except ImportError:
-            try:  # cuda-python < 12.6 layout
-                from cuda import cudart as rt  # type: ignore[no-redef]
-            except ImportError:
-                raise BackendUnavailable("cuda-python is not installed; pip install 'edgeskd[gpu]'") from None
+            raise BackendUnavailable("cuda-python is not installed; pip install 'edgeskd[gpu-cu12]' "
+                                     "(or [gpu-cu13]; see `edgeskd doctor`)") from None
         self.rt = rt
-        err, n = rt.cudaGetDeviceCount()
+        try:
+            err, n = rt.cudaGetDeviceCount()
+        except RuntimeError as e:   # the CUDA driver library could not be loaded
+            raise BackendUnavailable(f"no usable CUDA driver ({e}); needs an NVIDIA GPU and driver") from None
         if err != rt.cudaError_t.cudaSuccess or n < 1:
-            raise BackendUnavailable(f"no usable CUDA device ({self._err_name(err)}); needs an NVIDIA GPU and driver")
+            raise BackendUnavailable(f"no usable CUDA device ({self._err_name(err)}); needs an NVIDIA GPU and a driver "
+                                     "new enough for this cuda-python (13.x needs >= 580; see `edgeskd doctor`)")
         if device >= n:
             raise BackendUnavailable(f"CUDA device {device} does not exist ({n} present)")
-        self._ok(rt.cudaSetDevice(device), "cudaSetDevice")
         self.device = device
+        self._use()
+
+    def _use(self) -> None:
+        """Make this binding's device current for the calling thread (the runtime API allocates and
+        creates streams on the current device; another binding may have switched it)."""
+        self._ok(self.rt.cudaSetDevice(self.device), "cudaSetDevice")
 
     def _err_name(self, err: Any) -> str:
         return getattr(err, "name", str(err))
@@ -133,14 +194,16 @@ class CudaPythonBinding(CudaBinding):
         return name.split(b"\x00")[0].decode() if isinstance(name, bytes) else str(name)
 
     def malloc(self, nbytes: int) -> DeviceBuffer:
+        self._use()
         ptr = self._ok(self.rt.cudaMalloc(max(int(nbytes), 1)), "cudaMalloc")
-        return DeviceBuffer(int(ptr), nbytes, lambda: self._ok(self.rt.cudaFree(ptr), "cudaFree"))
+        return DeviceBuffer(native_handle(ptr), nbytes, lambda: self._ok(self.rt.cudaFree(ptr), "cudaFree"))
 
     def host_empty(self, shape: Any, dtype: Any = np.float32) -> np.ndarray:
         """Page-locked numpy array; the pinned memory is freed when the last view of it dies."""
         dt = np.dtype(dtype)
         n = max(int(np.prod(shape)) * dt.itemsize, 1)
-        ptr = int(self._ok(self.rt.cudaMallocHost(n), "cudaMallocHost"))
+        self._use()
+        ptr = native_handle(self._ok(self.rt.cudaMallocHost(n), "cudaMallocHost"))
         raw = (ctypes.c_byte * n).from_address(ptr)
         weakref.finalize(raw, self.rt.cudaFreeHost, ptr)
         return np.frombuffer(raw, dtype=np.uint8)[: int(np.prod(shape)) * dt.itemsize].view(dt).reshape(shape)
@@ -160,8 +223,9 @@ class CudaPythonBinding(CudaBinding):
                                          self.rt.cudaMemcpyKind.cudaMemcpyDeviceToDevice, stream.raw), "memcpy D2D")
 
     def stream_create(self) -> CudaStream:
+        self._use()
         s = self._ok(self.rt.cudaStreamCreate(), "cudaStreamCreate")
-        return CudaStream(int(s), s)
+        return CudaStream(native_handle(s), s)
 
     def stream_synchronize(self, stream: CudaStream) -> None:
         self._ok(self.rt.cudaStreamSynchronize(stream.raw), "cudaStreamSynchronize")
@@ -188,10 +252,34 @@ class PyCudaBinding(CudaBinding):
         if n < 1 or device >= n:
             raise BackendUnavailable(f"CUDA device {device} does not exist ({n} present)")
         self.dev = cuda.Device(device)
-        # The primary context is the one the CUDA runtime (and TensorRT) use.
-        self.ctx = self.dev.retain_primary_context()
+        # The primary context is the one the CUDA runtime (and TensorRT) use. pycuda keeps a
+        # per-thread context stack and aborts the process at exit if it is not empty: pop it in
+        # close(), which also runs at exit.
+        self.ctx: Any = self.dev.retain_primary_context()
         self.ctx.push()
+        self._thread = threading.get_ident()
         self.device = device
+        atexit.register(self.close)
+
+    def close(self) -> None:
+        """Pop the primary context pushed in ``__init__`` (idempotent; the binding is unusable
+        afterwards). Free this binding's buffers first: pycuda frees memory in its context."""
+        ctx, self.ctx = self.ctx, None
+        if ctx is None:
+            return
+        atexit.unregister(self.close)
+        for key in [k for k, b in _CACHE.items() if b is self]:
+            del _CACHE[key]
+        if threading.get_ident() != self._thread:
+            # the stack is per thread: only the thread that pushed can pop (pycuda's own rule)
+            raise RuntimeError("PyCudaBinding.close() must run on the thread that created the binding")
+        try:
+            ctx.pop()
+        except self.cuda.Error:   # already popped by someone else: nothing left to do
+            pass
+        from pycuda.tools import clear_context_caches
+
+        clear_context_caches()
 
     def device_count(self) -> int:
         return int(self.cuda.Device.count())

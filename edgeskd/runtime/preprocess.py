@@ -17,6 +17,38 @@ import numpy as np
 from edgeskd.errors import UsageError
 
 
+# Decoded video frames, 8-bit planar YUV → RGB: shared by the stream's CPU path
+# (``edgeskd.stream.frames``) and the CUDA kernel's YUV entry points (``cuda_preprocess.run_frame``),
+# so both convert alike. Formats: name -> (chroma x shift, chroma y shift, full range).
+FAST_FORMATS: dict[str, tuple[int, int, bool]] = {
+    "yuv420p": (1, 1, False),
+    "yuvj420p": (1, 1, True),
+    "yuv422p": (1, 0, False),
+    "yuvj422p": (1, 0, True),
+    "yuv444p": (0, 0, False),
+    "yuvj444p": (0, 0, True),
+}
+# AVColorSpace values → (Kr, Kb)
+_MATRICES = {1: (0.2126, 0.0722), 5: (0.299, 0.114), 6: (0.299, 0.114), 9: (0.2627, 0.0593), 10: (0.2627, 0.0593)}
+_BT601 = (0.299, 0.114)
+
+
+def yuv_to_rgb_coeffs(colorspace: int, color_range: int, full_range_fmt: bool) -> tuple[float, ...]:
+    """Coefficients of R = ys*(Y - y0) + rv*V', G = ys*(Y - y0) - gu*U' - gv*V', B = ys*(Y - y0) + bu*U'."""
+    kr, kb = _MATRICES.get(int(colorspace or 2), _BT601)
+    kg = 1.0 - kr - kb
+    full = full_range_fmt or int(color_range or 0) == 2
+    if full:
+        y0, ys, cs = 0.0, 1.0, 1.0
+    else:
+        y0, ys, cs = 16.0, 255.0 / 219.0, 255.0 / 224.0
+    rv = 2 * (1 - kr) * cs
+    bu = 2 * (1 - kb) * cs
+    gu = 2 * kb * (1 - kb) / kg * cs
+    gv = 2 * kr * (1 - kr) / kg * cs
+    return y0, ys, rv, gu, gv, bu
+
+
 @lru_cache(maxsize=64)
 def axis_weights(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Half-pixel bilinear sampling of one axis, ``n_in`` → ``n_out`` samples: (i0, i1, w1), so that

@@ -7,7 +7,8 @@ execution context and allocates the buffers; ``deactivate`` frees them.
 
 Per call: ``set_input_shape`` → async H2D copy → ``execute_async_v3`` → async D2H copy → one
 stream sync. Buffers are allocated once for the engine's max batch and bound with
-``set_tensor_address``. For zero-copy callers (the CUDA preprocessing writes straight into the
+``set_tensor_address``; the output buffer is sized from the engine's own output tensor shape (an
+engine whose output disagrees with its metadata is refused). For zero-copy callers (the CUDA preprocessing writes straight into the
 input buffer): ``runner.input_buffer``, ``runner.stream`` and ``runner.infer_device(n)``.
 
 An engine built for another TensorRT version or GPU architecture is refused before
@@ -41,14 +42,14 @@ TRT_API: dict[str, tuple[str, ...]] = {
         "name", "shape", "parse", "num_errors", "get_error", "desc", "node", "code",
         # builder config
         "set_memory_pool_limit", "add_optimization_profile", "set_shape", "create_timing_cache",
-        "set_timing_cache", "get_timing_cache", "serialize",
+        "set_timing_cache", "get_timing_cache", "serialize", "BuilderFlag", "TF32", "clear_flag",
         # runtime / engine / context
         "deserialize_cuda_engine", "num_io_tensors", "get_tensor_name", "get_tensor_mode",
         "get_tensor_dtype", "get_tensor_shape", "get_tensor_profile_shape", "create_execution_context",
         "set_input_shape", "set_tensor_address", "execute_async_v3",
     ),
     # TRT 10: strongly typed networks are opt-in; FP16 by builder flag on a weakly typed network.
-    "10": ("STRONGLY_TYPED", "BuilderFlag", "FP16", "set_flag"),
+    "10": ("STRONGLY_TYPED", "FP16", "set_flag"),
     # TRT 11: always strongly typed (FP16 comes from an FP16 ONNX); no version-only names.
     "11": (),
 }
@@ -151,6 +152,20 @@ def deserialize(runtime: Any, plan: bytes, logger: Any, source: str) -> Any:
     return engine
 
 
+def output_width(engine: Any, name: str, meta: Any, source: str) -> int:
+    """Values per image of output ``name``, from the engine's own tensor shape (batch first, -1 for a
+    dynamic batch): what its buffer must hold. An engine whose output does not match its metadata
+    (the class or subclass count the probabilities are read with) is refused."""
+    shape = tuple(int(d) for d in engine.get_tensor_shape(name))
+    if len(shape) < 2 or any(d < 0 for d in shape[1:]):
+        raise ArtifactError(f"{source}: output {name!r} has shape {shape}; edgeskd engines output (batch, logits)")
+    width = int(np.prod(shape[1:]))
+    if width != meta.num_outputs:
+        raise ArtifactError(f"{source}: output {name!r} has {width} values per image but its metadata describes "
+                            f"{meta.num_outputs} {meta.output.replace('_', ' ')}; rebuild it with edgeskd build-engine")
+    return width
+
+
 def io_names(trt: Any, engine: Any, preferred_output: str, source: str) -> tuple[str, str, list[str]]:
     """(input name, output name, all output names) of an engine with one input."""
     names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
@@ -200,7 +215,7 @@ class TensorRTRunner(Runner):
         """Device and pinned host buffers for the max batch, bound to the context by address."""
         trt = self.trt
         h, w = self.meta.input_size
-        k = self.meta.num_outputs
+        k = output_width(self.engine, self.output_name, self.meta, self.path)
         mb = int(self.max_batch or 1)
         self.stream = self.cu.stream_create()
         self.input_buffer = self.cu.malloc(mb * 3 * h * w * self.in_dtype.itemsize)

@@ -356,14 +356,13 @@ def run_stream(
             stack.enter_context(runner)
         else:
             runner.activate()
-        predictor = Predictor(runner, cfg.preprocess)
+        predictor = Predictor(runner, cfg.preprocess, _warn)
         stack.callback(predictor.close)
         source = VideoSource(cfg.video, realtime=cfg.realtime, max_frames=cfg.max_frames, timeout_s=cfg.timeout_s)
         stack.callback(source.close)
         info = source.info
         if source.realtime and cfg.batch > 1:
             raise UsageError("--batch > 1 needs --no-realtime: in real-time mode only the newest frame is processed")
-        source.want_rgb = predictor.path == "cuda"
         process = FrameProcessor(predictor, FrameCrop(crop_opt, info.width, info.height, every=cfg.crop_every),
                                  smoother)
         outputs = _Outputs.open(cfg, stack, meta, info, source.realtime)

@@ -3,16 +3,18 @@
 CPU path: ``frames.FramePreprocessor`` (numpy, converts only the pixels the resize reads) and
 ``runner.infer``. CUDA path: the fused kernel writes each frame straight into the engine's input
 buffer and ``runner.infer_device`` runs on it; only runners with ``supports_cuda_preprocess`` (the
-TensorRT runner) can take it.
+TensorRT runner) can take it. 8-bit YUV frames go up as their planes and are converted on the GPU
+with the CPU path's coefficients and rounding. Under ``--preprocess auto`` a kernel that cannot be
+built or loaded (no NVRTC and no nvcc, a binding problem) falls back to the CPU path with one
+warning.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from edgeskd.errors import BackendUnavailable
 from edgeskd.runtime.postprocess import class_probabilities, subclass_probabilities
 from edgeskd.stream.frames import FramePreprocessor
 from edgeskd.stream.source import DecodedFrame
@@ -23,28 +25,22 @@ class Predictor:
     class-logit models). ``path`` is "cuda" or "cpu". ``close()`` frees the CUDA preprocessor's
     buffers (before the runner is deactivated)."""
 
-    def __init__(self, runner: Any, mode: str) -> None:
+    def __init__(self, runner: Any, mode: str, warn: Callable[[str], None] | None = None) -> None:
         self.runner = runner
         self.meta = runner.metadata
         self.cpu = FramePreprocessor(self.meta)
-        self.cuda: Any = None
-        capable = bool(runner.supports_cuda_preprocess)
-        if mode == "cuda" and not capable:
-            raise BackendUnavailable(
-                f"--preprocess cuda needs a GPU runner (a TensorRT .engine); {runner.backend} runs on the CPU — "
-                "use --preprocess cpu"
-            )
-        if capable and mode in ("auto", "cuda"):
-            from edgeskd.runtime.cuda_preprocess import CudaPreprocessor
+        from edgeskd.runtime.cuda_preprocess import preprocessor_for_stream
 
-            self.cuda = CudaPreprocessor.for_runner(runner)
+        # None = the CPU path: --preprocess cpu, a CPU runner under auto, or (auto, with one warning)
+        # a GPU runner whose kernel cannot be built or loaded
+        self.cuda: Any = preprocessor_for_stream(runner, mode, warn)
         self.path = "cuda" if self.cuda is not None else "cpu"
 
     def logits(self, items: Sequence[DecodedFrame], crop: tuple[int, int, int, int] | None) -> np.ndarray:
         if self.cuda is not None:
             for i, it in enumerate(items):
-                rgb = it.rgb if it.rgb is not None else it.frame.to_ndarray(format="rgb24")
-                self.cuda.run_into_runner(rgb, crop, i)
+                # the decoder's YUV planes, converted on the GPU with the CPU path's maths
+                self.cuda.run_frame_into_runner(it.frame, crop, i, rgb=it.rgb)
             return self.runner.infer_device(len(items))
         x = self.cpu([it.frame for it in items], crop, [it.rgb for it in items])
         return self.runner.infer(x)
