@@ -187,10 +187,10 @@ def test_timm_student_export_parity_int8(tmp_path, arch):
     import onnx
     from test_export import tiny_set
 
+    from edgeskd.engine.build import build_engine
     from edgeskd.export.onnx_export import export_onnx
     from edgeskd.meta import ModelMeta
     from edgeskd.models.checkpoint import save_checkpoint
-    from edgeskd.quantize.build import build_engine
     from edgeskd.quantize.qdq import inspect_qdq
     from edgeskd.runtime.loader import load_runner
     from edgeskd.runtime.torch_runner import TorchRunner
