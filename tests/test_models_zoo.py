@@ -14,7 +14,7 @@ pytest.importorskip("timm")
 
 from edgeskd.errors import ArtifactError, UsageError  # noqa: E402
 from edgeskd.models import create_model  # noqa: E402
-from edgeskd.models.pretrained import hf_snapshot_dir, torchvision_weight_file, torchvision_weights  # noqa: E402
+from edgeskd.models.weights import hf_snapshot_dir, torchvision_weight_file, torchvision_weights  # noqa: E402
 from edgeskd.models.registry import UnknownModelError  # noqa: E402
 
 

@@ -13,8 +13,8 @@ import os
 from typing import Any
 
 from edgeskd.errors import ArtifactError, BackendUnavailable
-from edgeskd.models.pretrained import is_imagenet, timm_weight_file
-from edgeskd.models.registry import UnknownModelError, load_backbone_weights
+from edgeskd.models.registry import UnknownModelError
+from edgeskd.models.weights import is_imagenet, load_backbone_weights, timm_weight_file
 
 TIMM_PREFIX = "timm:"
 # Named in the unknown-name error; README's model table measures these and more.
