@@ -3,6 +3,7 @@ timm models by name, INT8 friendliness, and timm students through export, parity
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 
@@ -15,7 +16,7 @@ pytest.importorskip("timm")
 from edgeskd.errors import ArtifactError, UsageError  # noqa: E402
 from edgeskd.models import create_model  # noqa: E402
 from edgeskd.models.weights import hf_snapshot_dir, torchvision_weight_file, torchvision_weights  # noqa: E402
-from edgeskd.models.registry import UnknownModelError  # noqa: E402
+from edgeskd.models.registry import UnknownModelError, list_models  # noqa: E402
 
 
 @pytest.fixture
@@ -81,7 +82,7 @@ def test_imagenet_weights_missing_offline_names_file_and_folder(torch_home, no_n
     assert "\n" not in msg and "mobilenet_v3_small-047dcff4.pth" in msg and f"{folder}/" in msg
     assert "https://download.pytorch.org/models/mobilenet_v3_small-047dcff4.pth" in msg
     assert "network disabled" in msg and "TORCH_HOME" in msg
-    assert not folder.exists() or not any(folder.iterdir())           # nothing half-written
+    assert not torch_home.exists()                                     # nothing half-written, no empty folders
     with pytest.raises(UsageError, match="tiny_cnn has no ImageNet weights"):
         create_model("tiny_cnn", 4, pretrained="imagenet")
 
@@ -152,7 +153,7 @@ def test_unknown_names_list_both_registries():
     with pytest.raises(UnknownModelError) as e:
         create_model("resnet34", 2)
     msg = str(e.value)
-    assert "valid names: efficientnet_b0, mobilenet_v3_small, resnet18, resnet50, tiny_cnn" in msg
+    assert f"valid names: {', '.join(list_models())}" in msg and "resnet18" in msg and "tiny_cnn" in msg
     assert "timm:NAME for any of timm's" in msg and "timm:mobilenetv3_small_100" in msg
     assert "did you mean timm:resnet34" in msg and "\n" not in msg
     with pytest.raises(UnknownModelError, match=r"unknown timm model 'resnet5O'.*tiny_cnn.*did you mean .*timm:resnet50"):
@@ -163,9 +164,21 @@ def test_unknown_names_list_both_registries():
         create_model("timm:", 2)
 
 
+@pytest.mark.parametrize("flag, name, role", [("--teacher", "vgg99", "teacher"), ("--student", "timm:mobilenetv9", "student")])
+def test_train_unknown_name_lists_both_registries(cli, tmp_path, flag, name, role):
+    from test_train import TINY, _assert_one_line_error
+
+    r = cli("train", *TINY, flag, name, "--out", tmp_path / "o")
+    kind = f"timm {role} model 'mobilenetv9'" if name.startswith("timm:") else f"{role} model '{name}'"
+    _assert_one_line_error(r, f"unknown {kind}", f"valid names: {', '.join(list_models())}",
+                           f"({role}s: {', '.join(list_models(role))})", "timm:NAME for any of timm's")
+    assert r.exit_code == 2 and not (tmp_path / "o").exists()
+
+
 # -- INT8 / TensorRT friendliness ------------------------------------------------------------
 def test_int8_friendliness_read_off_the_model():
-    from edgeskd.models.zoo import int8_concerns, int8_friendly_students, int8_warning, model_int8_concerns
+    from edgeskd.models.zoo import (TIMM_INT8_FRIENDLY, TIMM_STUDENTS, int8_concerns, int8_friendly_students,
+                                    int8_warning, model_int8_concerns)
 
     assert model_int8_concerns("tiny_cnn") == () and model_int8_concerns("timm:mobilenetv4_conv_small") == ()
     assert {"hard-swish", "squeeze-excitation"} <= set(model_int8_concerns("mobilenet_v3_small"))
@@ -176,6 +189,8 @@ def test_int8_friendliness_read_off_the_model():
     friendly = int8_friendly_students()
     assert "tiny_cnn" in friendly and "timm:mobilenetv4_conv_small" in friendly
     assert "mobilenet_v3_small" not in friendly and "timm:mobilenetv3_small_050" not in friendly
+    # the warning's list of timm students is what the built models say
+    assert [n for n in friendly if n not in list_models()] == [n for n in TIMM_STUDENTS if n in TIMM_INT8_FRIENDLY]
     assert int8_warning("tiny_cnn") is None
     w = int8_warning("timm:mobilenetv3_small_050")
     assert "hard-swish" in w and "tiny_cnn" in w and "\n" not in w
@@ -223,3 +238,105 @@ def test_timm_student_export_parity_int8(tmp_path, arch):
         assert r.metadata.precision == "int8" and r.metadata.arch == arch
         a, b = f.infer(xi), r.infer(xi)
     assert b.shape == (40, 5) and np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.99   # INT8 tracks FP32
+
+
+# -- through `edgeskd train` ------------------------------------------------------------------
+def _one_epoch(*extra):
+    from test_train import TINY
+
+    return ("train", *TINY, "--epochs", "1", "--teacher-epochs", "1", *extra)
+
+
+def test_train_imagenet_weights_from_torch_home_offline(cli, tmp_path, torch_home, no_network):
+    """--pretrained imagenet / --student-pretrained imagenet resolve torchvision's file names in a
+    temporary TORCH_HOME with no network; the run starts from those weights (LR ~0: they stay)."""
+    from torchvision.models import mobilenet_v3_small, resnet18
+
+    from edgeskd.models.checkpoint import load_checkpoint
+
+    states = {}
+    for name, build in (("resnet18", resnet18), ("mobilenet_v3_small", mobilenet_v3_small)):
+        f = torchvision_weight_file(torchvision_weights(name))
+        f.parent.mkdir(parents=True, exist_ok=True)
+        states[name] = _random_state(build())
+        torch.save(states[name], f)
+    out = tmp_path / "run"
+    r = cli(*_one_epoch("--teacher", "resnet18", "--pretrained", "imagenet", "--student", "mobilenet_v3_small",
+                        "--student-pretrained", "imagenet", "--students", "skd", "--teacher-lr", "1e-9",
+                        "--lr", "1e-9", "--out", out))
+    assert r.exit_code == 0, r.output
+    warned = [ln for ln in r.output.splitlines() if "student mobilenet_v3_small has" in ln]
+    assert len(warned) == 1 and "hard-swish" in warned[0] and "tiny_cnn" in warned[0], r.output
+    t = load_checkpoint(out / "teacher.pt")["state_dict"]
+    s = load_checkpoint(out / "student-skd.pt")["state_dict"]
+    torch.testing.assert_close(t["conv1.weight"], states["resnet18"]["conv1.weight"], atol=1e-6, rtol=0)
+    torch.testing.assert_close(s["features.0.0.weight"], states["mobilenet_v3_small"]["features.0.0.weight"],
+                               atol=1e-6, rtol=0)
+    assert t["fc.weight"].shape[1] == 512 and t["fc.weight"].shape[0] != 1000      # a new head
+    cfg = json.loads((out / "metrics.json").read_text())["config"]
+    assert cfg["pretrained"] == cfg["student_pretrained"] == "imagenet"
+
+
+def test_train_missing_imagenet_weights_is_one_line_and_writes_nothing(cli, tmp_path, torch_home, hf_home,
+                                                                      no_network, monkeypatch):
+    from test_train import _assert_one_line_error
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = torch_home / "hub" / "checkpoints"
+    cases = [
+        (_one_epoch("--pretrained", "imagenet"), ["put resnet18-f37072fd.pth", f"in {folder}/", "TORCH_HOME"]),
+        (["train", "--preset", "gpu", "--device", "cpu"], ["put resnet50-11ad3fa6.pth", f"in {folder}/"]),
+        (_one_epoch("--student", "timm:resnet10t", "--student-pretrained", "imagenet"),
+         ["timm:resnet10t", "put model.safetensors",
+          f"in {hf_home / 'hub' / 'models--timm--resnet10t.c3_in1k' / 'snapshots' / 'main'}/"]),
+    ]
+    for args, needles in cases:
+        out = tmp_path / "never"
+        t0 = time.monotonic()
+        r = cli(*args, "--out", out)
+        assert time.monotonic() - t0 < 30
+        _assert_one_line_error(r, *needles)
+        assert r.exit_code == 4 and not out.exists()
+    assert not torch_home.exists()                                      # no download left half-done, no folders
+    r = cli(*_one_epoch("--pretrained", tmp_path / "nope.pt"), "--out", tmp_path / "never")
+    _assert_one_line_error(r, f"--pretrained {tmp_path / 'nope.pt'} does not exist")
+    assert r.exit_code == 2 and not (tmp_path / "never").exists()
+
+
+def test_gpu_preset_and_weights_keywords():
+    from edgeskd.distill.config import resolve_config
+
+    cfg = resolve_config({"preset": "gpu"})
+    assert (cfg.img_size, cfg.teacher, cfg.pretrained, cfg.student_pretrained, cfg.device) == (
+        224, "resnet50", "imagenet", "imagenet", "cuda")
+    assert cfg.student.startswith("timm:mobilenet") and cfg.amp in (None, True)
+    assert cfg.teacher_lr < resolve_config({}).teacher_lr             # fine-tuning, not from scratch
+    cfg = resolve_config({"preset": "gpu", "pretrained": "none", "student_pretrained": "ImageNet"})
+    assert cfg.pretrained is None and cfg.student_pretrained == "imagenet"
+
+
+def test_train_timm_teacher_and_student_then_export_parity(cli, tmp_path):
+    """timm:NAME teacher and student through train (1 epoch, tiny data), then export + parity."""
+    import onnx
+
+    from edgeskd.runtime.loader import load_runner
+    from edgeskd.runtime.torch_runner import TorchRunner
+
+    out = tmp_path / "run"
+    r = cli(*_one_epoch("--teacher", "timm:resnet10t", "--student", "timm:mobilenetv4_conv_small",
+                        "--students", "kd,skd", "--out", out))
+    assert r.exit_code == 0, r.output
+    assert "INT8 PTQ" not in r.output                                   # an INT8-friendly student: no warning
+    m = json.loads((out / "metrics.json").read_text())["models"]
+    assert (m["teacher"]["arch"], m["student-skd"]["arch"]) == ("timm:resnet10t", "timm:mobilenetv4_conv_small")
+    for name in ("teacher", "student-skd", "student-kd"):
+        onx = tmp_path / f"{name}.onnx"
+        r = cli("export", out / f"{name}.pt", "--out", onx, "--json", "--parity-samples", "16")
+        assert r.exit_code == 0, r.output
+        info = json.loads(r.output)
+        assert info["parity"]["max_abs_diff"] <= 1e-4 and info["parity"]["top1_agreement"] == 1.0
+        onnx.checker.check_model(onnx.load(str(onx)), full_check=True)
+        x = np.random.default_rng(2).normal(size=(3, 3, 32, 32)).astype(np.float32)
+        with load_runner(onx) as runner:
+            assert runner.metadata.arch == m[name]["arch"]
+            np.testing.assert_allclose(runner.infer(x), TorchRunner(out / f"{name}.pt").infer(x), atol=1e-4)

@@ -43,17 +43,17 @@ class UnknownModelError(UsageError, ValueError):
     """An unknown model name (a UsageError for the CLI, a ValueError for library callers)."""
 
 
-def check_model_name(name: str) -> None:
-    """Raise UnknownModelError (listing this registry's names and timm's) unless ``name`` is a
-    registry name or ``timm:ARCH``."""
+def check_model_name(name: str, role: str | None = None) -> None:
+    """Raise UnknownModelError (listing this registry's names, those of ``role``, and timm's) unless
+    ``name`` is a registry name or ``timm:ARCH``."""
     if name in _REGISTRY:
         return
     from edgeskd.models import timm_models
 
     if timm_models.is_timm_name(name):
-        timm_models.check_timm_name(name, list_models())
+        timm_models.check_timm_name(name, list_models(), role)
         return
-    raise UnknownModelError(timm_models.unknown_model_message(name, list_models()))
+    raise UnknownModelError(timm_models.unknown_model_message(name, list_models(), role))
 
 
 def create_model(name: str, num_outputs: int, *, pretrained: str | Path | None = None) -> nn.Module:

@@ -40,23 +40,29 @@ def _timm() -> Any:
     return timm
 
 
-def check_timm_name(name: str, builtin: list[str]) -> None:
+def check_timm_name(name: str, builtin: list[str], role: str | None = None) -> None:
     """Raise UnknownModelError unless ``name`` is ``timm:`` + a timm architecture (and a known tag)."""
     timm = _timm()
     arch = timm_arch(name)
     base, _, tag = arch.partition(".")
     if not base or not timm.is_model(base):
-        raise UnknownModelError(unknown_model_message(name, builtin))
+        raise UnknownModelError(unknown_model_message(name, builtin, role))
     if tag and arch not in timm.list_pretrained(f"{base}.*"):
         tags = [t.partition(".")[2] for t in timm.list_pretrained(f"{base}.*")]
         raise UnknownModelError(f"timm:{base} has no weight tag {tag!r}; its tags: {', '.join(tags) or 'none'}")
 
 
-def unknown_model_message(name: str, builtin: list[str]) -> str:
-    """The unknown-name error: the registry's names, timm's, and close matches in both."""
+def unknown_model_message(name: str, builtin: list[str], role: str | None = None) -> str:
+    """The unknown-name error: the registry's names (and those of ``role``), timm's, and close
+    matches in both."""
+    from edgeskd.models.registry import list_models
+
     arch = timm_arch(name)
-    what = f"timm model {arch!r}" if is_timm_name(name) else f"model {name!r}"
+    kind = f"{role} model" if role else "model"
+    what = f"timm {kind} {arch!r}" if is_timm_name(name) else f"{kind} {name!r}"
     head = f"unknown {what}; valid names: {', '.join(builtin)}"
+    if role:
+        head += f" ({role}s: {', '.join(list_models(role))})"
     try:
         timm_names = _timm().list_models()
     except BackendUnavailable as e:

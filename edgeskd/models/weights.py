@@ -140,11 +140,17 @@ def _download_torch_hub(url: str, path: Path, name: str) -> None:
     import torch
 
     m = torch.hub.HASH_REGEX.search(path.name)
+    made = [d for d in (path.parent, *path.parent.parents) if not d.exists()]   # child first
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with socket_timeout(DOWNLOAD_TIMEOUT_S):
             torch.hub.download_url_to_file(url, str(path), hash_prefix=m.group(1) if m else None, progress=False)
     except Exception as e:  # noqa: BLE001 - no network, DNS, HTTP error, hash mismatch, disk full
+        for d in made:      # leave no empty cache folders behind (torch hub removed its temp file)
+            try:
+                d.rmdir()
+            except OSError:
+                break
         raise ArtifactError(
             f"ImageNet weights for {name} are not cached and could not be downloaded ({_reason(e)}): "
             f"put {path.name} (from {url}) in {path.parent}/ (the torch hub cache; set TORCH_HOME to move it)"
