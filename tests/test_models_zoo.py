@@ -164,7 +164,8 @@ def test_unknown_names_list_both_registries():
         create_model("timm:", 2)
 
 
-@pytest.mark.parametrize("flag, name, role", [("--teacher", "vgg99", "teacher"), ("--student", "timm:mobilenetv9", "student")])
+@pytest.mark.parametrize("flag, name, role", [("--teacher", "vgg99", "teacher"),
+                                              ("--student", "timm:mobilenetv9", "student")])
 def test_train_unknown_name_lists_both_registries(cli, tmp_path, flag, name, role):
     from test_train import TINY, _assert_one_line_error
 

@@ -73,7 +73,8 @@ def load_weights_only(path: str | Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def read_state_dict(path: Path, *, what: str = "cached weights", fix: str = "delete it and run again") -> dict[str, Any]:
+def read_state_dict(path: Path, *, what: str = "cached weights",
+                    fix: str = "delete it and run again") -> dict[str, Any]:
     """A state dict from a .pth/.pt/.bin (weights_only) or a .safetensors file; a one-line
     ArtifactError ("cannot read <what> <path> (<why>); <fix>") otherwise."""
     try:
