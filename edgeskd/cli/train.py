@@ -32,6 +32,7 @@ def _dflt(key: str) -> str:
 class Preset(str, Enum):
     default = "default"
     fast = "fast"
+    gpu = "gpu"
 
 
 class Device(str, Enum):
@@ -45,15 +46,19 @@ def train(
     data: DataOpt = None,
     format: FormatOpt = None,  # type: ignore[assignment]
     preset: Annotated[Optional[Preset], typer.Option(
-        help="Settings bundle: 'fast' = the quickstart's few-minute CPU run; 'default' = the full recipe.",
+        help="Settings bundle: 'fast' = the quickstart's few-minute CPU run; 'default' = the full recipe; "
+        "'gpu' = real data on a GPU: 224 px, ImageNet-pretrained resnet50 teacher and "
+        "timm:mobilenetv4_conv_small student.",
         rich_help_panel=_R)] = None,
     config: Annotated[Optional[Path], typer.Option(
         "--config", help="YAML or TOML file with the same keys as these options; flags win.",
         rich_help_panel=_R)] = None,
     teacher: Annotated[Optional[str], typer.Option(
-        help="Teacher model (resnet18, resnet50, efficientnet_b0). \\[default: resnet18]", rich_help_panel=_M)] = None,
+        help="Teacher model (resnet18, resnet50, efficientnet_b0, or timm:NAME). \\[default: resnet18]",
+        rich_help_panel=_M)] = None,
     student: Annotated[Optional[str], typer.Option(
-        help="Student model (tiny_cnn, mobilenet_v3_small). \\[default: tiny_cnn]", rich_help_panel=_M)] = None,
+        help="Student model (tiny_cnn, mobilenet_v3_small, or timm:NAME). \\[default: tiny_cnn]",
+        rich_help_panel=_M)] = None,
     students: Annotated[Optional[str], typer.Option(
         help="Student modes to train, comma-separated: none (plain CE), kd, skd. \\[default: none,kd,skd]",
         rich_help_panel=_M)] = None,
@@ -62,10 +67,11 @@ def train(
         rich_help_panel=_M)] = None,
     teacher_checkpoint: Annotated[Optional[Path], typer.Option(
         help="Reuse a trained teacher.pt instead of training one.", rich_help_panel=_M)] = None,
-    pretrained: Annotated[Optional[Path], typer.Option(
-        help="Local state dict for the teacher's backbone (nothing is downloaded).", rich_help_panel=_M)] = None,
-    student_pretrained: Annotated[Optional[Path], typer.Option(
-        help="Local state dict for the students' backbone.", rich_help_panel=_M)] = None,
+    pretrained: Annotated[Optional[str], typer.Option(
+        help="Teacher weights: 'imagenet' (torch hub / Hugging Face cache, else a download), a local state "
+        "dict, or 'none'.", rich_help_panel=_M)] = None,
+    student_pretrained: Annotated[Optional[str], typer.Option(
+        help="Student weights: 'imagenet', a local state dict, or 'none'.", rich_help_panel=_M)] = None,
     img_size: Annotated[Optional[int], typer.Option(
         help=f"Model input size (square). {_dflt('img_size')}", rich_help_panel=_T)] = None,
     epochs: Annotated[Optional[int], typer.Option(

@@ -37,6 +37,7 @@ from edgeskd.distill.context import RunContext
 from edgeskd.distill.data import label_bits, load_training_data, load_training_data_for  # noqa: F401 (re-export)
 from edgeskd.distill.loop import ModelSpec, TrainedModel, train_group
 from edgeskd.distill.metas import check_teacher_matches, student_meta, teacher_meta
+from edgeskd.distill.prefetch import check_models
 from edgeskd.distill.progress import Reporter
 from edgeskd.distill.tasks import TeacherOutputs, make_task
 from edgeskd.errors import TrainingDiverged, UsageError  # noqa: F401 (re-export)
@@ -174,6 +175,7 @@ def _load_and_check(cfg: TrainConfig, dist: ddp.DistContext, out: Path, reporter
         from edgeskd.models.checkpoint import load_checkpoint
 
         teacher = load_checkpoint(cfg.teacher_checkpoint)["meta"]
+    model_warnings = check_models(cfg, dist)   # weights found or fetched (else one line), INT8 check
     dataset = load_training_data(cfg)
     tr = dataset.split("train")
     reporter.print(f"data: {dataset.name} ({dataset.format}) train {len(tr)} / val "
@@ -182,7 +184,7 @@ def _load_and_check(cfg: TrainConfig, dist: ddp.DistContext, out: Path, reporter
                    f"{f' x{dist.world_size} ({dist.backend})' if dist.distributed else ''}; out {out}")
     if teacher is not None:  # fail before any training if the teacher does not fit
         check_teacher_matches(teacher, dataset, cfg, cfg.teacher_checkpoint)
-    for w in dataset.info.get("warnings") or []:
+    for w in [*(dataset.info.get("warnings") or []), *model_warnings]:
         reporter.print(f"[yellow]warning:[/] {w}", soft_wrap=True)
     return dataset
 

@@ -2,8 +2,10 @@
 
 ``create_model(name, num_outputs, pretrained=None)`` returns an ``nn.Module`` mapping
 (N, 3, H, W) float → (N, num_outputs) logits. Heads emit subclass logits (teacher, SKD student)
-or class logits (plain and KD students) — the caller picks ``num_outputs``. Nothing is downloaded:
-``pretrained`` is a local state-dict path for the backbone.
+or class logits (plain and KD students) — the caller picks ``num_outputs``. ``pretrained`` is a
+local state-dict path for the backbone or ``"imagenet"`` (edgeskd.models.weights: the torch hub /
+Hugging Face cache, else a download, else a one-line error). ``timm:ARCH`` names any timm model
+(edgeskd.models.timm_models).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from edgeskd.errors import ArtifactError, UsageError
+from edgeskd.errors import UsageError
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 _ROLE: dict[str, str] = {}
@@ -41,35 +43,34 @@ class UnknownModelError(UsageError, ValueError):
     """An unknown model name (a UsageError for the CLI, a ValueError for library callers)."""
 
 
+def check_model_name(name: str, role: str | None = None) -> None:
+    """Raise UnknownModelError (listing this registry's names, those of ``role``, and timm's) unless
+    ``name`` is a registry name or ``timm:ARCH``."""
+    if name in _REGISTRY:
+        return
+    from edgeskd.models import timm_models
+
+    if timm_models.is_timm_name(name):
+        timm_models.check_timm_name(name, list_models(), role)
+        return
+    raise UnknownModelError(timm_models.unknown_model_message(name, list_models(), role))
+
+
 def create_model(name: str, num_outputs: int, *, pretrained: str | Path | None = None) -> nn.Module:
-    if name not in _REGISTRY:
-        raise UnknownModelError(f"unknown model {name!r}; valid names: {', '.join(list_models())}")
+    """``pretrained``: 'imagenet' (local cache, else a download) or a local state dict (backbone only)."""
+    check_model_name(name)
     if num_outputs < 2:
         raise UsageError(f"a model needs at least 2 outputs, got {num_outputs}")
+    if name.startswith("timm:"):
+        from edgeskd.models.timm_models import create_timm_model
+
+        return create_timm_model(name, num_outputs, pretrained=pretrained)
     model = _REGISTRY[name](num_outputs)
     if pretrained is not None:
-        load_backbone_weights(model, pretrained)
+        from edgeskd.models.weights import load_pretrained
+
+        load_pretrained(model, name, pretrained)
     return model
-
-
-def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
-    """Load a local state dict into the backbone; the classification head is left as initialised."""
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"--pretrained {p} does not exist; give a local .pt/.pth state dict")
-    try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise ArtifactError(f"cannot read weights {p}: {type(e).__name__}; give a torch state dict") from None
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ArtifactError(f"{p} is not a state dict")
-    own = model.state_dict()
-    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    if not usable:
-        raise ArtifactError(f"no tensor in {p} matches the model's backbone; is it for this architecture?")
-    model.load_state_dict(usable, strict=False)
 
 
 # -- teachers (torchvision) -------------------------------------------------------------
