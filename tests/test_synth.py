@@ -97,15 +97,15 @@ def test_subclasses_look_different():
                  for s in range(k)]
     # The pink and red adenoma subtypes are redder (less green) than the pale hyperplastic ones.
     assert red_ratio[5] > red_ratio[0] and red_ratio[7] > red_ratio[0]
-    # Look-alike pairs: a subtype's colour is closer to its partner's (other class) than to the other
-    # subtypes of the partner's class, whose looks are distinct.
-    rgb = sy.sample_polyp_params(np.random.default_rng(0), np.arange(k), np.zeros(k, np.float32))["color"]
+    # Look-alike pairs: by colour, size, height and mucus a subtype's prototype is closer to its
+    # partner (other class) than to the other subtypes of the partner's class, whose looks differ.
+    look = np.array([[*st.color, st.size, st.height / 2, st.mucus] for st in sy.SUBCLASS_STYLES])
     owner = np.asarray(sy.SUBCLASS_TO_CLASS)
     for s in range(k):
         p = sy.COUNTERPART[s]
         assert owner[p] != owner[s]
         others = [o for o in range(k) if owner[o] == owner[p] and o != p]
-        assert np.linalg.norm(rgb[s] - rgb[p]) < min(np.linalg.norm(rgb[s] - rgb[o]) for o in others)
+        assert np.linalg.norm(look[s] - look[p]) < min(np.linalg.norm(look[s] - look[o]) for o in others)
 
 
 def test_make_synthetic_rejects_bad_sizes():
