@@ -118,19 +118,19 @@ class SubclassStyle:
 SUBCLASS_STYLES: tuple[SubclassStyle, ...] = (
     #             name                  cls prior  colour               size  height elong lobes
     #             dots tubes gyri pit_contrast pit_period warp vessels mucus
-    SubclassStyle("hp_flat_pale", 0, 0.14, (0.95, 0.72, 0.64), 0.38, 0.25, 1.15, 0.04,
+    SubclassStyle("hp_flat_pale", 0, 0.14, (0.95, 0.72, 0.64), 0.38, 0.40, 1.15, 0.04,
                   1.0, 0.0, 0.0, 0.60, 8.0, 0.10, 0.00, 0.05),
     SubclassStyle("hp_nodular", 0, 0.13, (0.90, 0.52, 0.48), 0.34, 0.85, 1.05, 0.14,
                   0.7, 0.3, 0.0, 0.40, 8.0, 0.25, 0.00, 0.05),
-    SubclassStyle("hp_mucus_capped", 0, 0.12, (0.88, 0.62, 0.46), 0.30, 0.30, 1.35, 0.04,
+    SubclassStyle("hp_mucus_capped", 0, 0.12, (0.88, 0.62, 0.46), 0.30, 0.40, 1.35, 0.04,
                   0.6, 0.4, 0.0, 0.45, 9.0, 0.30, 0.10, 0.60),
     SubclassStyle("hp_inflamed", 0, 0.11, (0.68, 0.25, 0.21), 0.46, 0.90, 1.10, 0.16,
                   1.0, 0.0, 0.0, 0.60, 11.0, 0.55, 0.20, 0.05),
-    SubclassStyle("ad_flat_tubular", 1, 0.14, (0.90, 0.62, 0.54), 0.40, 0.30, 1.20, 0.05,
+    SubclassStyle("ad_flat_tubular", 1, 0.14, (0.90, 0.62, 0.54), 0.40, 0.45, 1.20, 0.05,
                   0.0, 1.0, 0.0, 0.85, 9.0, 0.30, 0.25, 0.05),
     SubclassStyle("ad_tubular", 1, 0.13, (0.84, 0.45, 0.40), 0.36, 0.85, 1.10, 0.14,
                   0.6, 0.4, 0.0, 0.45, 8.0, 0.30, 1.00, 0.05),
-    SubclassStyle("ad_mucus_lobulated", 1, 0.12, (0.86, 0.60, 0.44), 0.50, 0.30, 1.35, 0.36,
+    SubclassStyle("ad_mucus_lobulated", 1, 0.12, (0.86, 0.60, 0.44), 0.50, 0.40, 1.35, 0.36,
                   0.6, 0.4, 0.0, 0.45, 9.0, 0.30, 0.15, 0.60),
     SubclassStyle("ad_villous", 1, 0.11, (0.58, 0.20, 0.18), 0.48, 1.10, 1.10, 0.22,
                   0.0, 0.0, 1.0, 0.90, 11.0, 0.60, 0.40, 0.05),
