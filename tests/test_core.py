@@ -160,7 +160,7 @@ def test_checkpoint_roundtrip_and_rejects_foreign(tmp_path):
     from edgeskd.models.checkpoint import model_from_checkpoint, save_checkpoint
 
     meta = _meta(arch="tiny_cnn", model_name="student-skd")
-    model = create_model("tiny_cnn", meta.num_outputs).eval()
+    model = create_model("tiny_cnn", meta.num_outputs, img_size=meta.input_size[0]).eval()
     p = save_checkpoint(tmp_path / "s.pt", model, meta, config={"lr": 0.1}, metrics={"f1": 50.0}, epoch=3)
     back, m2, ckpt = model_from_checkpoint(p)
     assert m2.to_dict() == meta.to_dict() and ckpt["epoch"] == 3

@@ -49,3 +49,29 @@ def test_pretrained_backbone_from_local_file(tmp_path):
         create_model("tiny_cnn", 2, pretrained=tmp_path / "other.pt")
     with pytest.raises(UsageError, match="does not exist"):
         create_model("tiny_cnn", 2, pretrained=tmp_path / "missing.pt")
+
+
+@pytest.mark.parametrize("size, side", [(32, 4), (48, 6), (64, 4), (96, 6), (128, 4), (224, 7)])
+def test_student_down_sampling_fits_the_input(size, side):
+    """The default student keeps a last feature map of ~4-7 px at every input size (a fixed 32x
+    student ends at 1x1 on a 32-px input), with the same weights shapes at every size."""
+    s = create_model("tiny_cnn", 6, img_size=size).eval()
+    with torch.no_grad():
+        fmap = s.features(torch.zeros(1, 3, size, size))
+        assert tuple(fmap.shape[-2:]) == (side, side)
+        assert s(torch.zeros(2, 3, size, size)).shape == (2, 6)
+    assert count_parameters(s) * 10 <= count_parameters(create_model("resnet18", 6, img_size=size))
+    kinds = {type(m).__name__ for m in s.modules()}
+    assert kinds <= {"TinyCNN", "Sequential", "Conv2d", "BatchNorm2d", "ReLU", "AdaptiveAvgPool2d", "Linear"}
+    assert all(m.groups == 1 for m in s.modules() if isinstance(m, torch.nn.Conv2d))
+    shapes = {k: v.shape for k, v in create_model("tiny_cnn", 6, img_size=224).state_dict().items()}
+    assert {k: v.shape for k, v in s.state_dict().items()} == shapes
+
+
+def test_downsampling_steps_and_default_size():
+    from edgeskd.models.registry import DEFAULT_IMG_SIZE, downsampling_steps
+
+    assert [downsampling_steps(s) for s in (16, 32, 64, 96, 128, 224, 512)] == [2, 3, 4, 4, 5, 5, 5]
+    assert create_model("tiny_cnn", 2).strides == create_model("tiny_cnn", 2, img_size=DEFAULT_IMG_SIZE).strides
+    with pytest.raises(UsageError):
+        downsampling_steps(1)

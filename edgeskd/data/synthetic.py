@@ -2,38 +2,55 @@
 
 The generative story (what the labels mean)
 -------------------------------------------
-Each frame shows one polyp of a *true* class (``hyperplastic`` or ``adenoma``) and a *visual
-subclass* that decides its look: size, height, outline, surface pit pattern, colour, surface
-vessels and mucus. Each lesion also has a latent *ambiguity* m ∈ [0, 0.6): its look is blended
-towards the look of its counterpart subclass in the other class by m, and each of 7 simulated
-annotators calls it the other class with probability m. The labels a user gets are the
-annotators' (as in MHIST):
+Each frame shows one polyp of a *true* class (``hyperplastic`` or ``adenoma``). Each class is a
+union of four distinct-looking *subtypes* (colour, size, height, outline, surface pit pattern,
+surface vessels, mucus). The subtypes come in four look-alike pairs, one subtype of each class
+per pair; the two members of a pair share most of their look and differ in one cue, and the cue
+is a different one in every pair (as real lesions are told apart by different signs):
 
-* ``votes`` = how many of the 7 annotators called it ``adenoma`` (0–7);
-* ``labels`` = majority vote (votes ≥ 4 ⇔ adenoma) — this differs from the true class when the
-  ambiguity flips the majority: that is the label noise;
-* ``subclasses`` = the visual subclass, whose *agreement band* is a vote bin — hyperplastic
-  {0}, {1,2}, {3}, adenoma {4}, {5,6}, {7}, the MHIST default bins. The votes of a lesion whose
-  majority was not flipped lie inside its subclass's band; a flipped lesion's subclass is the
-  band its votes fall into (the look-alike subclass of the other class). So the subclass is
-  always consistent with both the label and the votes, and the folder / manifest (named visual
-  subclasses) and MHIST (vote-bin subclasses) round trips give identical counts.
+    pair  hyperplastic        adenoma              what tells them apart
+    pale  hp_flat_pale        ad_flat_tubular      pit shape: round dots vs elongated tubes
+    pink  hp_nodular          ad_tubular           surface vessel network: none vs dense
+    mucus hp_mucus_capped     ad_mucus_lobulated   size and a cloud-like lobulated outline
+    red   hp_inflamed         ad_villous           surface: coarse dots vs gyrus-like ridges
 
-Subclasses (block order = vote band order)::
+Every lesion has a latent *ambiguity* m ∈ [0, AMBIGUITY_MAX), drawn from the same distribution
+in every subtype (most lesions are typical, m near 0; a tail is borderline). m does two things,
+which is what makes annotator agreement informative (MHIST's mechanism):
 
-    hyperplastic: hp_flat_pale (0)      flat, pale, fine round pits, no surface vessels
-                  hp_nodular (1-2)      small dome, pink, lobed outline, star-like round pits
-                  hp_serrated_like (3)  flat, yellowish mucus cap, mixed round/elongated pits
-    adenoma:      ad_flat_subtle (4)    flat, faintly red-brown, faint elongated pits, vessels
-                  ad_tubular (5-6)      dome, red-brown, elongated (tubular) pits, vessel network
-                  ad_villous (7)        large, strongly lobulated, dark red, gyrus-like ridges
+* the picture: the lesion's look is blended towards its pair partner by BLEND·m (a borderline
+  lesion really looks in between);
+* the votes: each of 7 simulated annotators calls it the other class with probability m.
 
-``hp_serrated_like`` and ``ad_flat_subtle`` are the deliberately similar pair (the hard cases,
-where most label noise sits); counterpart pairs for the ambiguity blend are 0↔7, 1-2↔5-6, 3↔4.
+The labels a user gets are the annotators' (as in MHIST):
+
+* ``votes`` = how many of the 7 annotators called it ``adenoma`` (0–7); agreement grades the look
+  within every subtype, not only in one hard pair;
+* ``labels`` = majority vote (votes ≥ 4 ⇔ adenoma) — it differs from the true class when the
+  ambiguity flips the majority (label noise, ~9 %);
+* ``subclasses`` = the visual subtype; a lesion whose majority flipped takes its pair partner (the
+  subtype of the labelled class it looks like), so the subclass always lies in the label's class.
+
+Written in the MHIST format the subclasses become vote bins (MHIST's own definition; the default
+bins 0|1,2|3|4|5,6|7), so the MHIST round trip keeps labels and votes, not the visual subtypes.
+
+Nothing here favours one training method: class, subtype and agreement come from one generative
+story, and every cue is in the pixels.
+
+Subclasses (block order: the hyperplastic block, then the adenoma block)::
+
+    hyperplastic: hp_flat_pale (0)       flat, pale, fine round pits, no vessels
+                  hp_nodular (1)         small pink dome, lobed outline, round/short pits
+                  hp_mucus_capped (2)    flat, elongated, yellowish mucus cap, mixed pits
+                  hp_inflamed (3)        large red dome, coarse irregular round pits
+    adenoma:      ad_flat_tubular (4)    flat, pale, elongated (tubular) pits
+                  ad_tubular (5)         pink dome, dense brown vessel network
+                  ad_mucus_lobulated (6) larger, cloud-like lobulated outline, mucus cap
+                  ad_villous (7)         large dark red, gyrus-like ridges
 
 Reusable pieces (the synthetic video renders with the same functions)::
 
-    sample_labels(n, seed) -> dict: visual, ambiguity, true_labels, votes, labels, subclasses
+    sample_labels(n, seed, visual=None) -> dict: visual, ambiguity, true_labels, votes, labels, subclasses
     sample_seed(seed, i) -> int                      per-sample texture seed
     sample_polyp_params(rng, subclasses, ambiguity) -> dict of per-sample arrays
         (cx, cy, radius, angle, elong, lobes, height, color (B,3), pit pattern weights, ...)
@@ -62,23 +79,27 @@ from edgeskd.data.base import LabeledSet
 from edgeskd.data.splits import stratified_split
 from edgeskd.errors import UsageError
 
-GENERATOR_VERSION = 2   # seeds the label model and per-sample textures
-RENDER_REVISION = 3     # bump whenever rendered bytes change (it keys the on-disk cache)
+GENERATOR_VERSION = 3   # seeds the label model and per-sample textures
+RENDER_REVISION = 4     # bump whenever rendered bytes change (it keys the on-disk cache)
 CLASS_NAMES = ("hyperplastic", "adenoma")
 POSITIVE_CLASS = 1
 N_ANNOTATORS = 7
 CHUNK = 64  # images rendered per vectorised batch (fixed: results must not depend on it)
+MHIST_BINS = ((0,), (1, 2), (3,), (4,), (5, 6), (7,))   # the default vote bins of the MHIST format
+# Latent ambiguity m = AMBIGUITY_MAX · u ** AMBIGUITY_POWER, u ~ U(0, 1), the same in every subtype.
+AMBIGUITY_MAX = 0.6
+AMBIGUITY_POWER = 3.0
+TEST_SHARE = 0.4        # make_synthetic's split: 40 % test (n = 2,500 → 1,000 test images) ...
+VAL_SHARE = 0.1         # ... 10 % val, 50 % train, stratified by subclass
 
 
 @dataclass(frozen=True)
 class SubclassStyle:
-    """The look of one visual subclass (a prototype; each sample jitters and blends it)."""
+    """The look of one visual subtype (a prototype; each sample jitters and blends it)."""
 
     name: str
     cls: int
-    votes: tuple[int, int]          # agreement band (inclusive) = MHIST vote bin
     prior: float                    # share of lesions
-    ambiguity: tuple[float, float]  # latent ambiguity m ~ U(lo, hi)
     color: tuple[float, float, float]
     size: float                     # radius, in half-image units
     height: float                   # dome height (shading, specular highlights)
@@ -95,27 +116,31 @@ class SubclassStyle:
 
 
 SUBCLASS_STYLES: tuple[SubclassStyle, ...] = (
-    #             name                cls votes   prior  ambiguity     colour                size  height elong
-    #             lobes dots tubes gyri pit_contrast pit_period warp vessels mucus
-    SubclassStyle("hp_flat_pale", 0, (0, 0), 0.22, (0.0, 0.06), (0.95, 0.72, 0.64), 0.36, 0.25, 1.15,
-                  0.04, 1.0, 0.0, 0.0, 0.30, 5.5, 0.10, 0.00, 0.05),
-    SubclassStyle("hp_nodular", 0, (1, 2), 0.22, (0.06, 0.28), (0.92, 0.56, 0.50), 0.32, 0.85, 1.05,
-                  0.16, 0.8, 0.2, 0.0, 0.45, 6.0, 0.25, 0.05, 0.05),
-    SubclassStyle("hp_serrated_like", 0, (3, 3), 0.16, (0.22, 0.56), (0.88, 0.60, 0.45), 0.42, 0.35, 1.30,
-                  0.08, 0.55, 0.45, 0.0, 0.45, 6.5, 0.35, 0.20, 0.60),
-    SubclassStyle("ad_flat_subtle", 1, (4, 4), 0.12, (0.22, 0.56), (0.80, 0.46, 0.36), 0.42, 0.40, 1.30,
-                  0.09, 0.30, 0.70, 0.0, 0.55, 6.5, 0.45, 0.45, 0.25),
-    SubclassStyle("ad_tubular", 1, (5, 6), 0.16, (0.06, 0.28), (0.70, 0.30, 0.24), 0.40, 0.80, 1.20,
-                  0.10, 0.05, 0.95, 0.0, 0.75, 7.0, 0.50, 0.75, 0.05),
-    SubclassStyle("ad_villous", 1, (7, 7), 0.12, (0.0, 0.06), (0.60, 0.20, 0.18), 0.50, 1.00, 1.10,
-                  0.26, 0.0, 0.25, 0.75, 0.80, 8.0, 0.70, 0.85, 0.10),
+    #             name                  cls prior  colour               size  height elong lobes
+    #             dots tubes gyri pit_contrast pit_period warp vessels mucus
+    SubclassStyle("hp_flat_pale", 0, 0.14, (0.95, 0.72, 0.64), 0.38, 0.40, 1.15, 0.04,
+                  1.0, 0.0, 0.0, 0.60, 8.0, 0.10, 0.00, 0.05),
+    SubclassStyle("hp_nodular", 0, 0.13, (0.90, 0.52, 0.48), 0.34, 0.85, 1.05, 0.14,
+                  0.7, 0.3, 0.0, 0.40, 8.0, 0.25, 0.00, 0.05),
+    SubclassStyle("hp_mucus_capped", 0, 0.12, (0.88, 0.62, 0.46), 0.30, 0.40, 1.35, 0.04,
+                  0.6, 0.4, 0.0, 0.45, 9.0, 0.30, 0.10, 0.60),
+    SubclassStyle("hp_inflamed", 0, 0.11, (0.68, 0.25, 0.21), 0.46, 0.90, 1.10, 0.16,
+                  1.0, 0.0, 0.0, 0.60, 11.0, 0.55, 0.20, 0.05),
+    SubclassStyle("ad_flat_tubular", 1, 0.14, (0.90, 0.62, 0.54), 0.40, 0.45, 1.20, 0.05,
+                  0.0, 1.0, 0.0, 0.85, 9.0, 0.30, 0.25, 0.05),
+    SubclassStyle("ad_tubular", 1, 0.13, (0.84, 0.45, 0.40), 0.36, 0.85, 1.10, 0.14,
+                  0.6, 0.4, 0.0, 0.45, 8.0, 0.30, 1.00, 0.05),
+    SubclassStyle("ad_mucus_lobulated", 1, 0.12, (0.86, 0.60, 0.44), 0.50, 0.40, 1.35, 0.36,
+                  0.6, 0.4, 0.0, 0.45, 9.0, 0.30, 0.15, 0.60),
+    SubclassStyle("ad_villous", 1, 0.11, (0.58, 0.20, 0.18), 0.48, 1.10, 1.10, 0.22,
+                  0.0, 0.0, 1.0, 0.90, 11.0, 0.60, 0.40, 0.05),
 )
 SUBCLASS_NAMES = tuple(s.name for s in SUBCLASS_STYLES)
 SUBCLASS_TO_CLASS = tuple(s.cls for s in SUBCLASS_STYLES)
-COUNTERPART = (5, 4, 3, 2, 1, 0)  # blend target in the other class (0↔7, 1-2↔5-6, 3↔4)
-BLEND = 0.9                       # look blend = BLEND * ambiguity
+COUNTERPART = (4, 5, 6, 7, 0, 1, 2, 3)  # pair partner in the other class (the blend target)
+BLEND = 0.9                             # look blend = BLEND * ambiguity
 _NUMERIC = [f.name for f in fields(SubclassStyle)
-            if f.name not in ("name", "cls", "votes", "prior", "ambiguity", "color")]
+            if f.name not in ("name", "cls", "prior", "color")]
 
 # Text overlay: a 3x5 bitmap font (deterministic on every machine, unlike system fonts).
 _FONT = {
@@ -130,15 +155,12 @@ _FONT = {
 }
 
 
-def vote_band_of(subclass: int) -> tuple[int, int]:
-    return SUBCLASS_STYLES[subclass].votes
-
-
-def subclass_of_votes(votes: np.ndarray) -> np.ndarray:
-    """Vote count (0–7) → subclass index under the default bins (the synthetic definition)."""
+def vote_bin_of(votes: np.ndarray) -> np.ndarray:
+    """Vote count (0–7) → index of its MHIST default vote bin (``MHIST_BINS``): the subclass the
+    MHIST format gives a lesion."""
     table = np.empty(N_ANNOTATORS + 1, np.int64)
-    for i, s in enumerate(SUBCLASS_STYLES):
-        table[s.votes[0]:s.votes[1] + 1] = i
+    for i, b in enumerate(MHIST_BINS):
+        table[list(b)] = i
     return table[np.asarray(votes, np.int64)]
 
 
@@ -339,7 +361,7 @@ def render_polyp(
            + P["gyri"][:, None, None] * gyri) * fade
 
     pit_k = pit * P["pit_contrast"][:, None, None] * 0.55
-    ves = np.exp(-(vnet / 0.08) ** 2) * P["vessels"][:, None, None] * 0.6
+    ves = np.exp(-(vnet / 0.14) ** 2) * P["vessels"][:, None, None] * 0.8
     mu = _smoothstep(-0.2, 1.1, mucus_f) * P["mucus"][:, None, None] * 0.75
     col = np.empty((B, W, W, 3), np.float32)
     for c, (pit_c, ves_c, mu_c) in enumerate(zip((0.42, 0.16, 0.14), (0.40, 0.16, 0.10), (0.94, 0.84, 0.52))):
@@ -548,31 +570,27 @@ _sample_seed = sample_seed  # older name, used by the synthetic video
 # Labels: subclass, ambiguity → 7 votes → majority label
 # ----------------------------------------------------------------------------------------------
 def sample_labels(n: int, seed: int, visual: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """True class, visual subclass, ambiguity, votes, majority label and labelled subclass.
+    """True class, visual subtype, ambiguity, votes, majority label and labelled subclass.
 
-    ``visual`` fixes the visual subclasses (n of them) instead of drawing them from the priors."""
+    ``visual`` fixes the visual subtypes (n of them) instead of drawing them from the priors."""
     rng = np.random.default_rng([int(seed), GENERATOR_VERSION, 7])
     priors = np.array([s.prior for s in SUBCLASS_STYLES])
     drawn = rng.choice(len(SUBCLASS_STYLES), size=n, p=priors / priors.sum())
     visual = drawn if visual is None else np.asarray(visual, np.int64).reshape(n)
-    lo = np.array([s.ambiguity[0] for s in SUBCLASS_STYLES])[visual]
-    hi = np.array([s.ambiguity[1] for s in SUBCLASS_STYLES])[visual]
-    amb = rng.uniform(lo, hi).astype(np.float32)
+    amb = (AMBIGUITY_MAX * rng.uniform(0.0, 1.0, n) ** AMBIGUITY_POWER).astype(np.float32)
     true_cls = np.asarray(SUBCLASS_TO_CLASS)[visual]
     k_other = rng.binomial(N_ANNOTATORS, amb)                     # annotators calling the other class
-    k_pos = np.where(true_cls == POSITIVE_CLASS, N_ANNOTATORS - k_other, k_other)
-    flipped = k_other * 2 > N_ANNOTATORS
-    band_lo = np.array([s.votes[0] for s in SUBCLASS_STYLES])[visual]
-    band_hi = np.array([s.votes[1] for s in SUBCLASS_STYLES])[visual]
-    votes = np.where(flipped, k_pos, np.clip(k_pos, band_lo, band_hi))
+    votes = np.where(true_cls == POSITIVE_CLASS, N_ANNOTATORS - k_other, k_other)
     labels = (votes * 2 > N_ANNOTATORS).astype(np.int64)
-    sub = subclass_of_votes(votes)
+    flipped = labels != true_cls
+    sub = np.where(flipped, np.asarray(COUNTERPART)[visual], visual)
     return dict(visual=visual.astype(np.int64), ambiguity=amb, true_labels=true_cls.astype(np.int64),
-                votes=votes.astype(np.int64), labels=labels, subclasses=sub)
+                votes=votes.astype(np.int64), labels=labels, subclasses=sub.astype(np.int64))
 
 
 def make_synthetic(n: int, size: int = 128, seed: int = 0) -> LabeledSet:
-    """The synthetic endoscopy set: ``n`` frames of ``size``² px, splits 70/15/15 by subclass.
+    """The synthetic endoscopy set: ``n`` frames of ``size``² px, split train/val/test
+    50/10/40 by subclass (``TEST_SHARE``, ``VAL_SHARE``: a 2,500-frame set tests on 1,000).
 
     Same (n, size, seed) ⇒ same bytes. ``info`` carries the hidden truth: ``true_labels``,
     ``visual_subclasses``, ``ambiguity`` and the resulting ``label_noise_rate``.
@@ -596,7 +614,7 @@ def make_synthetic(n: int, size: int = 128, seed: int = 0) -> LabeledSet:
     else:
         for s0 in starts:
             work(s0)
-    splits = stratified_split(lab["subclasses"], seed)
+    splits = stratified_split(lab["subclasses"], seed, test=TEST_SHARE, val=VAL_SHARE)
     noise = float(np.mean(lab["labels"] != lab["true_labels"]))
     return LabeledSet(
         name=f"synthetic-n{n}-s{size}-seed{seed}",
@@ -617,8 +635,8 @@ def make_synthetic(n: int, size: int = 128, seed: int = 0) -> LabeledSet:
             "ambiguity": lab["ambiguity"],
             "label_noise_rate": noise,
             "positive_class": CLASS_NAMES[POSITIVE_CLASS],
-            "subclass_definition": "visual subclass; its agreement band equals the MHIST vote bin "
-                                   "0|1,2|3|4|5,6|7 (flipped majorities take the look-alike subclass)",
+            "subclass_definition": "visual subtype (a lesion whose majority vote flipped takes its "
+                                   "look-alike partner in the other class)",
             "generator": {"version": GENERATOR_VERSION, "n": n, "size": size, "seed": seed},
         },
     )

@@ -153,7 +153,8 @@ def _build(ctx: RunContext, spec: ModelSpec, seed: int, run_dir: Path,
 
     files = ModelFiles(run_dir, spec.name, ctx.cfg, seed)
     seed_everything(model_seed(seed, spec.name))
-    model = create_model(spec.arch, spec.meta.num_outputs, pretrained=spec.pretrained).to(ctx.device)
+    model = create_model(spec.arch, spec.meta.num_outputs, img_size=int(min(spec.meta.input_size)),
+                         pretrained=spec.pretrained).to(ctx.device)
     params = count_parameters(model)
     done = _reload_finished(ctx, spec, files, model, params, reporter, seed)
     if done is not None:

@@ -85,7 +85,7 @@ def model_from_checkpoint(path: str | Path) -> tuple[nn.Module, ModelMeta, dict[
     meta: ModelMeta = ckpt["meta"]
     if not meta.arch:
         raise ArtifactError(f"{path}: metadata has no arch; re-train or re-save the checkpoint")
-    model = create_model(meta.arch, meta.num_outputs)
+    model = create_model(meta.arch, meta.num_outputs, img_size=int(min(meta.input_size)))
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:

@@ -1,15 +1,17 @@
 """Teachers (torchvision) and students, behind one registry.
 
-``create_model(name, num_outputs, pretrained=None)`` returns an ``nn.Module`` mapping
-(N, 3, H, W) float → (N, num_outputs) logits. Heads emit subclass logits (teacher, SKD student)
-or class logits (plain and KD students) — the caller picks ``num_outputs``. ``pretrained`` is a
-local state-dict path for the backbone or ``"imagenet"`` (edgeskd.models.weights: the torch hub /
-Hugging Face cache, else a download, else a one-line error). ``timm:ARCH`` names any timm model
+``create_model(name, num_outputs, *, img_size=None, pretrained=None)`` returns an ``nn.Module``
+mapping (N, 3, img_size, img_size) float → (N, num_outputs) logits; students fit their
+down-sampling to ``img_size``. Heads emit subclass logits (teacher, SKD student) or class logits
+(plain and KD students) — the caller picks ``num_outputs``. ``pretrained`` is a local state-dict
+path for the backbone or ``"imagenet"`` (edgeskd.models.weights: the torch hub / Hugging Face
+cache, else a download, else a one-line error). ``timm:ARCH`` names any timm model
 (edgeskd.models.timm_models).
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Callable
 
@@ -56,8 +58,11 @@ def check_model_name(name: str, role: str | None = None) -> None:
     raise UnknownModelError(timm_models.unknown_model_message(name, list_models(), role))
 
 
-def create_model(name: str, num_outputs: int, *, pretrained: str | Path | None = None) -> nn.Module:
-    """``pretrained``: 'imagenet' (local cache, else a download) or a local state dict (backbone only)."""
+def create_model(name: str, num_outputs: int, *, img_size: int | None = None,
+                 pretrained: str | Path | None = None) -> nn.Module:
+    """``img_size``: the square input size the model will see; students fit their down-sampling
+    to it (None → ``DEFAULT_IMG_SIZE``); teachers and timm models ignore it. ``pretrained``:
+    'imagenet' (local cache, else a download) or a local state dict (backbone only)."""
     check_model_name(name)
     if num_outputs < 2:
         raise UsageError(f"a model needs at least 2 outputs, got {num_outputs}")
@@ -65,7 +70,10 @@ def create_model(name: str, num_outputs: int, *, pretrained: str | Path | None =
         from edgeskd.models.timm_models import create_timm_model
 
         return create_timm_model(name, num_outputs, pretrained=pretrained)
-    model = _REGISTRY[name](num_outputs)
+    if _ROLE[name] == "student":
+        model = _REGISTRY[name](num_outputs, img_size=int(img_size or DEFAULT_IMG_SIZE))
+    else:
+        model = _REGISTRY[name](num_outputs)
     if pretrained is not None:
         from edgeskd.models.weights import load_pretrained
 
@@ -106,8 +114,12 @@ def efficientnet_b0(num_outputs: int) -> nn.Module:
 
 
 # -- students -------------------------------------------------------------------------
+DEFAULT_IMG_SIZE = 224   # input size a student is built for when the caller does not say
+
+
 @register_model("student")
-def mobilenet_v3_small(num_outputs: int) -> nn.Module:
+def mobilenet_v3_small(num_outputs: int, img_size: int = DEFAULT_IMG_SIZE) -> nn.Module:
+    """torchvision's MobileNetV3-Small (fixed 32x down-sampling; ``img_size`` is not used)."""
     from torchvision.models import mobilenet_v3_small as f
 
     return _replace_head(f(weights=None), "classifier", num_outputs)
@@ -122,23 +134,40 @@ def _cbr(cin: int, cout: int, stride: int = 1, groups: int = 1) -> nn.Sequential
     )
 
 
-class TinyCNN(nn.Module):
-    """Edge-friendly student: conv-BN-ReLU blocks (depthwise-separable after the stem), no SE, no
-    hard-swish, global average pool, linear head. Every op quantizes cleanly to INT8 Q/DQ and fuses
-    into Conv+ReLU in TensorRT and ONNX Runtime."""
+def downsampling_steps(img_size: int, min_map: int = 4, max_steps: int = 5) -> int:
+    """How many stride-2 steps keep the last feature map at least ``min_map`` px: the largest k
+    with img_size / 2**k >= min_map, in [1, max_steps] (32 and 64 px → a 4x4 map, 96 → 6x6,
+    224 → 7x7)."""
+    if img_size < 2:
+        raise UsageError(f"img_size must be >= 2 px, got {img_size}")
+    k = int(math.floor(math.log2(max(img_size / min_map, 1.0))))
+    return max(1, min(max_steps, k))
 
-    def __init__(self, num_outputs: int, widths: tuple[int, ...] = (24, 48, 96, 160, 256)) -> None:
+
+class TinyCNN(nn.Module):
+    """Edge-friendly student whose down-sampling fits its input: plain conv-BN-ReLU stages (no SE,
+    no hard-swish, no depthwise convs), global average pool, linear head. Every op quantizes
+    cleanly to INT8 Q/DQ and fuses into Conv+ReLU in TensorRT and ONNX Runtime.
+
+    Five stages of widths ``widths``; the first ``extra`` stages carry a second 3x3 conv. The
+    input size decides only the strides (``downsampling_steps``): the last stages down-sample, so
+    the final map is ~4-7 px on a side at any input size (32 px → 4x4, 64 → 4x4, 224 → 7x7); the
+    parameter shapes are the same at every size.
+    """
+
+    def __init__(self, num_outputs: int, img_size: int = DEFAULT_IMG_SIZE,
+                 widths: tuple[int, ...] = (16, 32, 64, 128, 256), extra: int = 0) -> None:
         super().__init__()
-        layers: list[nn.Module] = [_cbr(3, widths[0], stride=2)]
-        cin = widths[0]
-        for i, w in enumerate(widths[1:]):
-            layers += [
-                _cbr(cin, cin, stride=2 if i < 4 else 1, groups=cin),  # depthwise
-                nn.Sequential(nn.Conv2d(cin, w, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)),
-                _cbr(w, w, groups=w),
-                nn.Sequential(nn.Conv2d(w, w, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)),
-            ]
+        steps = downsampling_steps(img_size, max_steps=len(widths))
+        # every stage down-samples at the largest inputs; below that the stem keeps full resolution
+        # and the stages after the last step keep the final map size
+        strides = [2] * steps if steps == len(widths) else [1] + [2] * steps + [1] * (len(widths) - steps - 1)
+        layers: list[nn.Module] = []
+        cin = 3
+        for i, (w, s) in enumerate(zip(widths, strides)):
+            layers += [_cbr(cin, w, stride=s)] + ([_cbr(w, w)] if i < extra else [])
             cin = w
+        self.img_size, self.strides = int(img_size), tuple(strides)
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.head = nn.Linear(cin, num_outputs)
@@ -151,5 +180,5 @@ class TinyCNN(nn.Module):
 
 
 @register_model("student")
-def tiny_cnn(num_outputs: int) -> nn.Module:
-    return TinyCNN(num_outputs)
+def tiny_cnn(num_outputs: int, img_size: int = DEFAULT_IMG_SIZE) -> nn.Module:
+    return TinyCNN(num_outputs, img_size)
