@@ -21,6 +21,9 @@ def _json(result) -> dict:
 
 
 def test_round_trip_counts_and_label_bits_identical_for_every_layout(cli, tmp_path):
+    """folder and manifest keep the visual subtypes and give identical counts; MHIST keeps labels,
+    votes and the test partition, but its subclasses are vote bins and it carves val out of train
+    by those bins, so for MHIST the class counts of train+val and of test are compared."""
     summaries = {}
     for fmt in ("mhist", "folder", "manifest"):
         out = tmp_path / fmt
@@ -31,11 +34,17 @@ def test_round_trip_counts_and_label_bits_identical_for_every_layout(cli, tmp_pa
     def numbers(s):  # counts by position: MHIST names its classes HP/SSA and subclasses by vote bin
         return [[list(sub.values()) for sub in s["counts"][sp].values()] for sp in ("train", "val", "test")]
 
+    def class_counts(s):  # [train+val, test] per class
+        per = {sp: [sum(sub.values()) for sub in s["counts"][sp].values()] for sp in ("train", "val", "test")}
+        return [[a + b for a, b in zip(per["train"], per["val"])], per["test"]]
+
     for fmt, s in summaries.items():
         assert s["format"] == fmt
         assert s["num_images"] == 300
-        assert numbers(s) == numbers(ref), fmt
-        assert s["label_bits"] == ref["label_bits"], fmt
+        assert class_counts(s) == class_counts(ref), fmt
+        if fmt != "mhist":
+            assert numbers(s) == numbers(ref), fmt
+            assert s["label_bits"] == ref["label_bits"], fmt
         assert s["votes"]["histogram"] == ref["votes"]["histogram"], fmt
         assert s["label_noise_rate"] == ref["label_noise_rate"], fmt
     assert ref["class_names"] == ["hyperplastic", "adenoma"]

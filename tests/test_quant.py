@@ -97,7 +97,7 @@ def test_qdq_structure_of_tiny_cnn(tmp_path):
     q = quantize_qdq(res.path, tmp_path / "s.int8.qdq.onnx", res.meta, calib=cs, cache=cache)
     rep = inspect_qdq(q)
     assert rep.problems() == [] and rep.tensorrt_ok
-    assert rep.quantized_convs == sum(n.op_type == "Conv" for n in onnx.load(str(q)).graph.node) > 10
+    assert rep.quantized_convs == sum(n.op_type == "Conv" for n in onnx.load(str(q)).graph.node) >= 5  # every conv
     m = onnx.load(str(q))
     inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
     for n in m.graph.node:
