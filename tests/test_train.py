@@ -192,6 +192,40 @@ def test_two_seed_tuned_run_reports_paired_comparisons(cli, tmp_path):
     assert {"student-kd@T1-a0.5", "student-kd@T4-a0.5", "student-skd@T1-a0.5", "student-skd@T4-a0.5"} <= logged
 
 
+def test_tune_never_looks_at_test(cli, tmp_path, monkeypatch):
+    """A rigged evaluation where validation prefers T = 1 and test prefers T = 4 for every cell:
+    --tune chooses T = 1 and reports that cell's (poor) test F1."""
+    from edgeskd.distill import context, loop
+
+    cell_of: dict[int, str] = {}
+    real_build, real_evaluate = loop._build, context.RunContext.evaluate
+
+    def build(ctx, spec, *a, **k):
+        made = real_build(ctx, spec, *a, **k)
+        cell_of[id(made.model)] = spec.name
+        return made
+
+    def evaluate(self, model, split, meta):
+        metrics, logits = real_evaluate(self, model, split, meta)
+        name = cell_of.get(id(model), "")
+        if "@" in name:
+            good = name.startswith(("student-kd@T1-", "student-skd@T1-")) == (split == "val")
+            metrics = {**metrics, "f1": 90.0 if good else 10.0}
+        return metrics, logits
+
+    monkeypatch.setattr(loop, "_build", build)
+    monkeypatch.setattr(context.RunContext, "evaluate", evaluate)
+    out = tmp_path / "rigged"
+    r = cli("train", *TINY, "--epochs", "1", "--teacher-epochs", "1", "--tune", "--tune-temperatures", "1,4",
+            "--tune-alphas", "0.5", "--out", out)
+    assert r.exit_code == 0, r.output
+    m = json.loads((out / "metrics.json").read_text())
+    for mode in ("kd", "skd"):
+        assert m["tuning"]["modes"][mode]["chosen"]["temperature"] == 1.0
+        assert [g["val_f1"] for g in m["tuning"]["modes"][mode]["grid"]] == [90.0, 10.0]
+        assert m["models"][f"student-{mode}"]["f1"] == 10.0 and m["models"][f"student-{mode}"]["temperature"] == 1.0
+
+
 def test_resume_continues_after_interrupt(tmp_path, monkeypatch, cli, uninterrupted_two_epochs):
     """Ctrl-C in the middle of the students' second epoch keeps the teacher and each student's last
     finished epoch; --resume continues both students after epoch 1, does not retrain the teacher,

@@ -57,13 +57,13 @@ def _freeze(model):
 
 def _reuse_teacher(ctx: RunContext, path: str, run_dir: Path) -> TrainedModel:
     """--teacher-checkpoint: load, check against the data, evaluate on this data's splits."""
+    import torch
+
     from edgeskd.models.checkpoint import model_from_checkpoint, save_checkpoint
     from edgeskd.models.registry import count_parameters
 
     model, meta, ck = model_from_checkpoint(path)
     check_teacher_matches(meta, ctx.dataset, ctx.cfg, path)
-    import torch
-
     model = model.to(ctx.device, memory_format=torch.channels_last)
     val, _ = ctx.evaluate(model, "val", meta)
     test, logits = ctx.evaluate(model, "test", meta)
