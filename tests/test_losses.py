@@ -170,3 +170,24 @@ def test_tasks_return_the_loss_and_its_parts():
         assert student.weight.grad is not None and teacher.weight.grad is None
     with pytest.raises(RuntimeError, match="teacher_logits"):
         make_task("skd", cfg, tmeta).bind(torch.nn.Linear(4, 5))(Batch(x, y, s))
+
+
+def test_teacher_outputs_cache_computes_each_item_once():
+    """Without augmentation an item's input is the same every epoch: its teacher logits are computed
+    the first time it is seen and reused (only the missing rows of a batch go through the teacher)."""
+    from edgeskd.distill.tasks import Batch, TeacherOutputs
+
+    torch.manual_seed(0)
+    teacher = torch.nn.Linear(4, 5)
+    data = torch.randn(10, 4)
+    prep = TeacherOutputs(teacher, cache=True)
+    for idx in ([0, 1, 2, 3], [2, 3, 4, 5], [9, 0, 5, 6], [6, 0, 1, 2]):
+        i = torch.tensor(idx)
+        out = prep(Batch(data[i], torch.zeros(4), torch.zeros(4), indices=i))
+        torch.testing.assert_close(out.teacher_logits, teacher(data[i]).detach())
+    assert prep.forwarded == 8          # items 0-6 and 9, once each
+    plain = TeacherOutputs(teacher)
+    i = torch.tensor([0, 1])
+    plain(Batch(data[i], None, None, indices=i))
+    plain(Batch(data[i], None, None, indices=i))
+    assert plain.forwarded == 4         # no cache: every batch goes through the teacher

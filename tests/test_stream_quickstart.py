@@ -25,7 +25,9 @@ def test_summary_reads_what_the_steps_wrote(tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "engines").mkdir()
     (tmp_path / "run" / "metrics.json").write_text(json.dumps(
-        {"models": {"teacher": {"f1": 80.0, "params": 11}, "student-skd": {"f1": 75.5, "params": 2}}}))
+        {"models": {"teacher": {"f1": 80.0, "params": 11}, "student-skd": {"f1": 75.5, "params": 2}},
+         "comparisons": {"skd-kd": {"mean": 1.5, "ci95": [0.2, 2.9], "excludes_zero": True, "n_seeds": 1},
+                         "kd-none": {"mean": 0.5, "ci95": [-1.0, 2.0], "excludes_zero": False, "n_seeds": 1}}}))
     (tmp_path / "bench.json").write_text(json.dumps({"rows": [
         {"name": "student-skd.int8", "backend": "onnxruntime", "precision": "int8", "f1": 74.0,
          "latency_p50_ms": 0.8, "status": "ok"}]}))
@@ -48,6 +50,24 @@ def test_summary_reads_what_the_steps_wrote(tmp_path):
     assert s["models"]["student-skd"]["f1"] == 75.5
     assert s["bench"][0]["f1"] == 74.0 and s["bench"][0]["precision"] == "int8"
     assert s["stream"]["fps"] == 250.0 and s["stream"]["frame_f1_smoothed"] == 0.6
+    assert s["comparisons"] == {"skd-kd": {"mean": 1.5, "ci95": [0.2, 2.9], "excludes_zero": True, "n_seeds": 1}}
+
+
+def test_summary_table_shows_skd_differences_with_their_interval(tmp_path, monkeypatch, cli):
+    from edgeskd.cli import quickstart as qs
+
+    summary = {"models": {"student-skd": {"f1": 75.5}}, "bench": [], "total_seconds": 60.0,
+               "comparisons": {"skd-kd": {"mean": 1.5, "ci95": [0.2, 2.9], "excludes_zero": True, "n_seeds": 1},
+                               "skd-none": {"mean": -0.25, "ci95": [-1.5, 1.0], "excludes_zero": False,
+                                            "n_seeds": 3}},
+               "stream": {"engine": "e.onnx", "fps": 100.0, "latency_ms": {"p50": 2.0}, "frame_f1_smoothed": 0.5},
+               "artifacts": {}}
+    monkeypatch.setattr(qs, "run_quickstart", lambda *a, **k: qs.QuickstartResult(tmp_path, summary=summary))
+    r = cli("quickstart", "--workdir", tmp_path)
+    assert r.exit_code == 0, r.output
+    rows = [ln for ln in r.output.splitlines() if "SKD −" in ln]
+    assert len(rows) == 2 and "+1.50 [+0.20, +2.90]" in rows[0] and "one seed" in rows[0]
+    assert "-0.25 [-1.50, +1.00]" in rows[1] and "plain" in rows[1]
 
 
 def test_unknown_profile(tmp_path):

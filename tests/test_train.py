@@ -69,6 +69,11 @@ def test_cli_run_writes_every_output(known_run):
     report = (out / "report.md").read_text()
     assert "| student-skd |" in report and "H(S) - H(C)" in report
     assert "student-skd" in r.output  # the summary table
+    # one seed: the paired bootstrap still runs over test images, and the report says what it ignores
+    assert set(m["comparisons"]) == {"skd-kd", "skd-none", "kd-none"}
+    assert m["comparisons"]["skd-kd"]["n_seeds"] == 1 and "ignores the variance between training seeds" in report
+    assert m["augment"]["policy"] == "endoscopy" and "augmentation `endoscopy`" in report
+    assert m["tuning"] is None and "## T and α chosen" not in report
 
 
 def test_checkpoints_load_weights_only_with_metadata(known_run):
@@ -131,9 +136,100 @@ def test_invented_subclasses_run(cli, tmp_path):
     assert "±" in (out / "report.md").read_text()
 
 
-def test_resume_continues_after_interrupt(tmp_path, monkeypatch, cli):
-    """Ctrl-C in the middle of the KD student keeps every finished checkpoint; --resume picks up
-    the KD student after its last finished epoch and does not retrain the others."""
+def _state(path):
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_two_epochs(tmp_path_factory):
+    """The run the resume tests interrupt, trained in one go (the reference)."""
+    from typer.testing import CliRunner
+
+    from edgeskd.cli.app import app
+
+    out = tmp_path_factory.mktemp("ref") / "ref"
+    r = CliRunner().invoke(app, ["train", *TINY, "--epochs", "2", "--teacher-epochs", "1", "--students", "none,kd",
+                                 "--out", str(out)], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def test_two_seed_tuned_run_reports_paired_comparisons(cli, tmp_path):
+    """--tune with a 2-cell grid over 2 seeds, --augment flip: per-seed F1, paired comparisons with a
+    bootstrap interval, the grid and the choice (made on validation), the chosen students in place."""
+    out = tmp_path / "two"
+    r = cli("train", *TINY, "--epochs", "1", "--teacher-epochs", "1", "--seeds", "2", "--augment", "flip",
+            "--tune", "--tune-temperatures", "1,4", "--tune-alphas", "0.5", "--out", out)
+    assert r.exit_code == 0, r.output
+    assert "the choice is noisy" in r.output                  # 8 validation images
+    m = json.loads((out / "metrics.json").read_text())
+    report = (out / "report.md").read_text()
+    for name, mm in m["models"].items():
+        assert len(mm["per_seed_f1"]) == 2, name
+    assert set(m["comparisons"]) == {"skd-kd", "skd-none", "kd-none"}
+    for key, c in m["comparisons"].items():
+        a, b = m["models"][c["a"]], m["models"][c["b"]]
+        assert c["mean"] == pytest.approx(np.mean(c["per_seed"]), abs=1e-3)
+        assert c["per_seed"] == pytest.approx([x - y for x, y in zip(a["per_seed_f1"], b["per_seed_f1"])], abs=1e-3)
+        lo, hi = c["ci95"]
+        assert lo <= hi and c["excludes_zero"] == (lo > 0 or hi < 0) and c["n_seeds"] == 2, key
+    for mode in ("kd", "skd"):
+        t = m["tuning"]["modes"][mode]
+        assert [(g["temperature"], g["alpha"]) for g in t["grid"]] == [(1.0, 0.5), (4.0, 0.5)]
+        best = max(g["val_f1"] for g in t["grid"])
+        ch = t["chosen"]
+        assert ch["val_f1"] == best                               # chosen on validation F1
+        assert (m["models"][f"student-{mode}"]["temperature"], m["models"][f"student-{mode}"]["alpha"]) == \
+            (ch["temperature"], ch["alpha"])
+        for seed in (0, 1):
+            d = out / f"seed-{seed}"
+            assert (d / f"student-{mode}.pt").read_bytes() == (d / "tune" / f"{ch['name']}.pt").read_bytes()
+    assert json.loads((out / "train-config.json").read_text())["augment"] == "flip"
+    for text in ("augmentation `flip`", "## Paired comparisons", "| SKD − KD |", "## Test F1 per seed",
+                 "## T and α chosen on validation", "The test split is not used", "the choice is noisy"):
+        assert text in report, text
+    logged = {x["model"] for x in map(json.loads, (out / "log.jsonl").read_text().splitlines())}
+    assert {"student-kd@T1-a0.5", "student-kd@T4-a0.5", "student-skd@T1-a0.5", "student-skd@T4-a0.5"} <= logged
+
+
+def test_tune_never_looks_at_test(cli, tmp_path, monkeypatch):
+    """A rigged evaluation where validation prefers T = 1 and test prefers T = 4 for every cell:
+    --tune chooses T = 1 and reports that cell's (poor) test F1."""
+    from edgeskd.distill import context, loop
+
+    cell_of: dict[int, str] = {}
+    real_build, real_evaluate = loop._build, context.RunContext.evaluate
+
+    def build(ctx, spec, *a, **k):
+        made = real_build(ctx, spec, *a, **k)
+        cell_of[id(made.model)] = spec.name
+        return made
+
+    def evaluate(self, model, split, meta):
+        metrics, logits = real_evaluate(self, model, split, meta)
+        name = cell_of.get(id(model), "")
+        if "@" in name:
+            good = name.startswith(("student-kd@T1-", "student-skd@T1-")) == (split == "val")
+            metrics = {**metrics, "f1": 90.0 if good else 10.0}
+        return metrics, logits
+
+    monkeypatch.setattr(loop, "_build", build)
+    monkeypatch.setattr(context.RunContext, "evaluate", evaluate)
+    out = tmp_path / "rigged"
+    r = cli("train", *TINY, "--epochs", "1", "--teacher-epochs", "1", "--tune", "--tune-temperatures", "1,4",
+            "--tune-alphas", "0.5", "--out", out)
+    assert r.exit_code == 0, r.output
+    m = json.loads((out / "metrics.json").read_text())
+    for mode in ("kd", "skd"):
+        assert m["tuning"]["modes"][mode]["chosen"]["temperature"] == 1.0
+        assert [g["val_f1"] for g in m["tuning"]["modes"][mode]["grid"]] == [90.0, 10.0]
+        assert m["models"][f"student-{mode}"]["f1"] == 10.0 and m["models"][f"student-{mode}"]["temperature"] == 1.0
+
+
+def test_resume_continues_after_interrupt(tmp_path, monkeypatch, cli, uninterrupted_two_epochs):
+    """Ctrl-C in the middle of the students' second epoch keeps the teacher and each student's last
+    finished epoch; --resume continues both students after epoch 1, does not retrain the teacher,
+    and ends with the same weights as the uninterrupted run."""
     import edgeskd.distill.train as T
 
     out = tmp_path / "res"
@@ -159,11 +255,11 @@ def test_resume_continues_after_interrupt(tmp_path, monkeypatch, cli):
     args = ["train", *TINY, "--epochs", "2", "--teacher-epochs", "1", "--students", "none,kd", "--out", out]
     r = cli(*args)
     assert r.exit_code == 130 and "interrupted" in r.output
-    assert (out / "teacher.pt").is_file() and (out / "student-none.pt").is_file()
-    assert (out / "student-kd.last.pt").is_file() and not (out / "student-kd.pt").exists()
+    assert (out / "teacher.pt").is_file()
+    for name in ("student-none", "student-kd"):    # the students train together: both mid-epoch 2
+        assert (out / f"{name}.last.pt").is_file() and not (out / f"{name}.pt").exists()
+        assert torch.load(out / f"{name}.last.pt", weights_only=True)["epoch"] == 0  # epoch 1 finished
     assert not list(out.glob(".*.tmp*"))
-    last = torch.load(out / "student-kd.last.pt", weights_only=True)
-    assert last["epoch"] == 0  # epoch 1 finished
     teacher_bytes = (out / "teacher.pt").read_bytes()
 
     monkeypatch.setattr(T, "make_task", real_make_task)
@@ -176,10 +272,71 @@ def test_resume_continues_after_interrupt(tmp_path, monkeypatch, cli):
     assert (out / "teacher.pt").read_bytes() == teacher_bytes  # not retrained
     log = [json.loads(ln) for ln in (out / "log.jsonl").read_text().splitlines()]
     assert [(x["model"], x["epoch"]) for x in log] == [
-        ("teacher", 1), ("student-none", 1), ("student-none", 2), ("student-kd", 1), ("student-kd", 2)]
+        ("teacher", 1), ("student-none", 1), ("student-kd", 1), ("student-none", 2), ("student-kd", 2)]
+    for name in ("student-none", "student-kd"):
+        ref = _state(uninterrupted_two_epochs / f"{name}.pt")
+        assert all(torch.equal(v, ref[k]) for k, v in _state(out / f"{name}.pt").items()), name
     # resuming with different settings is refused
     r = cli(*[a if a != "2" else "3" for a in args], "--resume")
     _assert_one_line_error(r, "--resume")
+
+
+def test_resume_when_one_student_saved_an_epoch_more(tmp_path, monkeypatch, cli, uninterrupted_two_epochs):
+    """Ctrl-C between two students' end-of-epoch saves: the one saved further on waits while the
+    other catches up, on the same batches as without the interruption."""
+    from edgeskd.distill.checkpointing import ModelFiles
+
+    out = tmp_path / "res"
+    real_save_last = ModelFiles.save_last
+
+    def interrupting(self, model, meta, epoch, val, train_state):
+        if self.last.name == "student-kd.last.pt" and epoch == 1:
+            raise KeyboardInterrupt
+        return real_save_last(self, model, meta, epoch, val, train_state)
+
+    monkeypatch.setattr(ModelFiles, "save_last", interrupting)
+    r = cli("train", *TINY, "--epochs", "2", "--teacher-epochs", "1", "--students", "none,kd", "--out", out)
+    assert r.exit_code == 130
+    assert torch.load(out / "student-none.last.pt", weights_only=True)["epoch"] == 1
+    assert torch.load(out / "student-kd.last.pt", weights_only=True)["epoch"] == 0
+    monkeypatch.setattr(ModelFiles, "save_last", real_save_last)
+    r = cli("train", "--out", out, "--resume")
+    assert r.exit_code == 0, r.output
+    log = [(x["model"], x["epoch"]) for x in map(json.loads, (out / "log.jsonl").read_text().splitlines())]
+    assert log[-1] == ("student-kd", 2) and log.count(("student-none", 2)) == 1   # none did not train again
+    for name in ("student-none", "student-kd"):
+        ref = _state(uninterrupted_two_epochs / f"{name}.pt")
+        assert all(torch.equal(v, ref[k]) for k, v in _state(out / f"{name}.pt").items()), name
+
+
+def test_students_share_each_batch_and_one_teacher_pass(tmp_path, monkeypatch, cli):
+    """The plain, KD and SKD students of a seed step on the same batch objects, and the teacher's
+    forward pass runs once per batch for both distilled students."""
+    from edgeskd.distill import tasks
+
+    student_steps: list[tuple[str, object]] = []
+    teacher_passes: list[object] = []   # the batch inputs themselves (kept alive: ids stay unique)
+    real_call, real_prepare = tasks.Task.__call__, tasks.TeacherOutputs.__call__
+
+    def call(self, batch):
+        if teacher_passes:   # the students' phase (the teacher trains first, without a teacher pass)
+            student_steps.append((type(self).__name__, batch.x))
+        return real_call(self, batch)
+
+    def prepare(self, batch):
+        teacher_passes.append(batch.x)
+        return real_prepare(self, batch)
+
+    monkeypatch.setattr(tasks.Task, "__call__", call)
+    monkeypatch.setattr(tasks.TeacherOutputs, "__call__", prepare)
+    r = cli("train", *TINY, "--epochs", "2", "--teacher-epochs", "1", "--out", tmp_path / "o")
+    assert r.exit_code == 0, r.output
+    per_batch: dict[int, list[str]] = {}
+    for kind, x in student_steps:
+        per_batch.setdefault(id(x), []).append(kind)
+    assert len(teacher_passes) == len(per_batch) == 10          # 5 batches x 2 epochs, one teacher pass each
+    assert {id(x) for x in teacher_passes} == set(per_batch)
+    assert all(kinds == ["CrossEntropyTask", "KDTask", "SKDTask"] for kinds in per_batch.values())
 
 
 def test_teacher_checkpoint_reuse_and_mismatch(known_run, cli, tmp_path):
@@ -213,6 +370,11 @@ def test_teacher_checkpoint_reuse_and_mismatch(known_run, cli, tmp_path):
     (["--seed", "-1"], "--seed"),
     (["--subclasses", "invent:1"], "K must be >= 2"),
     (["--subclasses", "sometimes"], "use 'known' or 'invent:K'"),
+    (["--tune", "--tune-temperatures", "0,2"], "--tune-temperatures: 0.0 is not a temperature"),
+    (["--tune", "--tune-temperatures", "two"], "must be comma-separated numbers"),
+    (["--tune", "--tune-alphas", "0.5,1.5"], "--tune-alphas: 1.5 is outside [0, 1]"),
+    (["--tune", "--students", "none"], "--tune picks T and α of the kd and skd students"),
+    (["--augment", "flip", "--no-augment"], "contradict each other"),
 ])
 def test_bad_options_are_one_line_errors(cli, tmp_path, extra, needle):
     out = tmp_path / "never"
@@ -222,10 +384,11 @@ def test_bad_options_are_one_line_errors(cli, tmp_path, extra, needle):
 
 
 def test_choice_options_rejected_by_the_parser(cli, tmp_path):
-    for extra in (["--preset", "turbo"], ["--device", "tpu"], ["--format", "zip"]):
+    for extra in (["--preset", "turbo"], ["--device", "tpu"], ["--format", "zip"], ["--augment", "sideways"]):
         r = cli("train", *TINY, *extra, "--out", tmp_path / "o")
         assert r.exit_code == 2 and "Traceback" not in r.output and extra[1] in r.output
         assert not (tmp_path / "o").exists()
+    assert all(choice in r.output for choice in ("endoscopy", "flip", "none"))   # the choices are listed
 
 
 def test_cuda_without_cuda_is_one_line_error(cli, tmp_path):

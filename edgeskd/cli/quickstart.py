@@ -193,8 +193,11 @@ def summarize(wd: Path, stream_engine: Path) -> dict[str, Any]:
                    "f1": r.get("f1"), "latency_p50_ms": r.get("latency_p50_ms"), "status": r.get("status")}
                   for r in rows if isinstance(r, dict)]
     lab = stream.get("labels") or {}
+    comparisons = {k: {f: c.get(f) for f in ("mean", "ci95", "excludes_zero", "n_seeds")}
+                   for k, c in (metrics.get("comparisons") or {}).items() if k in ("skd-kd", "skd-none")}
     return {
         "models": models,
+        "comparisons": comparisons,
         "bench": bench_rows,
         "stream": {
             "engine": str(stream_engine),
@@ -233,6 +236,13 @@ def quickstart(
 
     for name, m in s["models"].items():
         table.add_row(f"{name} (test split)", f(m["f1"]), "", "")
+    for key, label in (("skd-kd", "SKD − KD"), ("skd-none", "SKD − plain")):
+        c = s.get("comparisons", {}).get(key)
+        if c and c.get("ci95"):
+            lo, hi = c["ci95"]
+            table.add_row(f"{label} (test F1, paired bootstrap 95 % CI over test images"
+                          f"{'; one seed' if c.get('n_seeds') == 1 else ''})",
+                          f"{c['mean']:+.2f} [{lo:+.2f}, {hi:+.2f}]", "", "")
     for r in s["bench"]:
         if r.get("precision") == "int8" or str(r.get("name", "")).endswith(("int8", ".engine")):
             table.add_row(f"{r['name']} [{r['backend']} {r['precision']}]", f(r["f1"]), f(r["latency_p50_ms"]), "")

@@ -15,7 +15,8 @@ from typing import Annotated, Optional
 import typer
 
 from edgeskd.cli.common import DataOpt, FormatOpt, cli_command, console
-from edgeskd.distill.config import PRESETS, TrainConfig
+from edgeskd.distill.config import AUGMENT_POLICIES, PRESETS, TUNE_ALPHAS, TUNE_TEMPERATURES, TrainConfig
+from edgeskd.errors import UsageError
 
 _T = "Training"
 _M = "Models"
@@ -39,6 +40,25 @@ class Device(str, Enum):
     auto = "auto"
     cpu = "cpu"
     cuda = "cuda"
+
+
+Augment = Enum("Augment", {name: name for name in AUGMENT_POLICIES}, type=str)   # endoscopy | flip | none
+
+
+# the augmentation and --tune options
+AugmentOpt = Annotated[Optional[Augment], typer.Option(
+    help="Training augmentation: " + "; ".join(f"{k} = {v}" for k, v in AUGMENT_POLICIES.items())
+    + ". \\[default: endoscopy]", rich_help_panel=_T)]
+NoAugmentOpt = Annotated[bool, typer.Option("--no-augment", help="Same as --augment none.", rich_help_panel=_T)]
+TuneOpt = Annotated[bool, typer.Option(
+    "--tune", help="Choose T and α for kd and skd on validation F1 from the grid below (same epochs, seeds and "
+    "batches for every cell), then report the chosen students.", rich_help_panel=_T)]
+TuneTemperaturesOpt = Annotated[Optional[str], typer.Option(
+    help=f"--tune grid of T, comma-separated, each > 0. \\[default: {','.join(f'{t:g}' for t in TUNE_TEMPERATURES)}]",
+    rich_help_panel=_T)]
+TuneAlphasOpt = Annotated[Optional[str], typer.Option(
+    help=f"--tune grid of α, comma-separated, each in [0, 1]. \\[default: {','.join(f'{a:g}' for a in TUNE_ALPHAS)}]",
+    rich_help_panel=_T)]
 
 
 @cli_command
@@ -94,8 +114,11 @@ def train(
         help="Weight of the invented-subclass auxiliary loss. \\[default: 1]", rich_help_panel=_T)] = None,
     aux_temperature: Annotated[Optional[float], typer.Option(
         help="Temperature of the auxiliary loss. \\[default: 1]", rich_help_panel=_T)] = None,
-    augment: Annotated[Optional[bool], typer.Option(
-        "--augment/--no-augment", help="Training augmentation. \\[default: on]", rich_help_panel=_T)] = None,
+    augment: AugmentOpt = None,
+    no_augment: NoAugmentOpt = False,
+    tune: TuneOpt = False,
+    tune_temperatures: TuneTemperaturesOpt = None,
+    tune_alphas: TuneAlphasOpt = None,
     synthetic_n: Annotated[Optional[int], typer.Option(
         help="Images in the synthetic set when --data is not given. \\[default: 3000; fast: 1500]",
         rich_help_panel=_T)] = None,
@@ -121,20 +144,19 @@ def train(
 ) -> None:
     """Train the teacher on subclasses, then the plain, KD and SKD students; write checkpoints,
     metrics.json, report.md and plots to OUT."""
+    options = dict(locals())   # every option above, by name (None: not given); first, before other names exist
     from edgeskd.distill.config import resolve_config
     from edgeskd.distill.train import run_training
 
-    values = dict(
-        data=data, format=format.value if format is not None else None,
-        preset=preset.value if preset is not None else None, teacher=teacher, student=student,
-        students=students, subclasses=subclasses, teacher_checkpoint=teacher_checkpoint, pretrained=pretrained,
-        student_pretrained=student_pretrained, img_size=img_size, epochs=epochs, teacher_epochs=teacher_epochs,
-        batch_size=batch_size, lr=lr, teacher_lr=teacher_lr, weight_decay=weight_decay, temperature=temperature,
-        alpha=alpha, beta=beta, aux_temperature=aux_temperature, augment=augment, synthetic_n=synthetic_n,
-        seeds=seeds, seed=seed, device=device.value if device is not None else None, amp=amp, workers=workers,
-        out=out, resume=resume or None, overwrite=overwrite or None, skip_bad=skip_bad or None,
-    )
-    cfg = resolve_config(values, config)
+    config_file, no_augment = options.pop("config"), options.pop("no_augment")
+    values = {k: (v.value if isinstance(v, Enum) else v) for k, v in options.items()}
+    for flag in ("resume", "overwrite", "skip_bad", "tune"):   # off = not given (a config file may set it)
+        values[flag] = values[flag] or None
+    if no_augment:
+        if values["augment"] not in (None, "none"):
+            raise UsageError(f"--no-augment and --augment {values['augment']} contradict each other; give one")
+        values["augment"] = "none"
+    cfg = resolve_config(values, config_file)
     metrics = run_training(cfg, console=console, argv=["edgeskd", *sys.argv[1:]])
     _print_table(metrics)
 

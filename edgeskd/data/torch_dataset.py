@@ -21,14 +21,14 @@ from edgeskd.runtime.preprocess import preprocess
 TARGETS = ("class", "subclass")
 
 
-def augment(img: np.ndarray, rng: np.random.Generator, *, jitter: float = 0.1) -> np.ndarray:
-    """uint8 HWC → uint8 HWC: flips, a multiple of 90° rotation, colour jitter (±``jitter``)."""
+def augment(img: np.ndarray, rng: np.random.Generator, *, jitter: float = 0.1, rotate: bool = True) -> np.ndarray:
+    """uint8 HWC → uint8 HWC: flips, a multiple of 90° rotation (``rotate``), colour jitter (±``jitter``)."""
     if rng.random() < 0.5:
         img = img[:, ::-1]
     if rng.random() < 0.5:
         img = img[::-1]
     k = int(rng.integers(4))
-    if k and img.shape[0] == img.shape[1]:
+    if rotate and k and img.shape[0] == img.shape[1]:
         img = np.rot90(img, k)
     if jitter > 0:
         b, c, s = 1.0 + rng.uniform(-jitter, jitter, 3)
@@ -61,6 +61,7 @@ class ImageDataset(Dataset):
         target: str = "subclass",
         seed: int = 0,
         jitter: float = 0.1,
+        rotate: bool = True,
     ) -> None:
         if target not in TARGETS:
             raise UsageError(f"target must be one of {TARGETS}, got {target!r}")
@@ -69,6 +70,7 @@ class ImageDataset(Dataset):
             tuple(int(v) for v in input_size)  # type: ignore[union-attr]
         self.mean, self.std = tuple(mean), tuple(std)
         self.train, self.target, self.seed, self.jitter = bool(train), target, int(seed), float(jitter)
+        self.rotate = bool(rotate)
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -84,6 +86,7 @@ class ImageDataset(Dataset):
     def __getitem__(self, i: int):
         img = self.ls.load_image(int(i))
         if self.train:
-            img = augment(img, np.random.default_rng([self.seed, self.epoch, int(i)]), jitter=self.jitter)
+            img = augment(img, np.random.default_rng([self.seed, self.epoch, int(i)]), jitter=self.jitter,
+                          rotate=self.rotate)
         x = preprocess(img, self.input_size, self.mean, self.std)[0]
         return torch.from_numpy(x), int(self.ls.labels[i]), int(self.ls.subclasses[i])

@@ -24,6 +24,7 @@ def check_resume_config(ckpt: dict, cfg: TrainConfig, path: Path) -> None:
     new = cfg.fingerprint()
     if old is None:
         raise UsageError(f"--resume: {path} has no training settings recorded; start a new run with a new --out")
+    old = TrainConfig.normalized_fingerprint(old)
     diff = [k for k in new if old.get(k) != new[k]]
     if diff:
         k = diff[0]
@@ -63,11 +64,11 @@ class Selection:
 class ModelFiles:
     """``<name>.pt`` and ``<name>.last.pt`` of one model of one seed, and the settings they record."""
 
-    def __init__(self, run_dir: Path, name: str, cfg: TrainConfig, seed: int) -> None:
-        self.final = run_dir / f"{name}.pt"
-        self.last = run_dir / f"{name}.last.pt"
+    def __init__(self, folder: Path, name: str, cfg: TrainConfig, seed: int, record: dict | None = None) -> None:
+        self.final = folder / f"{name}.pt"
+        self.last = folder / f"{name}.last.pt"
         self.cfg = cfg
-        self.config = {"train": cfg.to_dict(), "fingerprint": cfg.fingerprint(), "seed": seed}
+        self.config = {"train": cfg.to_dict(), "fingerprint": cfg.fingerprint(), "seed": seed, **(record or {})}
 
     def _load_for_resume(self, path: Path) -> dict | None:
         if not (self.cfg.resume and path.is_file()):
@@ -97,3 +98,18 @@ class ModelFiles:
 
         save_checkpoint(self.final, model, meta, config=self.config, epoch=best_epoch, metrics=metrics)
         self.last.unlink(missing_ok=True)
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Put ``src``'s bytes at ``dst`` atomically (a hard link where the file system allows one)."""
+    import os
+    import shutil
+
+    from edgeskd.utils.io import atomic_path
+
+    with atomic_path(dst) as tmp:
+        tmp.unlink()
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)

@@ -18,7 +18,16 @@ from typing import Any, Mapping
 from edgeskd.errors import UsageError
 
 STUDENT_MODES = ("none", "kd", "skd")
+DISTILLED_MODES = ("kd", "skd")
 DEVICES = ("auto", "cpu", "cuda")
+# Training augmentation policies (what each one does is in edgeskd.data.torch_dataset.augment):
+AUGMENT_POLICIES: dict[str, str] = {
+    "endoscopy": "random horizontal/vertical flips, 90° rotations and a small colour jitter",
+    "flip": "random horizontal/vertical flips only",
+    "none": "no augmentation (for data whose orientation or colour carries meaning)",
+}
+TUNE_TEMPERATURES = (1.0, 2.0, 4.0)
+TUNE_ALPHAS = (0.5, 0.9)
 
 
 @dataclass
@@ -50,7 +59,10 @@ class TrainConfig:
     alpha: float = 0.5
     beta: float = 1.0                       # weight of the invented-subclass auxiliary loss
     aux_temperature: float = 1.0
-    augment: bool = True
+    augment: str = "endoscopy"              # endoscopy | flip | none (old files: true → endoscopy, false → none)
+    tune: bool = False                      # pick T and α per distillation mode on validation F1
+    tune_temperatures: list[float] = field(default_factory=lambda: list(TUNE_TEMPERATURES))
+    tune_alphas: list[float] = field(default_factory=lambda: list(TUNE_ALPHAS))
     # run
     seeds: int = 1
     seed: int = 0                           # first seed; seeds are seed, seed+1, ...
@@ -63,6 +75,9 @@ class TrainConfig:
     preset: str = "default"
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        self.augment = augment_policy(self.augment)
+
     # -- derived ----------------------------------------------------------------
     @property
     def invent_k(self) -> int | None:
@@ -74,17 +89,35 @@ class TrainConfig:
     def seed_list(self) -> list[int]:
         return [self.seed + i for i in range(self.seeds)]
 
+    @property
+    def tune_grid(self) -> list[tuple[float, float]]:
+        """(T, α) cells of --tune, T-major; a single cell (T, α) without --tune."""
+        if not self.tune:
+            return [(float(self.temperature), float(self.alpha))]
+        return [(float(t), float(a)) for t in self.tune_temperatures for a in self.tune_alphas]
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     # Settings that change what a checkpoint contains: --resume refuses to mix runs that differ.
     RESULT_KEYS = ("data", "format", "synthetic_n", "data_seed", "teacher", "student", "subclasses", "img_size",
                    "epochs", "teacher_epochs", "batch_size", "lr", "teacher_lr", "weight_decay", "temperature",
-                   "alpha", "beta", "aux_temperature", "augment", "teacher_checkpoint")
+                   "alpha", "beta", "aux_temperature", "augment", "teacher_checkpoint", "tune",
+                   "tune_temperatures", "tune_alphas")
 
     def fingerprint(self) -> dict[str, Any]:
         d = self.to_dict()
         return {k: d[k] for k in self.RESULT_KEYS}
+
+    @classmethod
+    def normalized_fingerprint(cls, recorded: dict[str, Any]) -> dict[str, Any]:
+        """A fingerprint recorded by an earlier edgeskd: keys it lacks take their defaults, a boolean
+        ``augment`` its policy name."""
+        defaults = cls().fingerprint()
+        out = {k: recorded.get(k, defaults[k]) for k in cls.RESULT_KEYS}
+        if isinstance(out["augment"], bool):
+            out["augment"] = augment_policy(out["augment"])
+        return out
 
     # -- checks ------------------------------------------------------------------
     def validate(self) -> "TrainConfig":
@@ -106,6 +139,19 @@ class TrainConfig:
         need(math.isfinite(self.aux_temperature) and self.aux_temperature > 0,
              f"--aux-temperature {self.aux_temperature} must be a finite number > 0")
         need(math.isfinite(self.beta) and self.beta >= 0, f"--beta {self.beta} must be a finite number >= 0")
+        need(self.augment in AUGMENT_POLICIES,
+             f"--augment {self.augment!r}: choose from {', '.join(AUGMENT_POLICIES)}")
+        need(len(self.tune_temperatures) >= 1 and len(self.tune_alphas) >= 1,
+             "--tune-temperatures and --tune-alphas need at least one value each")
+        bad_t = [t for t in self.tune_temperatures if not (math.isfinite(t) and t > 0)]
+        need(not bad_t, f"--tune-temperatures: {bad_t[0] if bad_t else ''} is not a temperature; every T must be a "
+                        "finite number > 0")
+        bad_a = [a for a in self.tune_alphas if not 0.0 <= a <= 1.0]
+        need(not bad_a, f"--tune-alphas: {bad_a[0] if bad_a else ''} is outside [0, 1]; α weights the "
+                        "distillation term")
+        need(len(set(self.tune_grid)) == len(self.tune_grid), "--tune-temperatures / --tune-alphas list a value twice")
+        need(not self.tune or any(m in DISTILLED_MODES for m in self.students),
+             "--tune picks T and α of the kd and skd students; --students has neither")
         need(self.seed >= 0 and self.data_seed >= 0, "--seed and data-seed must be >= 0")
         if self.subclasses != "known":
             k = self.invent_k
@@ -149,9 +195,40 @@ def _norm_key(k: str) -> str:
     return str(k).strip().replace("-", "_")
 
 
+def augment_policy(value: str | bool) -> str:
+    """The policy name; ``True`` / ``False`` (the older on/off setting) mean endoscopy / none."""
+    if isinstance(value, bool):
+        return "endoscopy" if value else "none"
+    return value
+
+
+_NUMBER_LISTS = ("tune_temperatures", "tune_alphas")
+
+
+def _number_list(key: str, value: Any, source: str) -> list[float]:
+    """'1,2,4' or [1, 2, 4] → [1.0, 2.0, 4.0]; one-line UsageError otherwise."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        items = [items]
+    out = []
+    for v in items:
+        try:
+            if isinstance(v, bool):
+                raise ValueError
+            out.append(float(v.strip() if isinstance(v, str) else v))
+        except (TypeError, ValueError):
+            raise UsageError(f"{source}: {key.replace('_', '-')} must be comma-separated numbers, "
+                             f"e.g. 1,2,4; got {value!r}") from None
+    return out
+
+
 def _coerce(key: str, value: Any, source: str) -> Any:
     """Check/convert one value to the field's type; one-line UsageError otherwise."""
     default = _FIELDS[key].default
+    if key in _NUMBER_LISTS:
+        return _number_list(key, value, source)
+    if key == "augment" and isinstance(value, bool):   # older files: augment true / false
+        return augment_policy(value)
     if _FIELDS[key].default_factory is not dataclasses.MISSING:  # students: list[str]
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]

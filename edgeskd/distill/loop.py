@@ -33,8 +33,11 @@ PrepareBatch = Callable[[Batch], Batch]
 
 @dataclass
 class ModelSpec:
-    """What to train: a name (teacher | student-none | student-kd | student-skd), an architecture,
-    what it predicts, its objective, and its budget."""
+    """What to train: a name (teacher | student-none | student-kd | student-skd, or a --tune cell
+    such as student-kd@T2-a0.5), an architecture, what it predicts, its objective, and its budget.
+    ``init_name`` seeds the initial weights (default: ``name``; the cells of one mode share it),
+    ``folder`` is where its checkpoints go (default: the seed's run folder), ``record`` is stored in
+    its checkpoints' config (e.g. the cell's T and α)."""
 
     name: str
     arch: str
@@ -43,6 +46,9 @@ class ModelSpec:
     epochs: int
     lr: float
     pretrained: str | None = None
+    init_name: str | None = None
+    folder: Path | None = None
+    record: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -77,6 +83,7 @@ class Trainee:
     scheduler: Any = None
     scaler: Any = None
     bar: Any = None
+    rng_state: Any = None           # its own torch RNG stream when it trains in a group
     sums: dict[str, float] = field(default_factory=dict)
     batches: int = 0
     seconds: float = 0.0
@@ -99,8 +106,32 @@ def param_groups(model, weight_decay: float):
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+# --augment policy → ImageDataset arguments
+AUGMENT_ARGS: dict[str, dict[str, Any]] = {
+    "endoscopy": dict(train=True),                           # flips, 90° rotations, colour jitter
+    "flip": dict(train=True, jitter=0.0, rotate=False),      # flips only
+    "none": dict(train=False),
+}
+
+
+class _WithIndex:
+    """A dataset's items with their index appended: (x, class, subclass, index)."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        return (*self.dataset[i], i)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
+
+
 def make_loader(ctx: RunContext, meta: ModelMeta, loader_seed: int):
-    """The training split as augmented batches of (x, class, subclass), this rank's shard."""
+    """The training split as augmented batches of (x, class, subclass, index), this rank's shard."""
     import torch
     from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
@@ -108,8 +139,8 @@ def make_loader(ctx: RunContext, meta: ModelMeta, loader_seed: int):
 
     cfg, dist = ctx.cfg, ctx.dist
     # augmentation is seeded per (seed, epoch, item): identical with any worker count and on --resume
-    ds = ImageDataset(ctx.train_split, meta.input_size, meta.mean, meta.std, train=cfg.augment, target="subclass",
-                      seed=loader_seed)
+    ds = _WithIndex(ImageDataset(ctx.train_split, meta.input_size, meta.mean, meta.std, target="subclass",
+                                 seed=loader_seed, **AUGMENT_ARGS[cfg.augment]))
     if dist.distributed:
         sampler = DistributedSampler(ds, num_replicas=dist.world_size, rank=dist.rank, shuffle=True,
                                      seed=loader_seed, drop_last=True)
@@ -151,10 +182,11 @@ def _build(ctx: RunContext, spec: ModelSpec, seed: int, run_dir: Path,
 
     from edgeskd.models.registry import count_parameters, create_model
 
-    files = ModelFiles(run_dir, spec.name, ctx.cfg, seed)
-    seed_everything(model_seed(seed, spec.name))
+    files = ModelFiles(spec.folder or run_dir, spec.name, ctx.cfg, seed, record=spec.record)
+    seed_everything(model_seed(seed, spec.init_name or spec.name))
     model = create_model(spec.arch, spec.meta.num_outputs, img_size=int(min(spec.meta.input_size)),
-                         pretrained=spec.pretrained).to(ctx.device)
+                         pretrained=spec.pretrained)
+    model = model.to(ctx.device, memory_format=torch.channels_last)   # faster convolutions (oneDNN, tensor cores)
     params = count_parameters(model)
     done = _reload_finished(ctx, spec, files, model, params, reporter, seed)
     if done is not None:
@@ -213,7 +245,26 @@ def _finish(ctx: RunContext, t: Trainee) -> TrainedModel:
 
 
 # -- one step, one epoch ---------------------------------------------------------------------------
-def _step(t: Trainee, batch: Batch, epoch: int, seed: int, reporter: Reporter, dist: ddp.DistContext) -> None:
+def _rng_state(device: str):
+    import torch
+
+    cuda = torch.cuda.get_rng_state(device) if device.startswith("cuda") else None
+    return torch.get_rng_state(), cuda
+
+
+def _set_rng_state(state, device: str) -> None:
+    import torch
+
+    cpu, cuda = state
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state(cuda, device)
+
+
+def _step(t: Trainee, batch: Batch, epoch: int, seed: int, reporter: Reporter, device: str,
+          dist: ddp.DistContext) -> None:
+    if t.rng_state is not None:   # in a group: its own random stream (dropout), whatever else trains
+        _set_rng_state(t.rng_state, device)
     parts = t.spec.task(batch)
     loss = parts["loss"]
     bad = ddp.nonfinite_ranks(dist, loss)   # every rank learns of it, so all stop at this step
@@ -226,6 +277,8 @@ def _step(t: Trainee, batch: Batch, epoch: int, seed: int, reporter: Reporter, d
     t.scaler.step(t.optimizer)
     t.scaler.update()
     t.scheduler.step()
+    if t.rng_state is not None:
+        t.rng_state = _rng_state(device)
     loss_value = loss.item()
     for k, v in parts.items():
         t.sums[k] = t.sums.get(k, 0.0) + (loss_value if k == "loss" else float(v))
@@ -233,7 +286,22 @@ def _step(t: Trainee, batch: Batch, epoch: int, seed: int, reporter: Reporter, d
     reporter.advance(t.bar, f"{t.spec.name} s{seed} e{epoch + 1}/{t.spec.epochs} loss {loss_value:.3f}")
 
 
-def _end_epoch(ctx: RunContext, t: Trainee, epoch: int, seed: int, shared_s: float, reporter: Reporter) -> None:
+@dataclass
+class EpochTimes:
+    """Seconds of one epoch that the models of a group share: loading batches, preparing them
+    (the teacher's forward pass, for the distilling models only)."""
+
+    data_s: float = 0.0
+    prepare_s: float = 0.0
+    models: int = 1
+    preparing_for: int = 0
+
+    def share(self, t: Trainee) -> float:
+        prep = self.prepare_s / self.preparing_for if t.spec.task.uses_teacher and self.preparing_for else 0.0
+        return self.data_s / max(1, self.models) + prep
+
+
+def _end_epoch(ctx: RunContext, t: Trainee, epoch: int, seed: int, times: EpochTimes, reporter: Reporter) -> None:
     """Validate, keep the best epoch, log, and rewrite <name>.last.pt."""
     t0 = time.perf_counter()
     train_parts = ddp.all_reduce_mean(ctx.dist, {k: v / max(1, t.batches) for k, v in t.sums.items()})
@@ -244,7 +312,9 @@ def _end_epoch(ctx: RunContext, t: Trainee, epoch: int, seed: int, shared_s: flo
            **{f"train_{k}": round(v, 6) for k, v in train_parts.items()},
            "val_f1": val["f1"], "val_accuracy": val["accuracy"], "val_auc": val["auc"],
            "lr": t.optimizer.param_groups[0]["lr"], "best": improved,
-           "time_s": round(t.seconds + shared_s, 3)}
+           # its own steps and validation + its share of loading (and of the teacher's pass, if it distils)
+           "time_s": round(t.seconds + times.share(t), 3), "own_s": round(t.seconds, 3),
+           "group_data_s": round(times.data_s, 3), "group_teacher_s": round(times.prepare_s, 3)}
     t.selection.history.append(rec)
     ctx.log(rec)
     reporter.advance(t.bar, f"{t.spec.name} s{seed} e{epoch + 1}/{t.spec.epochs} loss {train_parts['loss']:.3f} "
@@ -258,32 +328,55 @@ def _end_epoch(ctx: RunContext, t: Trainee, epoch: int, seed: int, shared_s: flo
 
 
 def _run_epoch(ctx: RunContext, loader, active: list[Trainee], epoch: int, seed: int,
-               prepare: PrepareBatch | None, reporter: Reporter) -> float:
-    """One pass over the loader, every active model stepping on each batch; returns the seconds spent
-    on what the models share (loading, batch preparation), divided among them."""
+               prepare: PrepareBatch | None, reporter: Reporter) -> EpochTimes:
+    """One pass over the loader, every active model stepping on each batch (prepared once)."""
+    import torch
+
     device = ctx.device
+    grouped = len(active) > 1
+    tick = time.perf_counter()
+    batches = iter(loader)   # (draws the loader's base seed from the torch RNG)
     for t in active:
         t.train_model.train()
         t.sums, t.batches, t.seconds = {}, 0, 0.0
-    t_epoch = time.perf_counter()
-    for x, y, s in loader:
-        batch = Batch(x.to(device, non_blocking=True), y.to(device, non_blocking=True).long(),
-                      s.to(device, non_blocking=True).long())
+        # in a group each model gets the stream a model trained alone would have
+        t.rng_state = _rng_state(device) if grouped else None
+    times = EpochTimes(models=len(active), preparing_for=sum(t.spec.task.uses_teacher for t in active))
+    for x, y, s, i in batches:
+        batch = Batch(x.to(device, non_blocking=True, memory_format=torch.channels_last),
+                      y.to(device, non_blocking=True).long(), s.to(device, non_blocking=True).long(), i)
+        now = time.perf_counter()
+        times.data_s += now - tick
         if prepare is not None:
             batch = prepare(batch)
+            times.prepare_s += time.perf_counter() - now
         for t in active:
             t0 = time.perf_counter()
-            _step(t, batch, epoch, seed, reporter, ctx.dist)
+            _step(t, batch, epoch, seed, reporter, device, ctx.dist)
             t.seconds += time.perf_counter() - t0
-    shared = time.perf_counter() - t_epoch - sum(t.seconds for t in active)
-    return max(0.0, shared) / len(active)
+        tick = time.perf_counter()
+    for t in active:
+        t.rng_state = None
+    return times
+
+
+def _seed_epoch(ctx: RunContext, loader, group_seed: int, epoch: int) -> None:
+    """Augmentation, data order and the torch RNG of this epoch, from (group seed, epoch) alone."""
+    epoch_seed = group_seed + 7919 * (epoch + 1)
+    seed_everything(epoch_seed + ctx.dist.rank)
+    loader.dataset.set_epoch(epoch)
+    if ctx.dist.distributed:
+        loader.sampler.set_epoch(epoch)
+    else:
+        loader.sampler.generator.manual_seed(epoch_seed)
 
 
 def train_group(ctx: RunContext, specs: list[ModelSpec], seed: int, run_dir: Path, reporter: Reporter, *,
                 data_name: str | None = None, prepare: PrepareBatch | None = None) -> dict[str, TrainedModel]:
     """Train ``specs`` together on the same batches (or reload them under --resume); return each
     model's selected epoch, evaluated on test. ``data_name`` names the data order (default: the
-    single model's name); ``prepare`` runs once per batch before the models' steps."""
+    single model's name); ``prepare`` runs once per batch before the models' steps, when one of
+    them needs it (``task.uses_teacher``)."""
     if len({s.epochs for s in specs}) != 1:
         raise ValueError("models trained together need the same number of epochs")
     built = {s.name: _build(ctx, s, seed, run_dir, reporter) for s in specs}
@@ -298,15 +391,9 @@ def train_group(ctx: RunContext, specs: list[ModelSpec], seed: int, run_dir: Pat
                                      completed=t.next_epoch * steps_per_epoch)
         for epoch in range(min(t.next_epoch for t in trainees), specs[0].epochs):
             active = [t for t in trainees if t.next_epoch <= epoch]   # a model saved further on waits
-            epoch_seed = group_seed + 7919 * (epoch + 1)
-            seed_everything(epoch_seed + ctx.dist.rank)
-            loader.dataset.set_epoch(epoch)
-            if ctx.dist.distributed:
-                loader.sampler.set_epoch(epoch)
-            else:
-                loader.sampler.generator.manual_seed(epoch_seed)
-            task_prepare = prepare if any(t.spec.task.uses_teacher for t in active) else None
-            shared_s = _run_epoch(ctx, loader, active, epoch, seed, task_prepare, reporter)
+            _seed_epoch(ctx, loader, group_seed, epoch)
+            needed = prepare if any(t.spec.task.uses_teacher for t in active) else None
+            times = _run_epoch(ctx, loader, active, epoch, seed, needed, reporter)
             for t in active:
-                _end_epoch(ctx, t, epoch, seed, shared_s, reporter)
+                _end_epoch(ctx, t, epoch, seed, times, reporter)
     return {name: (_finish(ctx, b) if isinstance(b, Trainee) else b) for name, b in built.items()}

@@ -3,17 +3,48 @@
 from __future__ import annotations
 
 import math
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edgeskd.distill.checkpointing import link_or_copy
+from edgeskd.distill.config import AUGMENT_POLICIES
 from edgeskd.utils.io import atomic_path, write_json_atomic, write_text_atomic
 
 METRIC_KEYS = ("f1", "accuracy", "precision", "recall", "auc")
 MODEL_ORDER = ("teacher", "student-none", "student-kd", "student-skd")
 LABEL_BITS_FORMULA = "H(S) - H(C) = H(S | C), in bits, over the training split's labels"
+# paired comparisons of test F1: key → (model a, model b), reported as a − b
+COMPARISONS = {"skd-kd": ("student-skd", "student-kd"), "skd-none": ("student-skd", "student-none"),
+               "kd-none": ("student-kd", "student-none")}
+SHORT = {"student-skd": "SKD", "student-kd": "KD", "student-none": "plain", "teacher": "teacher"}
+
+
+def _predicted_classes(r) -> np.ndarray:
+    from edgeskd.runtime.postprocess import class_probabilities
+
+    return class_probabilities(np.asarray(r.test_logits, dtype=np.float32), r.meta).argmax(axis=1)
+
+
+def comparisons(per_seed: dict[int, dict[str, Any]], test_labels: np.ndarray, positive: int) -> dict[str, Any]:
+    """Paired test-F1 differences SKD − KD, SKD − plain, KD − plain (those whose models ran): mean over
+    seeds, per seed, and a 95 % paired bootstrap interval over test images pooled over seeds."""
+    from edgeskd.distill.stats import METHOD, paired_bootstrap_f1
+
+    seeds = sorted(per_seed)
+    out: dict[str, Any] = {}
+    for key, (a, b) in COMPARISONS.items():
+        runs = [per_seed[s] for s in seeds]
+        if not all(a in r and b in r and r[a].test_logits is not None and r[b].test_logits is not None
+                   for r in runs):
+            continue
+        res = paired_bootstrap_f1([test_labels] * len(runs), [_predicted_classes(r[a]) for r in runs],
+                                  [_predicted_classes(r[b]) for r in runs], positive=positive)
+        out[key] = {"a": a, "b": b, **res, "method": METHOD,
+                    "seed_variance": "the interval resamples test images, not training seeds (see per_seed)"
+                    if len(seeds) > 1 else "ignored: one seed, the interval covers test-image sampling only"}
+    return out
 
 
 def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
@@ -25,8 +56,21 @@ def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
     return round(mean, 4), round(std, 4)
 
 
+def epoch_seconds(per_seed: dict[int, dict[str, Any]]) -> dict[str, float]:
+    """Median seconds per epoch of each model (its own steps and validation, plus its share of data
+    loading and, for a distilled student, of the teacher's forward pass), over epochs and seeds."""
+    out: dict[str, float] = {}
+    for name in MODEL_ORDER:
+        times = [h["time_s"] for res in per_seed.values() if name in res for h in res[name].history
+                 if h.get("time_s") is not None]
+        if times:
+            out[name] = round(float(np.median(times)), 3)
+    return out
+
+
 def summarize(per_seed: dict[int, dict[str, Any]], ls, cfg, *, label_bits: float, world_size: int = 1,
-              device: str = "cpu", wall_time_s: float = 0.0, argv: list[str] | None = None) -> dict[str, Any]:
+              device: str = "cpu", wall_time_s: float = 0.0, argv: list[str] | None = None,
+              tuning: dict[str, Any] | None = None, warnings: list[str] | None = None) -> dict[str, Any]:
     """The metrics.json document: test-split numbers, mean over seeds (``*_std`` = sample std)."""
     seeds = sorted(per_seed)
     names = [n for n in MODEL_ORDER if n in per_seed[seeds[0]]]
@@ -53,6 +97,9 @@ def summarize(per_seed: dict[int, dict[str, Any]], ls, cfg, *, label_bits: float
         m["confusion"] = np.sum([np.asarray(r.test["confusion"]) for r in runs], axis=0).tolist()
         m["best_epoch"] = [int(r.best_epoch) + 1 for r in runs]
         m["per_seed_f1"] = [r.test.get("f1") for r in runs]
+        m["per_seed_val_f1"] = [r.val.get("f1") for r in runs]
+        if "temperature" in runs[0].extra:   # chosen by --tune
+            m["temperature"], m["alpha"] = runs[0].extra["temperature"], runs[0].extra["alpha"]
         m["checkpoint"] = runs[0].path.name if runs[0].path is not None else None
         models[name] = m
     tr = ls.split("train")
@@ -72,6 +119,12 @@ def summarize(per_seed: dict[int, dict[str, Any]], ls, cfg, *, label_bits: float
             "label_noise_rate": ls.info.get("label_noise_rate") if isinstance(ls.info, dict) else None,
         },
         "models": models,
+        "comparisons": comparisons(per_seed, ls.split("test").labels,
+                                   runs[0].meta.positive_class if names else 1),
+        "tuning": tuning,
+        "augment": {"policy": cfg.augment, "description": AUGMENT_POLICIES[cfg.augment]},
+        "epoch_seconds": epoch_seconds(per_seed),
+        "warnings": list(warnings or []),
         "seeds": seeds,
         "split": "test",
         "selection": "best validation F1 (ties: AUC)",
@@ -92,10 +145,9 @@ def _fmt(v: float | None, std: float | None = None, digits: int = 2) -> str:
     return f"{v:.{digits}f} ± {std:.{digits}f}" if std is not None else f"{v:.{digits}f}"
 
 
-def render_report(metrics: dict[str, Any], plots: list[str]) -> str:
-    ds, models, cfg = metrics["dataset"], metrics["models"], metrics["config"]
-    n_seeds = len(metrics["seeds"])
-    lines = [f"# edgeskd training report", "",
+def _header(metrics: dict[str, Any]) -> list[str]:
+    ds = metrics["dataset"]
+    lines = ["# edgeskd training report", "",
              f"Data: **{ds['name']}** ({ds['format']}), train {ds['n_train']} / val {ds['n_val']} / test "
              f"{ds['n_test']}; classes {', '.join(ds['class_names'])} (positive: {ds['positive_class']}); "
              f"{len(ds['subclass_names'])} subclasses.", "",
@@ -103,11 +155,19 @@ def render_report(metrics: dict[str, Any], plots: list[str]) -> str:
     if ds.get("label_noise_rate") is not None:
         lines += [f"Label noise of the synthetic set (majority vote ≠ hidden true class): "
                   f"{100 * ds['label_noise_rate']:.1f} %.", ""]
-    lines += [f"Test split, model selected on validation F1; {n_seeds} seed(s) {metrics['seeds']}"
-              f"{' (mean ± sample std)' if n_seeds > 1 else ''}; metrics in percent; positive class "
-              f"**{ds['positive_class']}**.", "",
-              "| model | arch | params | F1 | accuracy | precision | recall | AUC | val F1 |",
-              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for w in metrics.get("warnings") or []:
+        lines += [f"**Warning:** {w}.", ""]
+    return lines
+
+
+def _results(metrics: dict[str, Any]) -> list[str]:
+    ds, models = metrics["dataset"], metrics["models"]
+    n_seeds = len(metrics["seeds"])
+    lines = [f"Test split, model selected on validation F1; {n_seeds} seed(s) {metrics['seeds']}"
+             f"{' (mean ± sample std)' if n_seeds > 1 else ''}; metrics in percent; positive class "
+             f"**{ds['positive_class']}**.", "",
+             "| model | arch | params | F1 | accuracy | precision | recall | AUC | val F1 |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, m in models.items():
         sd = (lambda k: m.get(f"{k}_std")) if n_seeds > 1 else (lambda k: None)
         lines.append(f"| {name} | {m['arch']} | {m['params']:,} | **{_fmt(m['f1'], sd('f1'))}** | "
@@ -126,27 +186,97 @@ def render_report(metrics: dict[str, Any], plots: list[str]) -> str:
         lines += ["F1 differences (mean): " + "; ".join(d) + ".", ""]
     if metrics.get("student_to_teacher_params"):
         lines += [f"Student / teacher parameters: {metrics['student_to_teacher_params']:.4f}.", ""]
-    subs = ds["subclass_names"]
-    lines += ["## Class accuracy per true subclass (test)", "",
-              "| model | " + " | ".join(subs) + " |", "|---|" + "---:|" * len(subs)]
+    seeds = metrics["seeds"]
+    lines += ["## Test F1 per seed", "", "| model | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+              "|---|" + "---:|" * len(seeds)]
     for name, m in models.items():
-        per = m.get("per_subclass_accuracy", {})
-        lines.append(f"| {name} | " + " | ".join(_fmt(per.get(s), digits=1) for s in subs) + " |")
-    lines += ["", "## Settings", "",
-              f"teacher `{cfg['teacher']}` ({cfg['teacher_epochs']} epochs, lr {cfg['teacher_lr']}), "
-              f"student `{cfg['student']}` ({cfg['epochs']} epochs, lr {cfg['lr']}), img {cfg['img_size']} px, "
-              f"batch {cfg['batch_size']} × {metrics['world_size']} process(es), AdamW + cosine, "
-              f"T = {cfg['temperature']}, α = {cfg['alpha']} (α weights the distillation term), "
-              f"subclasses `{cfg['subclasses']}`"
-              + (f", β = {cfg['beta']}, T_aux = {cfg['aux_temperature']}" if cfg["subclasses"] != "known" else "")
-              + f", preset `{cfg['preset']}`, device {metrics['device']}; wall time {metrics['wall_time_s']:.0f} s.",
-              ""]
+        lines.append(f"| {name} | " + " | ".join(_fmt(v) for v in m.get("per_seed_f1", [])) + " |")
+    return lines + [""]
+
+
+def _comparisons(metrics: dict[str, Any]) -> list[str]:
+    comps = metrics.get("comparisons") or {}
+    if not comps:
+        return []
+    from edgeskd.distill.stats import METHOD
+
+    first = next(iter(comps.values()))
+    lines = ["## Paired comparisons (test F1, percentage points)", "",
+             "| comparison | mean | 95 % CI | excludes 0 | per seed |", "|---|---:|---:|:---:|---:|"]
+    for c in comps.values():
+        lo, hi = c["ci95"]
+        lines.append(f"| {SHORT[c['a']]} − {SHORT[c['b']]} | {c['mean']:+.2f} | [{lo:+.2f}, {hi:+.2f}] | "
+                     f"{'yes' if c['excludes_zero'] else 'no'} | "
+                     + ", ".join(f"{v:+.2f}" for v in c["per_seed"]) + " |")
+    lines += ["", f"Method: {METHOD}; {first['n_resamples']} resamples of the {first['n_images']} test images, "
+                  f"bootstrap seed {first['seed']}. A difference whose interval contains 0 is not a result."]
+    if first["n_seeds"] == 1:
+        lines += ["", "With one training seed the interval covers the sampling of test images only and ignores "
+                      "the variance between training seeds; train with --seeds 3 or more for that."]
+    else:
+        lines += ["", "The interval resamples test images, not training seeds: the per-seed column shows how much "
+                      "the difference moves between seeds."]
+    return lines + [""]
+
+
+def _tuning(metrics: dict[str, Any]) -> list[str]:
+    tuning = metrics.get("tuning")
+    if not tuning:
+        return []
+    lines = ["## T and α chosen on validation (--tune)", "",
+             f"Grid T ∈ {{{', '.join(f'{t:g}' for t in tuning['temperatures'])}}}, α ∈ "
+             f"{{{', '.join(f'{a:g}' for a in tuning['alphas'])}}}; every cell trained with the same epochs, seeds, "
+             f"initial weights and batches; chosen by {tuning['selection']}. The test split is not used.", ""]
+    for mode, t in tuning["modes"].items():
+        ch = t["chosen"]
+        lines += [f"**{SHORT['student-' + mode]}**: chosen T = {ch['temperature']:g}, α = {ch['alpha']:g} "
+                  f"(val F1 {_fmt(ch['val_f1'])}).", "", "| T | α | val F1 (mean) | per seed |", "|---:|---:|---:|---:|"]
+        for r in t["grid"]:
+            mark = " ←" if (r["temperature"], r["alpha"]) == (ch["temperature"], ch["alpha"]) else ""
+            lines.append(f"| {r['temperature']:g} | {r['alpha']:g} | {_fmt(r['val_f1'])}{mark} | "
+                         + ", ".join(_fmt(v) for v in r["val_f1_per_seed"]) + " |")
+        lines.append("")
+    return lines
+
+
+def _settings(metrics: dict[str, Any]) -> list[str]:
+    cfg = metrics["config"]
+    aug = metrics.get("augment") or {"policy": cfg["augment"], "description": ""}
+    t_alpha = ("T and α per mode from --tune (above)" if metrics.get("tuning") else
+               f"T = {cfg['temperature']}, α = {cfg['alpha']}")
+    lines = ["## Settings", "",
+             f"teacher `{cfg['teacher']}` ({cfg['teacher_epochs']} epochs, lr {cfg['teacher_lr']}), "
+             f"student `{cfg['student']}` ({cfg['epochs']} epochs, lr {cfg['lr']}), img {cfg['img_size']} px, "
+             f"batch {cfg['batch_size']} × {metrics['world_size']} process(es), AdamW + cosine, "
+             f"{t_alpha} (α weights the distillation term), augmentation `{aug['policy']}` ({aug['description']}), "
+             f"subclasses `{cfg['subclasses']}`"
+             + (f", β = {cfg['beta']}, T_aux = {cfg['aux_temperature']}" if cfg["subclasses"] != "known" else "")
+             + f", preset `{cfg['preset']}`, device {metrics['device']}; wall time {metrics['wall_time_s']:.0f} s.",
+             "", "The students of a seed train together on the same batches (same data order); the teacher's "
+             "forward pass runs once per batch for all distilled students.", ""]
+    if metrics.get("epoch_seconds"):
+        lines += ["Median seconds per epoch (own steps and validation + share of data loading and, for a "
+                  "distilled student, of the teacher's pass): "
+                  + ", ".join(f"{n} {v:.2f}" for n, v in metrics["epoch_seconds"].items()) + ".", ""]
     if metrics.get("command"):
         lines += ["Command:", "", f"    {metrics['command']}", ""]
     lines += ["Losses: teacher = CE on subclass labels (known) or CE on the logsumexp class "
               "logits + β·L_aux (invented); SKD = α·T²·CE(softmax(t_sub/T), s_sub/T) + (1−α)·CE(y, "
               "LSE-class(s_sub)); KD = the same on the teacher's logsumexp class logits with a C-logit "
               "student; plain = CE on class labels.", ""]
+    return lines
+
+
+def render_report(metrics: dict[str, Any], plots: list[str]) -> str:
+    ds, models = metrics["dataset"], metrics["models"]
+    lines = _header(metrics) + _results(metrics) + _comparisons(metrics) + _tuning(metrics)
+    subs = ds["subclass_names"]
+    lines += ["## Class accuracy per true subclass (test)", "",
+              "| model | " + " | ".join(subs) + " |", "|---|" + "---:|" * len(subs)]
+    for name, m in models.items():
+        per = m.get("per_subclass_accuracy", {})
+        lines.append(f"| {name} | " + " | ".join(_fmt(per.get(s), digits=1) for s in subs) + " |")
+    lines += [""] + _settings(metrics)
     if plots:
         lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
     return "\n".join(lines)
@@ -244,17 +374,6 @@ def plot_dark_knowledge(teacher_logits: np.ndarray, teacher_meta, ls_test, tempe
     plt.close(fig)
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    with atomic_path(dst) as tmp:
-        tmp.unlink()
-        try:
-            import os
-
-            os.link(src, tmp)
-        except OSError:
-            shutil.copyfile(src, tmp)
-
-
 def write_outputs(out: Path, metrics: dict[str, Any], per_seed: dict[int, dict[str, Any]], ls, cfg) -> None:
     """metrics.json, report.md, curves.png, confusion.png, dark_knowledge.png; with several seeds
     the first seed's checkpoints are also placed at OUT/ (each seed's in OUT/seed-<s>/)."""
@@ -263,7 +382,7 @@ def write_outputs(out: Path, metrics: dict[str, Any], per_seed: dict[int, dict[s
     if len(per_seed) > 1:
         for name, r in first.items():
             if r.path is not None and r.path.is_file():
-                _link_or_copy(r.path, out / r.path.name)
+                link_or_copy(r.path, out / r.path.name)
     plots = []
     plot_curves(per_seed, out / "curves.png")
     plots.append("curves.png")

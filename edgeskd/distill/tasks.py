@@ -28,6 +28,7 @@ class Batch:
     x: Any                              # (B, 3, H, W) float inputs
     labels: Any                         # (B,) class indices
     subclasses: Any                     # (B,) data subclass indices
+    indices: Any = None                 # (B,) the items' indices in the training split
     teacher_logits: Any = None          # (B, S) the frozen teacher's subclass logits, when a task needs them
 
 
@@ -138,15 +139,36 @@ def make_task(kind: str, cfg: TrainConfig, tmeta: ModelMeta) -> Task:
 class TeacherOutputs:
     """Batch preparation for distilling tasks: the frozen teacher's subclass logits, computed once
     per batch without autograd (``torch.inference_mode``) and handed to every task as
-    ``batch.teacher_logits``."""
+    ``batch.teacher_logits``.
 
-    def __init__(self, teacher, autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> None:
+    ``cache=True`` is for inputs that are the same every epoch (no augmentation): each item's
+    logits are computed the first time it is seen and reused after, keyed by ``batch.indices``.
+    """
+
+    def __init__(self, teacher, autocast: Callable[[], ContextManager] = contextlib.nullcontext, *,
+                 cache: bool = False) -> None:
         self.teacher, self.autocast = teacher, autocast
+        self._cache: dict[int, Any] | None = {} if cache else None
+        self.forwarded = 0   # images that went through the teacher
 
-    def __call__(self, batch: Batch) -> Batch:
+    def _forward(self, x):
         import torch
 
         with torch.inference_mode(), self.autocast():
-            logits = self.teacher(batch.x).float()
+            logits = self.teacher(x).float()
+        self.forwarded += len(x)
         # a normal tensor (inference tensors cannot be saved for a student's backward pass)
-        return replace(batch, teacher_logits=logits.clone())
+        return logits.clone()
+
+    def __call__(self, batch: Batch) -> Batch:
+        if self._cache is None or batch.indices is None:
+            return replace(batch, teacher_logits=self._forward(batch.x))
+        import torch
+
+        keys = [int(i) for i in batch.indices]
+        missing = [j for j, k in enumerate(keys) if k not in self._cache]
+        if missing:
+            fresh = self._forward(batch.x[missing])
+            for row, j in enumerate(missing):
+                self._cache[keys[j]] = fresh[row]
+        return replace(batch, teacher_logits=torch.stack([self._cache[k] for k in keys]))

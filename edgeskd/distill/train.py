@@ -27,12 +27,15 @@ from __future__ import annotations
 import os
 import sys
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from edgeskd.distill import ddp
-from edgeskd.distill.config import RUN_CONFIG_FILE, TrainConfig
+from edgeskd.distill import tune
+from edgeskd.distill.checkpointing import link_or_copy
+from edgeskd.distill.config import DISTILLED_MODES, RUN_CONFIG_FILE, TrainConfig
 from edgeskd.distill.context import RunContext
 from edgeskd.distill.data import label_bits, load_training_data, load_training_data_for  # noqa: F401 (re-export)
 from edgeskd.distill.loop import ModelSpec, TrainedModel, train_group
@@ -40,6 +43,7 @@ from edgeskd.distill.metas import check_teacher_matches, student_meta, teacher_m
 from edgeskd.distill.prefetch import check_models
 from edgeskd.distill.progress import Reporter
 from edgeskd.distill.tasks import TeacherOutputs, make_task
+from edgeskd.distill.tune import cell_name
 from edgeskd.errors import TrainingDiverged, UsageError  # noqa: F401 (re-export)
 from edgeskd.utils.io import ensure_writable_dir, write_json_atomic
 
@@ -54,12 +58,14 @@ def _freeze(model):
 
 def _reuse_teacher(ctx: RunContext, path: str, run_dir: Path) -> TrainedModel:
     """--teacher-checkpoint: load, check against the data, evaluate on this data's splits."""
+    import torch
+
     from edgeskd.models.checkpoint import model_from_checkpoint, save_checkpoint
     from edgeskd.models.registry import count_parameters
 
     model, meta, ck = model_from_checkpoint(path)
     check_teacher_matches(meta, ctx.dataset, ctx.cfg, path)
-    model = model.to(ctx.device)
+    model = model.to(ctx.device, memory_format=torch.channels_last)
     val, _ = ctx.evaluate(model, "val", meta)
     test, logits = ctx.evaluate(model, "test", meta)
     hist = list((ck.get("metrics") or {}).get("history", []))
@@ -73,11 +79,36 @@ def _reuse_teacher(ctx: RunContext, path: str, run_dir: Path) -> TrainedModel:
 
 
 def _announce(reporter: Reporter, name: str, seed: int, r: TrainedModel) -> None:
-    reporter.print(f"{name} (seed {seed}): test F1 {r.test['f1']:.2f}  val F1 {r.val.get('f1', float('nan')):.2f}")
+    val = f"val F1 {r.val.get('f1', float('nan')):.2f}"
+    if "@" in name:   # a --tune cell: its test F1 stays out of sight until the choice is made
+        reporter.print(f"{name} (seed {seed}): {val}")
+    else:
+        reporter.print(f"{name} (seed {seed}): test F1 {r.test['f1']:.2f}  {val}")
+
+
+def student_specs(ctx: RunContext, tmeta, run_dir: Path) -> list[ModelSpec]:
+    """One spec per student mode; under --tune one per (T, α) cell for kd and skd (in run_dir/tune/)."""
+    cfg = ctx.cfg
+    specs = []
+    for mode in cfg.students:
+        base = f"student-{mode}"
+        meta = student_meta(mode, tmeta, ctx.dataset, cfg)
+        if mode not in DISTILLED_MODES:
+            specs.append(ModelSpec(base, cfg.student, meta, make_task(mode, cfg, tmeta), cfg.epochs, cfg.lr,
+                                   cfg.student_pretrained))
+            continue
+        for t, a in cfg.tune_grid:
+            cell = replace(cfg, temperature=t, alpha=a)
+            specs.append(ModelSpec(cell_name(mode, t, a) if cfg.tune else base, cfg.student, meta,
+                                   make_task(mode, cell, tmeta), cfg.epochs, cfg.lr, cfg.student_pretrained,
+                                   init_name=base, folder=run_dir / "tune" if cfg.tune else None,
+                                   record={"distillation": {"temperature": t, "alpha": a, "tuned": cfg.tune}}))
+    return specs
 
 
 def run_seed(ctx: RunContext, seed: int, run_dir: Path, reporter: Reporter) -> dict[str, TrainedModel]:
-    """The teacher (trained or reused) and every student mode of one seed."""
+    """The teacher (trained or reused), then every student of the seed, trained together on the
+    same batches with one teacher forward pass per batch."""
     cfg = ctx.cfg
     results: dict[str, TrainedModel] = {}
     if cfg.teacher_checkpoint:
@@ -88,15 +119,44 @@ def run_seed(ctx: RunContext, seed: int, run_dir: Path, reporter: Reporter) -> d
                          cfg.teacher_lr, cfg.pretrained)
         t = train_group(ctx, [spec], seed, run_dir, reporter)["teacher"]
     results["teacher"] = t
-    teacher_outputs = TeacherOutputs(_freeze(t.model), ctx.autocast)
     _announce(reporter, "teacher", seed, t)
-    for mode in cfg.students:
-        spec = ModelSpec(f"student-{mode}", cfg.student, student_meta(mode, t.meta, ctx.dataset, cfg),
-                         make_task(mode, cfg, t.meta), cfg.epochs, cfg.lr, cfg.student_pretrained)
-        r = train_group(ctx, [spec], seed, run_dir, reporter, prepare=teacher_outputs)[spec.name]
-        results[spec.name] = r
-        _announce(reporter, spec.name, seed, r)
+    if cfg.tune and ctx.dist.is_main:
+        ensure_writable_dir(run_dir / "tune")
+    ddp.barrier(ctx.dist)
+    students = train_group(ctx, student_specs(ctx, t.meta, run_dir), seed, run_dir, reporter, data_name="students",
+                           prepare=TeacherOutputs(_freeze(t.model), ctx.autocast, cache=cfg.augment == "none"))
+    for name, r in students.items():
+        results[name] = r
+        _announce(reporter, name, seed, r)
     return results
+
+
+def settle_tuning(ctx: RunContext, per_seed: dict[int, dict[str, TrainedModel]],
+                  run_dirs: dict[int, Path]) -> dict[str, Any] | None:
+    """--tune: choose each distilled mode's (T, α) on validation; its students become student-<mode>
+    (their checkpoints are placed at <run dir>/student-<mode>.pt) and the cells leave ``per_seed``."""
+    cfg = ctx.cfg
+    if not cfg.tune:
+        return None
+    modes: dict[str, Any] = {}
+    for mode in (m for m in cfg.students if m in DISTILLED_MODES):
+        grid = {(t, a): [per_seed[s][cell_name(mode, t, a)] for s in per_seed] for t, a in cfg.tune_grid}
+        (t, a), rows = tune.choose(grid)
+        modes[mode] = {"grid": rows, "chosen": {"temperature": t, "alpha": a, "name": cell_name(mode, t, a),
+                                                "val_f1": next(r["val_f1"] for r in rows
+                                                               if (r["temperature"], r["alpha"]) == (t, a))}}
+        for s, results in per_seed.items():
+            chosen = results[cell_name(mode, t, a)]
+            dst = run_dirs[s] / f"student-{mode}.pt"
+            if ctx.dist.is_main and chosen.path is not None:
+                link_or_copy(chosen.path, dst)
+            results[f"student-{mode}"] = replace(chosen, path=dst, extra={**chosen.extra, "temperature": t, "alpha": a})
+    for results in per_seed.values():
+        for name in [n for n in results if "@" in n]:
+            del results[name]
+    ddp.barrier(ctx.dist)
+    return {"selection": tune.SELECTION, "split": "val", "temperatures": list(cfg.tune_temperatures),
+            "alphas": list(cfg.tune_alphas), "modes": modes}
 
 
 # -- the output folder -------------------------------------------------------------------------------
@@ -153,6 +213,7 @@ def _run_files(out: Path) -> list[Path]:
     if not out.is_dir():
         return []
     dirs = [out, *sorted(d for d in out.glob("seed-*") if d.is_dir())]
+    dirs += [d / "tune" for d in dirs if (d / "tune").is_dir()]   # --tune's grid cells
     return [f for d in dirs for pat in _RUN_FILES for f in sorted(d.glob(pat)) if f.is_file()]
 
 
@@ -186,7 +247,14 @@ def _load_and_check(cfg: TrainConfig, dist: ddp.DistContext, out: Path, reporter
         check_teacher_matches(teacher, dataset, cfg, cfg.teacher_checkpoint)
     for w in [*(dataset.info.get("warnings") or []), *model_warnings]:
         reporter.print(f"[yellow]warning:[/] {w}", soft_wrap=True)
-    return dataset
+    warnings = []   # warnings about this run's results, kept in metrics.json and report.md
+    n_val = int((dataset.splits == "val").sum())
+    if cfg.tune and n_val < tune.NOISY_BELOW:
+        warnings.append(f"--tune chooses T and α on {n_val} validation images (fewer than {tune.NOISY_BELOW}): "
+                        "the choice is noisy")
+    for w in warnings:
+        reporter.print(f"[yellow]warning:[/] {w}", soft_wrap=True)
+    return dataset, warnings
 
 
 def run_training(cfg: TrainConfig, *, console=None, argv: list[str] | None = None) -> dict[str, Any]:
@@ -199,22 +267,27 @@ def run_training(cfg: TrainConfig, *, console=None, argv: list[str] | None = Non
     try:
         out = _resolve_out(cfg, dist)
         with Reporter(console, progress=cfg.progress, is_main=dist.is_main) as reporter:
-            dataset = _load_and_check(cfg, dist, out, reporter)
+            dataset, run_warnings = _load_and_check(cfg, dist, out, reporter)
             if dist.is_main:  # everything checked: now create OUT
                 _prepare_out(cfg, out)
             ddp.barrier(dist)
             ctx = RunContext(cfg, dist, dataset, out)
             per_seed: dict[int, dict[str, TrainedModel]] = {}
-            for seed in cfg.seed_list:
-                run_dir = out if cfg.seeds == 1 else out / f"seed-{seed}"
+            run_dirs = {seed: out if cfg.seeds == 1 else out / f"seed-{seed}" for seed in cfg.seed_list}
+            for seed, run_dir in run_dirs.items():
                 if dist.is_main:
                     ensure_writable_dir(run_dir)
                 ddp.barrier(dist)
                 per_seed[seed] = run_seed(ctx, seed, run_dir, reporter)
+            tuning = settle_tuning(ctx, per_seed, run_dirs)
+            for mode, t in (tuning or {}).get("modes", {}).items():
+                ch = t["chosen"]
+                reporter.print(f"--tune student-{mode}: T = {ch['temperature']:g}, α = {ch['alpha']:g} "
+                               f"(mean val F1 {ch['val_f1']:.2f} over {len(per_seed)} seed(s))")
         metrics = report.summarize(per_seed, dataset, cfg, label_bits=label_bits(dataset),
                                    world_size=dist.world_size, device=dist.device,
                                    wall_time_s=time.perf_counter() - t_start,
-                                   argv=argv if argv is not None else sys.argv)
+                                   argv=argv if argv is not None else sys.argv, tuning=tuning, warnings=run_warnings)
         metrics["out"] = str(out)
         if dist.is_main:
             report.write_outputs(out, metrics, per_seed, dataset, cfg)

@@ -39,7 +39,7 @@ def save_checkpoint(
     ckpt: dict[str, Any] = {
         "format": FORMAT,
         "version": VERSION,
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},  # NCHW order
         "meta": meta.to_dict(),
         "config": config or {},
         "metrics": metrics or {},
