@@ -244,7 +244,7 @@ def test_resume_continues_after_interrupt(tmp_path, monkeypatch, cli, uninterrup
 
         def wrapped(*a):
             calls["n"] += 1
-            if calls["n"] > 4:  # into the second epoch (30 training images: 3–4 batches of 8 per epoch)
+            if calls["n"] > 6:  # a few batches into the second epoch (30 training images: 4 batches of 8)
                 raise KeyboardInterrupt
             return loss(*a)
 
@@ -558,3 +558,20 @@ def test_cuda_amp_run(cli, tmp_path):
     m = json.loads((out / "metrics.json").read_text())
     assert m["device"].startswith("cuda") and m["config"]["amp"] is None
     assert set(m["models"]) == {"teacher", "student-none", "student-kd", "student-skd"}
+
+
+def test_temperature_defaults_per_mode_and_one_value_for_both():
+    from edgeskd.distill.config import DEFAULT_TEMPERATURES, TrainConfig
+    from edgeskd.distill.tasks import make_task
+    from edgeskd.meta import ModelMeta
+
+    tmeta = ModelMeta(class_names=["a", "b"], subclass_names=["a0", "a1", "b0"], subclass_to_class=[0, 0, 1],
+                      input_size=(32, 32))
+    cfg = TrainConfig()
+    assert cfg.temperature is None and DEFAULT_TEMPERATURES == {"kd": 4.0, "skd": 2.0}
+    assert make_task("kd", cfg, tmeta).temperature == 4.0 and make_task("skd", cfg, tmeta).temperature == 2.0
+    assert cfg.cells_for("skd") == [(2.0, 0.5)] and cfg.cells_for("kd") == [(4.0, 0.5)]
+    given = TrainConfig(temperature=3.0)
+    assert make_task("kd", given, tmeta).temperature == make_task("skd", given, tmeta).temperature == 3.0
+    tuned = TrainConfig(tune=True, tune_temperatures=[1.0, 2.0], tune_alphas=[0.5])
+    assert tuned.cells_for("kd") == tuned.cells_for("skd") == [(1.0, 0.5), (2.0, 0.5)]

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from edgeskd.distill.checkpointing import link_or_copy
-from edgeskd.distill.config import AUGMENT_POLICIES
+from edgeskd.distill.config import AUGMENT_POLICIES, DEFAULT_TEMPERATURES
 from edgeskd.utils.io import atomic_path, write_json_atomic, write_text_atomic
 
 METRIC_KEYS = ("f1", "accuracy", "precision", "recall", "auc")
@@ -243,7 +243,9 @@ def _settings(metrics: dict[str, Any]) -> list[str]:
     cfg = metrics["config"]
     aug = metrics.get("augment") or {"policy": cfg["augment"], "description": ""}
     t_alpha = ("T and α per mode from --tune (above)" if metrics.get("tuning") else
-               f"T = {cfg['temperature']}, α = {cfg['alpha']}")
+               f"T = {cfg['temperature']}, α = {cfg['alpha']}" if cfg["temperature"] is not None else
+               f"T = {DEFAULT_TEMPERATURES['kd']:g} (KD) / {DEFAULT_TEMPERATURES['skd']:g} (SKD), the modes' defaults, "
+               f"α = {cfg['alpha']}")
     lines = ["## Settings", "",
              f"teacher `{cfg['teacher']}` ({cfg['teacher_epochs']} epochs, lr {cfg['teacher_lr']}), "
              f"student `{cfg['student']}` ({cfg['epochs']} epochs, lr {cfg['lr']}), img {cfg['img_size']} px, "
@@ -390,7 +392,8 @@ def write_outputs(out: Path, metrics: dict[str, Any], per_seed: dict[int, dict[s
     plots.append("confusion.png")
     t = first.get("teacher")
     if t is not None and t.test_logits is not None:
-        plot_dark_knowledge(t.test_logits, t.meta, ls.split("test"), cfg.temperature, out / "dark_knowledge.png")
+        plot_dark_knowledge(t.test_logits, t.meta, ls.split("test"), cfg.temperature_for("skd"),
+                            out / "dark_knowledge.png")
         plots.append("dark_knowledge.png")
     metrics["files"] = sorted(["metrics.json", "report.md", "log.jsonl", *plots,
                                *[r.path.name for r in first.values() if r.path is not None]])

@@ -130,9 +130,9 @@ def make_task(kind: str, cfg: TrainConfig, tmeta: ModelMeta) -> Task:
     if kind == "none":
         return CrossEntropyTask("class")
     if kind == "kd":
-        return KDTask(idx, alpha=cfg.alpha, temperature=cfg.temperature)
+        return KDTask(idx, alpha=cfg.alpha, temperature=cfg.temperature_for("kd"))
     if kind == "skd":
-        return SKDTask(idx, alpha=cfg.alpha, temperature=cfg.temperature)
+        return SKDTask(idx, alpha=cfg.alpha, temperature=cfg.temperature_for("skd"))
     raise UsageError(f"unknown student mode {kind!r}")
 
 

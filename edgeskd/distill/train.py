@@ -97,7 +97,7 @@ def student_specs(ctx: RunContext, tmeta, run_dir: Path) -> list[ModelSpec]:
             specs.append(ModelSpec(base, cfg.student, meta, make_task(mode, cfg, tmeta), cfg.epochs, cfg.lr,
                                    cfg.student_pretrained))
             continue
-        for t, a in cfg.tune_grid:
+        for t, a in cfg.cells_for(mode):
             cell = replace(cfg, temperature=t, alpha=a)
             specs.append(ModelSpec(cell_name(mode, t, a) if cfg.tune else base, cfg.student, meta,
                                    make_task(mode, cell, tmeta), cfg.epochs, cfg.lr, cfg.student_pretrained,
