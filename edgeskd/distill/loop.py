@@ -197,7 +197,6 @@ def _build(ctx: RunContext, spec: ModelSpec, seed: int, run_dir: Path,
     if resumed is not None:
         model.load_state_dict(resumed["state_dict"])
         state = resumed.get("train_state") or {}
-        optimizer.load_state_dict(state["optimizer"])
         trainee.next_epoch = int(resumed["epoch"]) + 1
         trainee.selection = Selection.from_state(state)
         trainee.resumed = resumed
@@ -222,6 +221,9 @@ def _add_schedule(ctx: RunContext, t: Trainee, steps_per_epoch: int) -> None:
     t.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
     if t.resumed is not None:
         state = t.resumed["train_state"]
+        # after the scheduler is built: building it sets every group's lr to the step-0 value,
+        # and the saved optimizer state carries the lr of the next step
+        t.optimizer.load_state_dict(state["optimizer"])
         t.scheduler.load_state_dict(state["scheduler"])
         if use_scaler and state.get("scaler"):
             t.scaler.load_state_dict(state["scaler"])
