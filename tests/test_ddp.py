@@ -97,8 +97,8 @@ def _diverging_step(loss, dist):
     from edgeskd.distill import loop
 
     t = types.SimpleNamespace(spec=types.SimpleNamespace(name="skd", task=lambda batch: {"loss": loss}),
-                              optimizer=_NoBackward(), scaler=_NoBackward())
-    loop._step(t, batch=None, epoch=2, seed=0, reporter=None, dist=dist)
+                              optimizer=_NoBackward(), scaler=_NoBackward(), rng_state=None)
+    loop._step(t, batch=None, epoch=2, seed=0, reporter=None, device="cpu", dist=dist)
 
 
 def test_training_step_checks_the_loss_on_every_rank_before_backward(monkeypatch):
