@@ -1,0 +1,412 @@
+"""Clinical operating points: ECE/NLL, temperature scaling, NPV threshold, Wilson intervals,
+per-polyp decisions, reliability diagram, and temperature/threshold inside the artifacts."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from edgeskd.clinical import (
+    LOW_CONFIDENCE,
+    aggregate_polyps,
+    calibrated_probabilities,
+    class_logits,
+    decide,
+    ece,
+    evaluate_operating_point,
+    fit_temperature,
+    nll,
+    operating_point,
+    parse_polyp_id,
+    polyp_ids,
+    polyp_summary,
+    reliability_bins,
+    select_threshold,
+    state_names,
+    validate_threshold,
+    wilson_interval,
+)
+from edgeskd.clinical.calibration import softmax
+from edgeskd.errors import ArtifactError, DataError, UsageError
+from edgeskd.meta import ModelMeta
+from edgeskd.runtime.postprocess import class_probabilities
+
+
+def _binary(conf, pred):
+    """(N, 2) probabilities with the given confidence on the predicted class."""
+    conf, pred = np.asarray(conf, dtype=np.float64), np.asarray(pred)
+    return np.where(pred[:, None] == 1, np.stack([1 - conf, conf], 1), np.stack([conf, 1 - conf], 1))
+
+
+def _meta(output="subclass_logits", **kw):
+    subs, s2c = (list("abcde"), [0, 0, 1, 1, 1]) if output == "subclass_logits" else (["hp", "ssa"], [0, 1])
+    return ModelMeta(class_names=["hp", "ssa"], subclass_names=subs, subclass_to_class=s2c, input_size=(16, 16),
+                     output=output, **kw)
+
+
+# -- ECE, NLL ------------------------------------------------------------------------------------
+def test_ece_hand_computed():
+    # bins of width 1/15: 0.95, 0.97 → (14/15, 1]; 0.70, 0.72 → (10/15, 11/15]; 0.55 → (8/15, 9/15]
+    conf = [0.95, 0.97, 0.70, 0.72, 0.55]
+    pred = [1, 1, 0, 1, 0]
+    labels = [1, 0, 0, 1, 1]          # right, wrong, right, right, wrong
+    # 2/5·|0.5 − 0.96| + 2/5·|1 − 0.71| + 1/5·|0 − 0.55| = 0.184 + 0.116 + 0.11
+    assert ece(_binary(conf, pred), labels) == pytest.approx(0.41, abs=1e-12)
+    bins = reliability_bins(_binary(conf, pred), labels)
+    assert bins.counts.sum() == 5 and bins.counts[14] == 2 and bins.counts[10] == 2 and bins.counts[8] == 1
+    assert bins.accuracy[14] == 0.5 and np.isnan(bins.accuracy[0])
+    # right-closed bins: a confidence on an edge falls in the bin below it
+    edge = float(bins.edges[12])
+    assert reliability_bins(_binary([edge], [1]), [1]).counts[11] == 1
+    # perfectly calibrated in each bin → 0
+    assert ece(_binary([0.75] * 4, [1] * 4), [1, 1, 1, 0]) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_nll_hand_computed():
+    z = np.array([[0.0, math.log(3.0)], [math.log(3.0), 0.0]])
+    assert nll(z, [1, 1]) == pytest.approx(-(math.log(0.75) + math.log(0.25)) / 2)
+    s3 = math.sqrt(3.0)
+    assert nll(z[:1], [1], temperature=2.0) == pytest.approx(-math.log(s3 / (1 + s3)))
+
+
+# -- temperature scaling -------------------------------------------------------------------------
+def _synthetic_logits(t_true, n=20000, c=3, seed=0):
+    """Labels drawn from softmax(z); the 'model' reports z·t_true, so the right temperature is t_true."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(0.0, 1.5, (n, c))
+    p = softmax(z, axis=1)
+    y = (rng.random(n)[:, None] > np.cumsum(p, axis=1)).sum(axis=1)
+    return z * t_true, y
+
+
+@pytest.mark.parametrize("t_true", [2.5, 0.4])
+def test_temperature_recovers_known_value(t_true):
+    logits, y = _synthetic_logits(t_true)
+    fit = fit_temperature(logits, y)
+    assert fit.ok and fit.reason is None
+    assert fit.temperature == pytest.approx(t_true, rel=0.05)
+    assert fit.nll_after < fit.nll_before
+    before, after = softmax(logits, axis=1), softmax(logits / fit.temperature, axis=1)
+    assert np.array_equal(before.argmax(1), after.argmax(1))
+    assert ece(after, y) < 0.02 < ece(before, y)
+
+
+def test_temperature_on_logsumexp_class_logits_of_subclass_outputs():
+    cls_logits, y = _synthetic_logits(3.0, c=2, seed=1)
+    # subclass blocks (2 + 3) whose logsumexp is the class logit: z_c + log w_j with Σ_j w_j = 1
+    w0, w1 = np.log([0.3, 0.7]), np.log([0.2, 0.5, 0.3])
+    sub = np.concatenate([cls_logits[:, :1] + w0, cls_logits[:, 1:] + w1], axis=1).astype(np.float32)
+    meta = _meta()
+    assert np.allclose(class_logits(sub, meta), cls_logits, atol=1e-4)
+    fit = fit_temperature(class_logits(sub, meta), y)
+    assert fit.temperature == pytest.approx(3.0, rel=0.05)
+
+
+def test_temperature_refuses_without_inventing():
+    logits, y = _synthetic_logits(2.0, n=400)
+    small = fit_temperature(logits[:30], y[:30])
+    assert not small.ok and small.temperature is None and "30 cases" in small.reason
+    one = fit_temperature(logits[y == 0][:100], y[y == 0][:100])
+    assert not one.ok and "one class" in one.reason
+    lopsided = np.concatenate([np.flatnonzero(y == 0)[:100], np.flatnonzero(y == 1)[:2], np.flatnonzero(y == 2)[:50]])
+    assert "one-sided" in fit_temperature(logits[lopsided], y[lopsided]).reason
+    # no validation errors: NLL falls all the way to T → 0; no finite temperature exists
+    sep_y = np.arange(100) % 2
+    sep = np.where(sep_y[:, None] == 1, [[-1.0, 1.0]], [[1.0, -1.0]])
+    fit = fit_temperature(sep, sep_y)
+    assert not fit.ok and "too few errors (0 of 100)" in fit.reason
+    bad = logits[:100].copy()
+    bad[3, 1] = np.nan
+    assert "NaN" in fit_temperature(bad, y[:100]).reason
+    assert "same for every class" in fit_temperature(np.zeros((100, 3)), y[:100]).reason
+
+
+# -- calibrated probabilities from an artifact's metadata ----------------------------------------
+@pytest.mark.parametrize("output", ["subclass_logits", "class_logits"])
+def test_calibrated_probabilities_keep_argmax(output):
+    rng = np.random.default_rng(0)
+    meta = _meta(output)
+    logits = rng.normal(0, 3, (500, meta.num_outputs)).astype(np.float32)
+    plain = class_probabilities(logits, meta)
+    assert np.allclose(calibrated_probabilities(logits, meta), plain, atol=1e-6)    # T = 1 by default
+    hot = meta.replace(temperature=2.5)
+    cal = calibrated_probabilities(logits, hot)
+    assert np.allclose(cal.sum(1), 1.0)
+    assert np.array_equal(cal.argmax(1), plain.argmax(1))
+    assert np.allclose(cal, softmax(class_logits(logits, meta) / 2.5, axis=1))
+    assert cal.max(1).mean() < plain.max(1).mean()    # T > 1 softens
+    assert np.allclose(calibrated_probabilities(logits, meta, temperature=2.5), cal)
+
+
+# -- Wilson intervals, thresholds ----------------------------------------------------------------
+def test_wilson_interval_matches_published_values():
+    # Newcombe (1998), Statistics in Medicine 17:857, Table I, method 3 (score interval)
+    for (k, n), (lo, hi) in {(81, 263): (0.2553, 0.3662), (15, 148): (0.0624, 0.1605),
+                             (0, 20): (0.0, 0.1611), (1, 29): (0.0061, 0.1718)}.items():
+        got = wilson_interval(k, n)
+        assert got[0] == pytest.approx(lo, abs=5e-5) and got[1] == pytest.approx(hi, abs=5e-5)
+    assert wilson_interval(0, 0) is None
+    assert wilson_interval(20, 20)[1] == 1.0
+    with pytest.raises(ValueError):
+        wilson_interval(5, 3)
+
+
+@pytest.mark.parametrize("bad", [0.5, 1.0, 1.2, 0.3, -1, "abc", float("nan"), None])
+def test_threshold_validator_one_line(bad):
+    with pytest.raises(UsageError) as e:
+        validate_threshold(bad)
+    msg = str(e.value)
+    assert "\n" not in msg and "(0.5, 1)" in msg and msg.startswith("--threshold")
+    assert e.value.exit_code == 2
+
+
+def test_threshold_validator_accepts_inside():
+    assert validate_threshold("0.9") == 0.9 and validate_threshold(0.51, option="--min-confidence") == 0.51
+
+
+def _tiers(tiers):
+    """(pred, conf, n, n_right) tiers → probabilities and labels (binary, positive = 1)."""
+    conf, pred, y = [], [], []
+    for p, c, n, right in tiers:
+        conf += [c] * n
+        pred += [p] * n
+        y += [p] * right + [1 - p] * (n - right)
+    return _binary(conf, pred), np.array(y)
+
+
+BASE = [(0, 0.95, 10, 10), (0, 0.85, 10, 9), (0, 0.65, 10, 5),     # negative calls
+        (1, 0.95, 10, 10), (1, 0.75, 10, 8), (1, 0.60, 10, 5)]     # positive calls
+
+
+def test_threshold_search_constructed_case():
+    # t = 0.60 or 0.65: NPV 24/30 = 0.80; t = 0.75: NPV 19/20 = 0.95, PPV 18/20 = 0.90, 40 of 60 called
+    probs, y = _tiers(BASE)
+    c = select_threshold(probs, y)
+    assert c.threshold == 0.75 and c.reason is None and c.ppv_target_met and c.note is None
+    assert (c.npv, c.ppv, c.coverage) == (0.95, 0.9, pytest.approx(40 / 60))
+    assert (c.n_negative_calls, c.n_positive_calls) == (20, 20)
+    # PPV 17/20 at 0.75: both targets first at 0.85 (NPV 19/20, PPV 10/10), coverage 30/60
+    probs, y = _tiers(BASE[:4] + [(1, 0.75, 10, 7), BASE[5]])
+    c = select_threshold(probs, y)
+    assert c.threshold == 0.85 and c.coverage == 0.5 and c.ppv_target_met
+    # without the PPV target the NPV alone decides: 0.75
+    assert select_threshold(probs, y, ppv_target=None).threshold == 0.75
+    # PPV never reaches 90 %: the NPV target alone, said so
+    probs, y = _tiers(BASE[:3] + [(1, 0.95, 10, 8), (1, 0.75, 10, 7), BASE[5]])
+    c = select_threshold(probs, y)
+    assert c.threshold == 0.75 and not c.ppv_target_met and "PPV >= 90 %" in c.note
+    # NPV never reaches 90 %: no threshold, and why
+    probs, y = _tiers([(0, 0.95, 10, 8), (0, 0.85, 10, 9)] + BASE[2:])
+    c = select_threshold(probs, y)
+    assert c.threshold is None and "not reached" in c.reason and "85.0 %" in c.reason
+
+
+def test_threshold_search_needs_enough_calls_and_both_sides():
+    probs, y = _tiers(BASE)
+    # at min_calls = 25 only thresholds with >= 25 negative calls count, and those have NPV 0.8
+    assert select_threshold(probs, y, min_calls=25).threshold is None
+    assert "10 cases" in select_threshold(probs[:10], y[:10]).reason
+    assert "one side" in select_threshold(probs[y == 0], y[y == 0]).reason
+
+
+def test_threshold_search_is_the_best_threshold_by_brute_force():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 400)
+    score = np.clip(0.5 + (y - 0.5) * rng.uniform(0.0, 0.9, 400) + rng.normal(0, 0.15, 400), 0.01, 0.99)
+    probs = np.stack([1 - score, score], 1)
+    c = select_threshold(probs, y, ppv_target=None)
+    conf = probs.max(1)
+    best = None
+    for t in sorted(set(conf[(conf > 0.5) & (conf < 1)])):
+        r = evaluate_operating_point(probs, y, t)
+        if r["n_negative_calls"] >= 10 and r["npv"] >= 0.9:
+            best = t
+            break
+    assert c.threshold == best and c.threshold is not None
+
+
+def test_operating_point_on_test_with_intervals():
+    probs, y = _tiers(BASE)
+    r = evaluate_operating_point(probs, y, 0.75)
+    assert r["coverage"] == pytest.approx(40 / 60) and r["n_called"] == 40
+    assert r["npv"] == 0.95 and r["npv_ci95"] == list(wilson_interval(19, 20))
+    assert r["ppv"] == 0.9 and r["ppv_ci95"] == list(wilson_interval(18, 20))
+    assert (r["tn"], r["fn"], r["tp"], r["fp"]) == (19, 1, 18, 2)
+    assert r["sensitivity"] == 18 / 19 and r["specificity"] == 19 / 21 and r["accuracy"] == 37 / 40
+    assert r["npv_lower_clears_90"] is False           # 19/20: lower bound 0.764
+    big, yb = _tiers([(0, 0.9, 300, 294), (1, 0.9, 100, 95)])
+    assert evaluate_operating_point(big, yb, 0.8)["npv_lower_clears_90"] is True   # 294/300: lower 0.957
+    argmax = evaluate_operating_point(probs, y, None)
+    assert argmax["coverage"] == 1.0 and argmax["npv"] == 24 / 30
+    json.dumps(r)
+
+
+def test_operating_point_block():
+    probs, y = _tiers(BASE)
+    r = operating_point(probs, y, probs, y)
+    assert r["threshold"] == 0.75 and r["threshold_source"] == "validation" and r["reason"] is None
+    assert r["validation"]["coverage"] == pytest.approx(40 / 60) and r["argmax"]["coverage"] == 1.0
+    unreachable, yu = _tiers([(0, 0.95, 10, 8), (0, 0.85, 10, 9)] + BASE[2:])
+    r = operating_point(unreachable, yu, probs, y)
+    assert r["threshold"] is None and r["npv"] is None and r["coverage"] is None and "not reached" in r["reason"]
+    assert r["npv_lower_clears_90"] is False and r["argmax"]["npv"] == 24 / 30
+    r = operating_point(unreachable, yu, probs, y, threshold=0.9)
+    assert r["threshold_source"] == "given" and r["coverage"] == pytest.approx(20 / 60)
+    with pytest.raises(UsageError):
+        operating_point(probs, y, probs, y, threshold=1.5)
+    json.dumps(r)
+
+
+def test_decisions_and_states():
+    probs = _binary([0.95, 0.6, 0.8, 0.51], [1, 0, 0, 1])
+    assert decide(probs, None).tolist() == [1, 0, 0, 1]
+    d = decide(probs, 0.8)
+    assert d.tolist() == [1, -1, 0, -1]
+    assert state_names(d, ["hyperplastic", "adenoma"]) == ["adenoma", LOW_CONFIDENCE, "hyperplastic", LOW_CONFIDENCE]
+
+
+# -- per polyp ----------------------------------------------------------------------------------
+def _video():
+    """40 frames: polyp 7 (adenoma) frames 5–14 with flickering frame calls, polyp 3 (hyperplastic)
+    frames 20–29, polyp 9 (adenoma) frames 33–38, ambiguous; background elsewhere; frames 4 and 15
+    show a sliver of polyp 7 (id, no class)."""
+    n = 40
+    p_ad = np.full(n, 0.5)
+    ids = np.full(n, -1)
+    labels = np.full(n, -1)
+    p_ad[5:15] = [0.9, 0.4, 0.95, 0.45, 0.9, 0.85, 0.4, 0.9, 0.92, 0.83]   # 7 of 10 frames right, mean 0.75
+    ids[4:16], labels[5:15] = 7, 1
+    p_ad[4] = p_ad[15] = 0.01                                             # unlabelled slivers: not counted
+    p_ad[20:30] = [0.1, 0.2, 0.6, 0.1, 0.15, 0.05, 0.7, 0.1, 0.2, 0.1]     # 8 of 10 right, mean 0.23
+    ids[20:30], labels[20:30] = 3, 0
+    p_ad[33:39] = [0.7, 0.3, 0.65, 0.4, 0.55, 0.5]                        # mean 0.5167: no call at 0.7
+    ids[33:39], labels[33:39] = 9, 1
+    return np.stack([1 - p_ad, p_ad], 1), ids, labels
+
+
+def test_per_polyp_decisions_on_a_short_video():
+    probs, ids, labels = _video()
+    ds = aggregate_polyps(probs, ids, 0.7, labels=labels, frames=np.arange(100, 140))
+    assert [d.polyp_id for d in ds] == [7, 3, 9]
+    p7, p3, p9 = ds
+    assert (p7.n_frames, p7.first_frame, p7.last_frame) == (10, 105, 114)
+    assert p7.probabilities[1] == pytest.approx(0.75) and p7.decision == 1 and p7.label == 1
+    assert p3.probabilities[0] == pytest.approx(0.77) and p3.decision == 0 and p3.label == 0
+    assert p9.argmax == 1 and p9.decision == -1 and p9.to_dict(["hp", "adenoma"])["decision"] == LOW_CONFIDENCE
+    s = polyp_summary(ds, positive=1, class_names=["hp", "adenoma"])
+    assert (s["n_polyps"], s["n_labelled"], s["n_called"]) == (3, 3, 2)
+    assert s["coverage"] == pytest.approx(2 / 3) and s["accuracy"] == 1.0 and s["accuracy_argmax"] == 1.0
+    assert s["npv"] == 1.0 and s["npv_ci95"] == list(wilson_interval(1, 1)) and s["ppv"] == 1.0
+    assert s["polyps"][0]["correct"] is True and s["polyps"][2]["correct"] is None
+    # per polyp beats per frame on the same frames (frame calls flicker)
+    labelled = labels >= 0
+    frame_acc = np.mean(probs[labelled].argmax(1) == labels[labelled])
+    assert s["accuracy_argmax"] > frame_acc
+    # without a threshold every polyp gets its argmax
+    assert [d.decision for d in aggregate_polyps(probs, ids, None, labels=labels)] == [1, 0, 1]
+    # without labels the id alone decides which frames count (slivers included)
+    assert aggregate_polyps(probs, ids, None)[0].n_frames == 12
+    json.dumps(s)
+
+
+def test_per_polyp_bad_ids_and_labels():
+    assert [parse_polyp_id(v) for v in ("3", " 12 ", "", None, -1, "-1", 0, np.int64(4))] == [3, 12, None, None,
+                                                                                             None, None, 0, 4]
+    for bad in ("3.5", "abc", 2.0, True, -2, "1e3"):
+        with pytest.raises(DataError) as e:
+            parse_polyp_id(bad, where="v.labels.csv:7")
+        assert "\n" not in str(e.value) and "v.labels.csv:7" in str(e.value) and "not an integer" in str(e.value)
+    assert polyp_ids(["", "1", "1", "-1"]).tolist() == [-1, 1, 1, -1]
+    with pytest.raises(DataError, match="row 2"):
+        polyp_ids(["1", "1", "x"])
+    probs, ids, labels = _video()
+    with pytest.raises(DataError, match="must be integers"):
+        aggregate_polyps(probs, ids.astype(float), 0.7)
+    labels[6] = 0
+    with pytest.raises(DataError, match="polyp 7 has frames labelled with different classes"):
+        aggregate_polyps(probs, ids, 0.7, labels=labels)
+
+
+# -- reliability diagram ------------------------------------------------------------------------
+def test_reliability_diagram_png(tmp_path):
+    from edgeskd.clinical.reliability import write_reliability_diagram
+
+    logits, y = _synthetic_logits(2.0, n=2000)
+    fit = fit_temperature(logits, y)
+    out = write_reliability_diagram(tmp_path / "rel.png", softmax(logits, 1), y,
+                                    calibrated=softmax(logits / fit.temperature, 1), title="student-skd",
+                                    temperature=fit.temperature)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["rel.png"]        # no temporary left behind
+    with pytest.raises(UsageError):
+        write_reliability_diagram(tmp_path, softmax(logits, 1), y)     # a directory: one-line error
+
+
+def test_clinical_imports_without_heavy_libraries():
+    code = ("import sys, edgeskd.clinical, edgeskd.clinical.reliability;"
+            "bad=[m for m in ('torch','sklearn','scipy','matplotlib','tensorrt') if m in sys.modules];"
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# -- temperature and threshold inside the artifacts ----------------------------------------------
+def test_meta_carries_temperature_and_threshold():
+    m = _meta(temperature=1.83, threshold=0.87)
+    back = ModelMeta.from_props(m.to_props())
+    assert back.temperature == 1.83 and back.threshold == 0.87 and back.to_dict() == m.to_dict()
+    assert back.replace(precision="int8").threshold == 0.87           # what INT8 / engine builds do
+    old = {k: v for k, v in m.to_props().items() if k not in ("edgeskd.temperature", "edgeskd.threshold")}
+    legacy = ModelMeta.from_props(old)
+    assert legacy.temperature == 1.0 and legacy.threshold is None and "temperature" not in legacy.extra
+    assert ModelMeta.from_props(_meta().to_props()).threshold is None    # null round-trips
+    for bad in (dict(temperature=0), dict(temperature=-1.0), dict(temperature=float("inf")),
+                dict(threshold=1.2), dict(threshold=0.5), dict(temperature="warm")):
+        with pytest.raises(ArtifactError):
+            ModelMeta.from_dict({**m.to_dict(), **bad})
+
+
+def test_temperature_and_threshold_round_trip_onnx(tmp_path):
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    meta = _meta("class_logits", temperature=2.25, threshold=0.9)
+    w = np.array([[1.0, -1.0]], dtype=np.float32)
+    g = helper.make_graph([helper.make_node("MatMul", ["input", "w"], ["class_logits"])], "tiny",
+                          [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1])],
+                          [helper.make_tensor_value_info("class_logits", TensorProto.FLOAT, ["N", 2])],
+                          [numpy_helper.from_array(w, "w")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    helper.set_model_props(m, meta.to_props())
+    path = tmp_path / "m.onnx"
+    onnx.save(m, str(path))
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    back = ModelMeta.from_props(dict(sess.get_modelmeta().custom_metadata_map))
+    assert back.temperature == 2.25 and back.threshold == 0.9
+    logits = sess.run(None, {"input": np.array([[2.0], [-0.1]], dtype=np.float32)})[0]
+    probs = calibrated_probabilities(logits, back)
+    assert np.allclose(probs[0], softmax(np.array([2.0, -2.0]) / 2.25))
+    assert decide(probs, back.threshold).tolist() == [-1, -1]           # softened below 0.9
+    assert decide(class_probabilities(logits, back), back.threshold).tolist() == [0, -1]
+
+
+def test_temperature_and_threshold_round_trip_engine_header(tmp_path):
+    from edgeskd.runtime.engine_file import EngineHeader, read_engine_header, write_engine
+
+    meta = _meta(temperature=0.8, threshold=0.95)
+    path = write_engine(tmp_path / "m.engine", b"plan", EngineHeader(meta=meta, trt_version="10.3.0",
+                                                                     compute_capability=(8, 7)))
+    back = read_engine_header(path).meta
+    assert back.temperature == 0.8 and back.threshold == 0.95
+    # a header written before these keys existed still loads, with T = 1 and no threshold
+    header = EngineHeader(meta=meta, trt_version="10.3.0", compute_capability=(8, 7)).to_dict()
+    for k in ("temperature", "threshold"):
+        del header["meta"][k]
+    legacy = EngineHeader.from_dict(header, source="old.engine").meta
+    assert legacy.temperature == 1.0 and legacy.threshold is None
