@@ -143,6 +143,45 @@ def test_calibrated_probabilities_keep_argmax(output):
     assert np.allclose(calibrated_probabilities(logits, meta, temperature=2.5), cal)
 
 
+def test_runtime_probabilities_apply_the_artifact_temperature(tmp_path):
+    """What users see (runtime post-processing, evaluation, the stream's per-frame probabilities) is
+    softmax(class logits / meta.temperature); predicted classes and F1 do not change."""
+    from edgeskd.runtime.evaluate import evaluate_logits, predict_proba
+    from edgeskd.runtime.fake import FakeRunner
+
+    rng = np.random.default_rng(5)
+    meta = _meta()
+    logits = rng.normal(0, 3, (300, meta.num_outputs)).astype(np.float32)
+    labels = (class_logits(logits, meta).argmax(1) ^ (rng.random(300) < 0.2)).astype(np.int64)
+    hot = meta.replace(temperature=2.5)
+    cal = class_probabilities(logits, hot)
+    assert np.allclose(cal, softmax(class_logits(logits, meta) / 2.5, axis=1), atol=1e-6)
+    assert np.allclose(class_probabilities(logits, hot, temperature=1.0), class_probabilities(logits, meta))
+    assert np.array_equal(cal.argmax(1), class_probabilities(logits, meta).argmax(1))
+    plain, scaled = evaluate_logits(logits, meta, labels), evaluate_logits(logits, hot, labels)
+    for k in ("f1", "accuracy", "precision", "recall", "confusion"):
+        assert plain[k] == scaled[k]
+    assert scaled["auc"] == pytest.approx(plain["auc"], abs=1e-12)     # binary: P(positive) keeps its order
+    with FakeRunner(hot, lambda b: logits[: len(b)]) as runner:
+        probs, subs = predict_proba(runner, np.zeros((4, 3, 16, 16), np.float32))
+    assert np.allclose(probs, cal[:4], atol=1e-6) and np.allclose(subs, softmax(logits[:4], axis=1), atol=1e-6)
+
+
+def test_stream_frames_carry_calibrated_probabilities(tmp_path):
+    from edgeskd.runtime.fake import FakeRunner
+    from edgeskd.stream import StreamConfig, run_stream
+    from helpers_stream import META, make_video
+
+    video = make_video(tmp_path / "in.mp4", n=6, w=96, h=64)
+    out = np.array([[2.0, 0.5, 1.0, -1.0]], np.float32)
+    runner = FakeRunner(META.replace(temperature=2.0), lambda b: np.repeat(out, len(b), 0))
+    run_stream(StreamConfig(video=str(video), jsonl=tmp_path / "p.jsonl", measure_ceiling=False, smooth=1.0),
+               runner=runner)
+    rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    want = softmax(class_logits(out, META) / 2.0, axis=1)[0]
+    assert len(rows) == 6 and all(np.allclose(r["probs"], want, atol=1e-6) for r in rows)
+
+
 # -- Wilson intervals, thresholds ----------------------------------------------------------------
 def test_wilson_interval_matches_published_values():
     # Newcombe (1998), Statistics in Medicine 17:857, Table I, method 3 (score interval)
@@ -393,7 +432,9 @@ def test_temperature_and_threshold_round_trip_onnx(tmp_path):
     probs = calibrated_probabilities(logits, back)
     assert np.allclose(probs[0], softmax(np.array([2.0, -2.0]) / 2.25))
     assert decide(probs, back.threshold).tolist() == [-1, -1]           # softened below 0.9
-    assert decide(class_probabilities(logits, back), back.threshold).tolist() == [0, -1]
+    # the runtime's probabilities are the calibrated ones; uncalibrated (T = 1) the first case is called
+    assert np.allclose(class_probabilities(logits, back), probs, atol=1e-6)
+    assert decide(class_probabilities(logits, back, temperature=1.0), back.threshold).tolist() == [0, -1]
 
 
 def test_temperature_and_threshold_round_trip_engine_header(tmp_path):

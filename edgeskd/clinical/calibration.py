@@ -122,7 +122,7 @@ def class_logits(logits: Any, meta: Any) -> np.ndarray:
 
 def calibrated_probabilities(logits: Any, meta: Any, temperature: float | None = None) -> np.ndarray:
     """(N, C) softmax(class logits / T), T = ``temperature`` or else ``meta.temperature`` (1.0 for
-    artifacts without one, which gives ``runtime.postprocess.class_probabilities``). Argmax unchanged."""
+    artifacts without one): ``runtime.postprocess.class_probabilities`` in float64. Argmax unchanged."""
     t = float(meta.temperature if temperature is None else temperature)
     if not (math.isfinite(t) and t > 0):
         raise ValueError(f"temperature {t} must be a finite number > 0")
