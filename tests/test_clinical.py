@@ -451,3 +451,146 @@ def test_temperature_and_threshold_round_trip_engine_header(tmp_path):
         del header["meta"][k]
     legacy = EngineHeader.from_dict(header, source="old.engine").meta
     assert legacy.temperature == 1.0 and legacy.threshold is None
+
+
+# -- the stream: frame states and per-polyp decisions --------------------------------------------
+@pytest.fixture(scope="module")
+def synth_video(tmp_path_factory):
+    """8 s at 10 fps: 3 polyps (ids 0, 1, 2) with their labelled frames, bare wall between them."""
+    from edgeskd.data.synthvideo import write_synth_video
+
+    d = tmp_path_factory.mktemp("video")
+    info = write_synth_video(d / "v.mp4", seconds=8, fps=10, size=(192, 128), render_size=64, seed=3)
+    return d / "v.mp4", d / "v.labels.csv", info
+
+
+def _truth(labels_csv):
+    import csv
+
+    rows = list(csv.DictReader(labels_csv.open()))
+    cls = {"hyperplastic": 0, "adenoma": 1}
+    y = np.array([cls.get(r["class"], -1) for r in rows])
+    pid = np.array([int(r["polyp_id"]) if r["polyp_id"] else -1 for r in rows])
+    return y, pid
+
+
+def _flicker_runner(y, pid, threshold=None):
+    """A runner that 'sees' the video's truth: labelled frames of polyps 0 and 2 are called right 3
+    times in 4 (confidently), polyp 1 is called right every other frame; other frames are 50/50."""
+    from edgeskd.runtime.fake import FakeRunner
+
+    meta = ModelMeta(class_names=["hyperplastic", "adenoma"], subclass_names=["hp", "ad"], subclass_to_class=[0, 1],
+                     input_size=(16, 16), output="class_logits", threshold=threshold)
+    seen = [0]
+
+    def fn(batch):
+        out = np.zeros((len(batch), 2), np.float32)
+        for k in range(len(batch)):
+            i = seen[0] + k
+            if y[i] >= 0:
+                wrong = (i % 2 == 1) if pid[i] == 1 else (i % 4 == 1)
+                out[k, y[i] ^ int(wrong)] = 4.0
+        seen[0] += len(batch)
+        return out
+
+    return FakeRunner(meta, fn)
+
+
+def test_stream_states_and_per_polyp_decisions_on_a_synthetic_video(tmp_path, synth_video):
+    from edgeskd.stream import StreamConfig, run_stream
+
+    video, labels_csv, info = synth_video
+    y, pid = _truth(labels_csv)
+    assert set(pid[y >= 0]) == {0, 1, 2} and info["frames"] == len(y) == 80
+    res = run_stream(StreamConfig(video=str(video), labels=labels_csv, jsonl=tmp_path / "p.jsonl",
+                                  stats=tmp_path / "s.json", measure_ceiling=False, crop="none"),
+                     runner=_flicker_runner(y, pid, threshold=0.65))
+    lb = json.loads((tmp_path / "s.json").read_text())["labels"]
+    assert lb == json.loads(json.dumps(res.stats["labels"]))
+    assert lb["threshold"] == 0.65 and lb["threshold_source"] == "artifact"
+    rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    # frame states: unlabelled frames are 50/50 → low confidence; labelled ones are called (p = 0.982)
+    assert all((r["raw_state"] == LOW_CONFIDENCE) == (y[r["frame"]] < 0) for r in rows)
+    assert all(r["state"] == (r["smoothed_class"] if max(r["smoothed"]) >= 0.65 else LOW_CONFIDENCE) for r in rows)
+    frame_probs = np.array([r["probs"] for r in rows])
+    lab = y >= 0
+    frame_acc = float(np.mean(frame_probs[lab].argmax(1) == y[lab]))
+    assert lb["raw"]["accuracy"] == pytest.approx(frame_acc, abs=1e-6) and 0.6 < frame_acc < 0.8
+    fs = lb["frame_states"]["raw"]
+    assert fs["coverage"] == 1.0 and fs["accuracy"] == pytest.approx(frame_acc, abs=1e-6)
+    # per polyp: the mean of each polyp's labelled frames; polyps 0 and 2 (about 3 in 4 right, mean
+    # ~0.7) are called right, polyp 1 (1 in 2 right, mean ~0.5) abstains
+    pp = lb["per_polyp"]
+    assert [p["polyp_id"] for p in pp["polyps"]] == [0, 1, 2] and pp["n_labelled"] == 3
+    for p in pp["polyps"]:
+        m = (pid == p["polyp_id"]) & lab
+        assert p["n_frames"] == int(m.sum())
+        assert p["probabilities"] == pytest.approx(frame_probs[m].mean(0).tolist(), abs=1e-5)
+    states = [p["decision"] for p in pp["polyps"]]
+    assert states == ["hyperplastic", LOW_CONFIDENCE, "hyperplastic"]
+    assert pp["coverage"] == pytest.approx(2 / 3, abs=1e-6) and pp["accuracy"] == 1.0 and pp["npv"] == 1.0
+    assert pp["npv_ci95"] == pytest.approx(list(wilson_interval(2, 2)), abs=1e-6)
+    assert pp["accuracy_argmax"] >= frame_acc                           # per polyp ≥ per frame here
+
+
+def test_stream_threshold_override_and_labels_without_ids(tmp_path, synth_video):
+    from edgeskd.stream import StreamConfig, run_stream
+
+    video, labels_csv, _ = synth_video
+    y, pid = _truth(labels_csv)
+    cfg = dict(video=str(video), measure_ceiling=False, crop="none")
+    # --threshold replaces the artifact's: at 0.6 polyp 1 (mean 0.5) still abstains; without any, all are called
+    s = run_stream(StreamConfig(**cfg, labels=labels_csv, threshold=0.6), runner=_flicker_runner(y, pid, 0.9)).stats
+    assert s["labels"]["threshold"] == 0.6 and s["labels"]["threshold_source"] == "--threshold"
+    assert s["source"]["threshold"] == 0.6
+    s = run_stream(StreamConfig(**cfg, labels=labels_csv), runner=_flicker_runner(y, pid)).stats
+    assert s["labels"]["threshold"] is None and "no threshold" in s["labels"]["threshold_source"]
+    assert s["labels"]["per_polyp"]["coverage"] == 1.0 and s["labels"]["frame_states"]["raw"]["coverage"] == 1.0
+    # labels without a polyp_id column: frame-level figures, and the stats say why there are no polyps
+    plain = tmp_path / "plain.csv"
+    plain.write_text("\n".join(",".join(line.split(",")[:2]) for line in labels_csv.read_text().splitlines()) + "\n")
+    s = run_stream(StreamConfig(**cfg, labels=plain), runner=_flicker_runner(y, pid, 0.7)).stats
+    assert s["labels"]["per_polyp"] is None and "no polyp_id column" in s["labels"]["per_polyp_note"]
+    assert s["labels"]["frames_evaluated"] == int((y >= 0).sum())
+
+
+def test_stream_bad_threshold_and_polyp_ids(tmp_path, cli, synth_video):
+    from helpers_stream import make_onnx
+
+    video, labels_csv, _ = synth_video
+    onnx_path = make_onnx(tmp_path / "m.onnx")
+    out = tmp_path / "out"
+    out.mkdir()
+    for bad in ("0.5", "1", "1.2", "0.3"):
+        r = cli("stream", "--video", video, "--engine", onnx_path, "--threshold", bad, "--stats", out / "s.json")
+        assert r.exit_code == 2 and "(0.5, 1)" in r.output and "Traceback" not in r.output, r.output
+    lines = labels_csv.read_text().splitlines()
+    i = next(k for k, line in enumerate(lines) if line.endswith(",1"))
+    lines[i] = lines[i][: -len("1")] + "first"
+    bad_ids = tmp_path / "bad.csv"
+    bad_ids.write_text("\n".join(lines) + "\n")
+    from edgeskd.data.synthetic import CLASS_NAMES
+    from helpers_stream import META
+
+    named = make_onnx(tmp_path / "named.onnx", meta=META.replace(class_names=list(CLASS_NAMES)))
+    r = cli("stream", "--video", video, "--engine", named, "--labels", bad_ids, "--stats", out / "s.json",
+            "--jsonl", out / "p.jsonl")
+    assert r.exit_code != 0 and f"bad.csv:{i + 1}" in r.output and "not an integer" in r.output
+    assert "Traceback" not in r.output and not list(out.iterdir())
+    mixed = tmp_path / "mixed.csv"
+    mixed.write_text("frame,class,polyp_id\n0,hyperplastic,4\n1,adenoma,4\n")
+    r = cli("stream", "--video", video, "--engine", named, "--labels", mixed, "--stats", out / "s.json")
+    assert r.exit_code != 0 and "polyp 4" in r.output and "one class" in r.output and not list(out.iterdir())
+
+
+def test_overlay_shows_low_confidence():
+    from edgeskd.stream.overlay import LOW_CONFIDENCE_COLOUR, Annotation, draw_annotation
+
+    kw = dict(raw_class_name="adenoma", raw_prob=0.78, subclass=None, subclass_prob=None, positive_prob=0.71,
+              fps=30.0, latency_ms=4.0, is_positive=True, threshold=0.87)
+    low = Annotation("adenoma", 0.71, low_confidence=True, **kw)
+    assert low.headline() == "low confidence: adenoma 0.71 < 0.87  (raw adenoma 0.78)"
+    assert Annotation("adenoma", 0.91, **kw).headline() == "adenoma 0.91  (raw adenoma 0.78)"
+    img = draw_annotation(np.zeros((120, 320, 3), np.uint8), low)
+    amber = np.all(np.abs(img[:20].astype(int) - LOW_CONFIDENCE_COLOUR) < 40, axis=-1)
+    assert amber.sum() > 20                                         # the headline is drawn in amber
