@@ -594,3 +594,115 @@ def test_overlay_shows_low_confidence():
     img = draw_annotation(np.zeros((120, 320, 3), np.uint8), low)
     amber = np.all(np.abs(img[:20].astype(int) - LOW_CONFIDENCE_COLOUR) < 40, axis=-1)
     assert amber.sum() > 20                                         # the headline is drawn in amber
+
+
+# -- build-engine and bench: ECE / NPV / coverage per artifact ---------------------------------------
+def _redness_onnx(path, meta):
+    """Conv1x1 → GAP → Gemm: the class logit difference grows with the red−green level; noisy images
+    near the middle are misclassified, so ECE, NPV and coverage are not trivial."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.array([[[[1.0]], [[-1.0]], [[0.0]]]], np.float32)
+    fc = np.array([[-1.5], [1.5]], np.float32)
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["input", "w"], ["c"]), helper.make_node("GlobalAveragePool", ["c"], ["p"]),
+         helper.make_node("Flatten", ["p"], ["f"]), helper.make_node("Gemm", ["f", "fc"], ["class_logits"], transB=1)],
+        "red", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 16, 16])],
+        [helper.make_tensor_value_info("class_logits", TensorProto.FLOAT, ["N", 2])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(fc, "fc")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    helper.set_model_props(m, meta.to_props())
+    onnx.save(m, str(path))
+    return path
+
+
+def _red_set(n=240, seed=0):
+    from edgeskd.data.base import LabeledSet
+
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 2
+    shift = np.where(labels == 1, 1.0, -1.0) * rng.uniform(-0.3, 1.0, n)          # some on the wrong side
+    imgs = np.full((n, 16, 16, 3), 128.0)
+    imgs[..., 0] += 40 * shift[:, None, None]
+    imgs[..., 1] -= 40 * shift[:, None, None]
+    imgs = np.clip(imgs + rng.normal(0, 8, imgs.shape), 0, 255).astype(np.uint8)
+    splits = np.array(["train", "val", "test"])[np.arange(n) % 3]
+    return LabeledSet("red", "synthetic", ["hyperplastic", "adenoma"], ["hp", "ad"], [0, 1], labels, labels, splits,
+                      images=imgs)
+
+
+RED_META = ModelMeta(class_names=["hyperplastic", "adenoma"], subclass_names=["hp", "ad"], subclass_to_class=[0, 1],
+                     input_size=(16, 16), output="class_logits", arch="handmade", model_name="student-skd",
+                     temperature=1.7, threshold=0.8)
+
+
+def _figures(path, ls):
+    from edgeskd.clinical.artifact import as_percent, clinical_figures
+    from edgeskd.runtime.evaluate import predict
+    from edgeskd.runtime.onnxrt import OnnxRuntimeRunner
+
+    with OnnxRuntimeRunner(path, threads=1) as r:
+        return as_percent(clinical_figures(predict(r, ls), r.metadata, ls.labels))
+
+
+def test_build_engine_reports_clinical_figures_per_artifact(tmp_path):
+    from edgeskd.engine.build import build_engine
+
+    onnx_path = _redness_onnx(tmp_path / "red.onnx", RED_META)
+    ls = _red_set()
+    rep = build_engine(onnx_path, precision="int8", backend="onnxruntime", dataset=ls, threads=1, calib_size=60,
+                       calib_dir=tmp_path / "calib", time_seconds=0.2)
+    want = _figures(onnx_path, ls.split("val"))
+    assert rep.fp32_clinical == want and want["threshold"] == 0.8 and want["temperature"] == 1.7
+    assert 0 < want["ece"] < 100 and 0 < want["coverage"] < 100 and want["npv"] is not None
+    saved = json.loads((tmp_path / (rep.artifact.name + ".json")).read_text())
+    assert saved["fp32_clinical"] == want
+    by_name = {c["name"]: c for c in saved["candidates"]}
+    assert by_name["fp32"]["ece"] == want["ece"] and by_name["fp32"]["clinical_change"] == {}
+    for name in ("s8s8", "u8s8", "fp32-opt"):
+        c = by_name[name]
+        assert c["threshold"] == 0.8 and c["ece"] is not None and c["coverage"] is not None
+        assert c["clinical_change"] == {k: round(c[k] - want[k], 4) for k in ("ece", "npv", "coverage")}
+    assert by_name["fp32-opt"]["clinical_change"] == {"ece": 0.0, "npv": 0.0, "coverage": 0.0}
+    s8 = _figures(tmp_path / "red.int8.qdq.onnx", ls.split("val"))      # the kept Q/DQ ONNX, measured again
+    assert (s8["ece"], s8["npv"], s8["coverage"]) == (by_name["s8s8"]["ece"], by_name["s8s8"]["npv"],
+                                                      by_name["s8s8"]["coverage"])
+
+
+def test_clinical_moves_beyond_the_gate_are_reported():
+    from edgeskd.engine.report import Candidate, add_clinical, clinical_summary
+
+    ref = {"ece": 3.0, "npv": 92.0, "npv_ci95": [85.0, 96.0], "coverage": 70.0, "threshold": 0.8}
+    c = Candidate("u8s8", "int8", "")
+    warnings: list[str] = []
+    add_clinical(c, {**ref, "npv": 89.5, "coverage": 70.5}, ref, 1.0, warnings)
+    assert c.clinical_change == {"ece": 0.0, "npv": -2.5, "coverage": 0.5}
+    assert len(warnings) == 1 and "u8s8: NPV -2.50 pts vs FP32" in warnings[0] and "not gated" in warnings[0]
+    assert clinical_summary(c) == "ECE 3.00 (+0.00), NPV 89.50 (-2.50), coverage 70.50 (+0.50)"
+
+
+def test_bench_rows_show_clinical_figures(tmp_path):
+    from edgeskd.bench.discover import Artifact
+    from edgeskd.bench.measure import BenchOptions, Row, add_comparisons, run_bench
+    from edgeskd.bench.report import markdown
+
+    ls = _red_set().split("test")
+    a = _redness_onnx(tmp_path / "a.onnx", RED_META)
+    b = _redness_onnx(tmp_path / "b.onnx", RED_META.replace(threshold=None, temperature=1.0))
+    res = run_bench([Artifact("student-skd", a), Artifact("student-skd", b)], ls,
+                    BenchOptions(batch_sizes=(1,), threads=1, warmup=1, iters=3), machine={})
+    ra, rb = res["rows"]
+    want = _figures(a, ls)
+    assert (ra["ece"], ra["npv"], ra["npv_ci95"], ra["coverage"], ra["threshold"]) == (
+        want["ece"], want["npv"], want["npv_ci95"], want["coverage"], 0.8)
+    # without a threshold: every image gets its argmax; the same F1, another ECE (no temperature)
+    assert rb["coverage"] == 100.0 and rb["threshold"] is None and rb["f1"] == ra["f1"] and rb["ece"] != ra["ece"]
+    assert "| ECE | NPV | cover |" in markdown(res) and "ΔNPV" in markdown(res)
+    rows = [Row("s", "s.onnx", backend="onnxruntime", precision="fp32", model_name="s", f1=80.0, ece=3.0, npv=92.0,
+                coverage=70.0),
+            Row("s.int8", "s.int8.onnx", backend="onnxruntime", precision="int8", model_name="s", f1=79.0, ece=3.5,
+                npv=91.0, coverage=72.0)]
+    add_comparisons(rows, None)
+    assert (rows[1].ece_change_vs_fp32, rows[1].npv_change_vs_fp32, rows[1].coverage_change_vs_fp32) == (0.5, -1.0, 2.0)
