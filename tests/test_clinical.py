@@ -706,3 +706,114 @@ def test_bench_rows_show_clinical_figures(tmp_path):
                 npv=91.0, coverage=72.0)]
     add_comparisons(rows, None)
     assert (rows[1].ece_change_vs_fp32, rows[1].npv_change_vs_fp32, rows[1].coverage_change_vs_fp32) == (0.5, -1.0, 2.0)
+
+
+# -- training: temperature, threshold, metrics.json, report, checkpoints --------------------------------
+def _student(tmp_path, name, meta, t_true, seed):
+    """A saved student whose 'predictions' are synthetic logits with a known temperature."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from edgeskd.distill.loop import TrainedModel
+    from edgeskd.models import create_model
+    from edgeskd.models.checkpoint import save_checkpoint
+
+    cls, y = _synthetic_logits(t_true, n=3000, c=2, seed=seed)
+    if meta.output == "subclass_logits":     # blocks (2 + 3) whose logsumexp is the class logit
+        cls = np.concatenate([cls[:, :1] + np.log([0.3, 0.7]), cls[:, 1:] + np.log([0.2, 0.5, 0.3])], axis=1)
+    logits = cls.astype(np.float32)
+    torch.manual_seed(0)
+    model = create_model("tiny_cnn", meta.num_outputs).eval()
+    path = save_checkpoint(tmp_path / f"{name}.pt", model, meta, config={"train": {}}, metrics={"test": {"f1": 1.0}})
+    r = TrainedModel(model, meta, {}, {}, 0, [], 0, logits[1500:], path)
+    ls = SimpleNamespace(labels=y[1500:])
+    return r, logits[:1500], y[:1500], ls
+
+
+def test_training_calibrates_students_and_reports_them(tmp_path):
+    from types import SimpleNamespace
+
+    from edgeskd.distill import clinical_report
+    from edgeskd.distill.ddp import DistContext
+    from edgeskd.models.checkpoint import load_checkpoint
+
+    base = dict(class_names=["hp", "ssa"], input_size=(32, 32), arch="tiny_cnn")
+    skd_meta = ModelMeta(subclass_names=list("abcde"), subclass_to_class=[0, 0, 1, 1, 1], output="subclass_logits",
+                         model_name="student-skd", **base)
+    plain_meta = ModelMeta(subclass_names=["hp", "ssa"], subclass_to_class=[0, 1], output="class_logits",
+                           model_name="student-none", **base)
+    skd, skd_val, y_val, test = _student(tmp_path, "student-skd", skd_meta, 2.5, seed=1)
+    plain, plain_val, y_val2, _ = _student(tmp_path, "student-none", plain_meta, 0.6, seed=1)
+    assert np.array_equal(y_val, y_val2)
+    for r, val_logits in ((skd, skd_val), (plain, plain_val)):
+        ctx = SimpleNamespace(val_split=SimpleNamespace(labels=y_val), test_split=test, dist=DistContext(),
+                              predict=lambda model, split, meta, v=val_logits: v)
+        clinical_report.calibrate_student(ctx, r)
+    assert skd.meta.temperature == pytest.approx(2.5, rel=0.1) and plain.meta.temperature == pytest.approx(0.6, rel=0.1)
+    assert skd.meta.threshold is not None and 0.5 < skd.meta.threshold < 1
+    # the checkpoints (and so the exported ONNX) carry temperature and threshold
+    ck = load_checkpoint(skd.path)
+    assert ck["meta"].temperature == skd.meta.temperature and ck["meta"].threshold == skd.meta.threshold
+    assert ck["metrics"]["test"] == {"f1": 1.0} and ck["metrics"]["clinical"]["temperature_fit"]["n"] == 1500
+    from edgeskd.export.onnx_export import export_onnx
+    from edgeskd.runtime.onnxrt import load_onnx
+
+    exported = export_onnx(skd.path, tmp_path / "skd.onnx", parity_samples=8)
+    onnx_meta = load_onnx(exported.path).meta
+    assert (onnx_meta.temperature, onnx_meta.threshold) == (skd.meta.temperature, skd.meta.threshold)
+
+    teacher = SimpleNamespace(test_logits=skd.test_logits, meta=skd_meta, extra={})
+    metrics = {"models": {"teacher": {}, "student-none": {}, "student-skd": {}},
+               "dataset": {"name": "synthetic logits", "n_test": 1500, "n_val": 1500}}
+    data = SimpleNamespace(split=lambda name: test)
+    per_seed = {0: {"teacher": teacher, "student-none": plain, "student-skd": skd}}
+    clinical_report.add_to_metrics(metrics, per_seed, data)
+    m = metrics["models"]
+    cal = m["student-skd"]["calibration"]
+    assert cal["temperature"] == pytest.approx(skd.meta.temperature, abs=1e-6) and cal["n_bins"] == 15
+    assert cal["ece"] > 5 and cal["ece_calibrated"] < 3 and cal["nll_calibrated"] < cal["nll"]      # percent
+    assert cal["ece"] == pytest.approx(100 * ece(softmax(class_logits(skd.test_logits, skd_meta), 1), test.labels),
+                                       abs=1e-3)
+    assert "temperature" not in m["teacher"]["calibration"] and "operating_point" not in m["teacher"]
+    op = m["student-skd"]["operating_point"]
+    want = operating_point(calibrated_probabilities(skd_val, skd.meta), y_val,
+                           calibrated_probabilities(skd.test_logits, skd.meta), test.labels)
+    assert op["threshold"] == want["threshold"] == skd.meta.threshold
+    assert op["npv"] == pytest.approx(100 * want["npv"], abs=1e-3) and op["coverage"] == pytest.approx(
+        100 * want["coverage"], abs=1e-3)
+    assert op["npv_ci95"] == pytest.approx([100 * v for v in want["npv_ci95"]], abs=1e-3)
+    assert op["coverage_ci95"][0] < op["coverage"] < op["coverage_ci95"][1] and op["argmax"]["coverage"] == 100.0
+    json.dumps(metrics)
+    plots = clinical_report.write_plots(tmp_path, per_seed, data)
+    assert plots == ["reliability_student-none.png", "reliability_student-skd.png"]
+    assert (tmp_path / plots[1]).read_bytes()[:4] == b"\x89PNG"
+    metrics["files"] = plots
+    text = "\n".join(clinical_report.section(metrics))
+    assert "not a clinical validation" in text and "| student-skd |" in text and "| SKD |" in text
+    assert "| plain |" in text and "reliability_student-skd.png" in text and "Lower 95 % NPV bound" in text
+
+
+def test_training_run_with_a_tiny_validation_split_stores_no_threshold(tmp_path, cli):
+    """60 images: 9 for validation, too few to fit a temperature or choose a threshold; the run says
+    so in metrics.json and report.md, and the checkpoints carry T = 1 and no threshold."""
+    from edgeskd.models.checkpoint import load_checkpoint
+
+    out = tmp_path / "run"
+    r = cli("train", "--synthetic-n", "60", "--img-size", "32", "--batch-size", "8", "--device", "cpu",
+            "--epochs", "1", "--teacher-epochs", "1", "--students", "none,skd", "--out", out)
+    assert r.exit_code == 0, r.output
+    m = json.loads((out / "metrics.json").read_text())
+    n_val = m["dataset"]["n_val"]
+    for name in ("student-none", "student-skd"):
+        cal, op = m["models"][name]["calibration"], m["models"][name]["operating_point"]
+        assert cal["temperature"] is None and f"{n_val} cases" in cal["temperature_note"]
+        assert cal["ece_calibrated"] == cal["ece"] and 0 <= cal["ece"] <= 100
+        assert op["threshold"] is None and f"{n_val} cases" in op["reason"] and op["argmax"]["coverage"] == 100.0
+        ck = load_checkpoint(out / f"{name}.pt")
+        assert ck["meta"].temperature == 1.0 and ck["meta"].threshold is None
+        assert (out / f"reliability_{name}.png").is_file()
+    assert "temperature" not in m["models"]["teacher"]["calibration"]
+    report = (out / "report.md").read_text()
+    assert "## Calibration and operating points" in report and "no threshold stored" in report
+    assert "not a clinical validation" in report and "reliability_student-skd.png" in report

@@ -168,10 +168,11 @@ def select_threshold(probs: Any, labels: Any, positive: int = 1, *, npv_target: 
     p, y = _probs_labels(probs, labels)
     n = len(y)
     if n < min_samples:
-        return ThresholdChoice(None, f"validation has {n} cases, fewer than the {min_samples} a threshold needs", n)
+        return ThresholdChoice(None, f"validation has {n} cases, fewer than the {min_samples} a threshold needs; "
+                                     "no threshold stored", n)
     if np.unique(y == positive).size < 2:
         return ThresholdChoice(None, "validation holds one side only (all or none of the positive class); "
-                                     "NPV and PPV cannot both be measured", n)
+                                     "NPV and PPV cannot both be measured; no threshold stored", n)
     s = _scan(p, y, positive)
     with np.errstate(invalid="ignore", divide="ignore"):
         npv, ppv = s["tn"] / s["neg"], s["tp"] / s["pos"]

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeskd.distill import clinical_report
 from edgeskd.utils.io import atomic_path, write_json_atomic, write_text_atomic
 
 METRIC_KEYS = ("f1", "accuracy", "precision", "recall", "auc")
@@ -132,7 +133,8 @@ def render_report(metrics: dict[str, Any], plots: list[str]) -> str:
     for name, m in models.items():
         per = m.get("per_subclass_accuracy", {})
         lines.append(f"| {name} | " + " | ".join(_fmt(per.get(s), digits=1) for s in subs) + " |")
-    lines += ["", "## Settings", "",
+    lines += [""] + clinical_report.section(metrics)
+    lines += ["## Settings", "",
               f"teacher `{cfg['teacher']}` ({cfg['teacher_epochs']} epochs, lr {cfg['teacher_lr']}), "
               f"student `{cfg['student']}` ({cfg['epochs']} epochs, lr {cfg['lr']}), img {cfg['img_size']} px, "
               f"batch {cfg['batch_size']} × {metrics['world_size']} process(es), AdamW + cosine, "
@@ -273,6 +275,7 @@ def write_outputs(out: Path, metrics: dict[str, Any], per_seed: dict[int, dict[s
     if t is not None and t.test_logits is not None:
         plot_dark_knowledge(t.test_logits, t.meta, ls.split("test"), cfg.temperature, out / "dark_knowledge.png")
         plots.append("dark_knowledge.png")
+    plots += clinical_report.write_plots(out, per_seed, ls)
     metrics["files"] = sorted(["metrics.json", "report.md", "log.jsonl", *plots,
                                *[r.path.name for r in first.values() if r.path is not None]])
     write_json_atomic(out / "metrics.json", metrics)

@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from edgeskd.distill import ddp
+from edgeskd.distill import clinical_report, ddp
 from edgeskd.distill.config import RUN_CONFIG_FILE, TrainConfig
 from edgeskd.distill.context import RunContext
 from edgeskd.distill.data import label_bits, load_training_data, load_training_data_for  # noqa: F401 (re-export)
@@ -93,6 +93,7 @@ def run_seed(ctx: RunContext, seed: int, run_dir: Path, reporter: Reporter) -> d
         spec = ModelSpec(f"student-{mode}", cfg.student, student_meta(mode, t.meta, ctx.dataset, cfg),
                          make_task(mode, cfg, t.meta), cfg.epochs, cfg.lr, cfg.student_pretrained)
         r = train_group(ctx, [spec], seed, run_dir, reporter, prepare=teacher_outputs)[spec.name]
+        clinical_report.calibrate_student(ctx, r)   # temperature + threshold into r.meta and its checkpoint
         results[spec.name] = r
         _announce(reporter, spec.name, seed, r)
     return results
@@ -213,6 +214,7 @@ def run_training(cfg: TrainConfig, *, console=None, argv: list[str] | None = Non
                                    world_size=dist.world_size, device=dist.device,
                                    wall_time_s=time.perf_counter() - t_start,
                                    argv=argv if argv is not None else sys.argv)
+        clinical_report.add_to_metrics(metrics, per_seed, dataset)
         metrics["out"] = str(out)
         if dist.is_main:
             report.write_outputs(out, metrics, per_seed, dataset, cfg)
