@@ -785,6 +785,11 @@ def test_training_calibrates_students_and_reports_them(tmp_path):
     assert op["npv_ci95"] == pytest.approx([100 * v for v in want["npv_ci95"]], abs=1e-3)
     assert op["coverage_ci95"][0] < op["coverage"] < op["coverage_ci95"][1] and op["argmax"]["coverage"] == 100.0
     json.dumps(metrics)
+    two = {"models": {"student-skd": {}}, "dataset": metrics["dataset"]}      # two seeds: means and each seed's
+    clinical_report.add_to_metrics(two, {3: per_seed[0], 7: per_seed[0]}, data)
+    c2, o2 = two["models"]["student-skd"]["calibration"], two["models"]["student-skd"]["operating_point"]
+    assert [e["seed"] for e in c2["per_seed"]] == [3, 7] and c2["ece_calibrated"] == pytest.approx(cal["ece_calibrated"])
+    assert o2["seed"] == 3 and [e["seed"] for e in o2["per_seed"]] == [3, 7] and o2["per_seed"][1]["npv"] == op["npv"]
     plots = clinical_report.write_plots(tmp_path, per_seed, data)
     assert plots == ["reliability_student-none.png", "reliability_student-skd.png"]
     assert (tmp_path / plots[1]).read_bytes()[:4] == b"\x89PNG"
@@ -817,3 +822,19 @@ def test_training_run_with_a_tiny_validation_split_stores_no_threshold(tmp_path,
     report = (out / "report.md").read_text()
     assert "## Calibration and operating points" in report and "no threshold stored" in report
     assert "not a clinical validation" in report and "reliability_student-skd.png" in report
+
+
+def test_quickstart_summary_reads_the_clinical_figures(tmp_path):
+    from edgeskd.cli.quickstart import summarize
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.json").write_text(json.dumps({"models": {"student-skd": {
+        "f1": 75.0, "calibration": {"ece": 6.0, "ece_calibrated": 2.0},
+        "operating_point": {"threshold": 0.8, "coverage": 60.0, "npv": 93.0, "npv_ci95": [88.0, 96.0]}}}}))
+    (tmp_path / "stream.json").write_text(json.dumps({"labels": {
+        "raw": {"accuracy": 0.7}, "threshold": 0.8, "per_polyp": {"accuracy_argmax": 0.9, "accuracy": 1.0,
+                                                                  "coverage": 0.5}}}))
+    s = summarize(tmp_path, tmp_path / "m.onnx")
+    assert s["models"]["student-skd"]["ece_calibrated"] == 2.0 and s["models"]["student-skd"]["npv_ci95"] == [88.0, 96.0]
+    assert (s["stream"]["polyp_accuracy_argmax"], s["stream"]["frame_accuracy_raw"], s["stream"]["polyp_coverage"]) == (
+        0.9, 0.7, 0.5)
