@@ -3,11 +3,17 @@
 Every artifact (checkpoint, ONNX, Q/DQ ONNX, TensorRT engine) carries one ``ModelMeta``:
 checkpoints in ``ckpt["meta"]``, ONNX in ``metadata_props`` (one key each, JSON values, read
 with ``json.loads`` only — never eval), engines in a JSON header.
+
+``temperature`` and ``threshold`` are the clinical operating point (``edgeskd.clinical``): class
+probabilities are softmax(class logits / temperature); a frame or polyp gets a call only when its
+highest calibrated probability reaches ``threshold`` (None: no threshold was chosen, every case gets
+its argmax). Artifacts written before these keys existed load with 1.0 and None.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping
 
@@ -38,6 +44,8 @@ class ModelMeta:
     model_name: str = ""                  # e.g. "student-skd"
     producer: str = f"edgeskd {__version__}"
     positive_class: int = 1               # index of the positive class for F1/AUC
+    temperature: float = 1.0              # calibrated probabilities = softmax(class logits / temperature)
+    threshold: float | None = None        # confidence a call needs, in (0.5, 1); None = argmax, no abstention
     extra: dict[str, Any] = field(default_factory=dict)  # trt_version, compute_capability, ...
 
     def __post_init__(self) -> None:
@@ -45,6 +53,9 @@ class ModelMeta:
         self.mean = tuple(float(v) for v in self.mean)  # type: ignore[assignment]
         self.std = tuple(float(v) for v in self.std)  # type: ignore[assignment]
         self.subclass_to_class = [int(v) for v in self.subclass_to_class]
+        self.temperature = float(self.temperature)
+        if self.threshold is not None:
+            self.threshold = float(self.threshold)
         self.validate()
 
     # -- checks -----------------------------------------------------------------
@@ -68,6 +79,10 @@ class ModelMeta:
             raise bad(f"channel_order {self.channel_order!r} must be one of {CHANNEL_ORDERS}")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise bad("mean/std must have 3 values, std > 0")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise bad(f"temperature {self.temperature} must be a finite number > 0")
+        if self.threshold is not None and not 0.5 < self.threshold < 1.0:
+            raise bad(f"threshold {self.threshold} must lie in (0.5, 1) or be null")
 
     # -- derived ----------------------------------------------------------------
     @property

@@ -1,5 +1,8 @@
-"""Benchmark rows: one per artifact — accuracy through the deployment runtime, latency, throughput,
-size, parameters, FLOPs and achieved GFLOP/s, peak memory — plus comparisons between rows.
+"""Benchmark rows: one per artifact — accuracy through the deployment runtime, its clinical figures
+(ECE of the probabilities calibrated with the artifact's temperature; NPV and coverage at the
+artifact's threshold, at argmax without one: ``edgeskd.clinical.artifact``), latency, throughput,
+size, parameters, FLOPs and achieved GFLOP/s, peak memory — plus comparisons between rows (F1, ECE,
+NPV and coverage change vs the FP32 source, in points).
 
 A failing artifact gives a row with ``status="failed"`` and a one-line ``error``; it never stops the
 others. Timing: warm-up, then ``iters`` timed calls with ``perf_counter_ns`` (``edgeskd.runtime.timing``), on
@@ -23,8 +26,10 @@ from edgeskd.runtime.formats import Format, detect_format
 from edgeskd.runtime.timing import throughput, time_infer
 
 ROW_KEYS = ("name", "path", "backend", "precision", "size_mb", "params", "f1", "accuracy", "auc",
+            "ece", "npv", "npv_ci95", "coverage", "threshold",
             "latency_p50_ms", "latency_p99_ms", "throughput", "peak_mem_mb", "flops_per_image",
             "gflops_achieved", "pct_of_gemm_peak", "speedup_vs_torch_student", "f1_change_vs_fp32",
+            "ece_change_vs_fp32", "npv_change_vs_fp32", "coverage_change_vs_fp32",
             "model_name", "status", "error")
 
 
@@ -58,6 +63,11 @@ class Row:
     f1: float | None = None
     accuracy: float | None = None
     auc: float | None = None
+    ece: float | None = None              # percent
+    npv: float | None = None              # percent, at the artifact's threshold (argmax without one)
+    npv_ci95: list[float] | None = None   # percent, Wilson
+    coverage: float | None = None         # percent of the split that gets a call
+    threshold: float | None = None        # the artifact's
     latency_p50_ms: float | None = None
     latency_p99_ms: float | None = None
     throughput: dict[str, float] = field(default_factory=dict)
@@ -67,6 +77,9 @@ class Row:
     pct_of_gemm_peak: float | None = None
     speedup_vs_torch_student: float | None = None
     f1_change_vs_fp32: float | None = None
+    ece_change_vs_fp32: float | None = None
+    npv_change_vs_fp32: float | None = None
+    coverage_change_vs_fp32: float | None = None
     model_name: str = ""
     status: str = "ok"
     error: str | None = None
@@ -146,6 +159,15 @@ def _time_batches(row: Row, runner, dataset, opts: BenchOptions, cache: dict,
             row.throughput[str(b)] = round(throughput(st, b), 2)
 
 
+def _add_clinical(row: Row, logits: np.ndarray, meta, labels: np.ndarray) -> None:
+    from edgeskd.clinical.artifact import as_percent as clinical_percent
+    from edgeskd.clinical.artifact import clinical_figures
+
+    c = clinical_percent(clinical_figures(logits, meta, labels))
+    row.ece, row.npv, row.npv_ci95, row.coverage, row.threshold = (c["ece"], c["npv"], c["npv_ci95"], c["coverage"],
+                                                                   c["threshold"])
+
+
 def bench_artifact(art: Artifact, dataset, opts: BenchOptions, *, input_cache: dict | None = None,
                    clock: Callable[[], int] | None = None) -> Row:
     """Measure one artifact on ``dataset`` (one split). Errors become a failed row."""
@@ -168,8 +190,10 @@ def bench_artifact(art: Artifact, dataset, opts: BenchOptions, *, input_cache: d
                 row.precision = meta.precision
                 row.model_name = meta.model_name or art.name
                 _check_matches_data(meta, dataset)
-                m = as_percent(evaluate_runner(runner, dataset, batch_size=opts.eval_batch))
+                raw = evaluate_runner(runner, dataset, batch_size=opts.eval_batch)
+                m = as_percent(raw)
                 row.f1, row.accuracy, row.auc = m["f1"], m["accuracy"], m["auc"]
+                _add_clinical(row, raw["logits"], meta, dataset.labels)
                 _time_batches(row, runner, dataset, opts, cache, clock)
                 flops, params = _static_info(fmt, art.path, runner)
                 row.flops_per_image = None if flops is None else float(flops)
@@ -206,6 +230,10 @@ def add_comparisons(rows: list[Row], gemm_peak_gflops: float | None) -> None:
             source = fp32_onnx.get(r.model_name) or torch_rows.get(r.model_name)
         if source is not None and r.f1 is not None and source.f1 is not None:
             r.f1_change_vs_fp32 = round(r.f1 - source.f1, 4)
+        if source is not None:
+            for k in ("ece", "npv", "coverage"):
+                a, b = getattr(r, k), getattr(source, k)
+                setattr(r, f"{k}_change_vs_fp32", None if a is None or b is None else round(a - b, 4))
         if r.flops_per_image and r.throughput:
             best = max(r.throughput.values())
             r.gflops_achieved = round(r.flops_per_image * best / 1e9, 3)

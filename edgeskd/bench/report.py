@@ -9,9 +9,11 @@ from edgeskd.utils.io import atomic_path
 
 COLUMNS = (
     ("name", "name"), ("backend", "backend"), ("precision", "prec"), ("size_mb", "MB"), ("params", "params"),
-    ("f1", "F1"), ("accuracy", "acc"), ("auc", "AUC"), ("latency_p50_ms", "p50 ms"), ("latency_p99_ms", "p99 ms"),
+    ("f1", "F1"), ("accuracy", "acc"), ("auc", "AUC"), ("ece", "ECE"), ("npv", "NPV"), ("coverage", "cover"),
+    ("latency_p50_ms", "p50 ms"), ("latency_p99_ms", "p99 ms"),
     ("throughput", "img/s"), ("peak_mem_mb", "mem MB"), ("flops_per_image", "MFLOP"),
     ("pct_of_gemm_peak", "% peak"), ("speedup_vs_torch_student", "× torch"), ("f1_change_vs_fp32", "ΔF1"),
+    ("npv_change_vs_fp32", "ΔNPV"),
     ("status", "status"),
 )
 
@@ -25,7 +27,7 @@ def _fmt(key: str, v: Any) -> str:
         return f"{v / 1e6:,.1f}"
     if key == "params":
         return f"{v / 1e6:.2f}M" if v >= 1e5 else f"{v:,}"
-    if key == "f1_change_vs_fp32":
+    if key in ("f1_change_vs_fp32", "npv_change_vs_fp32"):
         return f"{v:+.2f}"
     if key == "speedup_vs_torch_student":
         return f"{v:.2f}×"
@@ -64,6 +66,9 @@ def _caption(result: dict[str, Any]) -> str:
         parts.append(f"measured fp32 GEMM peak {m['gemm_peak_gflops']:.1f} GFLOP/s (best of "
                      + ", ".join(f"{k} {v:.0f}" for k, v in (m.get("gemm_peaks_gflops") or {}).items()) + ")")
     parts.append("img/s per batch size; × torch = batch-1 p50 speed-up vs the torch-eager student")
+    parts.append("ECE (%) of the probabilities calibrated with the artifact's temperature; NPV and cover (% of "
+                 "images with a call) at the artifact's threshold (argmax without one); Δ = change vs the FP32 "
+                 "source in points")
     return "; ".join(parts)
 
 

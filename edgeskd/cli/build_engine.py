@@ -93,14 +93,26 @@ def build_engine(
     from rich.table import Table
 
     t = Table(title=f"{rep.backend} {rep.precision}: tried (FP32 F1 {rep.fp32_f1:.2f})")
-    for col in ("variant", "F1", "drop", "p50 ms", "p99 ms", "img/s", "size kB", "gate"):
+    for col in ("variant", "F1", "drop", "ECE", "NPV", "cover", "p50 ms", "p99 ms", "img/s", "size kB", "gate"):
         t.add_column(col, justify="right" if col != "variant" else "left")
     for c in rep.candidates:
         t.add_row(c.name + (" *" if c.name == rep.winner else ""), f"{c.f1:.2f}", f"{c.f1_drop:+.2f}",
+                  _clin(c.ece, c.clinical_change.get("ece")), _clin(c.npv, c.clinical_change.get("npv")),
+                  _clin(c.coverage, c.clinical_change.get("coverage")),
                   f"{c.p50_ms:.3f}", f"{c.p99_ms:.3f}", f"{c.throughput:.0f}", f"{c.size_bytes / 1e3:.0f}",
                   "ref" if c.note == "reference" else ("pass" if c.passed else "FAIL"))
     console.print(t)
+    thr = next((c.threshold for c in rep.candidates), None)
+    console.print(f"ECE, NPV and coverage (%) on the validation split at the artifact's "
+                  f"{f'threshold {thr:.3f}' if thr is not None else 'argmax (it carries no threshold)'}; "
+                  "(±) = change vs FP32 in points", soft_wrap=True)
     console.print(f"winner: {rep.reason}")
     for p in rep.extra_artifacts:
         console.print(f"wrote {p}")
     console.print(f"wrote {rep.artifact}")
+
+
+def _clin(v: float | None, change: float | None) -> str:
+    if v is None:
+        return "—"
+    return f"{v:.2f}" + ("" if change is None else f" ({change:+.2f})")

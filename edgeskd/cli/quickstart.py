@@ -187,7 +187,10 @@ def summarize(wd: Path, stream_engine: Path) -> dict[str, Any]:
     stream = _load(wd / "stream.json")
     models = {}
     for name, m in (metrics.get("models") or {}).items():
-        models[name] = {"f1": m.get("f1"), "params": m.get("params")}
+        cal, op = m.get("calibration") or {}, m.get("operating_point") or {}
+        models[name] = {"f1": m.get("f1"), "params": m.get("params"), "ece": cal.get("ece"),
+                        "ece_calibrated": cal.get("ece_calibrated"), "threshold": op.get("threshold"),
+                        "coverage": op.get("coverage"), "npv": op.get("npv"), "npv_ci95": op.get("npv_ci95")}
     rows = bench.get("rows") or bench.get("results") or []
     bench_rows = [{"name": r.get("name"), "backend": r.get("backend"), "precision": r.get("precision"),
                    "f1": r.get("f1"), "latency_p50_ms": r.get("latency_p50_ms"), "status": r.get("status")}
@@ -195,6 +198,7 @@ def summarize(wd: Path, stream_engine: Path) -> dict[str, Any]:
     lab = stream.get("labels") or {}
     comparisons = {k: {f: c.get(f) for f in ("mean", "ci95", "excludes_zero", "n_seeds")}
                    for k, c in (metrics.get("comparisons") or {}).items() if k in ("skd-kd", "skd-none")}
+    polyp = lab.get("per_polyp") or {}
     return {
         "models": models,
         "comparisons": comparisons,
@@ -207,6 +211,11 @@ def summarize(wd: Path, stream_engine: Path) -> dict[str, Any]:
             "frame_f1_raw": (lab.get("raw") or {}).get("f1"),
             "frame_f1_smoothed": (lab.get("smoothed") or {}).get("f1"),
             "frame_accuracy_smoothed": (lab.get("smoothed") or {}).get("accuracy"),
+            "frame_accuracy_raw": (lab.get("raw") or {}).get("accuracy"),
+            "polyp_accuracy_argmax": polyp.get("accuracy_argmax"),
+            "polyp_accuracy_called": polyp.get("accuracy"),
+            "polyp_coverage": polyp.get("coverage"),
+            "threshold": lab.get("threshold"),
         },
         "artifacts": {
             "data": str(wd / "data"), "run": str(wd / "run"), "engines": str(wd / "engines"),
@@ -252,8 +261,29 @@ def quickstart(
     table.add_row(f"stream {Path(st['engine']).name} (frame F1 smoothed; fps with the annotated video)",
                   f(None if frame_f1 is None else 100.0 * frame_f1), f(lat), f(st["fps"], "{:.1f}"))
     console.print(table)
+    _print_clinical(s)
     for note in res.notes:
         console.print(f"[yellow]note:[/] {note}")
     for k, v in s["artifacts"].items():
         console.print(f"{k}: {v}")
     console.print(f"steps and summary: {Path(workdir) / 'quickstart.json'}")
+
+
+def _print_clinical(s: dict) -> None:
+    """Calibration, operating points and per-polyp accuracy (figures on the synthetic set, not a clinical validation)."""
+    def pct(v, scale=1.0):
+        return "—" if v is None else f"{scale * v:.1f} %"
+
+    for name, m in s["models"].items():
+        if m.get("ece_calibrated") is None:
+            continue
+        thr = "no threshold" if m["threshold"] is None else (
+            f"threshold {m['threshold']:.3f}: coverage {pct(m['coverage'])}, NPV {pct(m['npv'])}"
+            + (f" [{m['npv_ci95'][0]:.1f}, {m['npv_ci95'][1]:.1f}]" if m.get("npv_ci95") else ""))
+        console.print(f"{name}: ECE {pct(m['ece'])} → {pct(m['ece_calibrated'])} after temperature scaling; {thr}",
+                      soft_wrap=True)
+    st = s["stream"]
+    if st.get("polyp_accuracy_argmax") is not None:
+        console.print(f"stream per polyp: accuracy {pct(st['polyp_accuracy_argmax'], 100)} (argmax) vs frame-level "
+                      f"{pct(st['frame_accuracy_raw'], 100)}; at the threshold: coverage {pct(st['polyp_coverage'], 100)}, "
+                      f"accuracy of calls {pct(st['polyp_accuracy_called'], 100)}", soft_wrap=True)

@@ -35,7 +35,8 @@ def stream(
     smooth: Annotated[float, typer.Option("--smooth", help="EMA weight of the newest frame's probabilities, in (0, 1]; 1 = off.")] = 0.3,
     crop: Annotated[str, typer.Option("--crop", help="Endoscope content area: auto (detect the lit field; black border and overlay text excluded), none, or x,y,w,h.")] = "auto",
     crop_every: Annotated[int, typer.Option("--crop-every", help="With --crop auto: frames between re-estimates.")] = 30,
-    labels: Annotated[Optional[Path], typer.Option("--labels", help="Ground truth CSV (frame,class): adds accuracy/F1 to the stats.")] = None,
+    labels: Annotated[Optional[Path], typer.Option("--labels", help="Ground truth CSV (frame,class[,polyp_id]): adds accuracy/F1, NPV and coverage to the stats; with polyp_id also per-polyp decisions.")] = None,
+    threshold: Annotated[Optional[float], typer.Option("--threshold", help="Confidence (highest calibrated class probability) a frame or polyp needs for a call, in (0.5, 1); below it: low confidence. Default: the artifact's threshold (none: every frame gets its argmax).")] = None,
     max_frames: Annotated[Optional[int], typer.Option("--max-frames", help="Stop after this many decoded frames.")] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for a URL / device to answer.")] = 10.0,
     threads: Annotated[int, typer.Option("--threads", help="Inference threads for CPU backends (decoding has its own).")] = 1,
@@ -47,7 +48,7 @@ def stream(
     cfg = StreamConfig(
         video=video, engine=engine, out=out, jsonl=jsonl, stats=stats, realtime=realtime,
         preprocess=preprocess.value, batch=batch, smooth=smooth, crop=crop, crop_every=crop_every,
-        labels=labels, max_frames=max_frames, timeout_s=timeout, threads=threads, measure_ceiling=ceiling,
+        labels=labels, threshold=threshold, max_frames=max_frames, timeout_s=timeout, threads=threads, measure_ceiling=ceiling,
     )
     live = None
     on_progress = None
@@ -94,5 +95,28 @@ def _print_summary(result) -> None:
             f"smoothed {smoothed['f1']:.3f}",
             soft_wrap=True,
         )
+    if "labels" in stats:
+        _print_clinical(stats["labels"])
     for kind, path in result.outputs.items():
         console.print(f"{kind}: {path}")
+
+
+def _pct(v) -> str:
+    return "—" if v is None else f"{100 * v:.1f} %"
+
+
+def _print_clinical(labels: dict) -> None:
+    """Frame states and per-polyp decisions at the threshold (figures on this video, not a clinical validation)."""
+    thr = labels.get("threshold")
+    at = f"threshold {thr:.3f} ({labels.get('threshold_source')})" if thr is not None else "no threshold (argmax)"
+    fs = labels["frame_states"]["raw"]
+    console.print(f"frame states at {at}: coverage {_pct(fs['coverage'])}, accuracy of calls {_pct(fs['accuracy'])}, "
+                  f"NPV {_pct(fs['npv'])} ({fs['n_negative_calls']} negative calls)", soft_wrap=True)
+    pp = labels.get("per_polyp")
+    if pp is None:
+        console.print(f"per polyp: {labels.get('per_polyp_note')}", soft_wrap=True)
+        return
+    console.print(f"per polyp ({pp['n_labelled']} polyps): accuracy at argmax {_pct(pp['accuracy_argmax'])} vs "
+                  f"frame-level {_pct(labels['raw']['accuracy'])}; coverage {_pct(pp['coverage'])}, accuracy of "
+                  f"calls {_pct(pp['accuracy'])}, NPV {_pct(pp['npv'])} ({pp['n_negative_calls']} negative calls)",
+                  soft_wrap=True)

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeskd.distill import clinical_report
 from edgeskd.distill.checkpointing import link_or_copy
 from edgeskd.distill.config import AUGMENT_POLICIES, DEFAULT_TEMPERATURES
 from edgeskd.utils.io import atomic_path, write_json_atomic, write_text_atomic
@@ -278,7 +279,7 @@ def render_report(metrics: dict[str, Any], plots: list[str]) -> str:
     for name, m in models.items():
         per = m.get("per_subclass_accuracy", {})
         lines.append(f"| {name} | " + " | ".join(_fmt(per.get(s), digits=1) for s in subs) + " |")
-    lines += [""] + _settings(metrics)
+    lines += [""] + clinical_report.section(metrics) + _settings(metrics)
     if plots:
         lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
     return "\n".join(lines)
@@ -395,6 +396,7 @@ def write_outputs(out: Path, metrics: dict[str, Any], per_seed: dict[int, dict[s
         plot_dark_knowledge(t.test_logits, t.meta, ls.split("test"), cfg.temperature_for("skd"),
                             out / "dark_knowledge.png")
         plots.append("dark_knowledge.png")
+    plots += clinical_report.write_plots(out, per_seed, ls)
     metrics["files"] = sorted(["metrics.json", "report.md", "log.jsonl", *plots,
                                *[r.path.name for r in first.values() if r.path is not None]])
     write_json_atomic(out / "metrics.json", metrics)

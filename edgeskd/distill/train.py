@@ -32,7 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from edgeskd.distill import ddp
+from edgeskd.distill import clinical_report, ddp
 from edgeskd.distill import tune
 from edgeskd.distill.checkpointing import link_or_copy
 from edgeskd.distill.config import DISTILLED_MODES, RUN_CONFIG_FILE, TrainConfig
@@ -126,6 +126,7 @@ def run_seed(ctx: RunContext, seed: int, run_dir: Path, reporter: Reporter) -> d
     students = train_group(ctx, student_specs(ctx, t.meta, run_dir), seed, run_dir, reporter, data_name="students",
                            prepare=TeacherOutputs(_freeze(t.model), ctx.autocast, cache=cfg.augment == "none"))
     for name, r in students.items():
+        clinical_report.calibrate_student(ctx, r)   # temperature + threshold into r.meta and its checkpoint
         results[name] = r
         _announce(reporter, name, seed, r)
     return results
@@ -288,6 +289,7 @@ def run_training(cfg: TrainConfig, *, console=None, argv: list[str] | None = Non
                                    world_size=dist.world_size, device=dist.device,
                                    wall_time_s=time.perf_counter() - t_start,
                                    argv=argv if argv is not None else sys.argv, tuning=tuning, warnings=run_warnings)
+        clinical_report.add_to_metrics(metrics, per_seed, dataset)
         metrics["out"] = str(out)
         if dist.is_main:
             report.write_outputs(out, metrics, per_seed, dataset, cfg)

@@ -16,8 +16,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from edgeskd.engine.report import (LATENCY_TIE, BuildReport, Candidate, default_outputs, f1_percent, fail_message,
-                                   gate, note_calibration, pick_winner)
+from edgeskd.engine.report import (LATENCY_TIE, BuildReport, Candidate, add_clinical, clinical_summary,
+                                   default_outputs, fail_message, gate, note_calibration, pick_winner, scores)
 from edgeskd.errors import AccuracyGateError
 from edgeskd.meta import ModelMeta
 from edgeskd.runtime.onnxrt import OnnxRuntimeRunner
@@ -55,9 +55,9 @@ def build_onnxruntime(
     try:
         with contextlib.ExitStack() as active:
             ref = active.enter_context(OnnxRuntimeRunner(fp32_path, threads=threads))
-            fp32_f1 = f1_percent(ref, val)
+            fp32_f1, fp32_clinical = scores(ref, val)
             log(f"FP32 ONNX F1 on {len(val)} validation images: {fp32_f1:.2f}")
-            report = BuildReport("onnxruntime", precision, out or fp32_path, fp32_f1)
+            report = BuildReport("onnxruntime", precision, out or fp32_path, fp32_f1, fp32_clinical=fp32_clinical)
             if precision == "int8":
                 note_calibration(report, calib, cache)
                 log(f"calibration: {report.calibration}")
@@ -65,9 +65,10 @@ def build_onnxruntime(
                                    method=calib_method, weight_qdq_pair=weight_qdq_pair, threads=threads)
             runners = {c.name: active.enter_context(OnnxRuntimeRunner(c.path, threads=threads)) for c in cands}
             for c in cands:
-                score(c, runners[c.name], val, fp32_f1, max_f1_drop)
+                score(c, runners[c.name], val, fp32_f1, max_f1_drop, report)
             ref_c = Candidate("fp32", "fp32", "exported FP32 ONNX (reference)", fp32_path.stat().st_size,
                               f1=fp32_f1, f1_drop=0.0, passed=True, note="reference", path=str(fp32_path))
+            add_clinical(ref_c, fp32_clinical, None, max_f1_drop, report.warnings)
             time_interleaved([ref_c, *cands], {"fp32": ref, **runners}, rounds=rounds, seconds=time_seconds)
         report.candidates = [ref_c, *cands]
         for c in cands:
@@ -131,10 +132,12 @@ def ort_optimized_onnx(fp32_path: Path, meta: ModelMeta, out: Path, threads: int
     return out
 
 
-def score(c: Candidate, runner, val, fp32_f1: float, max_f1_drop: float) -> None:
-    """F1 on the validation split, the gate's verdict, and the file size."""
-    c.f1 = f1_percent(runner, val)
+def score(c: Candidate, runner, val, fp32_f1: float, max_f1_drop: float, report: BuildReport) -> None:
+    """F1 on the validation split, the gate's verdict, the clinical figures (and their change from
+    FP32: a warning in ``report`` beyond the allowance), and the file size."""
+    c.f1, clinical = scores(runner, val)
     c.passed, c.f1_drop = gate(fp32_f1, c.f1, max_f1_drop)
+    add_clinical(c, clinical, report.fp32_clinical, max_f1_drop, report.warnings)
     c.size_bytes = Path(c.path).stat().st_size
 
 
@@ -151,7 +154,9 @@ def time_interleaved(cands: list[Candidate], runners: dict[str, Any], *, rounds:
 
 def _summary(c: Candidate) -> str:
     return (f"  {c.name:9s} F1 {c.f1:6.2f} (drop {c.f1_drop:+.2f})  p50 {c.p50_ms:.3f} ms  p99 {c.p99_ms:.3f} ms  "
-            f"{c.throughput:.0f} img/s  {c.size_bytes / 1e3:.0f} kB  {'pass' if c.passed else 'FAIL gate'}")
+            f"{c.throughput:.0f} img/s  {c.size_bytes / 1e3:.0f} kB  {'pass' if c.passed else 'FAIL gate'}  "
+            f"{clinical_summary(c)}")
+
 
 
 def choose(report: BuildReport, cands: list[Candidate], ref_c: Candidate, *, force: bool, max_f1_drop: float,

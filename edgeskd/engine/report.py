@@ -1,8 +1,13 @@
 """What ``build-engine`` writes and reports: the default artifact paths, one ``Candidate`` per
 artifact built (its F1 on the validation split, the drop in points from FP32, latency, throughput,
-size, the gate's verdict) and the ``BuildReport`` written next to the artifact as ``<artifact>.json``.
+size, the gate's verdict, and its clinical figures: ECE, NPV and coverage at the artifact's
+threshold, with their change from FP32) and the ``BuildReport`` written next to the artifact as
+``<artifact>.json``.
 
-F1 values here are in percent (the unit of the report and of ``--max-f1-drop``).
+F1 values here are in percent (the unit of the report and of ``--max-f1-drop``); so are ECE, NPV and
+coverage. The gate decides on F1; a candidate whose ECE, NPV or coverage moves by more than the same
+``--max-f1-drop`` points gets a warning in the report (on a validation split of a few hundred
+images one call more or less moves NPV by about a point, too noisy to refuse an artifact on).
 """
 
 from __future__ import annotations
@@ -13,10 +18,46 @@ from typing import Any
 
 def f1_percent(runner, dataset, batch_size: int = 64) -> float:
     """F1 (percent) of ``runner`` on ``dataset``: the unit of the gate and the report."""
+    return scores(runner, dataset, batch_size)[0]
+
+
+def scores(runner, dataset, batch_size: int = 64) -> tuple[float, dict[str, Any]]:
+    """(F1 in percent, clinical figures in percent: ``edgeskd.clinical.artifact``) of ``runner`` on
+    ``dataset``, from one pass over it."""
+    from edgeskd.clinical.artifact import as_percent as clinical_percent
+    from edgeskd.clinical.artifact import clinical_figures
     from edgeskd.metrics import as_percent
     from edgeskd.runtime.evaluate import evaluate_runner
 
-    return float(as_percent(evaluate_runner(runner, dataset, batch_size=batch_size))["f1"])
+    m = evaluate_runner(runner, dataset, batch_size=batch_size)
+    clinical = clinical_percent(clinical_figures(m["logits"], runner.metadata, dataset.labels))
+    return float(as_percent(m)["f1"]), clinical
+
+
+def add_clinical(c: "Candidate", clinical: dict[str, Any], ref: dict[str, Any] | None, max_drop: float,
+                 warnings: list[str]) -> None:
+    """Put ``clinical`` (and its change from the FP32 ``ref``) on ``c``; warn when ECE, NPV or coverage
+    moves by more than ``max_drop`` points."""
+    from edgeskd.clinical.artifact import changes, moved_beyond
+
+    c.ece, c.npv, c.npv_ci95, c.coverage = clinical["ece"], clinical["npv"], clinical["npv_ci95"], clinical["coverage"]
+    c.threshold = clinical["threshold"]
+    if ref is None:
+        return
+    c.clinical_change = changes(clinical, ref)
+    moved = moved_beyond(c.clinical_change, max_drop)
+    if moved:
+        warnings.append(f"{c.name}: {', '.join(moved)} pts vs FP32 on the validation split, more than the "
+                        f"{max_drop:g} pts --max-f1-drop allows F1 (reported, not gated)")
+
+
+def clinical_summary(c: "Candidate") -> str:
+    """ECE, NPV and coverage of a candidate, with their change from FP32 (points)."""
+    def one(name: str, v: float | None, key: str) -> str:
+        d = c.clinical_change.get(key)
+        return f"{name} {'—' if v is None else f'{v:.2f}'}" + ("" if d is None else f" ({d:+.2f})")
+
+    return ", ".join([one("ECE", c.ece, "ece"), one("NPV", c.npv, "npv"), one("coverage", c.coverage, "coverage")])
 
 
 # Batch-1 medians closer than this are a tie: timing noise on a shared CPU is a few percent, so
@@ -38,6 +79,12 @@ class Candidate:
     passed: bool = False
     note: str = ""
     path: str = ""
+    ece: float | None = None           # percent, calibrated with the artifact's temperature
+    npv: float | None = None           # percent, at the artifact's threshold (argmax without one)
+    npv_ci95: list[float] | None = None
+    coverage: float | None = None      # percent of the validation images that get a call
+    threshold: float | None = None
+    clinical_change: dict[str, float | None] = field(default_factory=dict)   # points vs FP32
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -55,10 +102,12 @@ class BuildReport:
     extra_artifacts: list[Path] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     calibration: str = ""
+    fp32_clinical: dict[str, Any] = field(default_factory=dict)   # the FP32 ONNX's ECE / NPV / coverage
 
     def to_dict(self) -> dict[str, Any]:
         return {"backend": self.backend, "precision": self.precision, "artifact": str(self.artifact),
-                "fp32_f1": self.fp32_f1, "winner": self.winner, "reason": self.reason,
+                "fp32_f1": self.fp32_f1, "fp32_clinical": self.fp32_clinical, "winner": self.winner,
+                "reason": self.reason,
                 "candidates": [c.to_dict() for c in self.candidates],
                 "extra_artifacts": [str(p) for p in self.extra_artifacts], "warnings": self.warnings,
                 "calibration": self.calibration}

@@ -25,7 +25,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from edgeskd.engine.report import BuildReport, Candidate, f1_percent, fail_message, gate, note_calibration
+from edgeskd.engine.report import (BuildReport, Candidate, add_clinical, clinical_summary, fail_message, gate,
+                                   note_calibration, scores)
 from edgeskd.errors import AccuracyGateError, ArtifactError, UsageError
 from edgeskd.meta import ModelMeta
 from edgeskd.runtime.engine_file import EngineHeader, write_engine
@@ -208,8 +209,8 @@ def build_tensorrt(
     from edgeskd.runtime.onnxrt import OnnxRuntimeRunner
 
     with OnnxRuntimeRunner(fp32_path) as ref:
-        fp32_f1 = f1_percent(ref, val)
-    report = BuildReport("tensorrt", precision, out, fp32_f1)
+        fp32_f1, fp32_clinical = scores(ref, val)
+    report = BuildReport("tensorrt", precision, out, fp32_f1, fp32_clinical=fp32_clinical)
     qdq_existed = qdq_out.exists()
     try:
         src = fp32_path
@@ -222,10 +223,11 @@ def build_tensorrt(
             build_tensorrt_engine(src, tmp_engine, precision=precision, max_batch=max_batch, workspace_gib=workspace_gib,
                                   timing_cache=timing_cache, binding=binding, device=device, rebuild_from=fp32_path,
                                   warn=report.warnings.append)
-            c = _gated_engine(tmp_engine, out, val, precision=precision, fp32_f1=fp32_f1, max_f1_drop=max_f1_drop,
-                              max_batch=max_batch, binding=binding, device=device)
+            c, clinical = _gated_engine(tmp_engine, out, val, precision=precision, fp32_f1=fp32_f1,
+                                        max_f1_drop=max_f1_drop, max_batch=max_batch, binding=binding, device=device)
+            add_clinical(c, clinical, fp32_clinical, max_f1_drop, report.warnings)
             report.candidates.append(c)
-            log(f"  {c.name} F1 {c.f1:.2f} (drop {c.f1_drop:+.2f}) p50 {c.p50_ms:.3f} ms")
+            log(f"  {c.name} F1 {c.f1:.2f} (drop {c.f1_drop:+.2f}) p50 {c.p50_ms:.3f} ms  {clinical_summary(c)}")
             if not c.passed and not force:
                 if precision == "int8":
                     qdq_out.unlink(missing_ok=True)
@@ -254,15 +256,15 @@ def tensorrt_qdq(fp32_path: Path, meta: ModelMeta, qdq_out: Path, *, calib: Any,
 
 
 def _gated_engine(engine_file: Path, out: Path, val, *, precision: str, fp32_f1: float, max_f1_drop: float,
-                  max_batch: int, binding: str = "auto", device: int | str = 0) -> Candidate:
-    """The built engine's F1 on ``val`` (run on the GPU it was built on), its latency, and the gate's
-    verdict."""
+                  max_batch: int, binding: str = "auto", device: int | str = 0) -> tuple[Candidate, dict[str, Any]]:
+    """The built engine's F1 on ``val`` (run on the GPU it was built on), its latency, the gate's
+    verdict; and its clinical figures."""
     from edgeskd.runtime.tensorrt_runner import TensorRTRunner
     from edgeskd.runtime.timing import latency_and_throughput
 
     with TensorRTRunner(engine_file, binding=binding, device=device) as r:
-        f1 = f1_percent(r, val, batch_size=max_batch)
+        f1, clinical = scores(r, val, batch_size=max_batch)
         p50, p99, tp = latency_and_throughput(r, batch=max_batch)
     ok, drop = gate(fp32_f1, f1, max_f1_drop)
     return Candidate(f"tensorrt-{precision}", precision, "TensorRT engine", engine_file.stat().st_size, p50, p99, tp,
-                     f1, drop, ok, "", str(out))
+                     f1, drop, ok, "", str(out)), clinical

@@ -84,7 +84,8 @@ def evaluate_logits(logits: np.ndarray, meta: ModelMeta, labels: np.ndarray, sub
                     subclass_names: Sequence[str] | None = None) -> dict[str, Any]:
     """Metrics (fractions) of a model's raw outputs: class or subclass logits, as ``meta.output`` says.
 
-    The keys of ``probability_metrics`` with the positive class ``meta.positive_class``, and, for a
+    The keys of ``probability_metrics`` (of the calibrated class probabilities: the argmax, hence
+    F1 and accuracy, do not depend on ``meta.temperature``) with the positive class ``meta.positive_class``, and, for a
     model that predicts the data's own subclasses (same names), ``subclass_accuracy``.
     """
     logits = np.asarray(logits, dtype=np.float32)
@@ -121,7 +122,8 @@ def evaluate_runner(runner, dataset, *, batch_size: int = 64) -> dict[str, Any]:
 
 
 def predict_proba(runner, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    """(class probabilities (N, C), subclass probabilities (N, S) or None) for a preprocessed batch."""
+    """(class probabilities (N, C), subclass probabilities (N, S) or None) for a preprocessed batch;
+    the class probabilities are calibrated with the artifact's temperature (``class_probabilities``)."""
     from edgeskd.runtime.postprocess import class_probabilities, subclass_probabilities
 
     logits = runner.infer(batch)

@@ -1,6 +1,15 @@
-"""Logits → probabilities, torch-free. Class logit = logsumexp over the class's subclass block."""
+"""Logits → probabilities, torch-free. Class logit = logsumexp over the class's subclass block.
+
+Class probabilities are calibrated: softmax(class logits / T) with T = the artifact's
+``meta.temperature`` (temperature scaling fitted on validation by ``edgeskd train``; 1.0 for an
+artifact without one). Dividing by T > 0 never changes the argmax, so predicted classes, accuracy
+and F1 are those of the raw logits. Subclass probabilities are the plain softmax of the subclass
+logits (the temperature is fitted on class logits only).
+"""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -25,11 +34,17 @@ def subclass_to_class_logits(sub_logits: np.ndarray, subclass_to_class: list[int
     return np.stack([_logsumexp(x[:, idx == c], axis=1) for c in range(C)], axis=1).astype(np.float32)
 
 
-def class_probabilities(logits: np.ndarray, meta) -> np.ndarray:
-    """(N, C) class probabilities from a model's raw output, whichever kind it emits."""
+def class_probabilities(logits: np.ndarray, meta, temperature: float | None = None) -> np.ndarray:
+    """(N, C) calibrated class probabilities from a model's raw output, whichever kind it emits:
+    softmax(class logits / T), T = ``temperature`` if given (1.0: uncalibrated), else the
+    artifact's ``meta.temperature``. The argmax does not depend on T."""
     if meta.output == "subclass_logits":
         logits = subclass_to_class_logits(logits, meta.subclass_to_class)
-    return softmax(np.asarray(logits, dtype=np.float32), axis=1)
+    t = float(getattr(meta, "temperature", 1.0) if temperature is None else temperature)
+    if not (math.isfinite(t) and t > 0):
+        raise ValueError(f"temperature {t} must be a finite number > 0")
+    z = np.asarray(logits, dtype=np.float32)
+    return softmax(z if t == 1.0 else z / np.float32(t), axis=1)
 
 
 def subclass_probabilities(logits: np.ndarray, meta) -> np.ndarray | None:

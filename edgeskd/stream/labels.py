@@ -1,8 +1,11 @@
-"""Per-frame ground truth: ``frame,class[,subclass][,has_polyp]`` CSV (what `synth-video` writes).
+"""Per-frame ground truth: ``frame,class[,subclass][,has_polyp][,visible][,polyp_id]`` CSV (what
+`synth-video` writes).
 
 ``class`` is a class name of the model (or its index). Rows with an empty class (e.g. frames with
 no polyp when the model has no such class; ``has_polyp`` = 0) carry no ground truth and are left
-out of the metrics.
+out of the metrics. ``polyp_id`` (optional) names the polyp a frame shows: an integer >= 0, the
+same for every frame of one polyp; empty or -1 for none. With it the stream also decides per polyp
+(``edgeskd.clinical.per_polyp``).
 """
 
 from __future__ import annotations
@@ -13,8 +16,8 @@ from pathlib import Path
 from edgeskd.errors import DataError, UsageError
 
 
-def read_frame_labels(path: str | Path, class_names: list[str]) -> dict[int, int]:
-    """frame index → class index."""
+def _rows(path: str | Path) -> tuple[Path, list[str], list[tuple[int, dict[str, str], int]]]:
+    """(path, lower-case header, [(line number, row with lower-case keys, frame index)])."""
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"labels file {p} not found; give a CSV with columns frame,class")
@@ -26,9 +29,7 @@ def read_frame_labels(path: str | Path, class_names: list[str]) -> dict[int, int
     fields = [f.strip().lower() for f in (rows.fieldnames or [])]
     if "frame" not in fields or "class" not in fields:
         raise DataError(f"labels file {p} needs a header with columns frame,class (found: {', '.join(fields) or 'none'})")
-    lookup = {n: i for i, n in enumerate(class_names)}
-    lookup_lower = {n.lower(): i for i, n in enumerate(class_names)}
-    out: dict[int, int] = {}
+    out = []
     for lineno, raw in enumerate(rows, start=2):
         row = {(k or "").strip().lower(): (v or "").strip() for k, v in raw.items()}
         try:
@@ -37,6 +38,17 @@ def read_frame_labels(path: str | Path, class_names: list[str]) -> dict[int, int
             raise DataError(f"{p}:{lineno}: frame {row['frame']!r} is not an integer") from None
         if frame < 0:
             raise DataError(f"{p}:{lineno}: frame index {frame} is negative")
+        out.append((lineno, row, frame))
+    return p, fields, out
+
+
+def read_frame_labels(path: str | Path, class_names: list[str]) -> dict[int, int]:
+    """frame index → class index."""
+    p, _, rows = _rows(path)
+    lookup = {n: i for i, n in enumerate(class_names)}
+    lookup_lower = {n.lower(): i for i, n in enumerate(class_names)}
+    out: dict[int, int] = {}
+    for lineno, row, frame in rows:
         cls = row["class"]
         if cls == "":
             continue
@@ -53,3 +65,32 @@ def read_frame_labels(path: str | Path, class_names: list[str]) -> dict[int, int
     if not out:
         raise DataError(f"labels file {p} has no labelled frames")
     return out
+
+
+def read_polyp_ids(path: str | Path) -> dict[int, int] | None:
+    """frame index → polyp id for the frames that name one; None when the file has no ``polyp_id``
+    column. An id that is not an integer is a one-line DataError naming the line."""
+    from edgeskd.clinical.per_polyp import parse_polyp_id
+
+    p, fields, rows = _rows(path)
+    if "polyp_id" not in fields:
+        return None
+    out: dict[int, int] = {}
+    for lineno, row, frame in rows:
+        pid = parse_polyp_id(row.get("polyp_id", ""), where=f"{p}:{lineno}")
+        if pid is not None:
+            out[frame] = pid
+    return out
+
+
+def check_polyp_classes(polyp_ids: dict[int, int], labels: dict[int, int], path: str | Path) -> None:
+    """Every polyp's labelled frames must name one class (one polyp has one histology)."""
+    seen: dict[int, tuple[int, int]] = {}
+    for frame, pid in sorted(polyp_ids.items()):
+        if frame not in labels:
+            continue
+        cls = labels[frame]
+        first = seen.setdefault(pid, (cls, frame))
+        if first[0] != cls:
+            raise DataError(f"{path}: polyp {pid} is labelled class {first[0]} at frame {first[1]} and class {cls} "
+                            f"at frame {frame}; one polyp has one class — give different polyps different ids")

@@ -1,7 +1,8 @@
 """Annotation drawn on each output frame (PIL ImageDraw; no OpenCV).
 
-Top-left panel: smoothed class + probability (raw in brackets), top subclass, a probability bar for
-the positive class, fps and latency. The content-area crop is outlined.
+Top-left panel: the frame's state — smoothed class + probability, or "low confidence" (amber) when
+that probability is below the artifact's threshold — (raw in brackets), top subclass, a probability
+bar for the positive class, fps and latency. The content-area crop is outlined.
 """
 
 from __future__ import annotations
@@ -10,6 +11,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+
+from edgeskd.clinical.operating_point import LOW_CONFIDENCE
+
+LOW_CONFIDENCE_COLOUR = (255, 200, 60)   # amber: no call
 
 
 @dataclass
@@ -25,6 +30,16 @@ class Annotation:
     latency_ms: float
     crop: tuple[int, int, int, int] | None = None
     is_positive: bool = False
+    low_confidence: bool = False   # prob below threshold: no call
+    threshold: float | None = None
+
+    def headline(self) -> str:
+        """The first line: the call, or "low confidence" with the probability that fell short."""
+        raw = f"(raw {self.raw_class_name} {self.raw_prob:.2f})"
+        if self.low_confidence:
+            below = f" < {self.threshold:.2f}" if self.threshold is not None else ""
+            return f"{LOW_CONFIDENCE}: {self.class_name} {self.prob:.2f}{below}  {raw}"
+        return f"{self.class_name} {self.prob:.2f}  {raw}"
 
 
 @lru_cache(maxsize=8)
@@ -83,7 +98,7 @@ def draw_annotation(rgb: np.ndarray, ann: Annotation) -> np.ndarray:
     if ann.crop is not None:
         _outline(out, ann.crop, (80, 200, 255), max(1, size // 10))
     lines = [
-        f"{ann.class_name} {ann.prob:.2f}  (raw {ann.raw_class_name} {ann.raw_prob:.2f})",
+        ann.headline(),
         f"subclass {ann.subclass} {ann.subclass_prob:.2f}" if ann.subclass is not None else "subclass -",
         f"{ann.fps:5.1f} fps  {ann.latency_ms:5.1f} ms",
     ]
@@ -94,7 +109,7 @@ def draw_annotation(rgb: np.ndarray, ann: Annotation) -> np.ndarray:
     box_h = min(h, line_h * len(lines) + 2 * pad + size // 2 + 1)
     panel = out[:box_h, :box_w]
     panel[...] = (panel.astype(np.uint16) * 66 >> 8).astype(np.uint8)       # darken to ~25 %
-    colour = (255, 90, 90) if ann.is_positive else (120, 255, 120)
+    colour = LOW_CONFIDENCE_COLOUR if ann.low_confidence else (255, 90, 90) if ann.is_positive else (120, 255, 120)
     for i, m in enumerate(masks):
         _blit(out, m, pad, pad + i * line_h, colour if i == 0 else (235, 235, 235))
     bar_y = pad + len(lines) * line_h

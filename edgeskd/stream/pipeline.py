@@ -44,6 +44,7 @@ class StreamConfig:
     crop: str | Sequence[int] | None = "auto"  # "auto" | "none" | (x, y, w, h)
     crop_every: int = 30                      # frames between content-area estimates
     labels: Path | None = None
+    threshold: float | None = None            # confidence a call needs, in (0.5, 1); None: the artifact's
     max_frames: int | None = None
     timeout_s: float = 10.0
     threads: int | None = 1                   # runner intra-op threads (CPU backends)
@@ -94,8 +95,10 @@ class FrameProcessor:
     """A batch of decoded frames → ``FrameResult``s: crop → preprocess + infer → probabilities →
     smoothing, timed (latency, fps over a sliding window)."""
 
-    def __init__(self, predictor: Predictor, crop: FrameCrop, smoother: EmaSmoother) -> None:
+    def __init__(self, predictor: Predictor, crop: FrameCrop, smoother: EmaSmoother,
+                 threshold: float | None = None) -> None:
         self.predictor, self.crop, self.smoother = predictor, crop, smoother
+        self.threshold = threshold
         self.fps = FpsMonitor()
         self.processed = 0
 
@@ -108,7 +111,7 @@ class FrameProcessor:
         results = [
             FrameResult(frame=it, ordinal=self.processed + k, probs=probs[k], smoothed=self.smoother.update(probs[k]),
                         subclass_probs=None if subs is None else subs[k], latency_s=t_done - it.t_decoded,
-                        fps=fps, crop=box)
+                        fps=fps, crop=box, threshold=self.threshold)
             for k, it in enumerate(items)
         ]
         self.processed += len(items)
@@ -125,6 +128,10 @@ def _check_config(cfg: StreamConfig) -> tuple[str | tuple[int, int, int, int] | 
         raise UsageError(f"--max-frames {cfg.max_frames} must be >= 1")
     if cfg.crop_every < 1:
         raise UsageError("--crop-every must be >= 1")
+    if cfg.threshold is not None:
+        from edgeskd.clinical.operating_point import validate_threshold
+
+        cfg.threshold = validate_threshold(cfg.threshold)
     crop_opt = parse_crop(cfg.crop)
     smoother = EmaSmoother(cfg.smooth)
     if cfg.out is not None:
@@ -152,6 +159,28 @@ def _open_runner(cfg: StreamConfig, runner: Any) -> Any:
         raise UsageError(f"--batch {cfg.batch} exceeds this artifact's max batch {runner.max_batch}; "
                          "lower --batch or rebuild the engine with a larger --max-batch")
     return runner
+
+
+def stream_threshold(cfg: StreamConfig, meta: Any) -> tuple[float | None, str]:
+    """(the confidence threshold of the frame states and polyp decisions, where it comes from)."""
+    if cfg.threshold is not None:
+        return cfg.threshold, "--threshold"
+    if meta.threshold is not None:
+        return float(meta.threshold), "artifact"
+    return None, "none: the artifact carries no threshold; every frame and polyp gets its argmax class"
+
+
+def read_ground_truth(cfg: StreamConfig, meta: Any) -> tuple[dict[int, int] | None, dict[int, int] | None]:
+    """(frame → class, frame → polyp id or None without a polyp_id column) from ``--labels``."""
+    if cfg.labels is None:
+        return None, None
+    from edgeskd.stream.labels import check_polyp_classes, read_frame_labels, read_polyp_ids
+
+    gt = read_frame_labels(cfg.labels, list(meta.class_names))
+    ids = read_polyp_ids(cfg.labels)
+    if ids is not None:
+        check_polyp_classes(ids, gt, cfg.labels)
+    return gt, ids
 
 
 @dataclass
@@ -310,6 +339,7 @@ def _source_summary(cfg: StreamConfig, runner: Any, source: VideoSource, process
         "crop": list(crop.box) if crop.box is not None else None,
         "crop_mode": crop.mode,
         "smooth_alpha": process.smoother.alpha,
+        "threshold": process.threshold,
         "engine": str(cfg.engine) if cfg.engine is not None else runner.backend,
         "backend": runner.backend,
         "wall_s": round(run.wall_s, 4),
@@ -345,11 +375,8 @@ def run_stream(
     own_runner = runner is None
     runner = _open_runner(cfg, runner)
     meta = runner.metadata
-    gt: dict[int, int] | None = None
-    if cfg.labels is not None:
-        from edgeskd.stream.labels import read_frame_labels
-
-        gt = read_frame_labels(cfg.labels, list(meta.class_names))
+    gt, polyp_ids = read_ground_truth(cfg, meta)
+    threshold, threshold_source = stream_threshold(cfg, meta)
 
     with contextlib.ExitStack() as stack:
         if own_runner:
@@ -364,10 +391,11 @@ def run_stream(
         if source.realtime and cfg.batch > 1:
             raise UsageError("--batch > 1 needs --no-realtime: in real-time mode only the newest frame is processed")
         process = FrameProcessor(predictor, FrameCrop(crop_opt, info.width, info.height, every=cfg.crop_every),
-                                 smoother)
+                                 smoother, threshold)
         outputs = _Outputs.open(cfg, stack, meta, info, source.realtime)
         ceiling = _Ceiling.measure(cfg, info)
-        stats = StreamStats(meta.class_names, meta.positive_class, gt)
+        stats = StreamStats(meta.class_names, meta.positive_class, gt, polyp_ids=polyp_ids, threshold=threshold,
+                            threshold_source=threshold_source)
         progress = _Progress(on_progress, source, meta) if on_progress is not None else None
         run = _pump(source, process, [stats, *outputs.sinks], cfg.batch, progress)
         source.close()

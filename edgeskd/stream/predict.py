@@ -21,8 +21,8 @@ from edgeskd.stream.source import DecodedFrame
 
 
 class Predictor:
-    """``predictor(frames, crop)`` → (N, C) class and (N, S) subclass probabilities (None for
-    class-logit models). ``path`` is "cuda" or "cpu". ``close()`` frees the CUDA preprocessor's
+    """``predictor(frames, crop)`` → (N, C) class probabilities (calibrated with the artifact's
+    temperature) and (N, S) subclass probabilities (None for class-logit models). ``path`` is "cuda" or "cpu". ``close()`` frees the CUDA preprocessor's
     buffers (before the runner is deactivated)."""
 
     def __init__(self, runner: Any, mode: str, warn: Callable[[str], None] | None = None) -> None:

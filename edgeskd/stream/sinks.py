@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from edgeskd.clinical.operating_point import LOW_CONFIDENCE
 from edgeskd.errors import VideoError
 from edgeskd.stream import overlay
 from edgeskd.stream.result import FrameResult
@@ -21,8 +22,10 @@ READOUT_EVERY = 8   # frames between updates of the fps / latency numbers drawn 
 
 
 class JsonlSink:
-    """One JSON object per processed frame: frame, time, probs, smoothed, class, smoothed_class,
-    latency_ms, and subclass + subclass_probs (subclass-logit models), crop (when cropped)."""
+    """One JSON object per processed frame: frame, time, probs (calibrated), smoothed, class,
+    smoothed_class, state (the smoothed class, or "low confidence" below the threshold) and
+    raw_state (the same from the frame's own probs), latency_ms, and subclass + subclass_probs
+    (subclass-logit models), crop (when cropped)."""
 
     def __init__(self, tmp_path: Path, meta: Any) -> None:
         self.class_names = list(meta.class_names)
@@ -38,6 +41,8 @@ class JsonlSink:
             "smoothed": [round(float(v), 6) for v in r.smoothed],
             "class": self.class_names[r.pred],
             "smoothed_class": self.class_names[r.smoothed_pred],
+            "state": self._state(r.state),
+            "raw_state": self._state(r.raw_state),
             "latency_ms": round(r.latency_s * 1000.0, 3),
         }
         if r.subclass_probs is not None:
@@ -46,6 +51,9 @@ class JsonlSink:
         if r.crop is not None:
             rec["crop"] = list(r.crop)
         return rec
+
+    def _state(self, state: int) -> str:
+        return LOW_CONFIDENCE if state < 0 else self.class_names[state]
 
     def write(self, r: FrameResult) -> None:
         self._f.write(json.dumps(self.record(r), separators=(",", ":")) + "\n")
@@ -97,8 +105,9 @@ class VideoSink:
         return self.writer.frames_written
 
     def annotation(self, r: FrameResult) -> overlay.Annotation:
-        """The overlay of ``r``: smoothed class (raw in brackets), top subclass, P(positive), and
-        fps / latency numbers that change every READOUT_EVERY frames (readable on screen)."""
+        """The overlay of ``r``: its state — the smoothed class, or "low confidence" below the
+        threshold — (raw in brackets), top subclass, P(positive), and fps / latency numbers that
+        change every READOUT_EVERY frames (readable on screen)."""
         if r.ordinal - self._readout[2] >= READOUT_EVERY or self._readout[2] < 0:
             self._readout = (r.fps, r.latency_s * 1000.0, r.ordinal)
         sub = r.top_subclass
@@ -109,6 +118,7 @@ class VideoSink:
             subclass_prob=float(r.subclass_probs[sub]) if r.subclass_probs is not None and sub is not None else None,
             positive_prob=float(r.smoothed[self.positive]) if self.positive < len(r.smoothed) else 0.0,
             fps=self._readout[0], latency_ms=self._readout[1], crop=r.crop, is_positive=r.smoothed_pred == self.positive,
+            low_confidence=r.state < 0, threshold=r.threshold,
         )
 
     def write(self, r: FrameResult) -> None:

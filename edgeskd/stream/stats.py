@@ -1,7 +1,19 @@
-"""Run statistics: fps, latency percentiles, frame counts, and frame-level accuracy / F1.
+"""Run statistics: fps, latency percentiles, frame counts, frame-level accuracy / F1 and, with a
+confidence threshold and polyp ids in the labels, the clinical figures (``edgeskd.clinical``).
 
 ``StreamStats`` is the accumulator the stream feeds every ``FrameResult`` to (``write(result)``);
-``stats_dict`` is the schema of the stats JSON.
+``stats_dict`` is the schema of the stats JSON. With ``--labels`` its "labels" block holds:
+
+* ``raw`` / ``smoothed``: frame-level accuracy, F1 and macro F1 at argmax (every labelled frame);
+* ``frame_states``: the frames' states (class or "low confidence" below the threshold) against the
+  ground truth: coverage (share of frames with a call), accuracy of the calls, NPV / PPV with 95 %
+  Wilson intervals, sensitivity, specificity;
+* ``per_polyp``: one decision per polyp (mean of its labelled frames' calibrated probabilities,
+  "low confidence" below the threshold) and the same figures over polyps, plus ``accuracy_argmax``
+  (every polyp, comparable with the frame-level ``raw.accuracy``) — or None and ``per_polyp_note``
+  saying why not (no ``polyp_id`` column, no frame with an id).
+
+Rates are fractions rounded to 6 decimals.
 """
 
 from __future__ import annotations
@@ -12,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from edgeskd.clinical.operating_point import binary_rates
 from edgeskd.metrics import label_metrics, present
 
 if TYPE_CHECKING:
@@ -67,20 +80,44 @@ def stats_dict(
 STATS_KEYS = ("frames_decoded", "frames_processed", "frames_dropped", "fps", "latency_ms", "decode_fps_ceiling", "source")
 
 
+def _round(v: Any, digits: int = 6) -> Any:
+    """Floats (also inside lists and dicts) rounded for the stats JSON."""
+    if isinstance(v, float):
+        return round(v, digits)
+    if isinstance(v, list):
+        return [_round(x, digits) for x in v]
+    if isinstance(v, dict):
+        return {k: _round(x, digits) for k, x in v.items()}
+    return v
+
+
+STATE_KEYS = ("n_called", "coverage", "accuracy", "npv", "npv_ci95", "n_negative_calls", "ppv", "ppv_ci95",
+              "n_positive_calls", "sensitivity", "specificity")
+
+
 class StreamStats:
     """What the stats JSON reports, accumulated frame by frame: the processed count, latencies and,
-    with ground truth (frame index → class index), the raw and smoothed predictions of the labelled
-    frames."""
+    with ground truth (frame index → class index), the raw and smoothed predictions and states of the
+    labelled frames; with polyp ids (frame index → id), each such frame's calibrated probabilities
+    for the per-polyp decisions."""
 
-    def __init__(self, class_names: Sequence[str], positive: int, labels: dict[int, int] | None = None) -> None:
+    def __init__(self, class_names: Sequence[str], positive: int, labels: dict[int, int] | None = None, *,
+                 polyp_ids: dict[int, int] | None = None, threshold: float | None = None,
+                 threshold_source: str | None = None) -> None:
         self.class_names = list(class_names)
         self.positive = int(positive)
         self.labels = labels
+        self.polyp_ids = polyp_ids
+        self.threshold = threshold
+        self.threshold_source = threshold_source
         self.processed = 0
         self.latencies_s: list[float] = []
         self.y_true: list[int] = []
         self.y_raw: list[int] = []
         self.y_smooth: list[int] = []
+        self.state_raw: list[int] = []
+        self.state_smooth: list[int] = []
+        self.polyp_frames: list[tuple[int, int, int, np.ndarray]] = []   # (frame, polyp id, label or -1, probs)
 
     def write(self, result: "FrameResult") -> None:
         self.processed += 1
@@ -89,24 +126,56 @@ class StreamStats:
             self.y_true.append(self.labels[result.index])
             self.y_raw.append(result.pred)
             self.y_smooth.append(result.smoothed_pred)
+            self.state_raw.append(result.raw_state)
+            self.state_smooth.append(result.state)
+        if self.polyp_ids is not None and result.index in self.polyp_ids:
+            label = self.labels.get(result.index, -1) if self.labels is not None else -1
+            self.polyp_frames.append((result.index, self.polyp_ids[result.index], label,
+                                      np.asarray(result.probs, dtype=np.float64)))
 
     def _metrics(self, y_pred: list[int]) -> dict[str, Any]:
         # frame-level accuracy, positive-class F1 and macro F1 as the stats JSON shows them: 6-decimal fractions
         m = label_metrics(np.array(self.y_true), np.array(y_pred), len(self.class_names), self.positive)
         return present(m, scale=1.0, digits=6)
 
+    def _states(self, states: list[int]) -> dict[str, Any]:
+        r = binary_rates(np.array(self.y_true, dtype=np.int64), np.array(states, dtype=np.int64), self.positive)
+        return _round({k: r[k] for k in STATE_KEYS})
+
+    def per_polyp(self) -> tuple[dict[str, Any] | None, str | None]:
+        """(per-polyp figures and decisions, None) or (None, why there are none)."""
+        from edgeskd.clinical.per_polyp import aggregate_polyps, polyp_summary
+
+        if self.polyp_ids is None:
+            return None, "the labels have no polyp_id column: no per-polyp decisions (frame-level figures only)"
+        if not self.polyp_frames:
+            return None, "no processed frame has a polyp id in the labels: no per-polyp decisions"
+        frames, ids, labels, probs = zip(*self.polyp_frames)
+        decisions = aggregate_polyps(np.stack(probs), np.array(ids, dtype=np.int64), self.threshold,
+                                     labels=np.array(labels, dtype=np.int64), frames=np.array(frames))
+        if not decisions:
+            return None, "no polyp has a labelled frame among the processed frames: no per-polyp decisions"
+        return _round(polyp_summary(decisions, self.positive, class_names=self.class_names)), None
+
     def labels_block(self) -> dict[str, Any] | None:
-        """Frame-level metrics against the ground truth (None without ``labels``)."""
+        """Frame-level (and per-polyp) metrics against the ground truth (None without ``labels``)."""
         if self.labels is None:
             return None
-        return {
+        per_polyp, note = self.per_polyp()
+        block = {
             "frames_labelled": len(self.labels),
             "frames_evaluated": len(self.y_true),
             "raw": self._metrics(self.y_raw),
             "smoothed": self._metrics(self.y_smooth),
             "positive_class": self.class_names[self.positive],
+            "threshold": self.threshold,
+            "threshold_source": self.threshold_source,
+            "frame_states": {"raw": self._states(self.state_raw), "smoothed": self._states(self.state_smooth)},
+            "per_polyp": per_polyp,
         }
-
+        if note is not None:
+            block["per_polyp_note"] = note
+        return block
     def summary(self, *, frames_decoded: int, frames_dropped: int, wall_s: float,
                 decode_fps_ceiling: float | None, source: dict[str, Any]) -> dict[str, Any]:
         """The stats JSON of the run (``stats_dict``)."""

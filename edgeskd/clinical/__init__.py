@@ -1,0 +1,44 @@
+"""Clinical operating points for CADx (DESIGN.md §7), numpy only: the edge runtime imports these.
+
+- ``calibration``: ECE (15 equal-width bins), NLL, temperature scaling fitted on validation,
+  calibrated probabilities from an artifact's logits and metadata.
+- ``operating_point``: sensitivity / specificity / PPV / NPV, Wilson intervals, the confidence
+  threshold that reaches the PIVI NPV bar with the highest coverage, "low confidence" decisions.
+- ``per_polyp``: one decision per polyp visit from its frames' calibrated probabilities.
+- ``reliability``: the reliability diagram (PNG; matplotlib imported only there).
+
+Figures computed here describe the user's data set; they are not a clinical validation.
+"""
+
+from edgeskd.clinical.calibration import (
+    TemperatureFit,
+    calibrated_probabilities,
+    class_logits,
+    ece,
+    fit_temperature,
+    nll,
+    reliability_bins,
+)
+from edgeskd.clinical.operating_point import (
+    LOW_CONFIDENCE,
+    NPV_TARGET,
+    PPV_TARGET,
+    ThresholdChoice,
+    binary_rates,
+    decide,
+    evaluate_operating_point,
+    operating_point,
+    select_threshold,
+    state_names,
+    validate_threshold,
+    wilson_interval,
+)
+from edgeskd.clinical.per_polyp import PolypDecision, aggregate_polyps, parse_polyp_id, polyp_ids, polyp_summary
+
+__all__ = [
+    "LOW_CONFIDENCE", "NPV_TARGET", "PPV_TARGET", "PolypDecision", "TemperatureFit", "ThresholdChoice",
+    "aggregate_polyps", "binary_rates", "calibrated_probabilities", "class_logits", "decide", "ece",
+    "evaluate_operating_point", "fit_temperature", "nll", "operating_point", "parse_polyp_id", "polyp_ids",
+    "polyp_summary", "reliability_bins", "select_threshold", "state_names", "validate_threshold",
+    "wilson_interval",
+]

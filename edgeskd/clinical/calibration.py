@@ -1,0 +1,206 @@
+"""Calibration of class probabilities: ECE, NLL, temperature scaling (numpy only).
+
+- Confidence = the highest class probability; a case is right when its argmax is its label.
+- ECE: 15 equal-width confidence bins, right-closed ((0, 1/15], (1/15, 2/15], ...);
+  ECE = Σ_b (n_b / N) · |accuracy_b − mean confidence_b| (Guo et al., 2017). A fraction in [0, 1].
+- Temperature scaling: one scalar T > 0 on the class logits (for subclass-logit models the
+  logsumexp class logits), fitted on validation by NLL. NLL(β) with β = 1/T is convex (a logsumexp
+  of a linear function of β minus a linear term), so its derivative is increasing in β and the
+  minimum is found by bisection on the sign of the derivative over log T in ``T_BOUNDS``: no step
+  sizes, no local minima. Dividing logits by T > 0 never changes the argmax.
+- A fit is refused (``TemperatureFit.reason`` says why; ``temperature`` is None) when validation is
+  too small, holds one class only (or too few of one), has non-finite logits, or its NLL keeps
+  falling to a search bound (e.g. no validation errors at all: the NLL falls as T → 0).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from edgeskd.runtime.postprocess import subclass_to_class_logits
+
+N_BINS = 15
+MIN_FIT_SAMPLES = 50       # fewer validation cases than this: no temperature
+MIN_FIT_PER_CLASS = 5      # every class must have at least this many validation cases
+T_BOUNDS = (1e-2, 1e2)     # a fitted temperature must lie strictly inside
+
+
+def _probs(probs: Any) -> np.ndarray:
+    p = np.asarray(probs, dtype=np.float64)
+    if p.ndim != 2 or p.shape[1] < 2:
+        raise ValueError(f"probabilities must be (N, C) with C >= 2, got shape {p.shape}")
+    return p
+
+
+def _labels(labels: Any, n: int, num_classes: int) -> np.ndarray:
+    y = np.asarray(labels)
+    if y.shape != (n,):
+        raise ValueError(f"labels shape {y.shape} does not fit {n} cases")
+    y = y.astype(np.int64)
+    if n and (y.min() < 0 or y.max() >= num_classes):
+        raise ValueError(f"labels must lie in 0..{num_classes - 1}")
+    return y
+
+
+def log_softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    z = x - np.max(x, axis=axis, keepdims=True)
+    return z - np.log(np.sum(np.exp(z), axis=axis, keepdims=True))
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.exp(log_softmax(x, axis=axis))
+
+
+# -- ECE and reliability --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ReliabilityBins:
+    """Per-bin counts, mean confidence and accuracy (NaN in empty bins) of ``n_bins`` equal bins."""
+
+    edges: np.ndarray        # (n_bins + 1,) from 0 to 1
+    counts: np.ndarray       # (n_bins,) cases per bin
+    confidence: np.ndarray   # (n_bins,) mean confidence per bin
+    accuracy: np.ndarray     # (n_bins,) share of right argmax calls per bin
+
+    @property
+    def ece(self) -> float:
+        n = int(self.counts.sum())
+        full = self.counts > 0
+        gap = np.abs(self.accuracy[full] - self.confidence[full])
+        return float(np.sum(self.counts[full] / n * gap)) if n else float("nan")
+
+
+def reliability_bins(probs: Any, labels: Any, n_bins: int = N_BINS) -> ReliabilityBins:
+    p = _probs(probs)
+    y = _labels(labels, len(p), p.shape[1])
+    if len(p) == 0:
+        raise ValueError("no cases to bin")
+    conf = p.max(axis=1)
+    right = (p.argmax(axis=1) == y).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    # right-closed bins: edges[b] < conf <= edges[b + 1] (confidence 0 cannot occur for a max prob)
+    b = np.clip(np.searchsorted(edges[1:-1], conf, side="left"), 0, n_bins - 1)
+    counts = np.bincount(b, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_conf = np.bincount(b, weights=conf, minlength=n_bins) / counts
+        acc = np.bincount(b, weights=right, minlength=n_bins) / counts
+    return ReliabilityBins(edges, counts, mean_conf, acc)
+
+
+def ece(probs: Any, labels: Any, n_bins: int = N_BINS) -> float:
+    """Expected calibration error (fraction) with ``n_bins`` equal-width confidence bins."""
+    return reliability_bins(probs, labels, n_bins).ece
+
+
+def nll(class_logits: Any, labels: Any, temperature: float = 1.0) -> float:
+    """Mean negative log-likelihood (nats) of the labels under softmax(class_logits / temperature)."""
+    z = np.asarray(class_logits, dtype=np.float64)
+    if z.ndim != 2 or z.shape[1] < 2:
+        raise ValueError(f"class logits must be (N, C) with C >= 2, got shape {z.shape}")
+    y = _labels(labels, len(z), z.shape[1])
+    if len(z) == 0:
+        raise ValueError("no cases for the NLL")
+    lp = log_softmax(z / float(temperature), axis=1)
+    return float(-np.mean(lp[np.arange(len(y)), y]))
+
+
+# -- logits of an artifact → (calibrated) probabilities ---------------------------------------------
+def class_logits(logits: Any, meta: Any) -> np.ndarray:
+    """(N, C) class logits from a model's raw output: the logsumexp of each class's subclass block
+    for subclass-logit models, the output itself otherwise."""
+    x = np.asarray(logits, dtype=np.float32)
+    if x.ndim != 2 or x.shape[1] != meta.num_outputs:
+        raise ValueError(f"logits {x.shape} do not fit the model's {meta.num_outputs} outputs")
+    if meta.output == "subclass_logits":
+        return subclass_to_class_logits(x, meta.subclass_to_class).astype(np.float64)
+    return x.astype(np.float64)
+
+
+def calibrated_probabilities(logits: Any, meta: Any, temperature: float | None = None) -> np.ndarray:
+    """(N, C) softmax(class logits / T), T = ``temperature`` or else ``meta.temperature`` (1.0 for
+    artifacts without one): ``runtime.postprocess.class_probabilities`` in float64. Argmax unchanged."""
+    t = float(meta.temperature if temperature is None else temperature)
+    if not (math.isfinite(t) and t > 0):
+        raise ValueError(f"temperature {t} must be a finite number > 0")
+    return softmax(class_logits(logits, meta) / t, axis=1)
+
+
+# -- temperature scaling --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TemperatureFit:
+    temperature: float | None    # None: no fit (``reason`` says why); use 1.0 (no scaling) then
+    reason: str | None
+    n: int                       # validation cases
+    nll_before: float | None     # validation NLL at T = 1
+    nll_after: float | None      # validation NLL at the fitted T
+
+    @property
+    def ok(self) -> bool:
+        return self.temperature is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _refusal(logits: np.ndarray, y: np.ndarray, num_classes: int, min_samples: int,
+             min_per_class: int) -> str | None:
+    n = len(y)
+    if n < min_samples:
+        return f"validation has {n} cases, fewer than the {min_samples} a temperature fit needs"
+    counts = np.bincount(y, minlength=num_classes)
+    if np.count_nonzero(counts) < 2:
+        return f"validation holds one class only (class {int(np.argmax(counts))}); a temperature fit needs both sides"
+    if counts.min() < min_per_class:
+        return (f"validation is one-sided: class {int(np.argmin(counts))} has {int(counts.min())} cases, "
+                f"fewer than {min_per_class}")
+    if not np.all(np.isfinite(logits)):
+        return "validation logits contain NaN or infinity"
+    if np.all(np.ptp(logits, axis=1) == 0):
+        return "validation logits are the same for every class; no temperature changes the probabilities"
+    return None
+
+
+def _dnll_dbeta(z: np.ndarray, y: np.ndarray, beta: float) -> float:
+    """d/dβ of mean NLL(softmax(β·z)): mean over cases of E_p[z] − z_label (increasing in β)."""
+    p = softmax(beta * z, axis=1)
+    return float(np.mean(np.sum(p * z, axis=1) - z[np.arange(len(y)), y]))
+
+
+def fit_temperature(class_logits_val: Any, labels: Any, *, min_samples: int = MIN_FIT_SAMPLES,
+                    min_per_class: int = MIN_FIT_PER_CLASS, bounds: tuple[float, float] = T_BOUNDS,
+                    iters: int = 100) -> TemperatureFit:
+    """Fit one temperature T on validation class logits by NLL, or say why not.
+
+    For subclass-logit students pass ``class_logits(logits, meta)`` (logsumexp class logits)."""
+    z = np.asarray(class_logits_val, dtype=np.float64)
+    if z.ndim != 2 or z.shape[1] < 2:
+        raise ValueError(f"class logits must be (N, C) with C >= 2, got shape {z.shape}")
+    y = _labels(labels, len(z), z.shape[1])
+    why = _refusal(z, y, z.shape[1], min_samples, min_per_class)
+    if why is not None:
+        before = nll(z, y) if len(y) and np.all(np.isfinite(z)) else None
+        return TemperatureFit(None, why, len(y), before, None)
+    t_lo, t_hi = bounds
+    lo, hi = math.log(1.0 / t_hi), math.log(1.0 / t_lo)        # log β = −log T
+    if _dnll_dbeta(z, y, math.exp(lo)) >= 0:
+        why = (f"the validation NLL keeps falling up to T = {t_hi:g}: the predictions carry almost no "
+               f"signal on validation")
+        return TemperatureFit(None, why, len(y), nll(z, y), None)
+    if _dnll_dbeta(z, y, math.exp(hi)) <= 0:
+        why = (f"the validation NLL keeps falling down to T = {t_lo:g}: validation has too few errors "
+               f"({int(np.sum(z.argmax(1) != y))} of {len(y)}) to fit a temperature")
+        return TemperatureFit(None, why, len(y), nll(z, y), None)
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        if _dnll_dbeta(z, y, math.exp(mid)) < 0:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-12:
+            break
+    t = 1.0 / math.exp(0.5 * (lo + hi))
+    return TemperatureFit(t, None, len(y), nll(z, y), nll(z, y, t))

@@ -1,0 +1,282 @@
+"""The clinical part of a training run (issue 12): calibration and operating points per model.
+
+* every model: ECE (15 equal-width bins) and NLL of its class probabilities on the test split;
+* every student: one temperature fitted on the validation split by NLL (for SKD students on the
+  logsumexp class logits), ECE and NLL after it, a reliability diagram (``reliability_<model>.png``),
+  and an operating point: the confidence threshold chosen on validation as the one with the highest
+  coverage that reaches NPV ≥ 90 % (and PPV ≥ 90 % where reachable), then on test NPV / PPV with
+  95 % Wilson intervals, coverage, and whether the lower NPV bound clears 90 %; plus sensitivity,
+  specificity, PPV and NPV at argmax;
+* the student's checkpoint (and so every artifact exported from it) carries the temperature and
+  the threshold (``ModelMeta.temperature`` / ``.threshold``). A validation split too small or too
+  one-sided gives no temperature (1.0 is stored: no scaling) or no threshold, and the reason.
+
+``calibrate_student`` runs in the training loop right after a student is trained;
+``add_to_metrics`` fills ``metrics.json``'s ``"calibration"`` and ``"operating_point"`` per model
+(rates in percent, as the rest of the file; the threshold is a probability, as in the artifact; NLL
+in nats); ``write_plots`` and ``section`` give the diagrams and the report.md section. Everything
+here describes the user's data set; it is not a clinical validation, and the report says so.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeskd.clinical import (NPV_TARGET, calibrated_probabilities, class_logits, ece, fit_temperature, nll,
+                              operating_point, wilson_interval)
+
+PCT_KEYS = ("coverage", "accuracy", "sensitivity", "specificity", "npv", "ppv")
+CI_KEYS = ("npv_ci95", "ppv_ci95", "coverage_ci95")
+STUDENTS = ("student-none", "student-kd", "student-skd")
+LABELS = {"student-none": "plain", "student-kd": "KD", "student-skd": "SKD", "teacher": "teacher"}
+
+
+# -- in the training loop -----------------------------------------------------------------------------
+def calibrate_student(ctx, r) -> None:
+    """Fit ``r``'s temperature and threshold on validation, evaluate them on test, and store both in
+    ``r.meta`` and in its saved checkpoint (rank 0 writes). Every rank calls this (the validation
+    logits are gathered over ranks)."""
+    from edgeskd.distill import ddp
+
+    val, test = ctx.val_split, ctx.test_split
+    val_logits = ctx.predict(r.model, "val", r.meta)
+    fit = fit_temperature(class_logits(val_logits, r.meta), val.labels)
+    t = fit.temperature if fit.ok else 1.0
+    op = operating_point(calibrated_probabilities(val_logits, r.meta, t), val.labels,
+                         calibrated_probabilities(r.test_logits, r.meta, t), test.labels,
+                         positive=int(r.meta.positive_class))
+    r.meta = r.meta.replace(temperature=t, threshold=op["threshold"])
+    r.extra["clinical"] = {"fit": fit.to_dict(), "operating_point": op}
+    if ctx.dist.is_main and r.path is not None:
+        rewrite_checkpoint_meta(r.path, r.meta, {"temperature_fit": fit.to_dict(), "threshold": op["threshold"],
+                                                 "threshold_reason": op["reason"]})
+    ddp.barrier(ctx.dist)
+
+
+def rewrite_checkpoint_meta(path: Path, meta, clinical: dict[str, Any]) -> None:
+    """Replace a checkpoint's metadata (atomically) and record how its operating point was chosen."""
+    import torch
+
+    from edgeskd.models.weights import load_weights_only
+    from edgeskd.utils.io import atomic_path
+
+    ckpt = load_weights_only(path)
+    ckpt["meta"] = meta.to_dict()
+    ckpt["metrics"] = {**(ckpt.get("metrics") or {}), "clinical": clinical}
+    with atomic_path(path) as tmp:
+        torch.save(ckpt, tmp)
+
+
+# -- metrics.json ---------------------------------------------------------------------------------
+def _pct(v: Any) -> Any:
+    if v is None:
+        return None
+    if isinstance(v, (list, tuple)):
+        return [round(100.0 * float(x), 4) for x in v]
+    return round(100.0 * float(v), 4)
+
+
+def op_percent(op: dict[str, Any]) -> dict[str, Any]:
+    """An ``operating_point`` block with rates and intervals in percent (counts and threshold as is),
+    and a Wilson interval for the coverage."""
+    out = dict(op)
+    if out.get("n") and out.get("n_called") is not None:
+        out["coverage_ci95"] = list(wilson_interval(out["n_called"], out["n"]))
+    for k in PCT_KEYS + CI_KEYS:
+        if k in out:
+            out[k] = _pct(out[k])
+    if isinstance(out.get("argmax"), dict):
+        out["argmax"] = op_percent(out["argmax"])
+    if isinstance(out.get("validation"), dict):
+        out["validation"] = {k: (_pct(v) if k in ("npv", "ppv", "coverage") else v)
+                             for k, v in out["validation"].items()}
+    return out
+
+
+def _calibration_of(r, labels: np.ndarray) -> dict[str, Any]:
+    """ECE (percent) and NLL of one seed's model on test, before and (students) after its temperature."""
+    logits = r.test_logits
+    z = class_logits(logits, r.meta)
+    out: dict[str, Any] = {"ece": _pct(ece(calibrated_probabilities(logits, r.meta, 1.0), labels)),
+                           "nll": round(nll(z, labels), 6)}
+    clin = r.extra.get("clinical")
+    if clin is not None:
+        fit = clin["fit"]
+        t = fit["temperature"] if fit["temperature"] is not None else 1.0
+        out.update(ece_calibrated=_pct(ece(calibrated_probabilities(logits, r.meta, t), labels)),
+                   nll_calibrated=round(nll(z, labels, t), 6), temperature=fit["temperature"],
+                   temperature_note=fit["reason"], nll_val_before=fit["nll_before"], nll_val_after=fit["nll_after"])
+    return out
+
+
+def _mean(values: list[Any]) -> float | None:
+    v = [float(x) for x in values if x is not None]
+    return round(float(np.mean(v)), 6) if v else None
+
+
+def add_to_metrics(metrics: dict[str, Any], per_seed: dict[int, dict[str, Any]], dataset) -> None:
+    """``metrics["models"][name]["calibration"]`` for every model and ``["operating_point"]`` for each
+    student; means over seeds with the per-seed figures (the operating point is the first seed's,
+    whose checkpoints sit in OUT)."""
+    labels = np.asarray(dataset.split("test").labels, dtype=np.int64)
+    seeds = sorted(per_seed)
+    for name, m in metrics["models"].items():
+        runs = [(s, per_seed[s][name]) for s in seeds if name in per_seed[s]]
+        if not runs or runs[0][1].test_logits is None:
+            continue
+        each = [{"seed": s, **_calibration_of(r, labels)} for s, r in runs]
+        cal: dict[str, Any] = {k: _mean([e.get(k) for e in each])
+                               for k in ("ece", "ece_calibrated", "nll", "nll_calibrated", "temperature")
+                               if any(k in e for e in each)}
+        cal.update(n_bins=15, split="test", n=int(len(labels)))
+        if "temperature" in cal:
+            cal["fitted_on"] = "val"
+            cal["temperature_note"] = next((e["temperature_note"] for e in each if e.get("temperature_note")), None)
+        else:
+            cal["note"] = "not deployed: no temperature fitted"
+        cal["per_seed"] = each
+        m["calibration"] = cal
+        clin = runs[0][1].extra.get("clinical")
+        if clin is not None:
+            op = op_percent(clin["operating_point"])
+            op["seed"] = runs[0][0]
+            op["per_seed"] = [_op_brief(s, r) for s, r in runs]
+            m["operating_point"] = op
+    metrics["clinical_note"] = ("calibration and operating points describe this data set's test split, with "
+                                "temperature and threshold chosen on its validation split; not a clinical validation")
+
+
+def _op_brief(seed: int, r) -> dict[str, Any]:
+    op = op_percent(r.extra["clinical"]["operating_point"])
+    return {"seed": seed, **{k: op.get(k) for k in ("threshold", "coverage", "npv", "npv_ci95",
+                                                      "npv_lower_clears_90", "reason")}}
+
+
+# -- plots ----------------------------------------------------------------------------------------
+def write_plots(out: Path, per_seed: dict[int, dict[str, Any]], dataset) -> list[str]:
+    """``reliability_<student>.png`` (first seed): test reliability before and after the temperature."""
+    from edgeskd.clinical.reliability import write_reliability_diagram
+
+    labels = np.asarray(dataset.split("test").labels, dtype=np.int64)
+    written = []
+    for name, r in per_seed[min(per_seed)].items():
+        clin = r.extra.get("clinical")
+        if clin is None or r.test_logits is None:
+            continue
+        t = clin["fit"]["temperature"]
+        before = calibrated_probabilities(r.test_logits, r.meta, 1.0)
+        after = calibrated_probabilities(r.test_logits, r.meta, t) if t is not None else None
+        fname = f"reliability_{name}.png"
+        write_reliability_diagram(Path(out) / fname, before, labels, calibrated=after, temperature=t,
+                                  title=f"{name}: test split ({len(labels)} images)")
+        written.append(fname)
+    return written
+
+
+# -- report.md ------------------------------------------------------------------------------------
+def _f(v: Any, digits: int = 1, unit: str = "") -> str:
+    return "—" if v is None else f"{v:.{digits}f}{unit}"
+
+
+def _ci(ci: Any) -> str:
+    return "" if not ci else f" [{ci[0]:.1f}, {ci[1]:.1f}]"
+
+
+def _calibration_table(models: dict[str, Any]) -> list[str]:
+    lines = ["| model | ECE (%) | ECE after T (%) | T | NLL | NLL after T |", "|---|---:|---:|---:|---:|---:|"]
+    for name, m in models.items():
+        c = m.get("calibration")
+        if c is None:
+            continue
+        lines.append(f"| {name} | {_f(c['ece'], 2)} | {_f(c.get('ece_calibrated'), 2)} | "
+                     f"{_f(c.get('temperature'), 3)} | {_f(c['nll'], 4)} | {_f(c.get('nll_calibrated'), 4)} |")
+    return lines
+
+
+def _operating_table(models: dict[str, Any]) -> list[str]:
+    lines = ["| student | threshold | coverage (%) | NPV (%) [95 % CI] | negative calls | PPV (%) [95 % CI] | "
+             "positive calls | lower NPV bound ≥ 90 % |", "|---|---:|---:|---:|---:|---:|---:|:---:|"]
+    for name in STUDENTS:
+        op = models.get(name, {}).get("operating_point")
+        if op is None:
+            continue
+        if op["threshold"] is None:
+            lines.append(f"| {LABELS[name]} | none | — | — | — | — | — | no |")
+            continue
+        lines.append(f"| {LABELS[name]} | {op['threshold']:.3f} | {_f(op['coverage'])}{_ci(op.get('coverage_ci95'))} | "
+                     f"{_f(op['npv'])}{_ci(op['npv_ci95'])} | {op['n_negative_calls']} | "
+                     f"{_f(op['ppv'])}{_ci(op['ppv_ci95'])} | {op['n_positive_calls']} | "
+                     f"{'yes' if op['npv_lower_clears_90'] else 'no'} |")
+    lines += ["", "At argmax (every test image gets a call):", "",
+              "| student | sensitivity (%) | specificity (%) | PPV (%) [95 % CI] | NPV (%) [95 % CI] |",
+              "|---|---:|---:|---:|---:|"]
+    for name in STUDENTS:
+        a = (models.get(name, {}).get("operating_point") or {}).get("argmax")
+        if a is not None:
+            lines.append(f"| {LABELS[name]} | {_f(a['sensitivity'])} | {_f(a['specificity'])} | "
+                         f"{_f(a['ppv'])}{_ci(a['ppv_ci95'])} | {_f(a['npv'])}{_ci(a['npv_ci95'])} |")
+    return lines
+
+
+def _comparison(models: dict[str, Any]) -> list[str]:
+    """Which student keeps more test images above the threshold at the same NPV target, and whether
+    the difference is inside the intervals."""
+    ops = {n: models[n]["operating_point"] for n in STUDENTS if models.get(n, {}).get("operating_point")}
+    called = {n: op for n, op in ops.items() if op["threshold"] is not None}
+    out = []
+    if len(called) >= 2:
+        best = max(called, key=lambda n: called[n]["coverage"])
+        rest = ", ".join(f"{LABELS[n]} {called[n]['coverage']:.1f} %" for n in called if n != best)
+        overlap = all(called[best]["coverage_ci95"][0] <= called[n]["coverage_ci95"][1] for n in called if n != best)
+        out.append(f"At the NPV ≥ {100 * NPV_TARGET:.0f} % threshold chosen on validation, the {LABELS[best]} student "
+                   f"gives a call on the largest share of test images ({called[best]['coverage']:.1f} %; {rest}). "
+                   + ("The coverage intervals overlap: on this test split that difference is not a result."
+                      if overlap else "Its coverage interval does not overlap the others'."))
+    clears = [LABELS[n] for n, op in called.items() if op["npv_lower_clears_90"]]
+    out.append(f"Lower 95 % NPV bound ≥ {100 * NPV_TARGET:.0f} % on test: "
+               + (", ".join(clears) if clears else "no student (the intervals are too wide, or the NPV too low, "
+                                                   "to show the PIVI bar on this test split)") + ".")
+    for n, op in ops.items():
+        if op["threshold"] is None:
+            out.append(f"{LABELS[n]}: {op['reason']}")
+        elif (op.get("validation") or {}).get("note"):
+            out.append(f"{LABELS[n]}: {op['validation']['note']}.")
+    return out
+
+
+def section(metrics: dict[str, Any]) -> list[str]:
+    """The "Calibration and operating points" section of report.md (empty without the figures); the
+    reliability diagrams are among the run's plots (``metrics["files"]``)."""
+    models = metrics["models"]
+    if not any("calibration" in m for m in models.values()):
+        return []
+    ds = metrics["dataset"]
+    lines = ["## Calibration and operating points", "",
+             f"These figures describe **{ds['name']}**: {ds['n_test']} test images, with the temperature and the "
+             f"confidence threshold chosen on its {ds['n_val']} validation images. They are not a clinical "
+             "validation: whether a model may be used for optical diagnosis (ASGE PIVI: NPV ≥ 90 % for "
+             "adenomatous histology on high-confidence calls) is decided on prospective clinical data, per "
+             "polyp, not on these images.", "",
+             "ECE: 15 equal-width confidence bins; T: temperature fitted on validation by NLL (SKD: on the "
+             "logsumexp class logits); NLL in nats. Dividing logits by T never changes a prediction, so F1 and "
+             "accuracy above are unchanged. A low ECE alone says nothing about discrimination (a model that always "
+             "predicts the majority class with its base rate is calibrated): read it with F1 and AUC.", ""]
+    lines += _calibration_table(models)
+    notes = [f"{n}: no temperature — {m['calibration']['temperature_note']}" for n, m in models.items()
+             if (m.get("calibration") or {}).get("temperature_note")]
+    lines += [""] + ([f"- {s}" for s in notes] + [""] if notes else [])
+    lines += [f"Operating point: the lowest confidence (highest calibrated class probability) in (0.5, 1) at which "
+              f"validation NPV ≥ {100 * NPV_TARGET:.0f} % (and PPV ≥ 90 % where some threshold reaches both); "
+              "below it a case is \"low confidence\" (no call). On test, with 95 % Wilson intervals; the "
+              "threshold and the temperature are stored in each student's checkpoint and every artifact "
+              "exported from it.", ""]
+    lines += _operating_table(models) + [""]
+    lines += [f"- {s}" for s in _comparison(models)] + [""]
+    plots = [f for f in metrics.get("files", []) if f.startswith("reliability_")]
+    if plots:
+        lines += ["Reliability diagrams (test split, before and after temperature scaling, under Plots): "
+                  + ", ".join(f"`{p}`" for p in plots) + ".", ""]
+    return lines
