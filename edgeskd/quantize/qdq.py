@@ -247,7 +247,7 @@ def quantize_qdq(
                 extra_options=quant_options(v, weight_qdq_pair=weight_qdq_pair),
                 calibration_cache_path=str(tmp_cache),
             )
-        q = compact_names(onnx.load(str(tmp_model)), keep=exclude)
+        q = compact_names(bypass_qdq(onnx.load(str(tmp_model)), exclude), keep=exclude)
         qmeta = meta.replace(precision="int8", extra={
             **meta.extra, "quant": {"variant": v.name, "calibration": method, "weights": "qdq-pair" if weight_qdq_pair else "int8",
                                    "calibration_cache": cache.name, "fp32_nodes": exclude,
@@ -278,6 +278,42 @@ def head_nodes(model) -> list[str]:
                                  for c in consumers.get(t, []))
 
     return [n.name for n in g.node if n.op_type in ("Gemm", "MatMul") and reaches_output(n.output[0])]
+
+
+def bypass_qdq(model, nodes: Sequence[str]) -> Any:
+    """Feed the compute nodes (Conv, ConvTranspose, Gemm, MatMul) named in ``nodes`` the float tensor
+    in front of their input's Q→DQ pair, and drop Q/DQ nodes nothing reads any more.
+
+    ``nodes_to_exclude`` leaves a node's weights in FP32, but its input still arrives through a
+    DequantizeLinear when the producer is quantized, and ONNX Runtime's ``WeightBiasQuantization``
+    optimizer (basic level) then quantizes the float weights of any Conv/Gemm behind a per-tensor
+    DQ to per-tensor INT8, with an INT32 bias — an "FP32" layer that runs coarser than the INT8
+    ones. Without the DQ in front, it runs in FP32 in ONNX Runtime and in TensorRT alike.
+    """
+    g = model.graph
+    targets = set(nodes)
+    producer = {o: n for n in g.node for o in n.output}
+    for n in g.node:
+        if n.name not in targets or n.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+            continue
+        dq = producer.get(n.input[0])
+        q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        if q is not None and q.op_type == "QuantizeLinear":
+            n.input[0] = q.input[0]
+    outputs = {o.name for o in g.output}
+    while True:   # remove the Q/DQ (and only those) whose outputs nobody reads
+        used = {i for n in g.node for i in n.input} | outputs
+        dead = [n for n in g.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+                and not any(o in used for o in n.output)]
+        if not dead:
+            break
+        for n in dead:
+            g.node.remove(n)
+    used = {i for n in g.node for i in n.input}
+    kept = [t for t in g.initializer if t.name in used]
+    del g.initializer[:]
+    g.initializer.extend(kept)
+    return model
 
 
 def compact_names(model, keep: Sequence[str] = ()) -> Any:
