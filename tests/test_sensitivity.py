@@ -66,11 +66,11 @@ def setup(tmp_path):
 def test_the_sensitive_layer_is_the_one_kept_in_fp32(setup, mode, tmp_path):
     from edgeskd.quantize.qdq import inspect_qdq, quantize_qdq
     from edgeskd.quantize.sensitivity import search_fp32_fallback
-    from edgeskd.runtime.evaluate import evaluate_runner
+    from edgeskd.engine.report import f1_percent
     from edgeskd.runtime.onnxrt import OnnxRuntimeRunner
 
     path, val, calib, cache = setup
-    fp32_f1 = evaluate_runner(OnnxRuntimeRunner(path), val)["f1"]
+    fp32_f1 = f1_percent(OnnxRuntimeRunner(path), val)
     assert fp32_f1 == 100.0
     res = search_fp32_fallback(path, META, val, cache=cache, calib=calib, max_f1_drop=1.0, mode=mode,
                                time_budget_s=120)
@@ -83,7 +83,7 @@ def test_the_sensitive_layer_is_the_one_kept_in_fp32(setup, mode, tmp_path):
     for variant in ("s8s8", "u8s8"):
         q = quantize_qdq(path, tmp_path / f"{variant}.onnx", META, calib=None, cache=cache, variant=variant,
                          fp32_nodes=res.fp32_nodes)
-        assert evaluate_runner(OnnxRuntimeRunner(q), val)["f1"] >= fp32_f1 - 1.0
+        assert f1_percent(OnnxRuntimeRunner(q), val) >= fp32_f1 - 1.0
         rep = inspect_qdq(q)
         assert rep.fp32_layers == ["mid"] and rep.quantized_convs == 2
         if variant == "s8s8":

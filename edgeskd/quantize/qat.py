@@ -299,7 +299,7 @@ def _student_train_seconds(ckpt: dict) -> float | None:
 
 def _data(ckpt: dict, meta: ModelMeta, data: str | Path | None):
     from edgeskd.errors import DataError
-    from edgeskd.export.data import align_classes, data_ref_from_checkpoint, load_data
+    from edgeskd.data.artifact_data import align_classes, data_ref_from_checkpoint, load_data
 
     ls = align_classes(load_data(data_ref_from_checkpoint(ckpt), path=data), meta)
     for split in ("train", "val"):
@@ -467,6 +467,7 @@ def _check_options(epochs: int | None, lr: float | None, batch_size: int | None,
 def _evaluate_test(model: nn.Module, blob: bytes, ls, meta: ModelMeta) -> dict[str, Any]:
     """FP32 torch student vs the exported Q/DQ ONNX in ONNX Runtime on the test split (per subclass too)."""
     from edgeskd.distill.evaluate import evaluate_model
+    from edgeskd.metrics import as_percent
     from edgeskd.runtime.evaluate import evaluate_runner
     from edgeskd.runtime.onnxrt import OnnxRuntimeRunner
 
@@ -476,6 +477,7 @@ def _evaluate_test(model: nn.Module, blob: bytes, ls, meta: ModelMeta) -> dict[s
     fp32 = evaluate_model(model, meta, test)
     q = evaluate_runner(OnnxRuntimeRunner(blob), test)
     q.pop("logits", None)
+    q = as_percent(q)
     keys = ("f1", "accuracy", "auc", "per_subclass_accuracy")
     return {"n": len(test), "fp32": {k: fp32.get(k) for k in keys}, "onnx_int8": {k: q.get(k) for k in keys},
             "f1_drop": round(float(fp32["f1"]) - float(q["f1"]), 4)}
@@ -499,7 +501,7 @@ def run_qat(
     (default ``engines/<checkpoint>.qat.onnx``); see the module docstring. Nothing is written
     unless every step and check succeeds."""
     from edgeskd.distill.evaluate import EvalInputs
-    from edgeskd.export.data import align_classes, data_ref_from_checkpoint
+    from edgeskd.data.artifact_data import align_classes, data_ref_from_checkpoint
     from edgeskd.quantize.calibration import select_calibration
     from edgeskd.utils.io import atomic_path, check_output_file
 

@@ -136,14 +136,14 @@ class _Probe:
 
 
 def _batches(ls, meta: ModelMeta, indices: np.ndarray, batch_size: int = 64) -> list[np.ndarray]:
-    from edgeskd.runtime.evaluate import iter_batches
+    from edgeskd.runtime.evaluate import EvalInputs
 
-    return list(iter_batches(ls, meta, batch_size, indices))
+    return list(EvalInputs(ls, meta, batch_size=batch_size, indices=indices, cache_bytes=0).batches())
 
 
 def f1_of(logits: np.ndarray, meta: ModelMeta, labels: np.ndarray) -> float:
     """F1 (percent) of the positive class from raw logits (class or subclass, as ``meta`` says)."""
-    from edgeskd.runtime.metrics import precision_recall_f1
+    from edgeskd.metrics import precision_recall_f1
     from edgeskd.runtime.postprocess import class_probabilities
 
     pred = class_probabilities(logits, meta).argmax(axis=1)
