@@ -98,7 +98,7 @@ def calibrate_ranges(model, calib: Any, method: str, cache: str | Path) -> Path:
         onnx.save(model, str(src))
         calibrator = create_calibrator(src, op_types, augmented_model_path=str(Path(d) / "augmented.onnx"),
                                        calibrate_method=ort[settings.collector], extra_options=dict(settings.options))
-        calibrator.collect_data(calib.reader(model.graph.input[0].name))
+        _collect_by_shape(calibrator, calib.batches(), model.graph.input[0].name)
         if method == "entropy":
             ranges = _entropy_ranges(calibrator, ort["entropy"])
         else:
@@ -106,6 +106,32 @@ def calibrate_ranges(model, calib: Any, method: str, cache: str | Path) -> Path:
         del calibrator
     save_tensors_data(ranges, cache)
     return Path(cache)
+
+
+def _collect_by_shape(calibrator, batches, input_name: str) -> None:
+    """Feed ``batches`` to an ONNX Runtime calibrator, one ``collect_data`` call per run of equally
+    shaped batches. Its histogram collectors stack one call's outputs into a single array, which
+    fails on a smaller last batch; ranges and histograms accumulate over calls."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self, xs: list[np.ndarray]) -> None:
+            self._it = iter(xs)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            x = next(self._it, None)
+            return None if x is None else {input_name: x}
+
+    it = iter(batches)
+    pending = next(it, None)
+    while pending is not None:
+        group, pending = [pending], None
+        for x in it:
+            if x.shape != group[0].shape:
+                pending = x
+                break
+            group.append(x)
+        calibrator.collect_data(_Reader(group))
 
 
 def _entropy_ranges(calibrator, entropy_method) -> Any:
