@@ -1,6 +1,6 @@
 """PTQ recovery: per-layer INT8 sensitivity on validation, and the fewest layers to keep in FP32.
 
-DESIGN.md §4: when post-training quantization loses accuracy, first keep the most sensitive layers
+When post-training quantization loses accuracy, the usual first fix is to keep the most sensitive layers
 (typically the stem conv, depthwise convs, the head) in FP32. This module finds them:
 
 * ``rank_layers`` — one probe Q/DQ model per compute layer (Conv, Gemm, MatMul), scored against
@@ -57,6 +57,7 @@ class Trial:
     f1_drop: float
     passed: bool
     seconds: float
+    size_bytes: int = 0        # the Q/DQ model's file size with these layers in FP32
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -74,12 +75,39 @@ class FallbackResult:
     trials: list[Trial] = field(default_factory=list)
     seconds: float = 0.0
     stopped: str = ""              # why the search ended early ("time budget 300 s"), if it did
+    method: str = "minmax"         # the calibration method the Q/DQ models were built with
+    layer_costs: list[LayerCost] = field(default_factory=list)   # one per layer kept in FP32
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["ranking"] = [s.to_dict() for s in self.ranking]
         d["trials"] = [t.to_dict() for t in self.trials]
+        d["layer_costs"] = [c.to_dict() for c in self.layer_costs]
         return d
+
+    @property
+    def full_int8(self) -> Trial | None:
+        """The first trial: every layer INT8 (None if the search never ran one)."""
+        return self.trials[0] if self.trials and not self.trials[0].fp32_nodes else None
+
+    def trial_of(self, nodes: Sequence[str]) -> Trial | None:
+        return next((t for t in self.trials if set(t.fp32_nodes) == set(nodes)), None)
+
+
+@dataclass
+class LayerCost:
+    """What keeping one layer in FP32 costs and saves: the extra bytes of the model file and the F1
+    (points, validation) the model loses when just this layer goes back to INT8."""
+
+    node: str
+    op_type: str
+    weights: int
+    extra_bytes: int           # file size with the final list − with this layer back in INT8
+    f1_saved: float            # final F1 − F1 with this layer back in INT8
+    logit_error: float         # its sensitivity in the ranking (relative logit MSE)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def named_model(fp32_path: str | Path):
@@ -119,6 +147,7 @@ class _Probe:
         self.fp32_path, self.meta, self.cache, self.calib = fp32_path, meta, cache, calib
         self.method, self.variant, self.threads, self.workdir = method, variant, threads, workdir
         self._n = 0
+        self.last_size = 0
 
     def logits(self, fp32_nodes: Sequence[str], x: Sequence[np.ndarray]) -> np.ndarray:
         from edgeskd.quantize.qdq import quantize_qdq
@@ -129,8 +158,9 @@ class _Probe:
         quantize_qdq(self.fp32_path, path, self.meta, calib=self.calib, cache=self.cache, variant=self.variant,
                      method=self.method, fp32_nodes=list(fp32_nodes))
         self.calib = None if self.cache.is_file() else self.calib   # calibrated once, then cached
-        runner = OnnxRuntimeRunner(path, threads=self.threads)
-        out = np.concatenate([runner.infer(b) for b in x])
+        with OnnxRuntimeRunner(path, threads=self.threads) as runner:
+            out = np.concatenate([runner.infer(b) for b in x])
+        self.last_size = path.stat().st_size
         path.unlink(missing_ok=True)
         return out
 
@@ -205,13 +235,16 @@ def search_fp32_fallback(
     max_f1_drop: float = 1.0,
     mode: str = "only",
     time_budget_s: float = DEFAULT_BUDGET_S,
+    max_fp32_layers: int | None = None,
     threads: int | None = None,
     rank_images: int = RANK_IMAGES,
     log: Callable[[str], None] = lambda s: None,
 ) -> FallbackResult:
     """The fewest most-sensitive layers to keep in FP32 so that the ``variant`` Q/DQ model is within
-    ``max_f1_drop`` F1 points of FP32 on ``val`` (see the module docstring). Stops at
-    ``time_budget_s`` with the best passing list found so far (``passed=False`` if none passed)."""
+    ``max_f1_drop`` F1 points of FP32 on ``val`` (see the module docstring), at most
+    ``max_fp32_layers`` of them (None: no limit). Stops at ``time_budget_s`` with the best passing
+    list found so far (``passed=False`` if none passed). ``layer_costs`` says what each kept layer
+    costs in bytes and saves in F1."""
     from edgeskd.runtime.onnxrt import OnnxRuntimeRunner
 
     if time_budget_s <= 0:
@@ -223,28 +256,29 @@ def search_fp32_fallback(
     layers = candidate_layers(model)
     all_nodes = [n.name for n in model.graph.node]
     x_val = _batches(val, meta, np.arange(len(val)))
-    ref = OnnxRuntimeRunner(fp32_path, threads=threads)
-    ref_val = np.concatenate([ref.infer(b) for b in x_val])
+    with OnnxRuntimeRunner(fp32_path, threads=threads) as ref:
+        ref_val = np.concatenate([ref.infer(b) for b in x_val])
     fp32_f1 = f1_of(ref_val, meta, val.labels)
     rank_idx = _rank_indices(val, rank_images)
     x_rank = _batches(val, meta, rank_idx)
     with tempfile.TemporaryDirectory(prefix="edgeskd-sens-") as d:
         probe = _Probe(fp32_path, meta, cache=cache, calib=calib, method=method, variant=variant, threads=threads,
                        workdir=Path(d))
-        res = FallbackResult([], False, float("nan"), float("nan"), round(fp32_f1, 4), mode)
+        res = FallbackResult([], False, float("nan"), float("nan"), round(fp32_f1, 4), mode, method=method)
 
         def gate(nodes: list[str]) -> Trial:
             ts = time.monotonic()
             f1 = f1_of(probe.logits(nodes, x_val), meta, val.labels)
             drop = round(fp32_f1 - f1, 4)
-            t = Trial(list(nodes), round(f1, 4), drop, drop <= max_f1_drop, round(time.monotonic() - ts, 2))
+            t = Trial(list(nodes), round(f1, 4), drop, drop <= max_f1_drop, round(time.monotonic() - ts, 2),
+                      probe.last_size)
             res.trials.append(t)
-            log(f"  FP32 {len(nodes)} layer(s): F1 {f1:.2f} (drop {drop:+.2f}) {'pass' if t.passed else 'fail'}")
+            log(f"  {method} FP32 {len(nodes)} layer(s): F1 {f1:.2f} (drop {drop:+.2f}) {'pass' if t.passed else 'fail'}")
             return t
 
         full = gate([])
-        if full.passed:
-            res.fp32_nodes, res.passed, res.f1, res.f1_drop = [], True, full.f1, full.f1_drop
+        if full.passed or max_fp32_layers == 0:
+            res.fp32_nodes, res.passed, res.f1, res.f1_drop = [], full.passed, full.f1, full.f1_drop
         else:
             ranking, done = rank_layers(probe, layers, x_rank, val.labels[rank_idx], ref_val[rank_idx], mode=mode,
                                         deadline=deadline, all_nodes=all_nodes)
@@ -252,11 +286,27 @@ def search_fp32_fallback(
             log("  most sensitive: " + ", ".join(f"{s.node} ({s.logit_error:.3g})" for s in ranking[:5]))
             if not done:
                 res.stopped = f"time budget {time_budget_s:g} s (ranked {len(ranking)} of {len(layers)} layers)"
-            _grow_and_prune([s.node for s in ranking], gate, res, deadline, time_budget_s)
+            cap = len(ranking) if max_fp32_layers is None else max(0, int(max_fp32_layers))
+            _grow_and_prune([s.node for s in ranking][:cap], gate, res, deadline, time_budget_s)
+            if res.passed:
+                res.layer_costs = _layer_costs(res, gate)
     res.seconds = round(time.monotonic() - t0, 2)
     return res
 
 
+def _layer_costs(res: FallbackResult, gate: Callable[[list[str]], Trial]) -> list[LayerCost]:
+    """Per kept layer: the trial with just that layer back in INT8 (run now if the search did not)."""
+    final = res.trial_of(res.fp32_nodes)
+    ranked = {s.node: s for s in res.ranking}
+    out = []
+    for node in res.fp32_nodes:
+        rest = [n for n in res.fp32_nodes if n != node]
+        t = res.trial_of(rest) or gate(rest)
+        s = ranked.get(node)
+        out.append(LayerCost(node, s.op_type if s else "?", s.weights if s else 0,
+                             (final.size_bytes - t.size_bytes) if final else 0, round(res.f1 - t.f1, 4),
+                             s.logit_error if s else float("nan")))
+    return out
 def _grow_and_prune(order: list[str], gate: Callable[[list[str]], Trial], res: FallbackResult,
                     deadline: float, budget: float) -> None:
     """Smallest passing prefix of ``order`` (doubling, then bisection), then drop members whose
