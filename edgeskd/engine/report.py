@@ -11,12 +11,22 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+
 def f1_percent(runner, dataset, batch_size: int = 64) -> float:
     """F1 (percent) of ``runner`` on ``dataset``: the unit of the gate and the report."""
+    return val_scores(runner, dataset, batch_size)[0]
+
+
+def val_scores(runner, dataset, batch_size: int = 64) -> tuple[float, dict[str, float]]:
+    """(F1, accuracy per data subclass), percent, of ``runner`` on ``dataset``. SKD's value sits in
+    the hard subclasses: a small overall F1 drop can hide a large drop in one of them."""
     from edgeskd.metrics import as_percent
     from edgeskd.runtime.evaluate import evaluate_runner
 
-    return float(as_percent(evaluate_runner(runner, dataset, batch_size=batch_size))["f1"])
+    m = as_percent(evaluate_runner(runner, dataset, batch_size=batch_size))
+    return float(m["f1"]), dict(m.get("per_subclass_accuracy") or {})
 
 
 # Batch-1 medians closer than this are a tie: timing noise on a shared CPU is a few percent, so
@@ -38,6 +48,8 @@ class Candidate:
     passed: bool = False
     note: str = ""
     path: str = ""
+    per_subclass: dict[str, float] = field(default_factory=dict)   # accuracy (percent) per data subclass
+    fp32_layers: list[str] = field(default_factory=list)          # INT8 model's layers kept in FP32
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -55,19 +67,46 @@ class BuildReport:
     extra_artifacts: list[Path] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     calibration: str = ""
+    fp32_per_subclass: dict[str, float] = field(default_factory=dict)
+    subclass_counts: dict[str, int] = field(default_factory=dict)   # validation images per subclass
+    int8_plan: dict[str, Any] = field(default_factory=dict)        # quantize.recovery.Int8Plan.to_dict()
+    notes: list[str] = field(default_factory=list)                 # facts about the choice (not problems)
+    source: str = "fp32"                                           # fp32 ONNX, or a Q/DQ ONNX ("qdq")
 
     def to_dict(self) -> dict[str, Any]:
         return {"backend": self.backend, "precision": self.precision, "artifact": str(self.artifact),
-                "fp32_f1": self.fp32_f1, "winner": self.winner, "reason": self.reason,
+                "source": self.source, "fp32_f1": self.fp32_f1, "winner": self.winner, "reason": self.reason,
                 "candidates": [c.to_dict() for c in self.candidates],
                 "extra_artifacts": [str(p) for p in self.extra_artifacts], "warnings": self.warnings,
-                "calibration": self.calibration}
+                "notes": self.notes, "calibration": self.calibration, "int8_plan": self.int8_plan,
+                "fp32_per_subclass": self.fp32_per_subclass, "subclass_counts": self.subclass_counts,
+                "per_subclass_change": self.per_subclass_change()}
+
+    def per_subclass_change(self) -> dict[str, dict[str, float]]:
+        """Per candidate (not the FP32 reference): accuracy change (points) vs FP32 per subclass."""
+        out = {}
+        for c in self.candidates:
+            if c.note == "reference" or not c.per_subclass:
+                continue
+            out[c.name] = {k: round(v - self.fp32_per_subclass[k], 4) for k, v in c.per_subclass.items()
+                           if v is not None and self.fp32_per_subclass.get(k) is not None}
+        return out
+
+    def worst_subclass(self, name: str) -> tuple[str, float] | None:
+        """(subclass, change in points) of candidate ``name``'s largest per-subclass drop."""
+        ch = self.per_subclass_change().get(name) or {}
+        return min(ch.items(), key=lambda kv: kv[1]) if ch else None
 
 
 def gate(f1_fp32: float, f1_q: float, max_drop: float) -> tuple[bool, float]:
     """(passes, drop in points): the candidate may lose at most ``max_drop`` F1 points."""
     drop = round(f1_fp32 - f1_q, 4)
     return drop <= max_drop, drop
+
+
+def subclass_counts(dataset) -> dict[str, int]:
+    counts = np.bincount(np.asarray(dataset.subclasses, dtype=np.int64), minlength=len(dataset.subclass_names))
+    return {name: int(n) for name, n in zip(dataset.subclass_names, counts) if n}
 
 
 def fail_message(c: Candidate, fp32_f1: float, max_drop: float) -> str:

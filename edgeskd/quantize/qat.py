@@ -1,7 +1,7 @@
 """Quantization-aware distillation: fine-tune a student with INT8 fake quantization that follows
 TensorRT's rules, with the loss it was trained with, and export a Q/DQ ONNX with the learned scales.
 
-TensorRT's explicit quantization (DESIGN.md §4) fixes the arithmetic: symmetric INT8 (zero point 0,
+TensorRT's explicit quantization fixes the arithmetic: symmetric INT8 (zero point 0,
 range [-128, 127], scale = amax / 127), per-channel weights on the output-channel axis, per-tensor
 activations. The fake-quantized student reproduces exactly that:
 
@@ -464,6 +464,18 @@ def _check_options(epochs: int | None, lr: float | None, batch_size: int | None,
         raise UsageError(f"--calib-size {calib_size} must be >= 1")
 
 
+def _fp32_reference(model: nn.Module, val_inputs, meta: ModelMeta) -> dict[str, Any]:
+    """The FP32 student on the validation split (percent), with the split's fingerprint: the
+    reference ``build-engine`` gates this Q/DQ ONNX against (``quantize.qdq_source``)."""
+    from edgeskd.distill.evaluate import evaluate_logits, predict_logits
+    from edgeskd.quantize.qdq_source import split_fingerprint
+
+    val = val_inputs.dataset
+    m = evaluate_logits(predict_logits(model, val_inputs), meta, val.labels, val.subclasses, val.subclass_names)
+    return {"f1": float(m["f1"]), "per_subclass": m.get("per_subclass_accuracy") or {}, "n": len(val),
+            "fingerprint": split_fingerprint(val, meta)}
+
+
 def _evaluate_test(model: nn.Module, blob: bytes, ls, meta: ModelMeta) -> dict[str, Any]:
     """FP32 torch student vs the exported Q/DQ ONNX in ONNX Runtime on the test split (per subclass too)."""
     from edgeskd.distill.evaluate import evaluate_model
@@ -533,8 +545,10 @@ def run_qat(
                                         lr=lr, scale_lr=SCALE_LR, log=log)
     seconds = round(time.perf_counter() - t0, 2)
     ref = data_ref_from_checkpoint(inp.ckpt)
+    reference = _fp32_reference(inp.model, val_inputs, meta)
     settings = {"epochs": n_epochs, "lr": lr, "scale_lr": SCALE_LR, "batch_size": bs, "loss": inp.mode,
-                "teacher": inp.teacher_path, "calibration": calib.source, "seconds": seconds, **counts}
+                "teacher": inp.teacher_path, "calibration": calib.source, "seconds": seconds, **counts,
+                "checkpoint": str(Path(checkpoint).resolve()), "reference": reference}
     qmeta = meta.replace(precision="int8", model_name=f"{meta.model_name or Path(checkpoint).stem}-qat", extra={
         **meta.extra, **({"data": ref} if ref else {}),
         "quant": {"variant": "s8s8", "calibration": "qat", "method": "qat", "weights": "int8", "qat": settings}})
@@ -549,7 +563,7 @@ def run_qat(
     test = _evaluate_test(inp.model, blob, ls, meta)
     with atomic_path(out) as tmp:
         tmp.write_bytes(blob)
-    val = {"fp32": _val_f1(inp.model, val_inputs, meta), "ptq": f1_ptq, "qat": f1_qat}
+    val = {"fp32": reference["f1"], "ptq": f1_ptq, "qat": f1_qat}
     notes = [f"{counts['batchnorm_left']} BatchNorm layer(s) could not be folded; they run after the INT8 conv"] \
         if counts["batchnorm_left"] else []
     return QATResult(out, qmeta, inp.mode, inp.teacher_path, n_epochs, lr, seconds,
