@@ -25,6 +25,7 @@ from edgeskd.runtime.timing import throughput, time_infer
 ROW_KEYS = ("name", "path", "backend", "precision", "size_mb", "params", "f1", "accuracy", "auc",
             "latency_p50_ms", "latency_p99_ms", "throughput", "peak_mem_mb", "flops_per_image",
             "gflops_achieved", "pct_of_gemm_peak", "speedup_vs_torch_student", "f1_change_vs_fp32",
+            "per_subclass_accuracy", "subclass_change_vs_fp32", "worst_subclass_change",
             "model_name", "status", "error")
 
 
@@ -67,6 +68,11 @@ class Row:
     pct_of_gemm_peak: float | None = None
     speedup_vs_torch_student: float | None = None
     f1_change_vs_fp32: float | None = None
+    # accuracy per data subclass (percent), and its change in points vs the same FP32 source as
+    # f1_change_vs_fp32: SKD's value sits in the hard subclasses, where INT8 can lose more than overall
+    per_subclass_accuracy: dict[str, float] = field(default_factory=dict)
+    subclass_change_vs_fp32: dict[str, float] = field(default_factory=dict)
+    worst_subclass_change: dict[str, Any] | None = None    # {"subclass", "change"}: the largest drop
     model_name: str = ""
     status: str = "ok"
     error: str | None = None
@@ -170,6 +176,8 @@ def bench_artifact(art: Artifact, dataset, opts: BenchOptions, *, input_cache: d
                 _check_matches_data(meta, dataset)
                 m = as_percent(evaluate_runner(runner, dataset, batch_size=opts.eval_batch))
                 row.f1, row.accuracy, row.auc = m["f1"], m["accuracy"], m["auc"]
+                row.per_subclass_accuracy = {k: v for k, v in (m.get("per_subclass_accuracy") or {}).items()
+                                             if v is not None}
                 _time_batches(row, runner, dataset, opts, cache, clock)
                 flops, params = _static_info(fmt, art.path, runner)
                 row.flops_per_image = None if flops is None else float(flops)
@@ -206,11 +214,21 @@ def add_comparisons(rows: list[Row], gemm_peak_gflops: float | None) -> None:
             source = fp32_onnx.get(r.model_name) or torch_rows.get(r.model_name)
         if source is not None and r.f1 is not None and source.f1 is not None:
             r.f1_change_vs_fp32 = round(r.f1 - source.f1, 4)
+            _subclass_change(r, source)
         if r.flops_per_image and r.throughput:
             best = max(r.throughput.values())
             r.gflops_achieved = round(r.flops_per_image * best / 1e9, 3)
             if gemm_peak_gflops:
                 r.pct_of_gemm_peak = round(100.0 * r.gflops_achieved / gemm_peak_gflops, 2)
+
+
+def _subclass_change(r: Row, source: Row) -> None:
+    """Per-subclass accuracy change (points) of ``r`` vs its FP32 ``source``, and the largest drop."""
+    r.subclass_change_vs_fp32 = {k: round(v - source.per_subclass_accuracy[k], 4)
+                                 for k, v in r.per_subclass_accuracy.items() if k in source.per_subclass_accuracy}
+    if r.subclass_change_vs_fp32:
+        k = min(r.subclass_change_vs_fp32, key=r.subclass_change_vs_fp32.get)
+        r.worst_subclass_change = {"subclass": k, "change": r.subclass_change_vs_fp32[k]}
 
 
 def run_bench(artifacts: Iterable[Artifact], dataset, opts: BenchOptions, *, machine: dict[str, Any],
