@@ -107,7 +107,9 @@ def test_build_engine_takes_a_qat_onnx_without_calibration(qat_onnx, tmp_path, c
                        max_f1_drop=100)
     assert not (tmp_path / "calib").exists() and rep.source == "qdq" and rep.calibration.startswith("none")
     assert rep.int8_plan == {} and rep.extra_artifacts == []
-    recorded = OnnxRuntimeRunner(src).meta.extra["quant"]["qat"]["reference"]
+    qat = OnnxRuntimeRunner(src).meta.extra["quant"]["qat"]
+    recorded = qat["reference"]
+    assert qat["range_init"] in ("max", "entropy") and qat["checkpoint"].endswith("student-skd.pt")
     assert rep.fp32_f1 == recorded["f1"] and rep.fp32_per_subclass == recorded["per_subclass"]
     names = {c.name: c for c in rep.candidates}
     assert set(names) == {"fp32", "qat-s8s8", "fp32-noqdq"} and names["fp32"].note == "reference"

@@ -8,8 +8,9 @@ activations. The fake-quantized student reproduces exactly that:
 * BatchNorm is folded into the convolution before fine-tuning (what TensorRT and ONNX Runtime run
   is the folded weight, so that is what gets quantized and trained);
 * every Conv2d and every Linear but the head quantizes its input activation (per tensor, learnable
-  amax initialised by TensorRT's entropy calibration on training images) and its weight (per output
-  channel, amax = max |w|, recomputed each step); the head stays FP32 like the PTQ path's head;
+  amax initialised on training images by min/max or TensorRT's entropy calibration, whichever
+  scores better on validation) and its weight (per output channel, amax = max |w|, recomputed
+  each step); the head stays FP32 like the PTQ path's head;
 * rounding passes gradients straight through (STE), and the activation amax gets the LSQ gradient
   (it is trained in log space);
 * export replaces each fake quantizer by ``torch.fake_quantize_per_*_affine``, which the ONNX
@@ -64,6 +65,7 @@ class ActQuant(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.log_amax = nn.Parameter(torch.zeros(()))
+        self.init_amax: dict[str, float] = {}
         self.calibrating = False
         self.exporting = False
         self._seen: list[torch.Tensor] = []
@@ -89,7 +91,8 @@ class ActQuant(nn.Module):
         self._seen.append(v)
 
     def finish_calibration(self) -> None:
-        """amax from TensorRT's entropy calibration on a 2048-bin histogram of the seen |x|."""
+        """Candidate amax values from the seen |x|: ``max`` (min/max calibration) and ``entropy``
+        (TensorRT's entropy calibration on a 2048-bin histogram); ``use_init`` picks one."""
         from edgeskd.quantize.calibration import entropy_amax
 
         v = torch.cat(self._seen).numpy() if self._seen else np.zeros(1, np.float32)
@@ -99,7 +102,11 @@ class ActQuant(nn.Module):
         if top > 0:
             hist, edges = np.histogram(v, bins=2048, range=(0.0, top))
             amax = entropy_amax(hist, edges)
-        self.log_amax.data.fill_(float(np.log(max(amax, 1e-6))))
+        self.init_amax = {"max": max(top, 1e-6), "entropy": max(amax, 1e-6)}
+        self.use_init("entropy")
+
+    def use_init(self, which: str) -> None:
+        self.log_amax.data.fill_(float(np.log(self.init_amax[which])))
 
 
 class _QuantLayer(nn.Module):
@@ -192,6 +199,24 @@ def calibrate(model: nn.Module, batches: Sequence[np.ndarray]) -> None:
             m.input_quant.calibrating = False
     for m in layers:
         m.input_quant.finish_calibration()
+
+
+INITS = ("max", "entropy")
+
+
+def choose_init(model: nn.Module, val_inputs, meta: ModelMeta) -> tuple[str, dict[str, float]]:
+    """Start the activation ranges from the calibration (``INITS``) whose fake-quantized model has
+    the best validation F1 — which clips best depends on the model (entropy clipping costs some
+    models more than the outliers it removes). Returns (choice, F1 of each)."""
+    f1 = {}
+    for which in INITS:
+        for m in quant_layers(model):
+            m.input_quant.use_init(which)
+        f1[which] = _val_f1(model, val_inputs, meta)
+    best = max(INITS, key=lambda w: (f1[w], w == "entropy"))
+    for m in quant_layers(model):
+        m.input_quant.use_init(best)
+    return best, f1
 
 
 def set_exporting(model: nn.Module, on: bool) -> None:
@@ -535,6 +560,9 @@ def run_qat(
     t0 = time.perf_counter()
     calibrate(qmodel, list(calib.batches()))
     val_inputs = EvalInputs(ls.split("val"), meta, batch_size=128)
+    init, init_f1 = choose_init(qmodel, val_inputs, meta)
+    log("activation ranges start from " + ", ".join(f"{k} calibration (val F1 {v:.2f})" for k, v in init_f1.items())
+        + f": {init}")
     loss_fn = distillation_loss(inp.mode, inp.teacher_meta, alpha=float(cfg.get("alpha", 0.5)),
                                 temperature=float(cfg.get("temperature", 4.0)))
     loader = _loader(ls.split("train"), meta, batch_size=bs, augment=bool(cfg.get("augment", True)), seed=seed)
@@ -547,7 +575,8 @@ def run_qat(
     ref = data_ref_from_checkpoint(inp.ckpt)
     reference = _fp32_reference(inp.model, val_inputs, meta)
     settings = {"epochs": n_epochs, "lr": lr, "scale_lr": SCALE_LR, "batch_size": bs, "loss": inp.mode,
-                "teacher": inp.teacher_path, "calibration": calib.source, "seconds": seconds, **counts,
+                "teacher": inp.teacher_path, "calibration": calib.source, "range_init": init, "seconds": seconds,
+                **counts,
                 "checkpoint": str(Path(checkpoint).resolve()), "reference": reference}
     qmeta = meta.replace(precision="int8", model_name=f"{meta.model_name or Path(checkpoint).stem}-qat", extra={
         **meta.extra, **({"data": ref} if ref else {}),
