@@ -110,6 +110,7 @@ def test_build_engine_takes_a_qat_onnx_without_calibration(qat_onnx, tmp_path, c
     qat = OnnxRuntimeRunner(src).meta.extra["quant"]["qat"]
     recorded = qat["reference"]
     assert qat["range_init"] in ("max", "entropy") and qat["checkpoint"].endswith("student-skd.pt")
+    assert qat["source_model"] == "student-skd"
     assert rep.fp32_f1 == recorded["f1"] and rep.fp32_per_subclass == recorded["per_subclass"]
     names = {c.name: c for c in rep.candidates}
     assert set(names) == {"fp32", "qat-s8s8", "fp32-noqdq"} and names["fp32"].note == "reference"
@@ -148,8 +149,15 @@ def test_bench_reports_int8_vs_fp32_per_subclass():
                per_subclass_accuracy={"a": 95.0, "b": 80.0})
     q = Row("s.int8.onnx", "s.int8.onnx", "onnxruntime", "int8", f1=89.5, model_name="student-skd",
             per_subclass_accuracy={"a": 96.0, "b": 72.5})
-    add_comparisons([fp32, q], None)
+    # a QAT model and its Q/DQ-free copy compare with the FP32 student they came from
+    qat = Row("s.qat.onnx", "s.qat.onnx", "onnxruntime", "int8", f1=89.0, model_name="student-skd-qat",
+              fp32_source_model="student-skd", per_subclass_accuracy={"a": 95.0, "b": 78.0})
+    plain = Row("s.qat.fp32.cpu.onnx", "p", "onnxruntime", "fp32", f1=91.0, model_name="student-skd-qat",
+                fp32_source_model="student-skd", per_subclass_accuracy={"a": 95.0, "b": 80.0})
+    add_comparisons([fp32, q, plain, qat], None)
     assert q.f1_change_vs_fp32 == -0.5 and q.subclass_change_vs_fp32 == {"a": 1.0, "b": -7.5}
     assert q.worst_subclass_change == {"subclass": "b", "change": -7.5} and fp32.worst_subclass_change is None
+    assert qat.f1_change_vs_fp32 == -1.0 and qat.worst_subclass_change == {"subclass": "b", "change": -2.0}
+    assert plain.f1_change_vs_fp32 == 1.0
     md = markdown({"machine": {}, "rows": [fp32.to_dict(), q.to_dict()]})
     assert "b -7.5" in md and "| b | 72.5 (-7.5) |" in md

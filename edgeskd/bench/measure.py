@@ -26,7 +26,7 @@ ROW_KEYS = ("name", "path", "backend", "precision", "size_mb", "params", "f1", "
             "latency_p50_ms", "latency_p99_ms", "throughput", "peak_mem_mb", "flops_per_image",
             "gflops_achieved", "pct_of_gemm_peak", "speedup_vs_torch_student", "f1_change_vs_fp32",
             "per_subclass_accuracy", "subclass_change_vs_fp32", "worst_subclass_change",
-            "model_name", "status", "error")
+            "model_name", "fp32_source_model", "status", "error")
 
 
 @dataclass
@@ -74,6 +74,7 @@ class Row:
     subclass_change_vs_fp32: dict[str, float] = field(default_factory=dict)
     worst_subclass_change: dict[str, Any] | None = None    # {"subclass", "change"}: the largest drop
     model_name: str = ""
+    fp32_source_model: str = ""    # a QAT model's FP32 student (the model_name its FP32 source has)
     status: str = "ok"
     error: str | None = None
 
@@ -173,6 +174,8 @@ def bench_artifact(art: Artifact, dataset, opts: BenchOptions, *, input_cache: d
                 row.backend = runner.backend
                 row.precision = meta.precision
                 row.model_name = meta.model_name or art.name
+                qat = ((meta.extra or {}).get("quant") or {}).get("qat") or {}
+                row.fp32_source_model = str(qat.get("source_model") or "") if isinstance(qat, dict) else ""
                 _check_matches_data(meta, dataset)
                 m = as_percent(evaluate_runner(runner, dataset, batch_size=opts.eval_batch))
                 row.f1, row.accuracy, row.auc = m["f1"], m["accuracy"], m["auc"]
@@ -206,8 +209,11 @@ def add_comparisons(rows: list[Row], gemm_peak_gflops: float | None) -> None:
         if ref is not None and r.latency_p50_ms and ref.latency_p50_ms:
             r.speedup_vs_torch_student = round(ref.latency_p50_ms / r.latency_p50_ms, 3)
         # FP32 source: the FP32 ONNX of the same model for reduced precisions; the checkpoint for it.
+        # (a QAT model, or its copy without Q/DQ: the FP32 student it was fine-tuned from)
         if r.backend == "torch":
             source = None
+        elif r.fp32_source_model:
+            source = fp32_onnx.get(r.fp32_source_model) or torch_rows.get(r.fp32_source_model)
         elif r.precision == "fp32" and r.backend == "onnxruntime":
             source = torch_rows.get(r.model_name)
         else:

@@ -577,7 +577,8 @@ def run_qat(
     settings = {"epochs": n_epochs, "lr": lr, "scale_lr": SCALE_LR, "batch_size": bs, "loss": inp.mode,
                 "teacher": inp.teacher_path, "calibration": calib.source, "range_init": init, "seconds": seconds,
                 **counts,
-                "checkpoint": str(Path(checkpoint).resolve()), "reference": reference}
+                "checkpoint": str(Path(checkpoint).resolve()), "source_model": meta.model_name or Path(checkpoint).stem,
+                "reference": reference}
     qmeta = meta.replace(precision="int8", model_name=f"{meta.model_name or Path(checkpoint).stem}-qat", extra={
         **meta.extra, **({"data": ref} if ref else {}),
         "quant": {"variant": "s8s8", "calibration": "qat", "method": "qat", "weights": "int8", "qat": settings}})
