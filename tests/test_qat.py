@@ -102,9 +102,9 @@ def test_qat_end_to_end_with_its_teacher(tmp_path, cli):
     onnx.checker.check_model(m, full_check=True)
     assert min(o.version for o in m.opset_import if o.domain in ("", "ai.onnx")) >= 13
     rep = inspect_qdq(m)
-    assert rep.problems() == [] and rep.n_quantize > 10 and rep.n_dequantize > rep.n_quantize
     convs = [n for n in m.graph.node if n.op_type == "Conv"]
-    assert rep.quantized_convs == len(convs) > 10 and rep.int32_dq == []
+    assert rep.problems() == [] and rep.n_quantize >= len(convs) and rep.n_dequantize > rep.n_quantize
+    assert rep.quantized_convs == len(convs) >= 5 and rep.int32_dq == []      # every conv of tiny_cnn
     inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
     producer = {o: n for n in m.graph.node for o in n.output}
     for conv in convs:                                  # INT8 weights → DQ with one scale per output channel
