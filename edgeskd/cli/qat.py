@@ -45,3 +45,4 @@ def qat(
                       f"{t['onnx_int8']['f1']:.2f} (drop {t['f1_drop']:+.2f})")
     console.print(f"parity torch fake-quant vs ONNX Runtime: max |Δ logit| {res.parity['max_abs_diff']:.3g}, "
                   f"top-1 agreement {100 * res.parity['top1_agreement']:.1f}%")
+    console.print(f"next: edgeskd build-engine {res.path}  (TensorRT builds it as is; no calibration)", markup=False)
