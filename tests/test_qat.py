@@ -148,3 +148,18 @@ def test_qat_bad_input(tmp_path, cli):
     assert "--teacher" in err(run / "student-skd.pt", "--teacher", tmp_path / "missing.pt")
     assert "--epochs" in err(run / "student-skd.pt", "--teacher", tmp_path / "elsewhere.pt", "--epochs", "0")
     assert not list(tmp_path.glob(".o.qat.onnx*"))        # no temporary left behind
+
+
+def test_qat_trains_with_the_students_augmentation():
+    """The fine-tuning batches are augmented as the student's were (the run's --augment policy; an
+    older run's true / false): a string policy read as a boolean turned 'none' into augmentation."""
+    from test_export import tiny_set
+
+    from edgeskd.quantize.qat import _loader
+
+    meta = ModelMeta(class_names=["hp", "ssa"], subclass_names=SUBS, subclass_to_class=S2C, input_size=(32, 32))
+    train = tiny_set(30).split("train")
+    for policy, augmented in (("none", False), (False, False), ("endoscopy", True), (True, True)):
+        assert _loader(train, meta, batch_size=4, augment=policy, seed=0).dataset.train is augmented
+    flip = _loader(train, meta, batch_size=4, augment="flip", seed=0).dataset
+    assert flip.train and not flip.rotate and flip.jitter == 0.0

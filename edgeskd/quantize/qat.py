@@ -341,12 +341,22 @@ def _val_f1(model: nn.Module, inputs, meta: ModelMeta) -> float:
     return float(evaluate_logits(predict_logits(model, inputs), meta, inputs.labels)["f1"])
 
 
-def _loader(train_ls, meta: ModelMeta, *, batch_size: int, augment: bool, seed: int):
+def _loader(train_ls, meta: ModelMeta, *, batch_size: int, augment: str | bool, seed: int):
+    """The training split in batches with the augmentation the student was trained with
+    (``augment``: the run's policy, endoscopy | flip | none, or an older run's true / false)."""
     from torch.utils.data import DataLoader, RandomSampler
 
     from edgeskd.data.torch_dataset import ImageDataset
 
-    ds = ImageDataset(train_ls, meta.input_size, meta.mean, meta.std, train=augment, target="subclass", seed=seed)
+    from edgeskd.distill.config import AUGMENT_POLICIES, augment_policy
+    from edgeskd.distill.loop import AUGMENT_ARGS
+
+    policy = augment_policy(augment)
+    if policy not in AUGMENT_POLICIES:
+        raise ArtifactError(f"the checkpoint's training augmentation {augment!r} is unknown here; "
+                            f"expected one of {', '.join(AUGMENT_POLICIES)}")
+    ds = ImageDataset(train_ls, meta.input_size, meta.mean, meta.std, target="subclass", seed=seed,
+                      **AUGMENT_ARGS[policy])
     sampler = RandomSampler(ds, generator=torch.Generator().manual_seed(seed))
     return DataLoader(ds, batch_size=batch_size, sampler=sampler, drop_last=len(ds) > batch_size)
 
@@ -565,7 +575,7 @@ def run_qat(
         + f": {init}")
     loss_fn = distillation_loss(inp.mode, inp.teacher_meta, alpha=float(cfg.get("alpha", 0.5)),
                                 temperature=float(cfg.get("temperature", 4.0)))
-    loader = _loader(ls.split("train"), meta, batch_size=bs, augment=bool(cfg.get("augment", True)), seed=seed)
+    loader = _loader(ls.split("train"), meta, batch_size=bs, augment=cfg.get("augment", "endoscopy"), seed=seed)
     log(f"QAT of {checkpoint} ({inp.mode}{', teacher ' + inp.teacher_path if inp.teacher_path else ''}): "
         f"{counts['quantized_layers']} layers fake-quantized, {counts['batchnorm_folded']} BatchNorm folded, "
         f"{n_epochs} epoch(s) at lr {lr:g}")
