@@ -30,7 +30,8 @@ ROW_KEYS = ("name", "path", "backend", "precision", "size_mb", "params", "f1", "
             "latency_p50_ms", "latency_p99_ms", "throughput", "peak_mem_mb", "flops_per_image",
             "gflops_achieved", "pct_of_gemm_peak", "speedup_vs_torch_student", "f1_change_vs_fp32",
             "ece_change_vs_fp32", "npv_change_vs_fp32", "coverage_change_vs_fp32",
-            "model_name", "status", "error")
+            "per_subclass_accuracy", "subclass_change_vs_fp32", "worst_subclass_change",
+            "model_name", "fp32_source_model", "status", "error")
 
 
 @dataclass
@@ -80,7 +81,13 @@ class Row:
     ece_change_vs_fp32: float | None = None
     npv_change_vs_fp32: float | None = None
     coverage_change_vs_fp32: float | None = None
+    # accuracy per data subclass (percent), and its change in points vs the same FP32 source as
+    # f1_change_vs_fp32: SKD's value sits in the hard subclasses, where INT8 can lose more than overall
+    per_subclass_accuracy: dict[str, float] = field(default_factory=dict)
+    subclass_change_vs_fp32: dict[str, float] = field(default_factory=dict)
+    worst_subclass_change: dict[str, Any] | None = None    # {"subclass", "change"}: the largest drop
     model_name: str = ""
+    fp32_source_model: str = ""    # a QAT model's FP32 student (the model_name its FP32 source has)
     status: str = "ok"
     error: str | None = None
 
@@ -189,11 +196,15 @@ def bench_artifact(art: Artifact, dataset, opts: BenchOptions, *, input_cache: d
                 row.backend = runner.backend
                 row.precision = meta.precision
                 row.model_name = meta.model_name or art.name
+                qat = ((meta.extra or {}).get("quant") or {}).get("qat") or {}
+                row.fp32_source_model = str(qat.get("source_model") or "") if isinstance(qat, dict) else ""
                 _check_matches_data(meta, dataset)
                 raw = evaluate_runner(runner, dataset, batch_size=opts.eval_batch)
                 m = as_percent(raw)
                 row.f1, row.accuracy, row.auc = m["f1"], m["accuracy"], m["auc"]
                 _add_clinical(row, raw["logits"], meta, dataset.labels)
+                row.per_subclass_accuracy = {k: v for k, v in (m.get("per_subclass_accuracy") or {}).items()
+                                             if v is not None}
                 _time_batches(row, runner, dataset, opts, cache, clock)
                 flops, params = _static_info(fmt, art.path, runner)
                 row.flops_per_image = None if flops is None else float(flops)
@@ -222,14 +233,18 @@ def add_comparisons(rows: list[Row], gemm_peak_gflops: float | None) -> None:
         if ref is not None and r.latency_p50_ms and ref.latency_p50_ms:
             r.speedup_vs_torch_student = round(ref.latency_p50_ms / r.latency_p50_ms, 3)
         # FP32 source: the FP32 ONNX of the same model for reduced precisions; the checkpoint for it.
+        # (a QAT model, or its copy without Q/DQ: the FP32 student it was fine-tuned from)
         if r.backend == "torch":
             source = None
+        elif r.fp32_source_model:
+            source = fp32_onnx.get(r.fp32_source_model) or torch_rows.get(r.fp32_source_model)
         elif r.precision == "fp32" and r.backend == "onnxruntime":
             source = torch_rows.get(r.model_name)
         else:
             source = fp32_onnx.get(r.model_name) or torch_rows.get(r.model_name)
         if source is not None and r.f1 is not None and source.f1 is not None:
             r.f1_change_vs_fp32 = round(r.f1 - source.f1, 4)
+            _subclass_change(r, source)
         if source is not None:
             for k in ("ece", "npv", "coverage"):
                 a, b = getattr(r, k), getattr(source, k)
@@ -239,6 +254,15 @@ def add_comparisons(rows: list[Row], gemm_peak_gflops: float | None) -> None:
             r.gflops_achieved = round(r.flops_per_image * best / 1e9, 3)
             if gemm_peak_gflops:
                 r.pct_of_gemm_peak = round(100.0 * r.gflops_achieved / gemm_peak_gflops, 2)
+
+
+def _subclass_change(r: Row, source: Row) -> None:
+    """Per-subclass accuracy change (points) of ``r`` vs its FP32 ``source``, and the largest drop."""
+    r.subclass_change_vs_fp32 = {k: round(v - source.per_subclass_accuracy[k], 4)
+                                 for k, v in r.per_subclass_accuracy.items() if k in source.per_subclass_accuracy}
+    if r.subclass_change_vs_fp32:
+        k = min(r.subclass_change_vs_fp32, key=r.subclass_change_vs_fp32.get)
+        r.worst_subclass_change = {"subclass": k, "change": r.subclass_change_vs_fp32[k]}
 
 
 def run_bench(artifacts: Iterable[Artifact], dataset, opts: BenchOptions, *, machine: dict[str, Any],

@@ -13,8 +13,7 @@ COLUMNS = (
     ("latency_p50_ms", "p50 ms"), ("latency_p99_ms", "p99 ms"),
     ("throughput", "img/s"), ("peak_mem_mb", "mem MB"), ("flops_per_image", "MFLOP"),
     ("pct_of_gemm_peak", "% peak"), ("speedup_vs_torch_student", "× torch"), ("f1_change_vs_fp32", "ΔF1"),
-    ("npv_change_vs_fp32", "ΔNPV"),
-    ("status", "status"),
+    ("npv_change_vs_fp32", "ΔNPV"), ("worst_subclass_change", "worst subclass Δ"), ("status", "status"),
 )
 
 
@@ -29,6 +28,8 @@ def _fmt(key: str, v: Any) -> str:
         return f"{v / 1e6:.2f}M" if v >= 1e5 else f"{v:,}"
     if key in ("f1_change_vs_fp32", "npv_change_vs_fp32"):
         return f"{v:+.2f}"
+    if key == "worst_subclass_change":
+        return f"{v['subclass']} {v['change']:+.1f}"
     if key == "speedup_vs_torch_student":
         return f"{v:.2f}×"
     if isinstance(v, float):
@@ -72,11 +73,41 @@ def _caption(result: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def subclass_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the per-subclass table: accuracy per data subclass of every row compared
+    with an FP32 source, as "accuracy (change vs FP32)"; empty when no row has such a comparison."""
+    rows = [r for r in result["rows"] if r.get("status") == "ok" and r.get("subclass_change_vs_fp32")]
+    if not rows:
+        return [], []
+    subs = list(dict.fromkeys(k for r in rows for k in r["subclass_change_vs_fp32"]))
+    head = ["subclass"] + [f"{r['name']} ({r['backend']})" for r in rows]
+    body = [[k] + [f"{r['per_subclass_accuracy'][k]:.1f} ({r['subclass_change_vs_fp32'][k]:+.1f})"
+                   if k in r["subclass_change_vs_fp32"] else "–" for r in rows] for k in subs]
+    return head, body
+
+
+def subclass_table(result: dict[str, Any]):
+    from rich.table import Table
+
+    head, body = subclass_rows(result)
+    t = Table(title="accuracy per subclass (%), change vs FP32 in points")
+    for i, h in enumerate(head):
+        t.add_column(h, justify="left" if i == 0 else "right", overflow="fold")
+    for b in body:
+        t.add_row(*b)
+    return t
+
+
 def markdown(result: dict[str, Any]) -> str:
     heads = [h for _, h in COLUMNS]
     lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in cells(r)) + " |" for r in result["rows"]]
-    return "\n".join(lines) + "\n\n" + _caption(result) + "\n"
+    out = "\n".join(lines) + "\n\n" + _caption(result) + "\n"
+    head, body = subclass_rows(result)
+    if head:
+        out += ("\nAccuracy per subclass (%), change vs FP32 in points:\n\n| " + " | ".join(head) + " |\n|"
+                + "---|" * len(head) + "\n" + "".join("| " + " | ".join(b) + " |\n" for b in body))
+    return out
 
 
 def plot(result: dict[str, Any], path: str | Path) -> Path:

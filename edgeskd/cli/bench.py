@@ -38,12 +38,12 @@ def bench(
     markdown: Annotated[bool, typer.Option("--markdown", help="Print a markdown table instead of a rich table.")] = False,
 ) -> None:
     """Bench every artifact: F1/accuracy/AUC through the runtime, latency p50/p99, throughput, size,
-    FLOPs vs this machine's measured GEMM peak, speed-up vs torch eager, F1 change vs FP32."""
+    FLOPs vs this machine's measured GEMM peak, speed-up vs torch eager, F1 change vs FP32 (and per subclass)."""
     from edgeskd.bench.discover import discover
     from edgeskd.bench.machine import machine_info
     from edgeskd.bench.measure import BenchOptions, run_bench
     from edgeskd.bench.report import markdown as to_markdown
-    from edgeskd.bench.report import plot, rich_table
+    from edgeskd.bench.report import plot, rich_table, subclass_rows, subclass_table
     from edgeskd.data.artifact_data import data_refs, describe_data_ref, load_data
     from edgeskd.utils.io import check_output_file, write_json_atomic
 
@@ -80,6 +80,8 @@ def bench(
         console.print(to_markdown(result), markup=False, soft_wrap=True)
     else:
         console.print(rich_table(result))
+        if subclass_rows(result)[0]:
+            console.print(subclass_table(result))
     console.print(f"wrote {out}" + (f" and {plot_path}" if plot_path else ""))
     failed = [r for r in result["rows"] if r["status"] != "ok"]
     if failed:

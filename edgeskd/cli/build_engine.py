@@ -54,7 +54,7 @@ def parse_overrides(input_size: str | None, classes: str | None) -> dict | None:
 
 @cli_command
 def build_engine(
-    onnx: Annotated[Path, typer.Argument(help="FP32 ONNX from `edgeskd export`.")],
+    onnx: Annotated[Path, typer.Argument(help="FP32 ONNX from `edgeskd export`, or a Q/DQ INT8 ONNX from `edgeskd qat` (built as is, --precision int8).")],
     precision: Annotated[Precision, typer.Option("--precision", help="Artifact precision.")] = Precision.int8,
     backend: Annotated[Backend, typer.Option("--backend", help="auto = tensorrt with a GPU, else onnxruntime.")] = Backend.auto,
     out: Annotated[Path | None, typer.Option("--out", help="Output artifact (default next to the ONNX).")] = None,
@@ -72,6 +72,9 @@ def build_engine(
     weight_qdq_pair: Annotated[bool, typer.Option("--weight-qdq-pair", help="Float weights with Q→DQ pairs instead of INT8 weights.")] = False,
     input_size: Annotated[str | None, typer.Option("--input-size", help="HxW, for an ONNX without edgeskd metadata.")] = None,
     classes: Annotated[str | None, typer.Option("--classes", help="Comma-separated class names, for an ONNX without metadata.")] = None,
+    recovery: Annotated[bool, typer.Option("--recovery/--no-recovery", help="INT8 failing the gate: keep the most sensitive layers in FP32, try other calibrations.")] = True,
+    recovery_budget: Annotated[float, typer.Option("--recovery-budget", help="Time limit of PTQ recovery, seconds.")] = 600.0,
+    max_fp32_layers: Annotated[int | None, typer.Option("--max-fp32-layers", help="Most layers recovery may keep in FP32 (default: a quarter of them).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Build an INT8 (Q/DQ), FP16 or FP32 artifact; INT8/FP16 must pass the accuracy gate."""
@@ -83,7 +86,8 @@ def build_engine(
         calib_size=calib_size, calib_seed=calib_seed, calib_method=calib_method.value, calib_dir=calib_dir,
         max_f1_drop=max_f1_drop,
         force=force, workspace_gib=workspace, max_batch=max_batch, threads=threads, weight_qdq_pair=weight_qdq_pair,
-        meta_overrides=parse_overrides(input_size, classes), log=log,
+        meta_overrides=parse_overrides(input_size, classes), recovery=recovery, recovery_budget_s=recovery_budget,
+        max_fp32_layers=max_fp32_layers, log=log,
     )
     for w in rep.warnings:
         warn(w)
@@ -106,7 +110,11 @@ def build_engine(
     console.print(f"ECE, NPV and coverage (%) on the validation split at the artifact's "
                   f"{f'threshold {thr:.3f}' if thr is not None else 'argmax (it carries no threshold)'}; "
                   "(±) = change vs FP32 in points", soft_wrap=True)
+    if rep.subclass_counts:
+        console.print(subclass_table(rep))
     console.print(f"winner: {rep.reason}")
+    for n in rep.notes:
+        console.print(f"note: {n}", markup=False)
     for p in rep.extra_artifacts:
         console.print(f"wrote {p}")
     console.print(f"wrote {rep.artifact}")
@@ -116,3 +124,20 @@ def _clin(v: float | None, change: float | None) -> str:
     if v is None:
         return "—"
     return f"{v:.2f}" + ("" if change is None else f" ({change:+.2f})")
+
+
+def subclass_table(rep):
+    """Accuracy per data subclass on validation: FP32 and every candidate, with the change in points."""
+    from rich.table import Table
+
+    cands = [c for c in rep.candidates if c.note != "reference" and c.per_subclass]
+    t = Table(title="accuracy per subclass (validation, %): change vs FP32")
+    for col in ("subclass", "n", "FP32", *(c.name + (" *" if c.name == rep.winner else "") for c in cands)):
+        t.add_column(col, justify="left" if col == "subclass" else "right")
+    change = rep.per_subclass_change()
+    for sub, n in rep.subclass_counts.items():
+        fp32 = rep.fp32_per_subclass.get(sub)
+        cells = [f"{c.per_subclass[sub]:.1f} ({change[c.name][sub]:+.1f})" if sub in change.get(c.name, {}) else "–"
+                 for c in cands]
+        t.add_row(sub, str(n), "–" if fp32 is None else f"{fp32:.1f}", *cells)
+    return t

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import typer
 
-from edgeskd.cli import bench, build_engine, export, info, stream, synth, synth_video, train
+from edgeskd.cli import bench, build_engine, export, info, qat, stream, synth, synth_video, train
 
 # in the order `edgeskd --help` lists them
 COMMANDS: dict[str, Callable[..., Any]] = {
@@ -20,6 +20,7 @@ COMMANDS: dict[str, Callable[..., Any]] = {
     "train": train.train,
     "export": export.export,
     "build-engine": build_engine.build_engine,
+    "qat": qat.qat,
     "bench": bench.bench,
     "stream": stream.stream,
 }

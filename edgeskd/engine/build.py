@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edgeskd.engine.report import BuildReport, default_outputs
-from edgeskd.errors import ArtifactError, BackendUnavailable, DataError, UsageError
+from edgeskd.errors import AccuracyGateError, ArtifactError, BackendUnavailable, DataError, UsageError
 from edgeskd.meta import ModelMeta
 
 PRECISIONS = ("int8", "fp16", "fp32")
@@ -75,6 +75,9 @@ def build_engine(
     time_seconds: float = 2.0,
     binding: str = "auto",
     device: int | str = 0,
+    recovery: bool = True,
+    recovery_budget_s: float = 600.0,
+    max_fp32_layers: int | None = None,
     log: Callable[[str], None] = lambda s: None,
 ) -> BuildReport:
     """FP32 ONNX → gated artifact for ``backend`` (see module docstring); the report is written next
@@ -84,27 +87,59 @@ def build_engine(
     Calibration data: ``calib_dataset`` / ``calib_data`` / the training split of the same data.
     TensorRT: built and gated on GPU ``device`` (an index, "cuda" or "cuda:N") with the CUDA
     ``binding`` (auto, cuda-python or pycuda).
+    INT8 (``engine/int8.py``): PTQ recovery when plain PTQ fails the gate (``recovery``, within
+    ``recovery_budget_s``, at most ``max_fp32_layers`` FP32 layers); a Q/DQ ONNX source is built as is.
     """
+    from edgeskd.engine import int8
     from edgeskd.utils.io import write_json_atomic
 
     check_options(precision=precision, calib_method=calib_method, max_f1_drop=max_f1_drop, max_batch=max_batch,
                   workspace_gib=workspace_gib)
+    int8.check_recovery_options(recovery_budget_s, max_fp32_layers)
     onnx_path = Path(onnx_path)
-    meta = fp32_source_meta(onnx_path, meta_overrides)
+    qdq = int8.qdq_source(onnx_path, precision)
+    meta = fp32_source_meta(onnx_path, meta_overrides, qdq_source=qdq)
     backend = resolve_backend(backend, binding=binding, device=device)
-    if precision == "int8":
+    if precision == "int8" and not qdq:
         from edgeskd.quantize.qdq import check_quantizer_version
 
         check_quantizer_version()
     art, qdq_out = output_paths(onnx_path, backend, precision, out)
     full = gate_data(meta, dataset, data)
     val = validation_split(full)
-    calib = cache = None
-    if precision == "int8":
+    calib = cache = plan = reference = None
+    fp32_nodes: list[str] = []
+    if qdq:
+        from edgeskd.quantize.qdq_source import recorded_reference
+
+        reference = recorded_reference(meta, val, onnx_path)
+    elif precision == "int8":
         calib = calibration_set(meta, full, calib_dataset, calib_data, size=calib_size, seed=calib_seed)
+        plan = int8.int8_plan(onnx_path, meta, val, calib, calib_method=calib_method, max_f1_drop=max_f1_drop,
+                              cache_for=lambda m: calibration_cache(onnx_path, calib, m, calib_dir),
+                              recovery=recovery, budget_s=recovery_budget_s, max_fp32_layers=max_fp32_layers,
+                              threads=threads, force=force, backend=backend, data=data, log=log)
+        calib_method, fp32_nodes = int8.applied(plan, calib_method, force)
         cache = calibration_cache(onnx_path, calib, calib_method, calib_dir)
     common = dict(precision=precision, val=val, calib=calib, cache=cache, max_f1_drop=max_f1_drop,
-                  force=force, calib_method=calib_method, weight_qdq_pair=weight_qdq_pair, log=log)
+                  force=force, calib_method=calib_method, weight_qdq_pair=weight_qdq_pair, log=log,
+                  fp32_nodes=fp32_nodes, reference=reference)
+    try:
+        rep = _build_backend(backend, onnx_path, meta, art=art, out=out, qdq_out=qdq_out, max_batch=max_batch,
+                             workspace_gib=workspace_gib, calib_dir=calib_dir, threads=threads,
+                             time_seconds=time_seconds, binding=binding, device=device, common=common)
+    except AccuracyGateError as e:
+        raise int8.explain_failure(plan, onnx_path, meta, max_f1_drop, data) or e from None
+    int8.record(rep, plan)
+    art = Path(rep.artifact)
+    write_json_atomic(art.with_name(art.name + ".json"), rep.to_dict())
+    return rep
+
+
+def _build_backend(backend: str, onnx_path: Path, meta: ModelMeta, *, art: Path, out: str | Path | None,
+                   qdq_out: Path, max_batch: int, workspace_gib: float, calib_dir: str | Path, threads: int | None,
+                   time_seconds: float, binding: str, device: int | str, common: dict[str, Any]) -> BuildReport:
+    precision = common["precision"]
     if backend == "tensorrt":
         from edgeskd.engine.tensorrt_build import build_tensorrt
 
@@ -117,8 +152,6 @@ def build_engine(
         rep = build_onnxruntime(onnx_path, meta, out=Path(out) if out is not None else None,
                                 qdq_out=qdq_out if precision == "int8" else None, threads=threads,
                                 time_seconds=time_seconds, **common)
-    art = Path(rep.artifact)
-    write_json_atomic(art.with_name(art.name + ".json"), rep.to_dict())
     return rep
 
 
@@ -137,14 +170,15 @@ def check_options(*, precision: str, calib_method: str, max_f1_drop: float, max_
         raise UsageError("--max-batch must be >= 1 and --workspace > 0")
 
 
-def fp32_source_meta(onnx_path: Path, meta_overrides: dict[str, Any] | None) -> ModelMeta:
-    """The metadata of the FP32 ONNX to build from (an error for a missing or already reduced one)."""
+def fp32_source_meta(onnx_path: Path, meta_overrides: dict[str, Any] | None, *, qdq_source: bool = False) -> ModelMeta:
+    """The metadata of the FP32 ONNX to build from (an error for a missing or already reduced one;
+    a Q/DQ INT8 source, ``qdq_source``, is INT8 by nature)."""
     from edgeskd.runtime.onnxrt import load_onnx
 
     if not onnx_path.is_file():
         raise ArtifactError(f"{onnx_path} does not exist; export one with `edgeskd export CHECKPOINT`")
     meta = load_onnx(onnx_path, meta_overrides=meta_overrides).meta
-    if meta.precision != "fp32":
+    if meta.precision != "fp32" and not qdq_source:
         raise UsageError(f"{onnx_path} is already {meta.precision}; give the FP32 ONNX from `edgeskd export`")
     return meta
 

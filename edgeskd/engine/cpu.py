@@ -17,7 +17,8 @@ from typing import Any, Callable
 import numpy as np
 
 from edgeskd.engine.report import (LATENCY_TIE, BuildReport, Candidate, add_clinical, clinical_summary,
-                                   default_outputs, fail_message, gate, note_calibration, pick_winner, scores)
+                                   default_outputs, fail_message, gate, note_calibration, pick_winner, scores,
+                                   subclass_counts)
 from edgeskd.errors import AccuracyGateError
 from edgeskd.meta import ModelMeta
 from edgeskd.runtime.onnxrt import OnnxRuntimeRunner
@@ -45,31 +46,43 @@ def build_onnxruntime(
     variants: tuple[str, ...] | None = None,
     time_seconds: float = 2.0,
     rounds: int = 3,
+    fp32_nodes: tuple[str, ...] | list[str] = (),
+    reference: Any = None,
     log: Callable[[str], None] = lambda s: None,
 ) -> BuildReport:
     """The CPU artifact. ``val``: LabeledSet for the gate; ``calib``: CalibrationSet (run only when
     ``cache`` does not exist yet). ``out=None``: ``<stem>.<winner's precision>.cpu.onnx`` next to the
-    ONNX (an INT8 request can be won by the optimized FP32 model where INT8 is slower here)."""
+    ONNX (an INT8 request can be won by the optimized FP32 model where INT8 is slower here).
+    ``fp32_nodes``: layers every INT8 variant keeps in FP32 (PTQ recovery's plan). ``reference``
+    (``quantize.qdq_source.Reference``): ``fp32_path`` is then a Q/DQ ONNX from ``edgeskd qat``,
+    gated against the FP32 F1 it records, with no calibration."""
     variants = DEFAULT_VARIANTS[precision] if variants is None else variants
     tmp = Path(tempfile.mkdtemp(prefix="edgeskd-build-"))
     try:
         with contextlib.ExitStack() as active:
-            ref = active.enter_context(OnnxRuntimeRunner(fp32_path, threads=threads))
-            fp32_f1, fp32_clinical = scores(ref, val)
-            log(f"FP32 ONNX F1 on {len(val)} validation images: {fp32_f1:.2f}")
-            report = BuildReport("onnxruntime", precision, out or fp32_path, fp32_f1, fp32_clinical=fp32_clinical)
-            if precision == "int8":
-                note_calibration(report, calib, cache)
-                log(f"calibration: {report.calibration}")
-            cands = build_variants(fp32_path, meta, precision, variants, tmp, calib=calib, cache=cache,
-                                   method=calib_method, weight_qdq_pair=weight_qdq_pair, threads=threads)
+            ref, ref_c, fp32_clinical = reference_candidate(fp32_path, val, reference, threads, active)
+            fp32_f1 = ref_c.f1
+            log(f"FP32 F1 on {len(val)} validation images: {fp32_f1:.2f}"
+                + (f" ({reference.source})" if reference is not None else ""))
+            report = BuildReport("onnxruntime", precision, out or fp32_path, fp32_f1, fp32_clinical=fp32_clinical,
+                                 fp32_per_subclass=dict(ref_c.per_subclass), subclass_counts=subclass_counts(val),
+                                 source="qdq" if reference is not None else "fp32")
+            add_clinical(ref_c, fp32_clinical, None, max_f1_drop, report.warnings)
+            if reference is not None:
+                cands = qdq_source_variants(fp32_path, meta, tmp, threads=threads)
+                report.calibration = f"none: {fp32_path.name} carries its learned Q/DQ scales"
+            else:
+                if precision == "int8":
+                    note_calibration(report, calib, cache)
+                    log(f"calibration: {report.calibration}")
+                cands = build_variants(fp32_path, meta, precision, variants, tmp, calib=calib, cache=cache,
+                                       method=calib_method, weight_qdq_pair=weight_qdq_pair, threads=threads,
+                                       fp32_nodes=fp32_nodes)
             runners = {c.name: active.enter_context(OnnxRuntimeRunner(c.path, threads=threads)) for c in cands}
             for c in cands:
                 score(c, runners[c.name], val, fp32_f1, max_f1_drop, report)
-            ref_c = Candidate("fp32", "fp32", "exported FP32 ONNX (reference)", fp32_path.stat().st_size,
-                              f1=fp32_f1, f1_drop=0.0, passed=True, note="reference", path=str(fp32_path))
-            add_clinical(ref_c, fp32_clinical, None, max_f1_drop, report.warnings)
-            time_interleaved([ref_c, *cands], {"fp32": ref, **runners}, rounds=rounds, seconds=time_seconds)
+            timed = [ref_c, *cands] if ref is not None else cands
+            time_interleaved(timed, {"fp32": ref, **runners}, rounds=rounds, seconds=time_seconds)
         report.candidates = [ref_c, *cands]
         for c in cands:
             log(_summary(c))
@@ -82,18 +95,47 @@ def build_onnxruntime(
 
 
 # -- the steps --------------------------------------------------------------------------------------
+def reference_candidate(fp32_path: Path, val, reference: Any, threads: int | None,
+                        active: contextlib.ExitStack) -> tuple[Any, Candidate, dict[str, Any]]:
+    """(FP32 runner or None, the FP32 reference row, its clinical figures): the exported FP32 ONNX
+    scored and timed here, or the FP32 figures a Q/DQ ONNX records (not timed: there is no FP32 model
+    here, and no clinical figures to compare with)."""
+    if reference is not None:
+        return None, Candidate("fp32", "fp32", f"FP32 reference: {reference.source}", 0, f1=reference.f1,
+                               f1_drop=0.0, passed=True, note="reference",
+                               per_subclass=dict(reference.per_subclass)), {}
+    ref = active.enter_context(OnnxRuntimeRunner(fp32_path, threads=threads))
+    f1, per_sub, clinical = scores(ref, val)
+    return ref, Candidate("fp32", "fp32", "exported FP32 ONNX (reference)", fp32_path.stat().st_size, f1=f1,
+                          f1_drop=0.0, passed=True, note="reference", path=str(fp32_path),
+                          per_subclass=per_sub), clinical
+
+
+def qdq_source_variants(qdq_path: Path, meta: ModelMeta, tmp: Path, *, threads: int | None = None) -> list[Candidate]:
+    """The candidates of a Q/DQ source: the model as given, and the same model with its Q/DQ removed
+    (FP32 arithmetic with the learned weights; where INT8 is slower on this CPU, that one may win)."""
+    from edgeskd.quantize.qdq_source import fp32_from_qdq
+
+    given = tmp / "qat-s8s8.onnx"
+    shutil.copyfile(qdq_path, given)
+    plain = fp32_from_qdq(qdq_path, meta, tmp / "fp32-noqdq.onnx")
+    return [Candidate("qat-s8s8", "int8", "the Q/DQ INT8 ONNX as given (TensorRT's S8S8 form)", path=str(given)),
+            Candidate("fp32-noqdq", "fp32", "its weights in FP32, Q/DQ removed", path=str(plain))]
+
+
 def build_variants(fp32_path: Path, meta: ModelMeta, precision: str, variants: tuple[str, ...], tmp: Path, *,
                    calib: Any, cache: Path, method: str, weight_qdq_pair: bool,
-                   threads: int | None = None) -> list[Candidate]:
-    """The candidate files (in ``tmp``) of ``precision``, plus FP32-optimized if in ``variants``."""
+                   threads: int | None = None, fp32_nodes: tuple[str, ...] | list[str] = ()) -> list[Candidate]:
+    """The candidate files (in ``tmp``) of ``precision``, plus FP32-optimized if in ``variants``;
+    INT8 variants keep ``fp32_nodes`` in FP32."""
     from edgeskd.quantize.qdq import VARIANTS, quantize_qdq
 
     cands: list[Candidate] = []
     if precision == "int8":
         for v in [v for v in variants if v in VARIANTS]:
             p = quantize_qdq(fp32_path, tmp / f"{v}.onnx", meta, calib=calib, cache=cache, variant=v, method=method,
-                             weight_qdq_pair=weight_qdq_pair)
-            cands.append(Candidate(v, "int8", VARIANTS[v].description, path=str(p)))
+                             weight_qdq_pair=weight_qdq_pair, fp32_nodes=list(fp32_nodes))
+            cands.append(Candidate(v, "int8", VARIANTS[v].description, path=str(p), fp32_layers=list(fp32_nodes)))
     elif precision == "fp16":
         cands.append(Candidate("fp16", "fp16", "FP16 ONNX (float32 I/O)",
                                path=str(fp16_onnx(fp32_path, meta, tmp / "fp16.onnx"))))
@@ -133,9 +175,9 @@ def ort_optimized_onnx(fp32_path: Path, meta: ModelMeta, out: Path, threads: int
 
 
 def score(c: Candidate, runner, val, fp32_f1: float, max_f1_drop: float, report: BuildReport) -> None:
-    """F1 on the validation split, the gate's verdict, the clinical figures (and their change from
-    FP32: a warning in ``report`` beyond the allowance), and the file size."""
-    c.f1, clinical = scores(runner, val)
+    """F1 and per-subclass accuracy on the validation split, the gate's verdict, the clinical figures
+    (and their change from FP32: a warning in ``report`` beyond the allowance), and the file size."""
+    c.f1, c.per_subclass, clinical = scores(runner, val)
     c.passed, c.f1_drop = gate(fp32_f1, c.f1, max_f1_drop)
     add_clinical(c, clinical, report.fp32_clinical, max_f1_drop, report.warnings)
     c.size_bytes = Path(c.path).stat().st_size
@@ -195,8 +237,8 @@ def _reason(winner: Candidate, fastest: Candidate, cands: list[Candidate], ref_c
     return (
         f"{winner.name} {why} ({winner.p50_ms:.3f} ms"
         + (f"; {rest}" if rest else "")
-        + f") among the built artifacts within {max_f1_drop:g} F1 pts of FP32 ({timing}; exported FP32 ONNX: "
-        f"{ref_c.p50_ms:.3f} ms)"
+        + f") among the built artifacts within {max_f1_drop:g} F1 pts of FP32 ({timing}"
+        + (f"; exported FP32 ONNX: {ref_c.p50_ms:.3f} ms)" if ref_c.p50_ms == ref_c.p50_ms else ")")
         + (f"; faster but failed the gate: {', '.join(c.name for c in faster_failed)}" if faster_failed else "")
     )
 
@@ -219,6 +261,15 @@ def write_outputs(report: BuildReport, winner: Candidate, cands: list[Candidate]
     for c in cands:
         c.path = kept.get(c.name, "")
     report.artifact = out
+    int8 = [c for c in cands if c.precision == "int8" and c.passed]
+    if report.precision == "int8" and winner.precision != "int8" and int8:
+        tensorrt_input = "s8s8" in kept and kept["s8s8"] != str(out)
+        report.notes.append(
+            f"the CPU artifact is {winner.precision.upper()} ({winner.name}): on this CPU it beat the INT8 variants "
+            f"that passed the gate ({', '.join(c.name for c in int8)})"
+            + (f"; the TensorRT input {kept['s8s8']} is INT8 (S8S8 Q/DQ) and passed the gate" if tensorrt_input else "")
+            + (f"; the TensorRT input is the Q/DQ ONNX given ({fp32_path}), which passed the gate"
+               if report.source == "qdq" else ""))
 
 
 def _place(src: Path, dst: Path) -> None:

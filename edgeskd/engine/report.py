@@ -16,14 +16,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+
 def f1_percent(runner, dataset, batch_size: int = 64) -> float:
     """F1 (percent) of ``runner`` on ``dataset``: the unit of the gate and the report."""
     return scores(runner, dataset, batch_size)[0]
 
 
-def scores(runner, dataset, batch_size: int = 64) -> tuple[float, dict[str, Any]]:
-    """(F1 in percent, clinical figures in percent: ``edgeskd.clinical.artifact``) of ``runner`` on
-    ``dataset``, from one pass over it."""
+def scores(runner, dataset, batch_size: int = 64) -> tuple[float, dict[str, float], dict[str, Any]]:
+    """(F1, accuracy per data subclass, clinical figures (``edgeskd.clinical.artifact``)), all in
+    percent, of ``runner`` on ``dataset`` from one pass over it. SKD's value sits in the hard
+    subclasses: a small overall F1 drop can hide a large drop in one of them."""
     from edgeskd.clinical.artifact import as_percent as clinical_percent
     from edgeskd.clinical.artifact import clinical_figures
     from edgeskd.metrics import as_percent
@@ -31,7 +35,8 @@ def scores(runner, dataset, batch_size: int = 64) -> tuple[float, dict[str, Any]
 
     m = evaluate_runner(runner, dataset, batch_size=batch_size)
     clinical = clinical_percent(clinical_figures(m["logits"], runner.metadata, dataset.labels))
-    return float(as_percent(m)["f1"]), clinical
+    pct = as_percent(m)
+    return float(pct["f1"]), dict(pct.get("per_subclass_accuracy") or {}), clinical
 
 
 def add_clinical(c: "Candidate", clinical: dict[str, Any], ref: dict[str, Any] | None, max_drop: float,
@@ -42,7 +47,7 @@ def add_clinical(c: "Candidate", clinical: dict[str, Any], ref: dict[str, Any] |
 
     c.ece, c.npv, c.npv_ci95, c.coverage = clinical["ece"], clinical["npv"], clinical["npv_ci95"], clinical["coverage"]
     c.threshold = clinical["threshold"]
-    if ref is None:
+    if not ref:
         return
     c.clinical_change = changes(clinical, ref)
     moved = moved_beyond(c.clinical_change, max_drop)
@@ -85,6 +90,8 @@ class Candidate:
     coverage: float | None = None      # percent of the validation images that get a call
     threshold: float | None = None
     clinical_change: dict[str, float | None] = field(default_factory=dict)   # points vs FP32
+    per_subclass: dict[str, float] = field(default_factory=dict)   # accuracy (percent) per data subclass
+    fp32_layers: list[str] = field(default_factory=list)          # INT8 model's layers kept in FP32
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -103,20 +110,47 @@ class BuildReport:
     warnings: list[str] = field(default_factory=list)
     calibration: str = ""
     fp32_clinical: dict[str, Any] = field(default_factory=dict)   # the FP32 ONNX's ECE / NPV / coverage
+    fp32_per_subclass: dict[str, float] = field(default_factory=dict)
+    subclass_counts: dict[str, int] = field(default_factory=dict)   # validation images per subclass
+    int8_plan: dict[str, Any] = field(default_factory=dict)        # quantize.recovery.Int8Plan.to_dict()
+    notes: list[str] = field(default_factory=list)                 # facts about the choice (not problems)
+    source: str = "fp32"                                           # fp32 ONNX, or a Q/DQ ONNX ("qdq")
 
     def to_dict(self) -> dict[str, Any]:
         return {"backend": self.backend, "precision": self.precision, "artifact": str(self.artifact),
-                "fp32_f1": self.fp32_f1, "fp32_clinical": self.fp32_clinical, "winner": self.winner,
-                "reason": self.reason,
+                "source": self.source, "fp32_f1": self.fp32_f1, "fp32_clinical": self.fp32_clinical,
+                "winner": self.winner, "reason": self.reason,
                 "candidates": [c.to_dict() for c in self.candidates],
                 "extra_artifacts": [str(p) for p in self.extra_artifacts], "warnings": self.warnings,
-                "calibration": self.calibration}
+                "notes": self.notes, "calibration": self.calibration, "int8_plan": self.int8_plan,
+                "fp32_per_subclass": self.fp32_per_subclass, "subclass_counts": self.subclass_counts,
+                "per_subclass_change": self.per_subclass_change()}
+
+    def per_subclass_change(self) -> dict[str, dict[str, float]]:
+        """Per candidate (not the FP32 reference): accuracy change (points) vs FP32 per subclass."""
+        out = {}
+        for c in self.candidates:
+            if c.note == "reference" or not c.per_subclass:
+                continue
+            out[c.name] = {k: round(v - self.fp32_per_subclass[k], 4) for k, v in c.per_subclass.items()
+                           if v is not None and self.fp32_per_subclass.get(k) is not None}
+        return out
+
+    def worst_subclass(self, name: str) -> tuple[str, float] | None:
+        """(subclass, change in points) of candidate ``name``'s largest per-subclass drop."""
+        ch = self.per_subclass_change().get(name) or {}
+        return min(ch.items(), key=lambda kv: kv[1]) if ch else None
 
 
 def gate(f1_fp32: float, f1_q: float, max_drop: float) -> tuple[bool, float]:
     """(passes, drop in points): the candidate may lose at most ``max_drop`` F1 points."""
     drop = round(f1_fp32 - f1_q, 4)
     return drop <= max_drop, drop
+
+
+def subclass_counts(dataset) -> dict[str, int]:
+    counts = np.bincount(np.asarray(dataset.subclasses, dtype=np.int64), minlength=len(dataset.subclass_names))
+    return {name: int(n) for name, n in zip(dataset.subclass_names, counts) if n}
 
 
 def fail_message(c: Candidate, fp32_f1: float, max_drop: float) -> str:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edgeskd.engine.report import (BuildReport, Candidate, add_clinical, clinical_summary, fail_message, gate,
-                                   note_calibration, scores)
+                                   note_calibration, scores, subclass_counts)
 from edgeskd.errors import AccuracyGateError, ArtifactError, UsageError
 from edgeskd.meta import ModelMeta
 from edgeskd.runtime.engine_file import EngineHeader, write_engine
@@ -201,23 +201,33 @@ def build_tensorrt(
     timing_cache: Path | None = None,
     binding: str = "auto",
     device: int | str = 0,
+    fp32_nodes: tuple[str, ...] | list[str] = (),
+    reference: Any = None,
     log: Callable[[str], None] = lambda s: None,
 ) -> BuildReport:
-    """The TensorRT engine for ``precision`` (from the S8S8 Q/DQ ONNX for INT8), built and gated on
-    GPU ``device`` with the CUDA ``binding``, on ``val`` against the FP32 ONNX; a failed gate leaves
-    neither the engine nor a Q/DQ ONNX it wrote."""
+    """The TensorRT engine for ``precision`` (from the S8S8 Q/DQ ONNX for INT8, ``fp32_nodes`` kept in
+    FP32), built and gated on GPU ``device`` with the CUDA ``binding``, on ``val`` against the FP32
+    ONNX; a failed gate leaves neither the engine nor a Q/DQ ONNX it wrote. ``reference``:
+    ``fp32_path`` is a Q/DQ ONNX from ``edgeskd qat``, built as given and gated against the FP32 F1
+    it records."""
     from edgeskd.runtime.onnxrt import OnnxRuntimeRunner
 
-    with OnnxRuntimeRunner(fp32_path) as ref:
-        fp32_f1, fp32_clinical = scores(ref, val)
-    report = BuildReport("tensorrt", precision, out, fp32_f1, fp32_clinical=fp32_clinical)
+    fp32_clinical: dict[str, Any] = {}
+    if reference is None:
+        with OnnxRuntimeRunner(fp32_path) as ref:
+            fp32_f1, fp32_sub, fp32_clinical = scores(ref, val)
+    else:
+        fp32_f1, fp32_sub = reference.f1, dict(reference.per_subclass)
+    report = BuildReport("tensorrt", precision, out, fp32_f1, fp32_clinical=fp32_clinical, fp32_per_subclass=fp32_sub,
+                         subclass_counts=subclass_counts(val), source="fp32" if reference is None else "qdq")
+    writes_qdq = precision == "int8" and reference is None
     qdq_existed = qdq_out.exists()
     try:
         src = fp32_path
-        if precision == "int8":
+        if writes_qdq:
             note_calibration(report, calib, cache)
             src = tensorrt_qdq(fp32_path, meta, qdq_out, calib=calib, cache=cache, method=calib_method,
-                               weight_qdq_pair=weight_qdq_pair)
+                               weight_qdq_pair=weight_qdq_pair, fp32_nodes=fp32_nodes)
             report.extra_artifacts.append(qdq_out)
         with atomic_path(out) as tmp_engine:
             build_tensorrt_engine(src, tmp_engine, precision=precision, max_batch=max_batch, workspace_gib=workspace_gib,
@@ -226,14 +236,15 @@ def build_tensorrt(
             c, clinical = _gated_engine(tmp_engine, out, val, precision=precision, fp32_f1=fp32_f1,
                                         max_f1_drop=max_f1_drop, max_batch=max_batch, binding=binding, device=device)
             add_clinical(c, clinical, fp32_clinical, max_f1_drop, report.warnings)
+            c.fp32_layers = list(fp32_nodes)
             report.candidates.append(c)
             log(f"  {c.name} F1 {c.f1:.2f} (drop {c.f1_drop:+.2f}) p50 {c.p50_ms:.3f} ms  {clinical_summary(c)}")
             if not c.passed and not force:
-                if precision == "int8":
+                if writes_qdq:
                     qdq_out.unlink(missing_ok=True)
                 raise AccuracyGateError(fail_message(c, fp32_f1, max_f1_drop))
     except BaseException:
-        if precision == "int8" and not qdq_existed:
+        if writes_qdq and not qdq_existed:
             qdq_out.unlink(missing_ok=True)
         raise
     report.winner = c.name
@@ -242,12 +253,13 @@ def build_tensorrt(
 
 
 def tensorrt_qdq(fp32_path: Path, meta: ModelMeta, qdq_out: Path, *, calib: Any, cache: Path, method: str,
-                 weight_qdq_pair: bool) -> Path:
-    """The S8S8 Q/DQ ONNX at ``qdq_out``, checked against what TensorRT accepts."""
+                 weight_qdq_pair: bool, fp32_nodes: tuple[str, ...] | list[str] = ()) -> Path:
+    """The S8S8 Q/DQ ONNX at ``qdq_out`` (``fp32_nodes`` left in FP32), checked against what
+    TensorRT accepts."""
     from edgeskd.quantize.qdq import inspect_qdq, quantize_qdq
 
     quantize_qdq(fp32_path, qdq_out, meta, calib=calib, cache=cache, variant="s8s8", method=method,
-                 weight_qdq_pair=weight_qdq_pair)
+                 weight_qdq_pair=weight_qdq_pair, fp32_nodes=list(fp32_nodes))
     problems = inspect_qdq(qdq_out).problems()
     if problems:
         qdq_out.unlink(missing_ok=True)
@@ -263,8 +275,8 @@ def _gated_engine(engine_file: Path, out: Path, val, *, precision: str, fp32_f1:
     from edgeskd.runtime.timing import latency_and_throughput
 
     with TensorRTRunner(engine_file, binding=binding, device=device) as r:
-        f1, clinical = scores(r, val, batch_size=max_batch)
+        f1, per_sub, clinical = scores(r, val, batch_size=max_batch)
         p50, p99, tp = latency_and_throughput(r, batch=max_batch)
     ok, drop = gate(fp32_f1, f1, max_f1_drop)
     return Candidate(f"tensorrt-{precision}", precision, "TensorRT engine", engine_file.stat().st_size, p50, p99, tp,
-                     f1, drop, ok, "", str(out)), clinical
+                     f1, drop, ok, "", str(out), per_subclass=per_sub), clinical

@@ -180,7 +180,8 @@ def export_onnx(
     notes: list[str] = []
     ref = data_ref_from_checkpoint(ckpt)
     meta = meta.replace(precision="fp32", model_name=meta.model_name or Path(checkpoint).stem,
-                        extra={**meta.extra, **({"data": ref} if ref else {})})
+                        extra={**meta.extra, **({"data": ref} if ref else {}),
+                               "checkpoint": str(Path(checkpoint).resolve())})
 
     static = None if batch == "dynamic" else int(batch)
     model_proto = torch_to_onnx_model(model, meta, opset=opset, batch=static)

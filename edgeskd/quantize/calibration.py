@@ -136,6 +136,57 @@ def select_calibration(dataset, meta: ModelMeta, *, size: int = DEFAULT_SIZE, se
 
 def cache_path(onnx_bytes: bytes, calib: CalibrationSet, method: str, directory: str | Path = DEFAULT_DIR,
                stem: str = "model") -> Path:
-    """``calibration/<stem>-<model hash>-<data hash>-<method>.json``."""
+    """``calibration/<stem>-<model hash>-<data hash>-<method settings>.json`` (the settings tag, e.g.
+    ``entropy-b2048q128``, keeps ranges computed with other histogram settings from being reused)."""
+    from edgeskd.quantize.qdq import calib_tag
+
     mh = hashlib.sha256(onnx_bytes).hexdigest()[:12]
-    return Path(directory) / f"{stem}-{mh}-{calib.fingerprint()}-{method}.json"
+    return Path(directory) / f"{stem}-{mh}-{calib.fingerprint()}-{calib_tag(method)}.json"
+
+
+def entropy_amax(hist: np.ndarray, edges: np.ndarray, *, num_quant_bins: int = 128, start_bin: int = 128) -> float:
+    """TensorRT's entropy calibration on a histogram of |x|: the clipping threshold whose
+    ``num_quant_bins``-level quantization of the histogram is closest (KL divergence) to the
+    histogram itself, with the values beyond the threshold folded into the last kept bin.
+
+    Candidates are every bin edge from ``start_bin`` up (ties go to the widest range), as in
+    TensorRT's and pytorch-quantization's entropy calibrators. For candidate i the bins [0, i) fall
+    into ``num_quant_bins`` chunks; the quantized histogram spreads each chunk's count S over its C
+    non-empty bins, so with P = total count and Q = sum(bins[:i])::
+
+        KL = (Σ p log p − Σ_chunks S log(S / C) − tail · log q_last) / P − log P + log Q
+
+    (p: the bins with the tail beyond i added to the last one) — prefix sums make every candidate
+    O(num_quant_bins) instead of O(bins).
+    """
+    bins = np.asarray(hist, dtype=np.float64).copy()
+    edges = np.asarray(edges, dtype=np.float64)
+    n, nq = len(bins), int(num_quant_bins)
+    if n <= start_bin or bins.sum() <= 0:
+        return float(edges[-1])
+    bins[0] = bins[1]                 # the zeros after a ReLU would otherwise decide the fit
+    total = bins.sum()
+
+    def xlogx(v: np.ndarray) -> np.ndarray:
+        return np.where(v > 0, v * np.log(np.where(v > 0, v, 1.0)), 0.0)
+
+    cum = np.concatenate([[0.0], np.cumsum(bins)])
+    nonempty = np.concatenate([[0], np.cumsum(bins > 0)])
+    cum_xlogx = np.concatenate([[0.0], np.cumsum(xlogx(bins))])
+    cand = np.arange(start_bin, n + 1)
+    bounds = -(-(np.arange(nq + 1)[None, :] * cand[:, None]) // nq)    # chunk k = [ceil(k i/nq), ceil((k+1) i/nq))
+    S = cum[bounds[:, 1:]] - cum[bounds[:, :-1]]
+    C = nonempty[bounds[:, 1:]] - nonempty[bounds[:, :-1]]
+    body = np.where(C > 0, S * np.log(np.where(C > 0, S, 1.0) / np.maximum(C, 1)), 0.0).sum(axis=1)
+    tail = np.maximum(total - cum[cand], 0.0)
+    last = bins[cand - 1]
+    q_last = S[:, -1] / np.maximum(C[:, -1], 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        plogq = body + np.where(tail > 0, tail * np.log(q_last), 0.0)
+        plogp = cum_xlogx[cand - 1] + xlogx(last + tail)
+        kl = (plogp - plogq) / total - np.log(total) + np.log(cum[cand])
+    kl = np.where((tail > 0) & (last <= 0), np.inf, kl)   # the quantized histogram misses the tail's mass
+    if not np.isfinite(kl).any():
+        return float(edges[-1])
+    best = np.flatnonzero(kl <= kl.min() + 1e-12 * abs(kl.min()))[-1]
+    return float(edges[cand[best]])

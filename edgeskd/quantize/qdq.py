@@ -15,11 +15,11 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
-from edgeskd.errors import ArtifactError, BackendUnavailable
+from edgeskd.errors import ArtifactError, BackendUnavailable, UsageError
 from edgeskd.meta import ModelMeta
 from edgeskd.utils.io import atomic_path
 
@@ -41,6 +41,117 @@ VARIANTS: dict[str, QuantVariant] = {
 }
 
 CALIB_METHODS = ("minmax", "entropy", "percentile")
+
+
+@dataclass(frozen=True)
+class CalibSettings:
+    """How one calibration method computes its ranges.
+
+    ``quantize_static`` forwards only a few ``Calib*`` options to its calibrator and not the
+    histogram sizes, so its entropy calibrator runs with 128 bins and 128 quantized bins: the KL
+    search then has a single candidate (the whole histogram) and returns exactly the min/max
+    range. edgeskd computes the ranges itself (``calibrate_ranges``) and hands them to
+    ``quantize_static`` as a calibration cache. ``tag`` names the settings in the cache file, so
+    ranges computed with other settings are never reused.
+    """
+
+    method: str
+    collector: str                           # ONNX Runtime calibrator that gathers the statistics
+    options: tuple[tuple[str, Any], ...]     # its create_calibrator options
+    tag: str
+
+
+CALIB_SETTINGS: dict[str, CalibSettings] = {
+    "minmax": CalibSettings("minmax", "minmax", (), "minmax"),
+    # TensorRT's entropy calibration: a 2048-bin histogram of |x|, thresholds from bin 128 up,
+    # 128 quantized levels (calibration.entropy_amax on ONNX Runtime's |x| histograms).
+    "entropy": CalibSettings("entropy", "percentile", (("num_bins", 2048), ("symmetric", True)), "entropy-trt2048"),
+    "percentile": CalibSettings("percentile", "percentile",
+                                (("num_bins", 2048), ("percentile", 99.999), ("symmetric", True)), "percentile"),
+}
+
+
+def calib_tag(method: str) -> str:
+    """The calibration settings' name in a cache file name (``calibration.cache_path``)."""
+    if method not in CALIB_SETTINGS:
+        raise ValueError(f"calibration method {method!r}; use one of {CALIB_METHODS}")
+    return CALIB_SETTINGS[method].tag
+
+
+def calibrate_ranges(model, calib: Any, method: str, cache: str | Path) -> Path:
+    """Run ``calib`` through ``model`` (an onnx.ModelProto) with ``method``'s settings and save the
+    ranges to ``cache`` (ONNX Runtime's calibration-cache JSON, read back by ``quantize_static``)."""
+    import io
+    import tempfile
+
+    import onnx
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator, save_tensors_data
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    settings = CALIB_SETTINGS[method]
+    ort = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+           "percentile": CalibrationMethod.Percentile}
+    op_types = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))   # what quantize_static calibrates
+    with tempfile.TemporaryDirectory(prefix="edgeskd-calib-") as d, _quiet_ort_logging(), \
+            contextlib.redirect_stdout(io.StringIO()):   # the histogram calibrators print progress
+        src = Path(d) / "model.onnx"
+        onnx.save(model, str(src))
+        calibrator = create_calibrator(src, op_types, augmented_model_path=str(Path(d) / "augmented.onnx"),
+                                       calibrate_method=ort[settings.collector], extra_options=dict(settings.options))
+        _collect_by_shape(calibrator, calib.batches(), model.graph.input[0].name)
+        if method == "entropy":
+            ranges = _entropy_ranges(calibrator, ort["entropy"])
+        else:
+            ranges = calibrator.compute_data()
+        del calibrator
+    save_tensors_data(ranges, cache)
+    return Path(cache)
+
+
+def _collect_by_shape(calibrator, batches, input_name: str) -> None:
+    """Feed ``batches`` to an ONNX Runtime calibrator, one ``collect_data`` call per run of equally
+    shaped batches. Its histogram collectors stack one call's outputs into a single array, which
+    fails on a smaller last batch; ranges and histograms accumulate over calls."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self, xs: list[np.ndarray]) -> None:
+            self._it = iter(xs)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            x = next(self._it, None)
+            return None if x is None else {input_name: x}
+
+    it = iter(batches)
+    pending = next(it, None)
+    while pending is not None:
+        group, pending = [pending], None
+        for x in it:
+            if x.shape != group[0].shape:
+                pending = x
+                break
+            group.append(x)
+        calibrator.collect_data(_Reader(group))
+
+
+def _entropy_ranges(calibrator, entropy_method) -> Any:
+    """TensorsData of entropy thresholds from a histogram calibrator's |x| histograms, clipped to
+    the observed min/max (so a ReLU output keeps its [0, t] range for UINT8 activations)."""
+    from onnxruntime.quantization.calibrate import TensorData, TensorsData
+
+    from edgeskd.quantize.calibration import entropy_amax
+
+    collector = getattr(calibrator, "collector", None)
+    hists = getattr(collector, "histogram_dict", None)
+    if not hists:
+        raise BackendUnavailable("this onnxruntime's histogram calibrator exposes no histograms; use "
+                                 "--calib-method minmax or percentile")
+    out = {}
+    for name, (hist, edges, lo, hi) in hists.items():
+        t = entropy_amax(hist, edges)
+        out[name] = TensorData(lowest=np.asarray(max(float(lo), -t), np.float32),
+                               highest=np.asarray(min(float(hi), t), np.float32))
+    return TensorsData(entropy_method, out)
 
 
 def quant_options(variant: QuantVariant, *, weight_qdq_pair: bool = False) -> dict[str, Any]:
@@ -101,6 +212,7 @@ def quantize_qdq(
     method: str = "minmax",
     weight_qdq_pair: bool = False,
     keep_head_fp32: bool = True,
+    fp32_nodes: Sequence[str] = (),
 ) -> Path:
     """Write a Q/DQ INT8 ONNX of ``fp32_path`` to ``out`` (atomically), with edgeskd metadata.
 
@@ -108,7 +220,10 @@ def quantize_qdq(
     otherwise ``calib`` is run and the ranges are saved there. ``keep_head_fp32``: leave the final
     classifier (Gemm/MatMul feeding the output) unquantized — under 1% of the work, and ONNX
     Runtime 1.32's fused x86 QGemm with the float bias TensorRT needs loses accuracy (measured:
-    max |Δ logit| 0.05 vs 0.0005 on tiny_cnn at ORT_ENABLE_ALL).
+    max |Δ logit| 0.05 vs 0.0005 on tiny_cnn at ORT_ENABLE_ALL). ``fp32_nodes``: names of further
+    nodes of the FP32 graph to leave unquantized (the sensitivity search's FP32 fallback); they keep
+    their names in the output and are listed in its metadata, so ``inspect_qdq`` tells a deliberate
+    FP32 layer from a missed one.
     """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -131,6 +246,11 @@ def quantize_qdq(
     exclude = [n.name for n in fp32.graph.node if n.op_type == "Softmax"]
     if keep_head_fp32:
         exclude += head_nodes(fp32)
+    names = {n.name for n in fp32.graph.node}
+    unknown = [n for n in fp32_nodes if n not in names]
+    if unknown:
+        raise UsageError(f"FP32 fallback layer {unknown[0]!r} is not a node of {fp32_path}")
+    exclude += [n for n in fp32_nodes if n not in exclude]
     cache = Path(cache)
     have_cache = cache.is_file()
     if not have_cache and calib is None:
@@ -138,11 +258,11 @@ def quantize_qdq(
     with atomic_path(out) as tmp_model, contextlib.ExitStack() as stack:
         tmp_cache = cache if have_cache else stack.enter_context(atomic_path(cache))
         if not have_cache:
-            tmp_cache.unlink(missing_ok=True)      # quantize_static writes the cache when absent
+            calibrate_ranges(fp32, calib, method, tmp_cache)
         with _quiet_ort_logging():
             quantize_static(
                 fp32, str(tmp_model),
-                calibration_data_reader=None if have_cache else calib.reader(fp32.graph.input[0].name),
+                calibration_data_reader=None,
                 quant_format=QuantFormat.QDQ,
                 per_channel=True,
                 reduce_range=False,
@@ -153,10 +273,11 @@ def quantize_qdq(
                 extra_options=quant_options(v, weight_qdq_pair=weight_qdq_pair),
                 calibration_cache_path=str(tmp_cache),
             )
-        q = compact_names(onnx.load(str(tmp_model)))
+        q = compact_names(bypass_qdq(onnx.load(str(tmp_model)), exclude), keep=exclude)
         qmeta = meta.replace(precision="int8", extra={
             **meta.extra, "quant": {"variant": v.name, "calibration": method, "weights": "qdq-pair" if weight_qdq_pair else "int8",
                                    "calibration_cache": cache.name, "fp32_nodes": exclude,
+                                   "fp32_fallback": [n for n in fp32_nodes],
                                    "calibration_source": getattr(calib, "source", "cache")},
         })
         attach_metadata(q, qmeta)
@@ -185,10 +306,48 @@ def head_nodes(model) -> list[str]:
     return [n.name for n in g.node if n.op_type in ("Gemm", "MatMul") and reaches_output(n.output[0])]
 
 
-def compact_names(model) -> Any:
-    """Rename nodes and internal tensors to short ids (n0, t0...): ~15% of a small Q/DQ file is
-    exporter-generated names. Graph inputs/outputs keep their names; semantics are unchanged."""
+def bypass_qdq(model, nodes: Sequence[str]) -> Any:
+    """Feed the compute nodes (Conv, ConvTranspose, Gemm, MatMul) named in ``nodes`` the float tensor
+    in front of their input's Q→DQ pair, and drop Q/DQ nodes nothing reads any more.
+
+    ``nodes_to_exclude`` leaves a node's weights in FP32, but its input still arrives through a
+    DequantizeLinear when the producer is quantized, and ONNX Runtime's ``WeightBiasQuantization``
+    optimizer (basic level) then quantizes the float weights of any Conv/Gemm behind a per-tensor
+    DQ to per-tensor INT8, with an INT32 bias — an "FP32" layer that runs coarser than the INT8
+    ones. Without the DQ in front, it runs in FP32 in ONNX Runtime and in TensorRT alike.
+    """
     g = model.graph
+    targets = set(nodes)
+    producer = {o: n for n in g.node for o in n.output}
+    for n in g.node:
+        if n.name not in targets or n.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+            continue
+        dq = producer.get(n.input[0])
+        q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        if q is not None and q.op_type == "QuantizeLinear":
+            n.input[0] = q.input[0]
+    outputs = {o.name for o in g.output}
+    while True:   # remove the Q/DQ (and only those) whose outputs nobody reads
+        used = {i for n in g.node for i in n.input} | outputs
+        dead = [n for n in g.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+                and not any(o in used for o in n.output)]
+        if not dead:
+            break
+        for n in dead:
+            g.node.remove(n)
+    used = {i for n in g.node for i in n.input}
+    kept = [t for t in g.initializer if t.name in used]
+    del g.initializer[:]
+    g.initializer.extend(kept)
+    return model
+
+
+def compact_names(model, keep: Sequence[str] = ()) -> Any:
+    """Rename nodes and internal tensors to short ids (n0, t0...): ~15% of a small Q/DQ file is
+    exporter-generated names. Graph inputs/outputs, and the nodes named in ``keep`` (the layers
+    left in FP32), keep their names; semantics are unchanged."""
+    g = model.graph
+    keep_nodes = set(keep)
     keep = {v.name for v in g.input} | {v.name for v in g.output} | {""}
     mapping: dict[str, str] = {}
 
@@ -201,8 +360,10 @@ def compact_names(model) -> Any:
 
     for t in g.initializer:
         t.name = new(t.name)
+    taken = {n.name for n in g.node if n.name in keep_nodes}
     for i, n in enumerate(g.node):
-        n.name = f"n{i}"
+        if n.name not in keep_nodes:
+            n.name = f"n{i}" if f"n{i}" not in taken else f"n{i}_"
         n.input[:] = [new(x) for x in n.input]
         n.output[:] = [new(x) for x in n.output]
     for vi in g.value_info:
@@ -223,6 +384,7 @@ class QDQReport:
     activation_not_per_tensor: list[str] = field(default_factory=list)
     quantized_convs: int = 0
     float_convs: list[str] = field(default_factory=list)
+    fp32_layers: list[str] = field(default_factory=list)   # Convs left in FP32 on purpose (metadata)
 
     def problems(self) -> list[str]:
         out = []
@@ -257,6 +419,7 @@ def inspect_qdq(model) -> QDQReport:
     consts = {n.output[0]: n.attribute[0].t for n in g.node if n.op_type == "Constant" and n.attribute}
     tensors = {**consts, **inits}
     producer = {o: n for n in g.node for o in n.output}
+    deliberate = set(_declared_fp32_nodes(model))
 
     def arr(name: str) -> np.ndarray | None:
         t = tensors.get(name)
@@ -288,7 +451,7 @@ def inspect_qdq(model) -> QDQReport:
         if n.op_type == "Conv":
             if not (w_dq is not None and w_dq.op_type == "DequantizeLinear"
                     and a_dq is not None and a_dq.op_type == "DequantizeLinear"):
-                rep.float_convs.append(n.name)
+                (rep.fp32_layers if n.name in deliberate else rep.float_convs).append(n.name)
                 continue
             rep.quantized_convs += 1
         if w_dq is None or w_dq.op_type != "DequantizeLinear":
@@ -307,3 +470,17 @@ def inspect_qdq(model) -> QDQReport:
             if a_scale is not None and a_scale.size != 1:
                 rep.activation_not_per_tensor.append(n.name)
     return rep
+
+
+def _declared_fp32_nodes(model) -> list[str]:
+    """The nodes a Q/DQ ONNX says it leaves in FP32 on purpose (edgeskd metadata, ``quant``)."""
+    import json
+
+    props = {p.key: p.value for p in model.metadata_props}
+    try:
+        extra = json.loads(props.get("edgeskd.extra", "{}"))
+    except ValueError:
+        return []
+    quant = extra.get("quant") if isinstance(extra, dict) else None
+    nodes = quant.get("fp32_nodes", []) if isinstance(quant, dict) else []
+    return [n for n in nodes if isinstance(n, str)]
