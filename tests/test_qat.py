@@ -163,3 +163,14 @@ def test_qat_trains_with_the_students_augmentation():
         assert _loader(train, meta, batch_size=4, augment=policy, seed=0).dataset.train is augmented
     flip = _loader(train, meta, batch_size=4, augment="flip", seed=0).dataset
     assert flip.train and not flip.rotate and flip.jitter == 0.0
+
+
+def test_qat_uses_the_distillation_settings_the_student_was_trained_with():
+    from edgeskd.quantize.qat import trained_distillation
+
+    tuned = {"config": {"train": {"temperature": None, "alpha": 0.5}, "distillation": {"temperature": 1.0, "alpha": 0.9}}}
+    assert trained_distillation(tuned, "skd") == (1.0, 0.9)            # --tune's choice, recorded per student
+    given = {"config": {"train": {"temperature": 3.0, "alpha": 0.7}}}
+    assert trained_distillation(given, "kd") == (3.0, 0.7)             # --temperature / --alpha of the run
+    defaults = {"config": {"train": {"temperature": None, "alpha": 0.5}}}
+    assert trained_distillation(defaults, "skd") == (2.0, 0.5) and trained_distillation(defaults, "kd") == (4.0, 0.5)

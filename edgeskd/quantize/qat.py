@@ -225,6 +225,21 @@ def set_exporting(model: nn.Module, on: bool) -> None:
 
 
 # -- the loss the checkpoint was trained with -----------------------------------------------------
+def trained_distillation(ckpt: dict, mode: str) -> tuple[float, float]:
+    """(T, α) the student was distilled with: what its checkpoint records (the --tune choice too),
+    else its run's --temperature / --alpha, else the mode's defaults."""
+    from edgeskd.distill.config import DEFAULT_TEMPERATURES
+
+    config = ckpt.get("config") or {}
+    used = config.get("distillation") if isinstance(config.get("distillation"), dict) else {}
+    train = config.get("train") if isinstance(config.get("train"), dict) else {}
+    t = used.get("temperature", train.get("temperature"))
+    if t is None:
+        t = DEFAULT_TEMPERATURES.get(mode, 4.0)
+    a = used.get("alpha", train.get("alpha", 0.5))
+    return float(t), float(a)
+
+
 def distillation_loss(mode: str, teacher_meta: ModelMeta | None, *, alpha: float, temperature: float
                       ) -> Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor], dict]:
     """loss(student_out, teacher_out, class_labels, subclass_labels) → {"loss", ...}."""
@@ -573,8 +588,8 @@ def run_qat(
     init, init_f1 = choose_init(qmodel, val_inputs, meta)
     log("activation ranges start from " + ", ".join(f"{k} calibration (val F1 {v:.2f})" for k, v in init_f1.items())
         + f": {init}")
-    loss_fn = distillation_loss(inp.mode, inp.teacher_meta, alpha=float(cfg.get("alpha", 0.5)),
-                                temperature=float(cfg.get("temperature", 4.0)))
+    temperature, alpha = trained_distillation(inp.ckpt, inp.mode)
+    loss_fn = distillation_loss(inp.mode, inp.teacher_meta, alpha=alpha, temperature=temperature)
     loader = _loader(ls.split("train"), meta, batch_size=bs, augment=cfg.get("augment", "endoscopy"), seed=seed)
     log(f"QAT of {checkpoint} ({inp.mode}{', teacher ' + inp.teacher_path if inp.teacher_path else ''}): "
         f"{counts['quantized_layers']} layers fake-quantized, {counts['batchnorm_folded']} BatchNorm folded, "
