@@ -59,3 +59,7 @@ class NotAvailableYet(EdgeSKDError):
     """A command that a later release fills in."""
 
     exit_code = 9
+
+
+class UnknownModelError(UsageError, ValueError):
+    """An unknown model name (a UsageError for the CLI, a ValueError for library callers)."""

@@ -1,4 +1,4 @@
-"""Clinical operating points for CADx (DESIGN.md §7), numpy only: the edge runtime imports these.
+"""Clinical operating points for CADx (optical diagnosis of polyps), numpy only: the edge runtime imports these.
 
 - ``calibration``: ECE (15 equal-width bins), NLL, temperature scaling fitted on validation,
   calibrated probabilities from an artifact's logits and metadata.

@@ -7,7 +7,7 @@ its confidence (highest calibrated class probability) is at least the threshold;
 - NPV = right negative calls / negative calls (a negative call says "not the positive class";
   it is right when the case is not of the positive class); PPV = right positive calls / positive
   calls; sensitivity = TP / (TP + FN), specificity = TN / (TN + FP); coverage = calls / cases.
-- ASGE PIVI "diagnose-and-leave": NPV ≥ 90 % on high-confidence calls (DESIGN.md §7).
+- ASGE PIVI "diagnose-and-leave": NPV ≥ 90 % for adenomatous histology on high-confidence calls.
 - The threshold is chosen on validation: the lowest confidence in (0.5, 1) — hence the highest
   coverage — at which NPV ≥ 90 % (and PPV ≥ 90 % as well, where some threshold reaches both), with
   at least ``min_calls`` calls behind each figure. None (and a reason) when no threshold does.

@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from edgeskd.errors import UsageError
+from edgeskd.errors import UnknownModelError, UsageError  # noqa: F401 (UnknownModelError: re-export)
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 _ROLE: dict[str, str] = {}
@@ -41,10 +41,6 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-class UnknownModelError(UsageError, ValueError):
-    """An unknown model name (a UsageError for the CLI, a ValueError for library callers)."""
-
-
 def check_model_name(name: str, role: str | None = None) -> None:
     """Raise UnknownModelError (listing this registry's names, those of ``role``, and timm's) unless
     ``name`` is a registry name or ``timm:ARCH``."""
@@ -53,9 +49,10 @@ def check_model_name(name: str, role: str | None = None) -> None:
     from edgeskd.models import timm_models
 
     if timm_models.is_timm_name(name):
-        timm_models.check_timm_name(name, list_models(), role)
+        timm_models.check_timm_name(name, list_models(), role, list_models(role) if role else [])
         return
-    raise UnknownModelError(timm_models.unknown_model_message(name, list_models(), role))
+    raise UnknownModelError(timm_models.unknown_model_message(name, list_models(), role,
+                                                              list_models(role) if role else []))
 
 
 def create_model(name: str, num_outputs: int, *, img_size: int | None = None,

@@ -12,8 +12,7 @@ import difflib
 import os
 from typing import Any
 
-from edgeskd.errors import ArtifactError, BackendUnavailable
-from edgeskd.models.registry import UnknownModelError
+from edgeskd.errors import ArtifactError, BackendUnavailable, UnknownModelError
 from edgeskd.models.weights import is_imagenet, load_backbone_weights, timm_weight_file
 
 TIMM_PREFIX = "timm:"
@@ -40,29 +39,27 @@ def _timm() -> Any:
     return timm
 
 
-def check_timm_name(name: str, builtin: list[str], role: str | None = None) -> None:
+def check_timm_name(name: str, builtin: list[str], role: str | None = None, role_names: list[str] = ()) -> None:
     """Raise UnknownModelError unless ``name`` is ``timm:`` + a timm architecture (and a known tag)."""
     timm = _timm()
     arch = timm_arch(name)
     base, _, tag = arch.partition(".")
     if not base or not timm.is_model(base):
-        raise UnknownModelError(unknown_model_message(name, builtin, role))
+        raise UnknownModelError(unknown_model_message(name, builtin, role, role_names))
     if tag and arch not in timm.list_pretrained(f"{base}.*"):
         tags = [t.partition(".")[2] for t in timm.list_pretrained(f"{base}.*")]
         raise UnknownModelError(f"timm:{base} has no weight tag {tag!r}; its tags: {', '.join(tags) or 'none'}")
 
 
-def unknown_model_message(name: str, builtin: list[str], role: str | None = None) -> str:
-    """The unknown-name error: the registry's names (and those of ``role``), timm's, and close
-    matches in both."""
-    from edgeskd.models.registry import list_models
-
+def unknown_model_message(name: str, builtin: list[str], role: str | None = None, role_names: list[str] = ()) -> str:
+    """The unknown-name error: the registry's names ``builtin`` (and ``role_names``, those of
+    ``role``), timm's, and close matches in both."""
     arch = timm_arch(name)
     kind = f"{role} model" if role else "model"
     what = f"timm {kind} {arch!r}" if is_timm_name(name) else f"{kind} {name!r}"
     head = f"unknown {what}; valid names: {', '.join(builtin)}"
     if role:
-        head += f" ({role}s: {', '.join(list_models(role))})"
+        head += f" ({role}s: {', '.join(role_names)})"
     try:
         timm_names = _timm().list_models()
     except BackendUnavailable as e:

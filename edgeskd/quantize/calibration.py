@@ -134,11 +134,48 @@ def select_calibration(dataset, meta: ModelMeta, *, size: int = DEFAULT_SIZE, se
     return CalibrationSet(sub, meta, idx, f"{len(idx)} images of {where} (seed {seed})", batch_size, warnings)
 
 
+CALIB_METHODS = ("minmax", "entropy", "percentile")
+
+
+@dataclass(frozen=True)
+class CalibSettings:
+    """How one calibration method computes its ranges.
+
+    ``quantize_static`` forwards only a few ``Calib*`` options to its calibrator and not the
+    histogram sizes, so its entropy calibrator runs with 128 bins and 128 quantized bins: the KL
+    search then has a single candidate (the whole histogram) and returns exactly the min/max
+    range. edgeskd computes the ranges itself (``calibrate_ranges``) and hands them to
+    ``quantize_static`` as a calibration cache. ``tag`` names the settings in the cache file, so
+    ranges computed with other settings are never reused.
+    """
+
+    method: str
+    collector: str                           # ONNX Runtime calibrator that gathers the statistics
+    options: tuple[tuple[str, Any], ...]     # its create_calibrator options
+    tag: str
+
+
+CALIB_SETTINGS: dict[str, CalibSettings] = {
+    "minmax": CalibSettings("minmax", "minmax", (), "minmax"),
+    # TensorRT's entropy calibration: a 2048-bin histogram of |x|, thresholds from bin 128 up,
+    # 128 quantized levels (calibration.entropy_amax on ONNX Runtime's |x| histograms).
+    "entropy": CalibSettings("entropy", "percentile", (("num_bins", 2048), ("symmetric", True)), "entropy-trt2048"),
+    "percentile": CalibSettings("percentile", "percentile",
+                                (("num_bins", 2048), ("percentile", 99.999), ("symmetric", True)), "percentile"),
+}
+
+
+def calib_tag(method: str) -> str:
+    """The calibration settings' name in a cache file name (``calibration.cache_path``)."""
+    if method not in CALIB_SETTINGS:
+        raise ValueError(f"calibration method {method!r}; use one of {CALIB_METHODS}")
+    return CALIB_SETTINGS[method].tag
+
+
 def cache_path(onnx_bytes: bytes, calib: CalibrationSet, method: str, directory: str | Path = DEFAULT_DIR,
                stem: str = "model") -> Path:
     """``calibration/<stem>-<model hash>-<data hash>-<method settings>.json`` (the settings tag, e.g.
     ``entropy-b2048q128``, keeps ranges computed with other histogram settings from being reused)."""
-    from edgeskd.quantize.qdq import calib_tag
 
     mh = hashlib.sha256(onnx_bytes).hexdigest()[:12]
     return Path(directory) / f"{stem}-{mh}-{calib.fingerprint()}-{calib_tag(method)}.json"

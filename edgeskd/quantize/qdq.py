@@ -21,6 +21,7 @@ import numpy as np
 
 from edgeskd.errors import ArtifactError, BackendUnavailable, UsageError
 from edgeskd.meta import ModelMeta
+from edgeskd.quantize.calibration import CALIB_METHODS, CALIB_SETTINGS, CalibSettings, calib_tag, entropy_amax  # noqa: F401
 from edgeskd.utils.io import atomic_path
 
 
@@ -40,42 +41,6 @@ VARIANTS: dict[str, QuantVariant] = {
                          "Q/DQ, asymmetric UINT8 activations + per-channel INT8 weights (x86 CPU friendly)"),
 }
 
-CALIB_METHODS = ("minmax", "entropy", "percentile")
-
-
-@dataclass(frozen=True)
-class CalibSettings:
-    """How one calibration method computes its ranges.
-
-    ``quantize_static`` forwards only a few ``Calib*`` options to its calibrator and not the
-    histogram sizes, so its entropy calibrator runs with 128 bins and 128 quantized bins: the KL
-    search then has a single candidate (the whole histogram) and returns exactly the min/max
-    range. edgeskd computes the ranges itself (``calibrate_ranges``) and hands them to
-    ``quantize_static`` as a calibration cache. ``tag`` names the settings in the cache file, so
-    ranges computed with other settings are never reused.
-    """
-
-    method: str
-    collector: str                           # ONNX Runtime calibrator that gathers the statistics
-    options: tuple[tuple[str, Any], ...]     # its create_calibrator options
-    tag: str
-
-
-CALIB_SETTINGS: dict[str, CalibSettings] = {
-    "minmax": CalibSettings("minmax", "minmax", (), "minmax"),
-    # TensorRT's entropy calibration: a 2048-bin histogram of |x|, thresholds from bin 128 up,
-    # 128 quantized levels (calibration.entropy_amax on ONNX Runtime's |x| histograms).
-    "entropy": CalibSettings("entropy", "percentile", (("num_bins", 2048), ("symmetric", True)), "entropy-trt2048"),
-    "percentile": CalibSettings("percentile", "percentile",
-                                (("num_bins", 2048), ("percentile", 99.999), ("symmetric", True)), "percentile"),
-}
-
-
-def calib_tag(method: str) -> str:
-    """The calibration settings' name in a cache file name (``calibration.cache_path``)."""
-    if method not in CALIB_SETTINGS:
-        raise ValueError(f"calibration method {method!r}; use one of {CALIB_METHODS}")
-    return CALIB_SETTINGS[method].tag
 
 
 def calibrate_ranges(model, calib: Any, method: str, cache: str | Path) -> Path:
@@ -139,7 +104,6 @@ def _entropy_ranges(calibrator, entropy_method) -> Any:
     the observed min/max (so a ReLU output keeps its [0, t] range for UINT8 activations)."""
     from onnxruntime.quantization.calibrate import TensorData, TensorsData
 
-    from edgeskd.quantize.calibration import entropy_amax
 
     collector = getattr(calibrator, "collector", None)
     hists = getattr(collector, "histogram_dict", None)
