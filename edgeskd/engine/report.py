@@ -45,6 +45,8 @@ def add_clinical(c: "Candidate", clinical: dict[str, Any], ref: dict[str, Any] |
     moves by more than ``max_drop`` points."""
     from edgeskd.clinical.artifact import changes, moved_beyond
 
+    if not clinical:   # a Q/DQ source's FP32 reference: only its recorded F1 is known
+        return
     c.ece, c.npv, c.npv_ci95, c.coverage = clinical["ece"], clinical["npv"], clinical["npv_ci95"], clinical["coverage"]
     c.threshold = clinical["threshold"]
     if not ref:
