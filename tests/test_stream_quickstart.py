@@ -111,7 +111,9 @@ def test_quickstart_reuses_only_its_own_matching_data(tmp_path, monkeypatch):
     monkeypatch.setattr(qs, "_invoke", fake_invoke)
     data = tmp_path / "w" / "data"
     data.mkdir(parents=True)
-    (data / "dataset.json").write_text(json.dumps({"generator": {"n": 1500, "size": 96, "seed": 0}}))
+    fast = qs.PROFILES["fast"]
+    (data / "dataset.json").write_text(json.dumps({"generator": {"n": fast.synth_n, "size": fast.synth_size,
+                                                                 "seed": 0}}))
     with pytest.raises(SystemExit):
         qs.run_quickstart(tmp_path / "w", profile="fast", say=lambda s: None)
     assert calls[-1][0] == "train"                              # same n/size/seed: reused

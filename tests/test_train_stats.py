@@ -81,7 +81,8 @@ def test_tune_grid_options():
     assert cfg.tune_grid == [(1.0, 0.5), (1.0, 0.9), (2.0, 0.5), (2.0, 0.9), (4.0, 0.5), (4.0, 0.9)]
     cfg = resolve_config({"tune": True, "tune_temperatures": "1.5, 3", "tune_alphas": "0.7"})
     assert cfg.tune_grid == [(1.5, 0.7), (3.0, 0.7)]
-    assert resolve_config({"temperature": 2.0, "alpha": 0.3}).tune_grid == [(2.0, 0.3)]   # no --tune: one cell
+    one = resolve_config({"temperature": 2.0, "alpha": 0.3})
+    assert one.cells_for("kd") == one.cells_for("skd") == [(2.0, 0.3)]   # no --tune: one cell per mode
     for bad, needle in [({"tune_temperatures": "0,1"}, "every T must be a finite number > 0"),
                         ({"tune_temperatures": "-1"}, "finite number > 0"),
                         ({"tune_alphas": "0.5,1.2"}, r"1.2 is outside \[0, 1\]"),
