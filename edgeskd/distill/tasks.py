@@ -12,6 +12,8 @@ trained on that batch.
 
 from __future__ import annotations
 
+import abc
+
 import contextlib
 from dataclasses import dataclass, replace
 from typing import Any, Callable, ContextManager, Sequence
@@ -32,7 +34,7 @@ class Batch:
     teacher_logits: Any = None          # (B, S) the frozen teacher's subclass logits, when a task needs them
 
 
-class Task:
+class Task(abc.ABC):
     """One model's objective. ``bind(forward)`` gives it the forward pass to call (the training
     loop binds the model, wrapped for DDP and mixed precision); ``task(batch)`` returns the parts."""
 
@@ -52,8 +54,9 @@ class Task:
             raise RuntimeError(f"{type(self).__name__} needs batch.teacher_logits (see TeacherOutputs)")
         return self.loss(self.forward(batch.x).float(), batch)
 
+    @abc.abstractmethod
     def loss(self, out, batch: Batch) -> dict[str, Any]:
-        raise NotImplementedError
+        """The objective's parts (``loss`` and its terms) from the model output ``out``."""
 
 
 class CrossEntropyTask(Task):
