@@ -126,6 +126,36 @@ def test_temperature_refuses_without_inventing():
     assert "same for every class" in fit_temperature(np.zeros((100, 3)), y[:100]).reason
 
 
+def test_ece_sampling_floor():
+    from edgeskd.clinical import ece_sampling_floor
+
+    # certain predictions: no sampling noise at all
+    assert ece_sampling_floor(_binary([1.0] * 50, [1] * 50)) == {"mean": 0.0, "p95": 0.0}
+    # one bin, confidence 0.8, n cases: ECE = |k/n - 0.8| with k ~ Binomial(n, 0.8); E ≈ sqrt(2/π)·sqrt(0.16/n)
+    for n in (100, 400):
+        f = ece_sampling_floor(_binary([0.8] * n, [1] * n), n_sims=4000)
+        assert f["mean"] == pytest.approx(math.sqrt(2 / math.pi) * math.sqrt(0.16 / n), rel=0.1) and f["p95"] > f["mean"]
+    # truly calibrated labels give an observed ECE inside the floor's range; seeded: the same twice
+    logits, y = _synthetic_logits(1.0, n=300, c=2, seed=4)
+    p = softmax(logits, axis=1)
+    f = ece_sampling_floor(p)
+    assert f == ece_sampling_floor(p) and ece(p, y) < f["p95"]
+
+
+def test_paired_difference():
+    from edgeskd.clinical import paired_difference
+
+    a = np.array([1, 1, 1, 0] * 50)
+    b = np.array([1, 0, 0, 0] * 50)
+    d = paired_difference(a, b)
+    assert d["difference"] == 0.5 and d["n"] == 200 and d["ci95"][0] < 0.5 < d["ci95"][1]
+    assert 0.35 < d["ci95"][0] and d["ci95"][1] < 0.65 and d == paired_difference(a, b)
+    same = paired_difference(a, a)
+    assert same["difference"] == 0.0 and same["ci95"] == [0.0, 0.0]
+    with pytest.raises(ValueError):
+        paired_difference(a, b[:-1])
+
+
 # -- calibrated probabilities from an artifact's metadata ----------------------------------------
 @pytest.mark.parametrize("output", ["subclass_logits", "class_logits"])
 def test_calibrated_probabilities_keep_argmax(output):
@@ -791,6 +821,12 @@ def test_training_calibrates_students_and_reports_them(tmp_path):
         100 * want["coverage"], abs=1e-3)
     assert op["npv_ci95"] == pytest.approx([100 * v for v in want["npv_ci95"]], abs=1e-3)
     assert op["coverage_ci95"][0] < op["coverage"] < op["coverage_ci95"][1] and op["argmax"]["coverage"] == 100.0
+    assert 0 < cal["ece_sampling_floor"]["mean"] < cal["ece_sampling_floor"]["p95"] < 10
+    (key, diff), = metrics["coverage_differences"].items()
+    called = {n: calibrated_probabilities(r.test_logits, r.meta).max(1) >= r.meta.threshold for n, r in
+              (("none", plain), ("skd", skd))}
+    assert key == "student-skd - student-none" and diff["difference"] == pytest.approx(
+        100 * (called["skd"].mean() - called["none"].mean()), abs=1e-3)
     json.dumps(metrics)
     two = {"models": {"student-skd": {}}, "dataset": metrics["dataset"]}      # two seeds: means and each seed's
     clinical_report.add_to_metrics(two, {3: per_seed[0], 7: per_seed[0]}, data)
@@ -804,6 +840,7 @@ def test_training_calibrates_students_and_reports_them(tmp_path):
     text = "\n".join(clinical_report.section(metrics))
     assert "not a clinical validation" in text and "| student-skd |" in text and "| SKD |" in text
     assert "| plain |" in text and "reliability_student-skd.png" in text and "Lower 95 % NPV bound" in text
+    assert "paired bootstrap" in text and "ECE from sampling alone" in text
 
 
 def test_training_run_with_a_tiny_validation_split_stores_no_threshold(tmp_path, cli):

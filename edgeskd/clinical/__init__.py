@@ -15,6 +15,7 @@ from edgeskd.clinical.calibration import (
     calibrated_probabilities,
     class_logits,
     ece,
+    ece_sampling_floor,
     fit_temperature,
     nll,
     reliability_bins,
@@ -28,6 +29,7 @@ from edgeskd.clinical.operating_point import (
     decide,
     evaluate_operating_point,
     operating_point,
+    paired_difference,
     select_threshold,
     state_names,
     validate_threshold,
@@ -38,7 +40,7 @@ from edgeskd.clinical.per_polyp import PolypDecision, aggregate_polyps, parse_po
 __all__ = [
     "LOW_CONFIDENCE", "NPV_TARGET", "PPV_TARGET", "PolypDecision", "TemperatureFit", "ThresholdChoice",
     "aggregate_polyps", "binary_rates", "calibrated_probabilities", "class_logits", "decide", "ece",
-    "evaluate_operating_point", "fit_temperature", "nll", "operating_point", "parse_polyp_id", "polyp_ids",
-    "polyp_summary", "reliability_bins", "select_threshold", "state_names", "validate_threshold",
-    "wilson_interval",
+    "ece_sampling_floor", "evaluate_operating_point", "fit_temperature", "nll", "operating_point",
+    "paired_difference", "parse_polyp_id", "polyp_ids", "polyp_summary", "reliability_bins", "select_threshold",
+    "state_names", "validate_threshold", "wilson_interval",
 ]

@@ -83,7 +83,7 @@ def reliability_bins(probs: Any, labels: Any, n_bins: int = N_BINS) -> Reliabili
     right = (p.argmax(axis=1) == y).astype(np.float64)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     # right-closed bins: edges[b] < conf <= edges[b + 1] (confidence 0 cannot occur for a max prob)
-    b = np.clip(np.searchsorted(edges[1:-1], conf, side="left"), 0, n_bins - 1)
+    b = _bin_index(conf, n_bins)
     counts = np.bincount(b, minlength=n_bins)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_conf = np.bincount(b, weights=conf, minlength=n_bins) / counts
@@ -94,6 +94,31 @@ def reliability_bins(probs: Any, labels: Any, n_bins: int = N_BINS) -> Reliabili
 def ece(probs: Any, labels: Any, n_bins: int = N_BINS) -> float:
     """Expected calibration error (fraction) with ``n_bins`` equal-width confidence bins."""
     return reliability_bins(probs, labels, n_bins).ece
+
+
+def _bin_index(conf: np.ndarray, n_bins: int) -> np.ndarray:
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    return np.clip(np.searchsorted(edges[1:-1], conf, side="left"), 0, n_bins - 1)
+
+
+def ece_sampling_floor(probs: Any, n_bins: int = N_BINS, n_sims: int = 1000, seed: int = 0) -> dict[str, float]:
+    """The ECE that sampling alone gives on these cases: each case's argmax is drawn right with
+    probability equal to its confidence (a perfectly calibrated model with these confidences), ECE
+    measured, ``n_sims`` times (seeded). ``{"mean", "p95"}`` as fractions: an observed ECE inside
+    this range is consistent with perfect calibration on this many cases."""
+    p = _probs(probs)
+    if len(p) == 0:
+        raise ValueError("no cases for the ECE sampling floor")
+    conf = p.max(axis=1)
+    onehot = np.eye(n_bins)[_bin_index(conf, n_bins)]                    # (N, B)
+    counts = onehot.sum(axis=0)
+    full = counts > 0
+    mean_conf = (conf @ onehot)[full] / counts[full]
+    rng = np.random.default_rng(seed)
+    right = (rng.random((int(n_sims), len(conf))) < conf).astype(np.float64)   # (S, N)
+    acc = (right @ onehot)[:, full] / counts[full]
+    sims = np.abs(acc - mean_conf) @ (counts[full] / len(conf))
+    return {"mean": float(sims.mean()), "p95": float(np.percentile(sims, 95))}
 
 
 def nll(class_logits: Any, labels: Any, temperature: float = 1.0) -> float:

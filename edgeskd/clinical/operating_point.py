@@ -219,3 +219,16 @@ def operating_point(val_probs: Any, val_labels: Any, test_probs: Any, test_label
     out["validation"] = choice.to_dict() if choice is not None else None
     out["argmax"] = evaluate_operating_point(test_probs, test_labels, None, positive)
     return out
+
+
+def paired_difference(a: Any, b: Any, *, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Mean of ``a`` − mean of ``b`` for per-case values of the same cases (e.g. "got a call" of two
+    models on one test split), with a 95 % paired bootstrap interval (cases resampled, seeded)."""
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if x.shape != y.shape or x.ndim != 1 or len(x) == 0:
+        raise ValueError(f"paired values need the same non-empty 1-D shape, got {x.shape} and {y.shape}")
+    d = x - y
+    idx = np.random.default_rng(seed).integers(0, len(d), (int(n_boot), len(d)))
+    boots = d[idx].mean(axis=1)
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    return {"difference": float(d.mean()), "ci95": [float(lo), float(hi)], "n": int(len(d)), "n_boot": int(n_boot)}
