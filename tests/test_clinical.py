@@ -96,6 +96,16 @@ def test_temperature_recovers_known_value(t_true):
     assert ece(after, y) < 0.02 < ece(before, y)
 
 
+def test_temperature_interval_narrows_with_more_validation():
+    from edgeskd.clinical import temperature_interval
+
+    logits, y = _synthetic_logits(2.0, n=4000, c=2, seed=6)
+    small, big = temperature_interval(logits[:250], y[:250]), temperature_interval(logits, y)
+    assert small[0] < 2.0 < small[1] and big[0] < 2.0 < big[1]
+    assert big[1] - big[0] < 0.5 * (small[1] - small[0])
+    assert temperature_interval(logits[:30], y[:30]) is None          # too few cases to fit at all
+
+
 def test_temperature_on_logsumexp_class_logits_of_subclass_outputs():
     cls_logits, y = _synthetic_logits(3.0, c=2, seed=1)
     # subclass blocks (2 + 3) whose logsumexp is the class logit: z_c + log w_j with Σ_j w_j = 1
@@ -809,6 +819,7 @@ def test_training_calibrates_students_and_reports_them(tmp_path):
     m = metrics["models"]
     cal = m["student-skd"]["calibration"]
     assert cal["temperature"] == pytest.approx(skd.meta.temperature, abs=1e-6) and cal["n_bins"] == 15
+    assert cal["temperature_ci95"][0] < 2.5 < cal["temperature_ci95"][1]
     assert cal["ece"] > 5 and cal["ece_calibrated"] < 3 and cal["nll_calibrated"] < cal["nll"]      # percent
     assert cal["ece"] == pytest.approx(100 * ece(softmax(class_logits(skd.test_logits, skd_meta), 1), test.labels),
                                        abs=1e-3)

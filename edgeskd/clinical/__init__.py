@@ -19,6 +19,7 @@ from edgeskd.clinical.calibration import (
     fit_temperature,
     nll,
     reliability_bins,
+    temperature_interval,
 )
 from edgeskd.clinical.operating_point import (
     LOW_CONFIDENCE,
@@ -42,5 +43,5 @@ __all__ = [
     "aggregate_polyps", "binary_rates", "calibrated_probabilities", "class_logits", "decide", "ece",
     "ece_sampling_floor", "evaluate_operating_point", "fit_temperature", "nll", "operating_point",
     "paired_difference", "parse_polyp_id", "polyp_ids", "polyp_summary", "reliability_bins", "select_threshold",
-    "state_names", "validate_threshold", "wilson_interval",
+    "state_names", "temperature_interval", "validate_threshold", "wilson_interval",
 ]

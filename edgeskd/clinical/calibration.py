@@ -229,3 +229,24 @@ def fit_temperature(class_logits_val: Any, labels: Any, *, min_samples: int = MI
             break
     t = 1.0 / math.exp(0.5 * (lo + hi))
     return TemperatureFit(t, None, len(y), nll(z, y), nll(z, y, t))
+
+
+def temperature_interval(class_logits_val: Any, labels: Any, *, n_boot: int = 200, seed: int = 0,
+                         **fit_kw: Any) -> list[float] | None:
+    """95 % bootstrap interval of the fitted temperature (validation cases resampled, seeded): how well
+    this validation split pins T down. None when fewer than 90 % of the resamples give a fit."""
+    z = np.asarray(class_logits_val, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.int64)
+    if len(y) == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    temps = []
+    for _ in range(int(n_boot)):
+        idx = rng.integers(0, len(y), len(y))
+        fit = fit_temperature(z[idx], y[idx], **fit_kw)
+        if fit.ok:
+            temps.append(fit.temperature)
+    if len(temps) < 0.9 * n_boot:
+        return None
+    lo, hi = np.percentile(temps, [2.5, 97.5])
+    return [float(lo), float(hi)]

@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 
 from edgeskd.clinical import (NPV_TARGET, calibrated_probabilities, class_logits, ece, ece_sampling_floor,
-                              fit_temperature, nll, operating_point, paired_difference, wilson_interval)
+                              fit_temperature, nll, operating_point, paired_difference, temperature_interval,
+                              wilson_interval)
 
 PCT_KEYS = ("coverage", "accuracy", "sensitivity", "specificity", "npv", "ppv")
 CI_KEYS = ("npv_ci95", "ppv_ci95", "coverage_ci95")
@@ -43,15 +44,17 @@ def calibrate_student(ctx, r) -> None:
 
     val, test = ctx.val_split, ctx.test_split
     val_logits = ctx.predict(r.model, "val", r.meta)
-    fit = fit_temperature(class_logits(val_logits, r.meta), val.labels)
+    z_val = class_logits(val_logits, r.meta)
+    fit = fit_temperature(z_val, val.labels)
     t = fit.temperature if fit.ok else 1.0
+    fit_record = {**fit.to_dict(), "temperature_ci95": temperature_interval(z_val, val.labels) if fit.ok else None}
     op = operating_point(calibrated_probabilities(val_logits, r.meta, t), val.labels,
                          calibrated_probabilities(r.test_logits, r.meta, t), test.labels,
                          positive=int(r.meta.positive_class))
     r.meta = r.meta.replace(temperature=t, threshold=op["threshold"])
-    r.extra["clinical"] = {"fit": fit.to_dict(), "operating_point": op}
+    r.extra["clinical"] = {"fit": fit_record, "operating_point": op}
     if ctx.dist.is_main and r.path is not None:
-        rewrite_checkpoint_meta(r.path, r.meta, {"temperature_fit": fit.to_dict(), "threshold": op["threshold"],
+        rewrite_checkpoint_meta(r.path, r.meta, {"temperature_fit": fit_record, "threshold": op["threshold"],
                                                  "threshold_reason": op["reason"]})
     ddp.barrier(ctx.dist)
 
@@ -109,7 +112,7 @@ def _calibration_of(r, labels: np.ndarray) -> dict[str, Any]:
         t = fit["temperature"] if fit["temperature"] is not None else 1.0
         out.update(ece_calibrated=_pct(ece(calibrated_probabilities(logits, r.meta, t), labels)),
                    nll_calibrated=round(nll(z, labels, t), 6), temperature=fit["temperature"],
-                   temperature_note=fit["reason"], nll_val_before=fit["nll_before"], nll_val_after=fit["nll_after"])
+                   temperature_ci95=fit.get("temperature_ci95"), temperature_note=fit["reason"], nll_val_before=fit["nll_before"], nll_val_after=fit["nll_after"])
     floor = ece_sampling_floor(calibrated_probabilities(logits, r.meta, t))
     out["ece_sampling_floor"] = {k: _pct(v) for k, v in floor.items()}
     return out
@@ -138,6 +141,7 @@ def add_to_metrics(metrics: dict[str, Any], per_seed: dict[int, dict[str, Any]],
         cal.update(n_bins=15, split="test", n=int(len(labels)))
         if "temperature" in cal:
             cal["fitted_on"] = "val"
+            cal["temperature_ci95"] = each[0].get("temperature_ci95") if len(each) == 1 else None   # see per_seed
             cal["temperature_note"] = next((e["temperature_note"] for e in each if e.get("temperature_note")), None)
         else:
             cal["note"] = "not deployed: no temperature fitted"
@@ -217,9 +221,11 @@ def _calibration_table(models: dict[str, Any]) -> list[str]:
         if c is None:
             continue
         floor = c.get("ece_sampling_floor") or {}
+        ci = c.get("temperature_ci95")
+        t = _f(c.get("temperature"), 3) + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
         lines.append(f"| {name} | {_f(c['ece'], 2)} | {_f(c.get('ece_calibrated'), 2)} | "
                      f"{_f(floor.get('mean'), 2)} / {_f(floor.get('p95'), 2)} | "
-                     f"{_f(c.get('temperature'), 3)} | {_f(c['nll'], 4)} | {_f(c.get('nll_calibrated'), 4)} |")
+                     f"{t} | {_f(c['nll'], 4)} | {_f(c.get('nll_calibrated'), 4)} |")
     return lines
 
 
@@ -304,7 +310,10 @@ def section(metrics: dict[str, Any]) -> list[str]:
     lines += _calibration_table(models)
     lines += ["", f"ECE from sampling alone: the ECE a perfectly calibrated model with the same confidences would show "
                   f"on {ds['n_test']} test images (labels drawn 1,000 times). An ECE below its 95th percentile is "
-                  "consistent with perfect calibration at this test size: differences inside that range are sampling noise."]
+                  "consistent with perfect calibration at this test size: differences inside that range are sampling noise. "
+                  f"T [interval]: 95 % bootstrap interval of the temperature over the {ds['n_val']} validation images; "
+                  "a wide one means validation is too small to pin T down, and the ECE after scaling on test can stay "
+                  "above the sampling range."]
     notes = [f"{n}: no temperature — {m['calibration']['temperature_note']}" for n, m in models.items()
              if (m.get("calibration") or {}).get("temperature_note")]
     lines += [""] + ([f"- {s}" for s in notes] + [""] if notes else [])
