@@ -75,3 +75,20 @@ def test_downsampling_steps_and_default_size():
     assert create_model("tiny_cnn", 2).strides == create_model("tiny_cnn", 2, img_size=DEFAULT_IMG_SIZE).strides
     with pytest.raises(UsageError):
         downsampling_steps(1)
+
+
+@pytest.mark.parametrize("size, side", [(32, 4), (48, 6), (64, 4), (224, 7)])
+def test_half_width_student_and_small_input_teacher(size, side):
+    """tiny_cnn_050 is tiny_cnn at half width (same strides, a quarter of the parameters); wide_cnn
+    (a teacher for small inputs) fits its down-sampling to the input too, ending at ~3x3 (~7x7 at
+    224 px), with at least 10x the half-width student's parameters."""
+    full, half = create_model("tiny_cnn", 6, img_size=size), create_model("tiny_cnn_050", 6, img_size=size)
+    assert half.strides == full.strides
+    assert 0.2 < count_parameters(half) / count_parameters(full) < 0.3
+    with torch.no_grad():
+        assert tuple(half.features(torch.zeros(1, 3, size, size)).shape[-2:]) == (side, side)
+        teacher = create_model("wide_cnn", 8, img_size=size).eval()
+        fmap = teacher.features(torch.zeros(1, 3, size, size))
+        assert teacher(torch.zeros(2, 3, size, size)).shape == (2, 8)
+    assert 2 <= fmap.shape[-1] <= min(side, 7)
+    assert count_parameters(teacher) >= 10 * count_parameters(half)

@@ -33,6 +33,12 @@ def register_model(role: str) -> Callable[[Callable[..., nn.Module]], Callable[.
     return deco
 
 
+def _size_aware() -> set[str]:
+    import inspect
+
+    return {n for n, f in _REGISTRY.items() if "img_size" in inspect.signature(f).parameters}
+
+
 def list_models(role: str | None = None) -> list[str]:
     return sorted(n for n in _REGISTRY if role is None or _ROLE[n] == role)
 
@@ -57,8 +63,9 @@ def check_model_name(name: str, role: str | None = None) -> None:
 
 def create_model(name: str, num_outputs: int, *, img_size: int | None = None,
                  pretrained: str | Path | None = None) -> nn.Module:
-    """``img_size``: the square input size the model will see; students fit their down-sampling
-    to it (None → ``DEFAULT_IMG_SIZE``); teachers and timm models ignore it. ``pretrained``:
+    """``img_size``: the square input size the model will see; the input-size-aware models
+    (``tiny_cnn*``, ``wide_cnn``) fit their down-sampling to it (None → ``DEFAULT_IMG_SIZE``);
+    torchvision and timm models ignore it. ``pretrained``:
     'imagenet' (local cache, else a download) or a local state dict (backbone only)."""
     check_model_name(name)
     if num_outputs < 2:
@@ -67,7 +74,7 @@ def create_model(name: str, num_outputs: int, *, img_size: int | None = None,
         from edgeskd.models.timm_models import create_timm_model
 
         return create_timm_model(name, num_outputs, pretrained=pretrained)
-    if _ROLE[name] == "student":
+    if name in _size_aware():
         model = _REGISTRY[name](num_outputs, img_size=int(img_size or DEFAULT_IMG_SIZE))
     else:
         model = _REGISTRY[name](num_outputs)
@@ -110,6 +117,16 @@ def efficientnet_b0(num_outputs: int) -> nn.Module:
     return _replace_head(f(weights=None), "classifier", num_outputs)
 
 
+@register_model("teacher")
+def wide_cnn(num_outputs: int, img_size: int = 224) -> nn.Module:
+    """A teacher for small inputs trained from scratch (the fast preset's, at 48 px): ``TinyCNN``'s
+    plan at twice the width (32-512 channels, 1.6 M parameters, 16x ``tiny_cnn_050``), down-sampling
+    to a ~3x3 map. ImageNet-style stems (``resnet18``: 7x7 stride-2 conv + max-pool) leave a 48-px
+    image at 12x12 after the first layer and lose the fine surface texture the subtypes differ in;
+    trained alone at 48 px for 40 epochs ResNet-18 scored below ``tiny_cnn``."""
+    return TinyCNN(num_outputs, img_size, widths=(32, 64, 128, 256, 512), min_map=3)
+
+
 # -- students -------------------------------------------------------------------------
 DEFAULT_IMG_SIZE = 224   # input size a student is built for when the caller does not say
 
@@ -146,16 +163,19 @@ class TinyCNN(nn.Module):
     no hard-swish, no depthwise convs), global average pool, linear head. Every op quantizes
     cleanly to INT8 Q/DQ and fuses into Conv+ReLU in TensorRT and ONNX Runtime.
 
-    Five stages of widths ``widths``; the first ``extra`` stages carry a second 3x3 conv. The
-    input size decides only the strides (``downsampling_steps``): the last stages down-sample, so
-    the final map is ~4-7 px on a side at any input size (32 px → 4x4, 64 → 4x4, 224 → 7x7); the
+    Five stages of widths ``widths`` (times ``width``: 0.5 halves every stage, a quarter of the
+    parameters and multiply-adds); the first ``extra`` stages carry a second 3x3 conv. The input
+    size decides only the strides (``downsampling_steps``): the last stages down-sample, so the
+    final map is ~4-7 px on a side at any input size (32 px → 4x4, 64 → 4x4, 224 → 7x7); the
     parameter shapes are the same at every size.
     """
 
     def __init__(self, num_outputs: int, img_size: int = DEFAULT_IMG_SIZE,
-                 widths: tuple[int, ...] = (16, 32, 64, 128, 256), extra: int = 0) -> None:
+                 widths: tuple[int, ...] = (16, 32, 64, 128, 256), extra: int = 0, width: float = 1.0,
+                 min_map: int = 4) -> None:
         super().__init__()
-        steps = downsampling_steps(img_size, max_steps=len(widths))
+        widths = tuple(max(4, int(round(w * width))) for w in widths)
+        steps = downsampling_steps(img_size, min_map=min_map, max_steps=len(widths))
         # every stage down-samples at the largest inputs; below that the stem keeps full resolution
         # and the stages after the last step keep the final map size
         strides = [2] * steps if steps == len(widths) else [1] + [2] * steps + [1] * (len(widths) - steps - 1)
@@ -179,3 +199,10 @@ class TinyCNN(nn.Module):
 @register_model("student")
 def tiny_cnn(num_outputs: int, img_size: int = DEFAULT_IMG_SIZE) -> nn.Module:
     return TinyCNN(num_outputs, img_size)
+
+
+@register_model("student")
+def tiny_cnn_050(num_outputs: int, img_size: int = DEFAULT_IMG_SIZE) -> nn.Module:
+    """``tiny_cnn`` at half width (8-128 channels): 0.1 M parameters, a quarter of the compute — the
+    fast preset's student (the quickstart's CPU budget, and a student far smaller than its teacher)."""
+    return TinyCNN(num_outputs, img_size, width=0.5)
