@@ -37,7 +37,27 @@ app.command("doctor")(doctor.doctor)
 
 
 def main() -> None:
-    app()
+    """The console script: click's usage errors (an unknown option, a value outside an option's
+    choices or range) become one line on stderr with exit code 2, like edgeskd's own errors."""
+    import sys
+
+    try:
+        from typer._click import exceptions as ex   # newer typer carries its own click
+    except ImportError:
+        from click import exceptions as ex
+
+    try:
+        rv = app(standalone_mode=False)
+    except ex.UsageError as e:
+        message = e.format_message().replace("Value error, ", "")
+        if message:   # (empty: no command given, the help was printed)
+            cmd = e.ctx.command_path if e.ctx is not None else "edgeskd"
+            print(f"error: {message} ({cmd} --help lists the options)", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except ex.Abort:
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(rv if isinstance(rv, int) else 0)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ def synth(
     format: Annotated[WriteFormat, typer.Option("--format", help="Layout to write.")] = WriteFormat.folder,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty OUT.")] = False,
 ) -> None:
-    """Write the synthetic endoscopy set: 2 classes × 3 subclasses, 7 annotator votes, splits 70/15/15.
+    """Write the synthetic endoscopy set: 2 classes × 4 subtypes, 7 annotator votes, splits 50/10/40.
 
     Written atomically (a temporary directory renamed to OUT when complete). Subclasses are the
     visual subclasses; in the MHIST layout they come back as the vote bins 0|1,2|3|4|5,6|7, which
