@@ -191,3 +191,33 @@ def test_teacher_outputs_cache_computes_each_item_once():
     plain(Batch(data[i], None, None, indices=i))
     plain(Batch(data[i], None, None, indices=i))
     assert plain.forwarded == 4         # no cache: every batch goes through the teacher
+
+
+def test_teacher_outputs_cache_is_keyed_by_item_and_view():
+    """With flips / rotations an item's input differs by view: each (item, view) goes through the
+    teacher once; the same item in another view is computed again."""
+    from edgeskd.distill.tasks import Batch, TeacherOutputs
+
+    torch.manual_seed(0)
+    teacher = torch.nn.Linear(4, 3)
+    data = torch.randn(5, 8, 4)                      # item × view → input
+    prep = TeacherOutputs(teacher, cache=True)
+    for idx, views in (([0, 1, 2], [0, 0, 0]), ([0, 1, 2], [3, 0, 7]), ([4, 0, 1], [7, 3, 0])):
+        i, v = torch.tensor(idx), torch.tensor(views)
+        out = prep(Batch(data[i, v], None, None, indices=i, views=v))
+        torch.testing.assert_close(out.teacher_logits, teacher(data[i, v]).detach())
+    assert prep.forwarded == 3 + 2 + 1               # new: (0,3) (2,7), then (4,7)
+
+
+def test_teacher_outputs_table_looks_rows_up_by_index():
+    """--teacher-targets clean: the teacher's logits of the clean training images, computed once; a
+    batch gets its items' rows (whatever view the students see) and nothing goes through the teacher."""
+    from edgeskd.distill.tasks import Batch, TeacherOutputs
+
+    table = torch.arange(12.0).reshape(6, 2)
+    teacher = torch.nn.Linear(4, 2)
+    prep = TeacherOutputs(teacher, table=table, setup_s=1.5)
+    i = torch.tensor([5, 0, 3])
+    out = prep(Batch(torch.randn(3, 4), None, None, indices=i, views=torch.tensor([1, 7, 0])))
+    torch.testing.assert_close(out.teacher_logits, table[i])
+    assert prep.forwarded == 0 and prep.setup_s == 1.5

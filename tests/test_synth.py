@@ -223,3 +223,23 @@ def test_torch_dataset_matches_preprocess_and_augments_reproducibly():
     loader = torch.utils.data.DataLoader(tr, batch_size=4)
     xb, cb, sb = next(iter(loader))
     assert xb.shape == (4, 3, 24, 24) and cb.dtype == torch.int64 and sb.dtype == torch.int64
+
+
+def test_augment_view_names_the_flip_and_rotation():
+    """augment_view's view index is the image's element of the dihedral group: without jitter, every
+    draw with the same view gives the same image, 8 views give 8 distinct images, view 0 is the
+    input; non-square images only flip (4 views)."""
+    from edgeskd.data.torch_dataset import augment_view
+
+    img = np.random.default_rng(0).integers(0, 255, (6, 6, 3), dtype=np.uint8)
+    by_view: dict[int, np.ndarray] = {}
+    for seed in range(200):
+        out, view = augment_view(img, np.random.default_rng(seed), jitter=0.0)
+        assert np.array_equal(by_view.setdefault(view, out), out)
+    assert sorted(by_view) == list(range(8)) and np.array_equal(by_view[0], img)
+    assert len({v.tobytes() for v in by_view.values()}) == 8
+    wide = img[:4]
+    views = {augment_view(wide, np.random.default_rng(s), jitter=0.0)[1] for s in range(100)}
+    assert len(views) == 4
+    flip_only = {augment_view(img, np.random.default_rng(s), jitter=0.0, rotate=False)[1] for s in range(100)}
+    assert len(flip_only) == 4 and 0 in flip_only

@@ -334,9 +334,44 @@ def test_students_share_each_batch_and_one_teacher_pass(tmp_path, monkeypatch, c
     per_batch: dict[int, list[str]] = {}
     for kind, x in student_steps:
         per_batch.setdefault(id(x), []).append(kind)
-    assert len(teacher_passes) == len(per_batch) == 6           # 3 batches x 2 epochs, one teacher pass each
+    n_train = json.loads((tmp_path / "o" / "metrics.json").read_text())["dataset"]["n_train"]
+    assert len(teacher_passes) == len(per_batch) == 2 * (n_train // 8)   # 2 epochs of full batches, one pass each
     assert {id(x) for x in teacher_passes} == set(per_batch)
     assert all(kinds == ["CrossEntropyTask", "KDTask", "SKDTask"] for kinds in per_batch.values())
+
+
+@pytest.mark.parametrize("targets", ["clean", "augmented"])
+def test_teacher_targets_clean_is_one_pass_augmented_sees_each_view(tmp_path, monkeypatch, cli, targets):
+    """clean (default): one teacher pass over the un-augmented training images, before the
+    students, and no teacher forward while they train; augmented: the teacher sees the batches'
+    augmented views, each (image, flip/rotation) at most once."""
+    from edgeskd.distill import tasks
+
+    made: list[tasks.TeacherOutputs] = []
+    real_init = tasks.TeacherOutputs.__init__
+
+    def init(self, *a, **k):
+        real_init(self, *a, **k)
+        made.append(self)
+
+    monkeypatch.setattr(tasks.TeacherOutputs, "__init__", init)
+    out = tmp_path / "o"
+    extra = [] if targets == "clean" else ["--teacher-targets", "augmented"]
+    r = cli("train", *TINY, "--epochs", "3", "--teacher-epochs", "1", *extra, "--out", out)
+    assert r.exit_code == 0, r.output
+    (prep,) = made
+    log = [json.loads(ln) for ln in (out / "log.jsonl").read_text().splitlines()]
+    passes = [rec for rec in log if rec.get("teacher_targets")]
+    n_train = json.loads((out / "metrics.json").read_text())["dataset"]["n_train"]
+    seen = 3 * (n_train // 8) * 8          # 3 epochs of full batches of 8 (drop_last)
+    if targets == "clean":
+        assert prep.forwarded == 0 and prep.table is not None and prep.table.shape[0] == n_train
+        assert len(passes) == 1 and passes[0]["items"] == n_train
+    else:
+        assert prep.table is None and not passes
+        assert 0 < prep.forwarded <= min(seen, 8 * n_train)
+    cfg = json.loads((out / "train-config.json").read_text())
+    assert cfg["teacher_targets"] == targets
 
 
 def test_teacher_checkpoint_reuse_and_mismatch(known_run, cli, tmp_path):
@@ -389,6 +424,26 @@ def test_choice_options_rejected_by_the_parser(cli, tmp_path):
         assert r.exit_code == 2 and "Traceback" not in r.output and extra[1] in r.output
         assert not (tmp_path / "o").exists()
     assert all(choice in r.output for choice in ("endoscopy", "flip", "none"))   # the choices are listed
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["train", "--augment", "sideways"], "'sideways' is not one of 'endoscopy', 'flip', 'none'"),
+    (["train", "--teacher-targets", "teacher"], "'teacher' is not one of 'clean', 'augmented'"),
+    (["train", "--no-such-flag"], "No such option: --no-such-flag"),
+])
+def test_console_script_usage_errors_are_one_line(argv, needle, monkeypatch, capsys, tmp_path):
+    """Through the console script (edgeskd.cli.app.main): a value outside an option's choices or an
+    unknown option is one line on stderr, exit 2, nothing written."""
+    import sys
+
+    from edgeskd.cli.app import main
+
+    monkeypatch.setattr(sys, "argv", ["edgeskd", *argv, "--out", str(tmp_path / "o")])
+    with pytest.raises(SystemExit) as e:
+        main()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err
+    assert not (tmp_path / "o").exists()
 
 
 def test_cuda_without_cuda_is_one_line_error(cli, tmp_path):

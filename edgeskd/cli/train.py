@@ -15,7 +15,8 @@ from typing import Annotated, Optional
 import typer
 
 from edgeskd.cli.common import DataOpt, FormatOpt, cli_command, console
-from edgeskd.distill.config import AUGMENT_POLICIES, PRESETS, TUNE_ALPHAS, TUNE_TEMPERATURES, TrainConfig
+from edgeskd.distill.config import (AUGMENT_POLICIES, PRESETS, TEACHER_TARGETS, TUNE_ALPHAS, TUNE_TEMPERATURES,
+                                    TrainConfig)
 from edgeskd.errors import UsageError
 
 _T = "Training"
@@ -49,6 +50,10 @@ Augment = Enum("Augment", {name: name for name in AUGMENT_POLICIES}, type=str)  
 AugmentOpt = Annotated[Optional[Augment], typer.Option(
     help="Training augmentation: " + "; ".join(f"{k} = {v}" for k, v in AUGMENT_POLICIES.items())
     + ". \\[default: endoscopy]", rich_help_panel=_T)]
+TeacherTargets = Enum("TeacherTargets", {name: name for name in TEACHER_TARGETS}, type=str)   # clean | augmented
+TeacherTargetsOpt = Annotated[Optional[TeacherTargets], typer.Option(
+    help="What KD and SKD students are taught: " + "; ".join(f"{k} = {v}" for k, v in TEACHER_TARGETS.items())
+    + ". \\[default: clean]", rich_help_panel=_T)]
 NoAugmentOpt = Annotated[bool, typer.Option("--no-augment", help="Same as --augment none.", rich_help_panel=_T)]
 TuneOpt = Annotated[bool, typer.Option(
     "--tune", help="Choose T and α for kd and skd on validation F1 from the grid below (same epochs, seeds and "
@@ -116,11 +121,12 @@ def train(
         help="Temperature of the auxiliary loss. \\[default: 1]", rich_help_panel=_T)] = None,
     augment: AugmentOpt = None,
     no_augment: NoAugmentOpt = False,
+    teacher_targets: TeacherTargetsOpt = None,
     tune: TuneOpt = False,
     tune_temperatures: TuneTemperaturesOpt = None,
     tune_alphas: TuneAlphasOpt = None,
     synthetic_n: Annotated[Optional[int], typer.Option(
-        help="Images in the synthetic set when --data is not given. \\[default: 3000; fast: 1500]",
+        help="Images in the synthetic set when --data is not given. \\[default: 3000; fast: 3900]",
         rich_help_panel=_T)] = None,
     seeds: Annotated[Optional[int], typer.Option(
         help="Number of seeds; the report gives mean ± std. \\[default: 1]", rich_help_panel=_R)] = None,

@@ -58,7 +58,7 @@ class RunContext:
         return torch.autocast(device_type=torch.device(self.device).type, dtype=self.amp_dtype)
 
     def _split(self, name: str):
-        return self.val_split if name == "val" else self.test_split
+        return {"train": self.train_split, "val": self.val_split, "test": self.test_split}[name]
 
     def inputs(self, split: str, meta: ModelMeta) -> EvalInputs:
         """This rank's shard of a split, preprocessed once per (split, input size, mean, std)."""
@@ -70,8 +70,14 @@ class RunContext:
         return self._inputs[key]
 
     def predict(self, model, split: str, meta: ModelMeta) -> np.ndarray:
-        """Logits of the whole split (gathered over ranks, in order)."""
-        inp = self.inputs(split, meta)
+        """Logits of the whole split (gathered over ranks, in order), un-augmented. The training
+        split's inputs are not kept (one pass: the teacher's clean targets)."""
+        if split == "train":
+            part = self.train_split
+            inp = EvalInputs(part, meta, batch_size=max(self.cfg.batch_size, 64),
+                             indices=ddp.shard_indices(len(part), self.dist), cache_bytes=0)
+        else:
+            inp = self.inputs(split, meta)
         rows = predict_logits(model, inp, device=self.device, amp_dtype=self.amp_dtype)
         return ddp.gather_rows(self.dist, rows, len(inp.ls))
 

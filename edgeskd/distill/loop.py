@@ -115,7 +115,7 @@ AUGMENT_ARGS: dict[str, dict[str, Any]] = {
 
 
 class _WithIndex:
-    """A dataset's items with their index appended: (x, class, subclass, index)."""
+    """A dataset's items with their index appended: (x, class, subclass, view, index)."""
 
     def __init__(self, dataset) -> None:
         self.dataset = dataset
@@ -131,7 +131,7 @@ class _WithIndex:
 
 
 def make_loader(ctx: RunContext, meta: ModelMeta, loader_seed: int):
-    """The training split as augmented batches of (x, class, subclass, index), this rank's shard."""
+    """The training split as augmented batches of (x, class, subclass, view, index), this rank's shard."""
     import torch
     from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
@@ -140,7 +140,7 @@ def make_loader(ctx: RunContext, meta: ModelMeta, loader_seed: int):
     cfg, dist = ctx.cfg, ctx.dist
     # augmentation is seeded per (seed, epoch, item): identical with any worker count and on --resume
     ds = _WithIndex(ImageDataset(ctx.train_split, meta.input_size, meta.mean, meta.std, target="subclass",
-                                 seed=loader_seed, **AUGMENT_ARGS[cfg.augment]))
+                                 seed=loader_seed, with_view=True, **AUGMENT_ARGS[cfg.augment]))
     if dist.distributed:
         sampler = DistributedSampler(ds, num_replicas=dist.world_size, rank=dist.rank, shuffle=True,
                                      seed=loader_seed, drop_last=True)
@@ -344,9 +344,9 @@ def _run_epoch(ctx: RunContext, loader, active: list[Trainee], epoch: int, seed:
         # in a group each model gets the stream a model trained alone would have
         t.rng_state = _rng_state(device) if grouped else None
     times = EpochTimes(models=len(active), preparing_for=sum(t.spec.task.uses_teacher for t in active))
-    for x, y, s, i in batches:
+    for x, y, s, v, i in batches:
         batch = Batch(x.to(device, non_blocking=True, memory_format=torch.channels_last),
-                      y.to(device, non_blocking=True).long(), s.to(device, non_blocking=True).long(), i)
+                      y.to(device, non_blocking=True).long(), s.to(device, non_blocking=True).long(), i, views=v)
         now = time.perf_counter()
         times.data_s += now - tick
         if prepare is not None:
@@ -396,6 +396,8 @@ def train_group(ctx: RunContext, specs: list[ModelSpec], seed: int, run_dir: Pat
             _seed_epoch(ctx, loader, group_seed, epoch)
             needed = prepare if any(t.spec.task.uses_teacher for t in active) else None
             times = _run_epoch(ctx, loader, active, epoch, seed, needed, reporter)
+            if needed is not None:   # a one-off teacher pass (clean targets), shared out over the epochs
+                times.prepare_s += getattr(needed, "setup_s", 0.0) / specs[0].epochs
             for t in active:
                 _end_epoch(ctx, t, epoch, seed, times, reporter)
     return {name: (_finish(ctx, b) if isinstance(b, Trainee) else b) for name, b in built.items()}

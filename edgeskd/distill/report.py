@@ -10,7 +10,7 @@ import numpy as np
 
 from edgeskd.distill import clinical_report
 from edgeskd.distill.checkpointing import link_or_copy
-from edgeskd.distill.config import AUGMENT_POLICIES, DEFAULT_TEMPERATURES
+from edgeskd.distill.config import AUGMENT_POLICIES, DEFAULT_TEMPERATURES, TEACHER_TARGETS
 from edgeskd.utils.io import atomic_path, write_json_atomic, write_text_atomic
 
 METRIC_KEYS = ("f1", "accuracy", "precision", "recall", "auc")
@@ -124,6 +124,7 @@ def summarize(per_seed: dict[int, dict[str, Any]], ls, cfg, *, label_bits: float
                                    runs[0].meta.positive_class if names else 1),
         "tuning": tuning,
         "augment": {"policy": cfg.augment, "description": AUGMENT_POLICIES[cfg.augment]},
+        "teacher_targets": {"policy": cfg.teacher_targets, "description": TEACHER_TARGETS[cfg.teacher_targets]},
         "epoch_seconds": epoch_seconds(per_seed),
         "warnings": list(warnings or []),
         "seeds": seeds,
@@ -255,8 +256,9 @@ def _settings(metrics: dict[str, Any]) -> list[str]:
              f"subclasses `{cfg['subclasses']}`"
              + (f", β = {cfg['beta']}, T_aux = {cfg['aux_temperature']}" if cfg["subclasses"] != "known" else "")
              + f", preset `{cfg['preset']}`, device {metrics['device']}; wall time {metrics['wall_time_s']:.0f} s.",
-             "", "The students of a seed train together on the same batches (same data order); the teacher's "
-             "forward pass runs once per batch for all distilled students.", ""]
+             "", "The students of a seed train together on the same batches (same data order); the distilled ones "
+             f"are taught `{cfg.get('teacher_targets', 'augmented')}` teacher targets "
+             f"({TEACHER_TARGETS.get(cfg.get('teacher_targets', 'augmented'), '')}).", ""]
     if metrics.get("epoch_seconds"):
         lines += ["Median seconds per epoch (own steps and validation + share of data loading and, for a "
                   "distilled student, of the teacher's pass): "

@@ -106,9 +106,30 @@ def student_specs(ctx: RunContext, tmeta, run_dir: Path) -> list[ModelSpec]:
     return specs
 
 
+def teacher_outputs(ctx: RunContext, t: TrainedModel, specs: list[ModelSpec], run_dir: Path) -> TeacherOutputs:
+    """What the distilled students are taught (--teacher-targets): ``clean`` computes the frozen
+    teacher's logits of every training image once, un-augmented (skipped when no student distils
+    or every one finished earlier); ``augmented`` forwards each batch's augmented view, cached per
+    item and view."""
+    import torch
+
+    teacher = _freeze(t.model)
+    if ctx.cfg.teacher_targets == "augmented":
+        return TeacherOutputs(teacher, ctx.autocast, cache=True)
+    pending = [s for s in specs if s.task.uses_teacher
+               and not (ctx.cfg.resume and (s.folder or run_dir).joinpath(f"{s.name}.pt").is_file())]
+    if not pending:
+        return TeacherOutputs(teacher, ctx.autocast)
+    t0 = time.perf_counter()
+    table = torch.from_numpy(ctx.predict(teacher, "train", t.meta)).to(ctx.device)
+    ctx.log({"model": "teacher", "teacher_targets": "clean", "items": int(table.shape[0]),
+             "seconds": round(time.perf_counter() - t0, 3)})
+    return TeacherOutputs(teacher, ctx.autocast, table=table, setup_s=time.perf_counter() - t0)
+
+
 def run_seed(ctx: RunContext, seed: int, run_dir: Path, reporter: Reporter) -> dict[str, TrainedModel]:
     """The teacher (trained or reused), then every student of the seed, trained together on the
-    same batches with one teacher forward pass per batch."""
+    same batches; the distilled ones are taught per --teacher-targets (``teacher_outputs``)."""
     cfg = ctx.cfg
     results: dict[str, TrainedModel] = {}
     if cfg.teacher_checkpoint:
@@ -123,8 +144,9 @@ def run_seed(ctx: RunContext, seed: int, run_dir: Path, reporter: Reporter) -> d
     if cfg.tune and ctx.dist.is_main:
         ensure_writable_dir(run_dir / "tune")
     ddp.barrier(ctx.dist)
-    students = train_group(ctx, student_specs(ctx, t.meta, run_dir), seed, run_dir, reporter, data_name="students",
-                           prepare=TeacherOutputs(_freeze(t.model), ctx.autocast, cache=cfg.augment == "none"))
+    specs = student_specs(ctx, t.meta, run_dir)
+    students = train_group(ctx, specs, seed, run_dir, reporter, data_name="students",
+                           prepare=teacher_outputs(ctx, t, specs, run_dir))
     for name, r in students.items():
         clinical_report.calibrate_student(ctx, r)   # temperature + threshold into r.meta and its checkpoint
         results[name] = r
