@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 from edgeskd.distill.config import PRESETS, resolve_config  # noqa: E402
 from edgeskd.errors import UsageError  # noqa: E402
 
-TINY = ["--synthetic-n", "60", "--img-size", "32", "--batch-size", "8", "--device", "cpu"]
+TINY = ["--synthetic-n", "120", "--img-size", "32", "--batch-size", "8", "--device", "cpu"]
 
 
 def _lines(r) -> list[str]:
@@ -52,7 +52,7 @@ def test_cli_run_writes_every_output(known_run):
     assert not list(out.glob("*.last.pt")) and not list(out.glob(".*.tmp*"))
     m = json.loads((out / "metrics.json").read_text())
     ds = m["dataset"]
-    assert ds["n_train"] + ds["n_val"] + ds["n_test"] == 60 and ds["n_train"] > 0 and ds["n_test"] > 0
+    assert ds["n_train"] + ds["n_val"] + ds["n_test"] == 120 and ds["n_train"] > 0 and ds["n_test"] > 0
     assert ds["label_bits"] > 0
     assert set(m["models"]) == {"teacher", "student-none", "student-kd", "student-skd"}
     for name, mm in m["models"].items():
@@ -244,7 +244,7 @@ def test_resume_continues_after_interrupt(tmp_path, monkeypatch, cli, uninterrup
 
         def wrapped(*a):
             calls["n"] += 1
-            if calls["n"] > 4:  # batch 2 of the second epoch (29 training images: 3 batches of 8, last dropped)
+            if calls["n"] > 4:  # batch 2 of the second epoch (30 training images: 3 batches of 8, last dropped)
                 raise KeyboardInterrupt
             return loss(*a)
 
@@ -361,14 +361,16 @@ def test_teacher_targets_clean_is_one_pass_augmented_sees_each_view(tmp_path, mo
     assert r.exit_code == 0, r.output
     (prep,) = made
     log = [json.loads(ln) for ln in (out / "log.jsonl").read_text().splitlines()]
-    passes = [rec for rec in log if rec.get("teacher_targets")]
+    distilled = [rec for rec in log if rec["model"] in ("student-kd", "student-skd")]
     n_train = json.loads((out / "metrics.json").read_text())["dataset"]["n_train"]
     seen = 3 * (n_train // 8) * 8          # 3 epochs of full batches of 8 (drop_last)
     if targets == "clean":
         assert prep.forwarded == 0 and prep.table is not None and prep.table.shape[0] == n_train
-        assert len(passes) == 1 and passes[0]["items"] == n_train
+        assert len(distilled) == 6 and all(rec["teacher_pass_s"] == distilled[0]["teacher_pass_s"] > 0
+                                           for rec in distilled)   # the one-off pass, on every epoch's record
+        assert all(rec["group_teacher_s"] >= rec["teacher_pass_s"] / 3 for rec in distilled)
     else:
-        assert prep.table is None and not passes
+        assert prep.table is None and not any("teacher_pass_s" in rec for rec in log)
         assert 0 < prep.forwarded <= min(seen, 8 * n_train)
     cfg = json.loads((out / "train-config.json").read_text())
     assert cfg["teacher_targets"] == targets
@@ -623,9 +625,11 @@ def test_temperature_defaults_per_mode_and_one_value_for_both():
     tmeta = ModelMeta(class_names=["a", "b"], subclass_names=["a0", "a1", "b0"], subclass_to_class=[0, 0, 1],
                       input_size=(32, 32))
     cfg = TrainConfig()
-    assert cfg.temperature is None and DEFAULT_TEMPERATURES == {"kd": 4.0, "skd": 2.0}
-    assert make_task("kd", cfg, tmeta).temperature == 4.0 and make_task("skd", cfg, tmeta).temperature == 2.0
-    assert cfg.cells_for("skd") == [(2.0, 0.5)] and cfg.cells_for("kd") == [(4.0, 0.5)]
+    assert cfg.temperature is None and DEFAULT_TEMPERATURES == {"kd": 2.0, "skd": 2.0}
+    with pytest.MonkeyPatch.context() as mp:   # the modes' defaults are looked up per mode
+        mp.setitem(DEFAULT_TEMPERATURES, "kd", 4.0)
+        assert make_task("kd", cfg, tmeta).temperature == 4.0 and make_task("skd", cfg, tmeta).temperature == 2.0
+        assert cfg.cells_for("skd") == [(2.0, 0.5)] and cfg.cells_for("kd") == [(4.0, 0.5)]
     given = TrainConfig(temperature=3.0)
     assert make_task("kd", given, tmeta).temperature == make_task("skd", given, tmeta).temperature == 3.0
     tuned = TrainConfig(tune=True, tune_temperatures=[1.0, 2.0], tune_alphas=[0.5])

@@ -112,7 +112,7 @@ def train(
     weight_decay: Annotated[Optional[float], typer.Option(help="AdamW weight decay. \\[default: 0.01]",
                                                           rich_help_panel=_T)] = None,
     temperature: Annotated[Optional[float], typer.Option(
-        help="Distillation temperature T (> 0) of both KD and SKD. \\[default: 4 for KD, 2 for SKD]", rich_help_panel=_T)] = None,
+        help="Distillation temperature T (> 0) of both KD and SKD. \\[default: 2 for both (DEFAULT_TEMPERATURES)]", rich_help_panel=_T)] = None,
     alpha: Annotated[Optional[float], typer.Option(
         help="Weight of the distillation term, in [0, 1]. \\[default: 0.5]", rich_help_panel=_T)] = None,
     beta: Annotated[Optional[float], typer.Option(
@@ -126,7 +126,7 @@ def train(
     tune_temperatures: TuneTemperaturesOpt = None,
     tune_alphas: TuneAlphasOpt = None,
     synthetic_n: Annotated[Optional[int], typer.Option(
-        help="Images in the synthetic set when --data is not given. \\[default: 3000; fast: 3900]",
+        help="Images in the synthetic set when --data is not given. \\[default: 3000; fast: 5200]",
         rich_help_panel=_T)] = None,
     seeds: Annotated[Optional[int], typer.Option(
         help="Number of seeds; the report gives mean ± std. \\[default: 1]", rich_help_panel=_R)] = None,

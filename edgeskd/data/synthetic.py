@@ -80,7 +80,7 @@ from edgeskd.data.splits import stratified_split
 from edgeskd.errors import UsageError
 
 GENERATOR_VERSION = 3   # seeds the label model and per-sample textures
-RENDER_REVISION = 5     # bump whenever rendered bytes or splits change (it keys the on-disk cache)
+RENDER_REVISION = 6     # bump whenever rendered bytes or splits change (it keys the on-disk cache)
 CLASS_NAMES = ("hyperplastic", "adenoma")
 POSITIVE_CLASS = 1
 N_ANNOTATORS = 7
@@ -89,8 +89,8 @@ MHIST_BINS = ((0,), (1, 2), (3,), (4,), (5, 6), (7,))   # the default vote bins 
 # Latent ambiguity m = AMBIGUITY_MAX · u ** AMBIGUITY_POWER, u ~ U(0, 1), the same in every subtype.
 AMBIGUITY_MAX = 0.6
 AMBIGUITY_POWER = 3.0
-TEST_SHARE = 1 / 2      # make_synthetic's split: half test (rendering is cheap; n = 3,900 → 1,950 test) ...
-VAL_SHARE = 1 / 6       # ... a sixth val (epoch selection, temperature, threshold), a third train
+TEST_SHARE = 1 / 2      # make_synthetic's split: half test (rendering is cheap; n = 5,200 → 2,600 test) ...
+VAL_SHARE = 1 / 4       # ... a quarter val (epoch selection, temperature, threshold), a quarter train
 
 
 @dataclass(frozen=True)
@@ -590,8 +590,8 @@ def sample_labels(n: int, seed: int, visual: np.ndarray | None = None) -> dict[s
 
 def make_synthetic(n: int, size: int = 128, seed: int = 0) -> LabeledSet:
     """The synthetic endoscopy set: ``n`` frames of ``size``² px, split train/val/test
-    2/6 : 1/6 : 3/6 by subclass (``TEST_SHARE``, ``VAL_SHARE``: a 3,900-frame set trains on 1,300,
-    selects and calibrates on 650 and tests on 1,950).
+    1/4 : 1/4 : 1/2 by subclass (``TEST_SHARE``, ``VAL_SHARE``: a 5,200-frame set trains on 1,300,
+    selects and calibrates on 1,300 and tests on 2,600).
 
     Same (n, size, seed) ⇒ same bytes. ``info`` carries the hidden truth: ``true_labels``,
     ``visual_subclasses``, ``ambiguity`` and the resulting ``label_noise_rate``.

@@ -297,6 +297,7 @@ class EpochTimes:
     prepare_s: float = 0.0
     models: int = 1
     preparing_for: int = 0
+    teacher_pass_s: float = 0.0     # a one-off teacher pass before the epochs (clean targets), whole
 
     def share(self, t: Trainee) -> float:
         prep = self.prepare_s / self.preparing_for if t.spec.task.uses_teacher and self.preparing_for else 0.0
@@ -317,6 +318,8 @@ def _end_epoch(ctx: RunContext, t: Trainee, epoch: int, seed: int, times: EpochT
            # its own steps and validation + its share of loading (and of the teacher's pass, if it distils)
            "time_s": round(t.seconds + times.share(t), 3), "own_s": round(t.seconds, 3),
            "group_data_s": round(times.data_s, 3), "group_teacher_s": round(times.prepare_s, 3)}
+    if times.teacher_pass_s and t.spec.task.uses_teacher:
+        rec["teacher_pass_s"] = round(times.teacher_pass_s, 3)   # (its 1/epochs share is in group_teacher_s)
     t.selection.history.append(rec)
     ctx.log(rec)
     reporter.advance(t.bar, f"{t.spec.name} s{seed} e{epoch + 1}/{t.spec.epochs} loss {train_parts['loss']:.3f} "
@@ -397,7 +400,8 @@ def train_group(ctx: RunContext, specs: list[ModelSpec], seed: int, run_dir: Pat
             needed = prepare if any(t.spec.task.uses_teacher for t in active) else None
             times = _run_epoch(ctx, loader, active, epoch, seed, needed, reporter)
             if needed is not None:   # a one-off teacher pass (clean targets), shared out over the epochs
-                times.prepare_s += getattr(needed, "setup_s", 0.0) / specs[0].epochs
+                times.teacher_pass_s = getattr(needed, "setup_s", 0.0)
+                times.prepare_s += times.teacher_pass_s / specs[0].epochs
             for t in active:
                 _end_epoch(ctx, t, epoch, seed, times, reporter)
     return {name: (_finish(ctx, b) if isinstance(b, Trainee) else b) for name, b in built.items()}

@@ -122,8 +122,6 @@ def teacher_outputs(ctx: RunContext, t: TrainedModel, specs: list[ModelSpec], ru
         return TeacherOutputs(teacher, ctx.autocast)
     t0 = time.perf_counter()
     table = torch.from_numpy(ctx.predict(teacher, "train", t.meta)).to(ctx.device)
-    ctx.log({"model": "teacher", "teacher_targets": "clean", "items": int(table.shape[0]),
-             "seconds": round(time.perf_counter() - t0, 3)})
     return TeacherOutputs(teacher, ctx.autocast, table=table, setup_s=time.perf_counter() - t0)
 
 

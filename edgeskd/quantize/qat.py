@@ -225,17 +225,19 @@ def set_exporting(model: nn.Module, on: bool) -> None:
 
 
 # -- the loss the checkpoint was trained with -----------------------------------------------------
-def trained_distillation(ckpt: dict, mode: str) -> tuple[float, float]:
-    """(T, α) the student was distilled with: what its checkpoint records (the --tune choice too),
-    else its run's --temperature / --alpha, else the mode's defaults."""
-    from edgeskd.distill.config import DEFAULT_TEMPERATURES
+LEGACY_TEMPERATURE = 4.0   # T of checkpoints written before students recorded their own
 
+
+def trained_distillation(ckpt: dict, mode: str) -> tuple[float, float]:
+    """(T, α) the student was distilled with: what its checkpoint records (every distilled student
+    records it, the --tune choice too), else its run's --temperature / --alpha, else T = 4: the
+    default of the versions that did not record it (the defaults have moved since)."""
     config = ckpt.get("config") or {}
     used = config.get("distillation") if isinstance(config.get("distillation"), dict) else {}
     train = config.get("train") if isinstance(config.get("train"), dict) else {}
     t = used.get("temperature", train.get("temperature"))
     if t is None:
-        t = DEFAULT_TEMPERATURES.get(mode, 4.0)
+        t = LEGACY_TEMPERATURE
     a = used.get("alpha", train.get("alpha", 0.5))
     return float(t), float(a)
 
