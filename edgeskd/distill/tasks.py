@@ -205,18 +205,16 @@ class TeacherOutputs:
 
         idx = torch.as_tensor(batch.indices).long()
         views = torch.zeros_like(idx) if batch.views is None else torch.as_tensor(batch.views).long()
-        if self._table is None:   # the first batch: every item is new
-            fresh = self._forward(batch.x)
+        if self._table is None:   # nothing computed yet (the table's width and device come with the first output)
             missing = torch.arange(len(idx))
         else:
             self._reserve(int(idx.max()) + 1, self._table[0])
             idx, views = idx.to(self._table.device), views.to(self._table.device)
             missing = (~self._filled[idx, views]).nonzero().flatten()
-            fresh = self._forward(batch.x[missing]) if len(missing) else None
-        if fresh is not None:
+        if len(missing):
+            fresh = self._forward(batch.x[missing.to(batch.x.device)])
             self._reserve(int(idx.max()) + 1, fresh)
-            idx, views = idx.to(fresh.device), views.to(fresh.device)
-            missing = missing.to(fresh.device)
+            idx, views, missing = idx.to(fresh.device), views.to(fresh.device), missing.to(fresh.device)
             self._table[idx[missing], views[missing]] = fresh
             self._filled[idx[missing], views[missing]] = True
         return replace(batch, teacher_logits=self._table[idx, views])
