@@ -68,11 +68,6 @@ def augment_view(img: np.ndarray, rng: np.random.Generator, *, jitter: float = 0
     return np.ascontiguousarray(img), _VIEWS[(h, v, k)]
 
 
-def augment(img: np.ndarray, rng: np.random.Generator, *, jitter: float = 0.1, rotate: bool = True) -> np.ndarray:
-    """uint8 HWC → uint8 HWC: flips, a multiple of 90° rotation (``rotate``), colour jitter (±``jitter``)."""
-    return augment_view(img, rng, jitter=jitter, rotate=rotate)[0]
-
-
 class ImageDataset(Dataset):
     """Items are ``(x, class_index, subclass_index)``: x float32 CHW from ``preprocess``; with
     ``with_view=True`` also the flip / rotation ``view`` the item got (0–7, see ``augment_view``).

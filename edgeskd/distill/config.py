@@ -20,7 +20,7 @@ from edgeskd.errors import UsageError
 STUDENT_MODES = ("none", "kd", "skd")
 DISTILLED_MODES = ("kd", "skd")
 DEVICES = ("auto", "cpu", "cuda")
-# Training augmentation policies (what each one does is in edgeskd.data.torch_dataset.augment):
+# Training augmentation policies (what each one does is in edgeskd.data.torch_dataset.augment_view):
 AUGMENT_POLICIES: dict[str, str] = {
     "endoscopy": "random horizontal/vertical flips, 90° rotations and a small colour jitter",
     "flip": "random horizontal/vertical flips only",
