@@ -368,7 +368,8 @@ def test_teacher_targets_clean_is_one_pass_augmented_sees_each_view(tmp_path, mo
         assert prep.forwarded == 0 and prep.table is not None and prep.table.shape[0] == n_train
         assert len(distilled) == 6 and all(rec["teacher_pass_s"] == distilled[0]["teacher_pass_s"] > 0
                                            for rec in distilled)   # the one-off pass, on every epoch's record
-        assert all(rec["group_teacher_s"] >= rec["teacher_pass_s"] / 3 for rec in distilled)
+        # its 1/3 share is in each epoch's teacher time (both recorded to the millisecond)
+        assert all(rec["group_teacher_s"] >= rec["teacher_pass_s"] / 3 - 0.001 for rec in distilled)
     else:
         assert prep.table is None and not any("teacher_pass_s" in rec for rec in log)
         assert 0 < prep.forwarded <= min(seen, 8 * n_train)
