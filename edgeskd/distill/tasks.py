@@ -90,8 +90,9 @@ class InventedSubclassTask(Task):
                                      aux_temperature=self.aux_temperature)
 
 
-class KDTask(Task):
-    """Conventional KD: a C-logit student distilled from the teacher's logsumexp class logits."""
+class DistillTask(Task):
+    """A student distilled from the frozen teacher's subclass logits (``batch.teacher_logits``) with
+    weight ``alpha`` on the distillation term at temperature ``temperature``."""
 
     uses_teacher = True
 
@@ -99,6 +100,10 @@ class KDTask(Task):
         super().__init__()
         self.subclass_to_class = list(subclass_to_class)
         self.alpha, self.temperature = alpha, temperature
+
+
+class KDTask(DistillTask):
+    """Conventional KD: a C-logit student distilled from the teacher's logsumexp class logits."""
 
     def loss(self, out, batch: Batch) -> dict[str, Any]:
         from edgeskd.distill.losses import kd_loss, subclass_to_class_logits
@@ -107,15 +112,8 @@ class KDTask(Task):
         return kd_loss(out, teacher_cls, batch.labels, alpha=self.alpha, temperature=self.temperature)
 
 
-class SKDTask(Task):
+class SKDTask(DistillTask):
     """Subclass KD: one student logit per teacher subclass, distilled from the teacher's subclass logits."""
-
-    uses_teacher = True
-
-    def __init__(self, subclass_to_class: Sequence[int], *, alpha: float, temperature: float) -> None:
-        super().__init__()
-        self.subclass_to_class = list(subclass_to_class)
-        self.alpha, self.temperature = alpha, temperature
 
     def loss(self, out, batch: Batch) -> dict[str, Any]:
         from edgeskd.distill.losses import skd_loss
