@@ -449,6 +449,33 @@ def test_console_script_usage_errors_are_one_line(argv, needle, monkeypatch, cap
     assert not (tmp_path / "o").exists()
 
 
+def test_console_script_passes_other_errors_through(monkeypatch, capsys):
+    """An error that is not a usage error leaves main() as itself (the except clauses that do not
+    match must still be valid: a missing exception class there once masked it), and an abort is one
+    line with exit 130."""
+    import sys
+
+    import typer
+
+    from edgeskd.cli import app as app_module
+
+    def boom(**kw):
+        raise ZeroDivisionError("inner")
+
+    monkeypatch.setattr(sys, "argv", ["edgeskd", "info"])
+    monkeypatch.setattr(app_module, "app", boom)
+    with pytest.raises(ZeroDivisionError, match="inner"):
+        app_module.main()
+
+    def abort(**kw):
+        raise typer.Abort()
+
+    monkeypatch.setattr(app_module, "app", abort)
+    with pytest.raises(SystemExit) as e:
+        app_module.main()
+    assert e.value.code == 130 and capsys.readouterr().err.strip() == "error: interrupted"
+
+
 def test_cuda_without_cuda_is_one_line_error(cli, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")

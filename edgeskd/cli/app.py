@@ -41,6 +41,8 @@ def main() -> None:
     choices or range) become one line on stderr with exit code 2, like edgeskd's own errors."""
     import sys
 
+    from typer import Abort   # click's Abort in older typer, typer's own in newer
+
     try:
         from typer._click import exceptions as ex   # newer typer carries its own click
     except ImportError:
@@ -54,7 +56,7 @@ def main() -> None:
             cmd = e.ctx.command_path if e.ctx is not None else "edgeskd"
             print(f"error: {message} ({cmd} --help lists the options)", file=sys.stderr)
         sys.exit(e.exit_code)
-    except ex.Abort:
+    except Abort:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(rv if isinstance(rv, int) else 0)
