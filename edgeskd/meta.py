@@ -4,10 +4,13 @@ Every artifact (checkpoint, ONNX, Q/DQ ONNX, TensorRT engine) carries one ``Mode
 checkpoints in ``ckpt["meta"]``, ONNX in ``metadata_props`` (one key each, JSON values, read
 with ``json.loads`` only — never eval), engines in a JSON header.
 
-``temperature`` and ``threshold`` are the clinical operating point (``edgeskd.clinical``): class
-probabilities are softmax(class logits / temperature); a frame or polyp gets a call only when its
-highest calibrated probability reaches ``threshold`` (None: no threshold was chosen, every case gets
-its argmax). Artifacts written before these keys existed load with 1.0 and None.
+``temperature``, ``subclass_temperatures`` and ``threshold`` are the clinical operating point
+(``edgeskd.clinical``): class probabilities are softmax(class logits / T), with T = ``temperature``,
+or, for a subclass-logit model that carries ``subclass_temperatures``, T = the entry of the case's
+highest subclass logit (one temperature per predicted subclass, fitted on validation); a frame or
+polyp gets a call only when its highest calibrated probability reaches ``threshold`` (None: no
+threshold was chosen, every case gets its argmax). Artifacts written before these keys existed load
+with 1.0, None and None.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ class ModelMeta:
     producer: str = f"edgeskd {__version__}"
     positive_class: int = 1               # index of the positive class for F1/AUC
     temperature: float = 1.0              # calibrated probabilities = softmax(class logits / temperature)
+    subclass_temperatures: list[float] | None = None   # T per predicted subclass (subclass-logit models only)
     threshold: float | None = None        # confidence a call needs, in (0.5, 1); None = argmax, no abstention
     extra: dict[str, Any] = field(default_factory=dict)  # trt_version, compute_capability, ...
 
@@ -54,6 +58,8 @@ class ModelMeta:
         self.std = tuple(float(v) for v in self.std)  # type: ignore[assignment]
         self.subclass_to_class = [int(v) for v in self.subclass_to_class]
         self.temperature = float(self.temperature)
+        if self.subclass_temperatures is not None:
+            self.subclass_temperatures = [float(v) for v in self.subclass_temperatures]
         if self.threshold is not None:
             self.threshold = float(self.threshold)
         self.validate()
@@ -81,6 +87,14 @@ class ModelMeta:
             raise bad("mean/std must have 3 values, std > 0")
         if not (math.isfinite(self.temperature) and self.temperature > 0):
             raise bad(f"temperature {self.temperature} must be a finite number > 0")
+        if self.subclass_temperatures is not None:
+            if self.output != "subclass_logits":
+                raise bad("subclass_temperatures needs a model with subclass_logits output")
+            if len(self.subclass_temperatures) != len(self.subclass_names):
+                raise bad(f"subclass_temperatures has {len(self.subclass_temperatures)} values for "
+                          f"{len(self.subclass_names)} subclasses")
+            if not all(math.isfinite(t) and t > 0 for t in self.subclass_temperatures):
+                raise bad("subclass_temperatures must all be finite numbers > 0")
         if self.threshold is not None and not 0.5 < self.threshold < 1.0:
             raise bad(f"threshold {self.threshold} must lie in (0.5, 1) or be null")
 

@@ -19,6 +19,7 @@ from edgeskd.clinical import (
     decide,
     ece,
     evaluate_operating_point,
+    fit_subclass_temperatures,
     fit_temperature,
     nll,
     operating_point,
@@ -419,7 +420,7 @@ def test_reliability_diagram_png(tmp_path):
     fit = fit_temperature(logits, y)
     out = write_reliability_diagram(tmp_path / "rel.png", softmax(logits, 1), y,
                                     calibrated=softmax(logits / fit.temperature, 1), title="student-skd",
-                                    temperature=fit.temperature)
+                                    calibrated_label=f"temperature-scaled (T = {fit.temperature:.3g})")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in tmp_path.iterdir()] == ["rel.png"]        # no temporary left behind
     with pytest.raises(UsageError):
@@ -433,6 +434,75 @@ def test_clinical_imports_without_heavy_libraries():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+# -- per-subclass temperatures --------------------------------------------------------------------
+S2C4 = [0, 0, 1, 1]
+
+
+def _subclass_logits(temps, n_per=1500, seed=0):
+    """Subclass logits whose top subclass is k with class margin m (the other class's two subclasses sit
+    at a − m − log 2, the sibling far below); the label is the top subclass's class with probability
+    sigmoid(m / temps[k]): the right temperature of subclass k's cases is temps[k]."""
+    rng = np.random.default_rng(seed)
+    k = np.repeat(np.arange(len(temps)), n_per)
+    m = np.abs(rng.normal(0.0, 2.0, len(k)))
+    s = np.full((len(k), 4), -30.0)
+    s[np.arange(len(k)), k] = 3.0
+    other = np.array([[2, 3], [2, 3], [0, 1], [0, 1]])[k]
+    for j in (0, 1):
+        s[np.arange(len(k)), other[:, j]] = 3.0 - m - math.log(2.0)
+    cls = np.asarray(S2C4)[k]
+    right = rng.random(len(k)) < 1.0 / (1.0 + np.exp(-m / np.asarray(temps)[k]))
+    return s, np.where(right, cls, 1 - cls)
+
+
+def test_subclass_temperatures_recover_known_values():
+    temps = [0.5, 1.0, 2.0, 4.0]
+    s, y = _subclass_logits(temps)
+    z = class_logits(s, _meta4())
+    t0 = fit_temperature(z, y).temperature
+    fit = fit_subclass_temperatures(s, y, S2C4, t0)
+    assert fit.ok and fit.own == [True] * 4 and fit.reason is None
+    assert np.allclose(fit.temperatures, temps, rtol=0.2), fit.temperatures
+    assert fit.heldout_nll["subclass"] < fit.heldout_nll["global"]
+    # deployed: each case divided by its top subclass's T; argmax never moves; NLL below one T's
+    meta = _meta4(temperature=t0, subclass_temperatures=fit.temperatures)
+    p = calibrated_probabilities(s, meta)
+    assert (p.argmax(1) == z.argmax(1)).all()
+    row_t = np.asarray(fit.temperatures)[s.argmax(1)]
+    assert np.allclose(p, softmax(z / row_t[:, None], axis=1))
+    assert nll(z, y, row_t) < nll(z, y, t0)
+    assert np.allclose(class_probabilities(s.astype(np.float32), meta), p, atol=1e-5)   # the runtime's path
+    assert np.allclose(calibrated_probabilities(s, meta, temperature=1.0), softmax(z, axis=1))   # T = 1 override
+
+
+def test_subclass_temperatures_not_used_when_one_temperature_fits():
+    """Every subclass has the same true T: the out-of-sample check keeps the one temperature (this
+    draw is seeded; the per-subclass fits only add noise)."""
+    s, y = _subclass_logits([1.5] * 4, seed=3)
+    z = class_logits(s, _meta4())
+    fit = fit_subclass_temperatures(s, y, S2C4, fit_temperature(z, y).temperature)
+    assert not fit.ok and fit.temperatures is None and "did not lower" in fit.reason
+    assert fit.heldout_nll["subclass"] >= fit.heldout_nll["global"]
+
+
+def test_subclass_temperatures_small_groups_keep_the_global_one():
+    s, y = _subclass_logits([0.5, 3.0, 1.0, 1.0], n_per=400)
+    keep = np.r_[np.arange(0, 800), np.arange(800, 840), np.arange(1200, 1240)]   # subclasses 2, 3: 40 cases
+    s, y = s[keep], y[keep]
+    fit = fit_subclass_temperatures(s, y, S2C4, 1.7)
+    assert fit.own == [True, True, False, False]
+    assert fit.ok and fit.temperatures[2:] == [1.7, 1.7]
+    few = fit_subclass_temperatures(s[:45], y[:45], S2C4, 1.7)          # no subclass reaches 50 cases
+    assert not few.ok and "no predicted subclass" in few.reason and few.heldout_nll is None
+    with pytest.raises(ValueError):
+        fit_subclass_temperatures(s[:, :3], y, S2C4, 1.0)
+
+
+def _meta4(**kw):
+    return ModelMeta(class_names=["hp", "ssa"], subclass_names=list("abcd"), subclass_to_class=S2C4,
+                     **{"input_size": (16, 16), **kw})
+
+
 # -- temperature and threshold inside the artifacts ----------------------------------------------
 def test_meta_carries_temperature_and_threshold():
     m = _meta(temperature=1.83, threshold=0.87)
@@ -444,9 +514,17 @@ def test_meta_carries_temperature_and_threshold():
     assert legacy.temperature == 1.0 and legacy.threshold is None and "temperature" not in legacy.extra
     assert ModelMeta.from_props(_meta().to_props()).threshold is None    # null round-trips
     for bad in (dict(temperature=0), dict(temperature=-1.0), dict(temperature=float("inf")),
-                dict(threshold=1.2), dict(threshold=0.5), dict(temperature="warm")):
+                dict(threshold=1.2), dict(threshold=0.5), dict(temperature="warm"),
+                dict(subclass_temperatures=[1.0, 2.0]), dict(subclass_temperatures=[1.0, 0.0, 1.0, 1.0, 1.0]),
+                dict(subclass_temperatures=[1.0, float("nan"), 1.0, 1.0, 1.0])):
         with pytest.raises(ArtifactError):
             ModelMeta.from_dict({**m.to_dict(), **bad})
+    with pytest.raises(ArtifactError, match="subclass_logits"):    # a class-logit model has no subclass to pick T
+        _meta("class_logits", subclass_temperatures=[1.0, 2.0])
+    per_sub = m.replace(subclass_temperatures=[0.5, 0.6, 0.7, 0.8, 0.9])
+    back = ModelMeta.from_props(per_sub.to_props())
+    assert back.subclass_temperatures == [0.5, 0.6, 0.7, 0.8, 0.9] and back.to_dict() == per_sub.to_dict()
+    assert legacy.subclass_temperatures is None
 
 
 def test_temperature_and_threshold_round_trip_onnx(tmp_path):
@@ -480,17 +558,21 @@ def test_temperature_and_threshold_round_trip_onnx(tmp_path):
 def test_temperature_and_threshold_round_trip_engine_header(tmp_path):
     from edgeskd.runtime.engine_file import EngineHeader, read_engine_header, write_engine
 
-    meta = _meta(temperature=0.8, threshold=0.95)
+    meta = _meta(temperature=0.8, threshold=0.95, subclass_temperatures=[0.5, 0.6, 0.7, 0.8, 1.2])
     path = write_engine(tmp_path / "m.engine", b"plan", EngineHeader(meta=meta, trt_version="10.3.0",
                                                                      compute_capability=(8, 7)))
     back = read_engine_header(path).meta
     assert back.temperature == 0.8 and back.threshold == 0.95
+    assert back.subclass_temperatures == [0.5, 0.6, 0.7, 0.8, 1.2]
+    logits = np.array([[3.0, 0.0, 1.0, 0.5, 0.0], [0.0, 0.0, 0.1, 0.2, 2.0]], dtype=np.float32)
+    z = class_logits(logits, back)
+    assert np.allclose(class_probabilities(logits, back), softmax(z / np.array([[0.5], [1.2]]), axis=1), atol=1e-6)
     # a header written before these keys existed still loads, with T = 1 and no threshold
     header = EngineHeader(meta=meta, trt_version="10.3.0", compute_capability=(8, 7)).to_dict()
-    for k in ("temperature", "threshold"):
+    for k in ("temperature", "threshold", "subclass_temperatures"):
         del header["meta"][k]
     legacy = EngineHeader.from_dict(header, source="old.engine").meta
-    assert legacy.temperature == 1.0 and legacy.threshold is None
+    assert legacy.temperature == 1.0 and legacy.threshold is None and legacy.subclass_temperatures is None
 
 
 # -- the stream: frame states and per-polyp decisions --------------------------------------------
@@ -852,6 +934,51 @@ def test_training_calibrates_students_and_reports_them(tmp_path):
     assert "not a clinical validation" in text and "| student-skd |" in text and "| SKD |" in text
     assert "| plain |" in text and "reliability_student-skd.png" in text and "Lower 95 % NPV bound" in text
     assert "paired bootstrap" in text and "ECE from sampling alone" in text
+
+
+def test_training_deploys_subclass_temperatures(tmp_path):
+    """An SKD student whose subclasses need different temperatures: training stores one per predicted
+    subclass in its checkpoint and the exported ONNX, metrics.json reports ECE after one T and after
+    the deployed ones, and report.md lists them."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from edgeskd.distill import clinical_report
+    from edgeskd.distill.ddp import DistContext
+    from edgeskd.distill.loop import TrainedModel
+    from edgeskd.export.onnx_export import export_onnx
+    from edgeskd.models import create_model
+    from edgeskd.models.checkpoint import load_checkpoint, save_checkpoint
+    from edgeskd.runtime.onnxrt import load_onnx
+
+    meta = _meta4(input_size=(32, 32), arch="tiny_cnn", model_name="student-skd")
+    logits, y = _subclass_logits([0.4, 1.0, 2.5, 1.0], n_per=1000, seed=5)
+    order = np.random.default_rng(0).permutation(len(y))
+    logits, y = logits[order].astype(np.float32), y[order]
+    torch.manual_seed(0)
+    path = save_checkpoint(tmp_path / "student-skd.pt", create_model("tiny_cnn", 4).eval(), meta,
+                           config={"train": {}}, metrics={"test": {"f1": 1.0}})
+    r = TrainedModel(create_model("tiny_cnn", 4).eval(), meta, {}, {}, 0, [], 0, logits[2000:], path)
+    test = SimpleNamespace(labels=y[2000:])
+    ctx = SimpleNamespace(val_split=SimpleNamespace(labels=y[:2000]), test_split=test, dist=DistContext(),
+                          predict=lambda model, split, meta: logits[:2000])
+    clinical_report.calibrate_student(ctx, r)
+    ts = r.meta.subclass_temperatures
+    assert ts is not None and ts[0] < 0.6 and ts[2] > 1.8
+    fit = r.extra["clinical"]["fit"]["subclass"]
+    assert fit["own"] == [True] * 4 and fit["heldout_nll"]["subclass"] < fit["heldout_nll"]["global"]
+    assert load_checkpoint(path)["meta"].subclass_temperatures == ts
+    assert load_onnx(export_onnx(path, tmp_path / "s.onnx", parity_samples=4).path).meta.subclass_temperatures == ts
+    metrics = {"models": {"student-skd": {}}, "dataset": {"name": "synthetic logits", "n_test": 2000, "n_val": 2000}}
+    clinical_report.add_to_metrics(metrics, {0: {"student-skd": r}}, SimpleNamespace(split=lambda name: test))
+    cal = metrics["models"]["student-skd"]["calibration"]
+    assert cal["method"] == "subclass_temperatures" and cal["per_seed"][0]["subclass_temperatures"] == ts
+    assert cal["ece_calibrated"] < cal["ece_one_temperature"] and cal["nll_calibrated"] < cal["nll_one_temperature"]
+    assert cal["ece_calibrated"] == pytest.approx(100 * ece(calibrated_probabilities(logits[2000:], r.meta), test.labels),
+                                                  abs=1e-3)
+    text = "\n".join(clinical_report.section(metrics))
+    assert "T per predicted subclass [" in text and "out-of-sample validation NLL" in text
 
 
 def test_training_run_with_a_tiny_validation_split_stores_no_threshold(tmp_path, cli):

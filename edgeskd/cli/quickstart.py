@@ -189,7 +189,8 @@ def summarize(wd: Path, stream_engine: Path) -> dict[str, Any]:
     for name, m in (metrics.get("models") or {}).items():
         cal, op = m.get("calibration") or {}, m.get("operating_point") or {}
         models[name] = {"f1": m.get("f1"), "params": m.get("params"), "ece": cal.get("ece"),
-                        "ece_calibrated": cal.get("ece_calibrated"), "threshold": op.get("threshold"),
+                        "ece_calibrated": cal.get("ece_calibrated"), "ece_one_temperature": cal.get("ece_one_temperature"),
+                        "calibration_method": cal.get("method"), "threshold": op.get("threshold"),
                         "coverage": op.get("coverage"), "npv": op.get("npv"), "npv_ci95": op.get("npv_ci95")}
     rows = bench.get("rows") or bench.get("results") or []
     bench_rows = [{"name": r.get("name"), "backend": r.get("backend"), "precision": r.get("precision"),
@@ -280,8 +281,9 @@ def _print_clinical(s: dict) -> None:
         thr = "no threshold" if m["threshold"] is None else (
             f"threshold {m['threshold']:.3f}: coverage {pct(m['coverage'])}, NPV {pct(m['npv'])}"
             + (f" [{m['npv_ci95'][0]:.1f}, {m['npv_ci95'][1]:.1f}]" if m.get("npv_ci95") else ""))
-        console.print(f"{name}: ECE {pct(m['ece'])} → {pct(m['ece_calibrated'])} after temperature scaling; {thr}",
-                      soft_wrap=True)
+        how = ("per-subclass temperatures" if m.get("calibration_method") == "subclass_temperatures"
+               else "temperature scaling")
+        console.print(f"{name}: ECE {pct(m['ece'])} → {pct(m['ece_calibrated'])} after {how}; {thr}", soft_wrap=True)
     st = s["stream"]
     if st.get("polyp_accuracy_argmax") is not None:
         console.print(f"stream per polyp: accuracy {pct(st['polyp_accuracy_argmax'], 100)} (argmax) vs frame-level "

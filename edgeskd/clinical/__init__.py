@@ -1,6 +1,7 @@
 """Clinical operating points for CADx (optical diagnosis of polyps), numpy only: the edge runtime imports these.
 
-- ``calibration``: ECE (15 equal-width bins), NLL, temperature scaling fitted on validation,
+- ``calibration``: ECE (15 equal-width bins), NLL, temperature scaling fitted on validation (one
+  temperature, or one per predicted subclass for subclass-logit students when that fits better),
   calibrated probabilities from an artifact's logits and metadata.
 - ``operating_point``: sensitivity / specificity / PPV / NPV, Wilson intervals, the confidence
   threshold that reaches the PIVI NPV bar with the highest coverage, "low confidence" decisions.
@@ -11,11 +12,13 @@ Figures computed here describe the user's data set; they are not a clinical vali
 """
 
 from edgeskd.clinical.calibration import (
+    SubclassTemperatureFit,
     TemperatureFit,
     calibrated_probabilities,
     class_logits,
     ece,
     ece_sampling_floor,
+    fit_subclass_temperatures,
     fit_temperature,
     nll,
     reliability_bins,
@@ -39,9 +42,9 @@ from edgeskd.clinical.operating_point import (
 from edgeskd.clinical.per_polyp import PolypDecision, aggregate_polyps, parse_polyp_id, polyp_ids, polyp_summary
 
 __all__ = [
-    "LOW_CONFIDENCE", "NPV_TARGET", "PPV_TARGET", "PolypDecision", "TemperatureFit", "ThresholdChoice",
+    "LOW_CONFIDENCE", "NPV_TARGET", "PPV_TARGET", "PolypDecision", "SubclassTemperatureFit", "TemperatureFit", "ThresholdChoice",
     "aggregate_polyps", "binary_rates", "calibrated_probabilities", "class_logits", "decide", "ece",
-    "ece_sampling_floor", "evaluate_operating_point", "fit_temperature", "nll", "operating_point",
+    "ece_sampling_floor", "evaluate_operating_point", "fit_subclass_temperatures", "fit_temperature", "nll", "operating_point",
     "paired_difference", "parse_polyp_id", "polyp_ids", "polyp_summary", "reliability_bins", "select_threshold",
     "state_names", "temperature_interval", "validate_threshold", "wilson_interval",
 ]

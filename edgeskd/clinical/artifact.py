@@ -3,7 +3,7 @@ report and bench rows show next to F1, so a reduced-precision artifact that keep
 its calibration or its operating point is seen.
 
 From the artifact's raw outputs and its own metadata: ECE (15 bins) and NLL of the probabilities
-calibrated with the artifact's temperature, and at the artifact's threshold (None: at argmax,
+calibrated with the artifact's temperature(s), and at the artifact's threshold (None: at argmax,
 coverage 100 %) coverage, NPV and PPV with 95 % Wilson intervals. ``as_percent`` gives the units of
 bench.json and build reports (rates in percent, threshold and temperature as stored, NLL in nats).
 """
@@ -16,6 +16,7 @@ import numpy as np
 
 from edgeskd.clinical.calibration import calibrated_probabilities, class_logits, ece, nll
 from edgeskd.clinical.operating_point import evaluate_operating_point
+from edgeskd.runtime.postprocess import case_temperatures
 
 RATE_KEYS = ("ece", "coverage", "npv", "ppv")
 INTERVAL_KEYS = ("npv_ci95", "ppv_ci95")
@@ -25,15 +26,16 @@ CHANGE_KEYS = ("ece", "npv", "coverage")     # compared with the FP32 source, in
 def clinical_figures(logits: Any, meta: Any, labels: Any) -> dict[str, Any]:
     """Fractions: ``ece``, ``nll``, ``coverage``, ``npv`` (+ ``npv_ci95``, ``n_negative_calls``),
     ``ppv`` (+ ``ppv_ci95``, ``n_positive_calls``) at ``meta.threshold``; and the artifact's
-    ``temperature`` and ``threshold``."""
+    ``temperature``, ``subclass_temperatures`` and ``threshold``."""
     y = np.asarray(labels, dtype=np.int64)
     if len(y) == 0:
         raise ValueError("no labelled cases for the clinical figures")
     probs = calibrated_probabilities(logits, meta)
     op = evaluate_operating_point(probs, y, meta.threshold, int(meta.positive_class))
     return {
-        "temperature": float(meta.temperature), "threshold": meta.threshold,
-        "ece": ece(probs, y), "nll": nll(class_logits(logits, meta), y, meta.temperature),
+        "temperature": float(meta.temperature), "subclass_temperatures": meta.subclass_temperatures,
+        "threshold": meta.threshold,
+        "ece": ece(probs, y), "nll": nll(class_logits(logits, meta), y, case_temperatures(logits, meta)),
         "coverage": op["coverage"], "npv": op["npv"], "npv_ci95": op["npv_ci95"],
         "n_negative_calls": op["n_negative_calls"], "ppv": op["ppv"], "ppv_ci95": op["ppv_ci95"],
         "n_positive_calls": op["n_positive_calls"],

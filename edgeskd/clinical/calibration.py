@@ -8,6 +8,14 @@
   of a linear function of β minus a linear term), so its derivative is increasing in β and the
   minimum is found by bisection on the sign of the derivative over log T in ``T_BOUNDS``: no step
   sizes, no local minima. Dividing logits by T > 0 never changes the argmax.
+- Per-subclass temperatures (subclass-logit models): the cases whose highest subclass logit is
+  subclass k get a temperature of their own, fitted as above on those validation cases (a subclass
+  with fewer than ``MIN_SUBCLASS_FIT`` of them, or one whose fit is refused, keeps the global T). A
+  subclass student can be confident about the subtype and unsure about the class in one subtype
+  pair and not in another, so its class margins need a different scale per predicted subtype, which
+  one global T cannot give. They are deployed only when they lower the validation NLL out of sample
+  (2-fold: fitted on one half, scored on the other, both ways) against the global T fitted the same
+  way; the argmax is unchanged either way (each case is divided by one T > 0).
 - A fit is refused (``TemperatureFit.reason`` says why; ``temperature`` is None) when validation is
   too small, holds one class only (or too few of one), has non-finite logits, or its NLL keeps
   falling to a search bound (e.g. no validation errors at all: the NLL falls as T → 0).
@@ -21,12 +29,13 @@ from typing import Any
 
 import numpy as np
 
-from edgeskd.runtime.postprocess import subclass_to_class_logits
+from edgeskd.runtime.postprocess import case_temperatures, subclass_to_class_logits
 
 N_BINS = 15
 MIN_FIT_SAMPLES = 50       # fewer validation cases than this: no temperature
 MIN_FIT_PER_CLASS = 5      # every class must have at least this many validation cases
 T_BOUNDS = (1e-2, 1e2)     # a fitted temperature must lie strictly inside
+MIN_SUBCLASS_FIT = 50      # validation cases a predicted subclass needs for a temperature of its own
 
 
 def _probs(probs: Any) -> np.ndarray:
@@ -121,15 +130,17 @@ def ece_sampling_floor(probs: Any, n_bins: int = N_BINS, n_sims: int = 1000, see
     return {"mean": float(sims.mean()), "p95": float(np.percentile(sims, 95))}
 
 
-def nll(class_logits: Any, labels: Any, temperature: float = 1.0) -> float:
-    """Mean negative log-likelihood (nats) of the labels under softmax(class_logits / temperature)."""
+def nll(class_logits: Any, labels: Any, temperature: Any = 1.0) -> float:
+    """Mean negative log-likelihood (nats) of the labels under softmax(class_logits / temperature);
+    ``temperature`` is one number or one per case ((N,) or (N, 1))."""
     z = np.asarray(class_logits, dtype=np.float64)
     if z.ndim != 2 or z.shape[1] < 2:
         raise ValueError(f"class logits must be (N, C) with C >= 2, got shape {z.shape}")
     y = _labels(labels, len(z), z.shape[1])
     if len(z) == 0:
         raise ValueError("no cases for the NLL")
-    lp = log_softmax(z / float(temperature), axis=1)
+    t = np.asarray(temperature, dtype=np.float64)
+    lp = log_softmax(z / (t.reshape(-1, 1) if t.ndim else t), axis=1)
     return float(-np.mean(lp[np.arange(len(y)), y]))
 
 
@@ -146,12 +157,10 @@ def class_logits(logits: Any, meta: Any) -> np.ndarray:
 
 
 def calibrated_probabilities(logits: Any, meta: Any, temperature: float | None = None) -> np.ndarray:
-    """(N, C) softmax(class logits / T), T = ``temperature`` or else ``meta.temperature`` (1.0 for
-    artifacts without one): ``runtime.postprocess.class_probabilities`` in float64. Argmax unchanged."""
-    t = float(meta.temperature if temperature is None else temperature)
-    if not (math.isfinite(t) and t > 0):
-        raise ValueError(f"temperature {t} must be a finite number > 0")
-    return softmax(class_logits(logits, meta) / t, axis=1)
+    """(N, C) softmax(class logits / T), T = ``temperature`` or else the artifact's (per case with
+    ``meta.subclass_temperatures``, else ``meta.temperature``; 1.0 for artifacts without one):
+    ``runtime.postprocess.class_probabilities`` in float64. Argmax unchanged."""
+    return softmax(class_logits(logits, meta) / case_temperatures(logits, meta, temperature), axis=1)
 
 
 # -- temperature scaling --------------------------------------------------------------------------
@@ -250,3 +259,65 @@ def temperature_interval(class_logits_val: Any, labels: Any, *, n_boot: int = 20
         return None
     lo, hi = np.percentile(temps, [2.5, 97.5])
     return [float(lo), float(hi)]
+
+
+# -- per-subclass temperatures ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class SubclassTemperatureFit:
+    temperatures: list[float] | None   # T per predicted subclass (global T where not own); None: not used
+    own: list[bool]                    # which subclasses have a temperature of their own
+    reason: str | None                 # why they are not used (None when they are)
+    heldout_nll: dict[str, float] | None   # 2-fold out-of-sample validation NLL: {"global", "subclass"}
+
+    @property
+    def ok(self) -> bool:
+        return self.temperatures is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _per_subclass(z: np.ndarray, y: np.ndarray, top: np.ndarray, n_sub: int, global_t: float,
+                  min_group: int) -> tuple[list[float], list[bool]]:
+    temps, own = [float(global_t)] * n_sub, [False] * n_sub
+    for k in range(n_sub):
+        sel = top == k
+        if int(sel.sum()) >= min_group:
+            fit = fit_temperature(z[sel], y[sel], min_samples=min_group)
+            if fit.ok:
+                temps[k], own[k] = float(fit.temperature), True
+    return temps, own
+
+
+def fit_subclass_temperatures(subclass_logits_val: Any, labels: Any, subclass_to_class: Any, global_t: float,
+                              *, min_group: int = MIN_SUBCLASS_FIT, seed: int = 0) -> SubclassTemperatureFit:
+    """One temperature per predicted subclass (the case's highest subclass logit), fitted by NLL on the
+    validation cases of that subclass, ``global_t`` for subclasses without enough of them; used only
+    when a 2-fold split of validation shows them lowering the NLL out of sample against one global T."""
+    s = np.asarray(subclass_logits_val, dtype=np.float64)
+    idx = np.asarray(subclass_to_class, dtype=np.int64)
+    if s.ndim != 2 or s.shape[1] != len(idx):
+        raise ValueError(f"subclass logits {s.shape} do not fit {len(idx)} subclasses")
+    z = subclass_to_class_logits(s, idx).astype(np.float64)
+    y = _labels(labels, len(z), z.shape[1])
+    top, n_sub = s.argmax(axis=1), len(idx)
+    temps, own = _per_subclass(z, y, top, n_sub, global_t, min_group)
+    if not any(own):
+        return SubclassTemperatureFit(None, own, f"no predicted subclass has {min_group} validation cases with "
+                                      f"{MIN_FIT_PER_CLASS} of each class; the global temperature is used", None)
+    perm = np.random.default_rng(seed).permutation(len(y))
+    halves = (perm[: len(y) // 2], perm[len(y) // 2:])
+    held = {"global": 0.0, "subclass": 0.0}
+    for fit_on, score_on in (halves, halves[::-1]):
+        g = fit_temperature(z[fit_on], y[fit_on])
+        tg = g.temperature if g.ok else 1.0
+        ts, _ = _per_subclass(z[fit_on], y[fit_on], top[fit_on], n_sub, tg, min_group)
+        w = len(score_on) / len(y)
+        held["global"] += w * nll(z[score_on], y[score_on], tg)
+        held["subclass"] += w * nll(z[score_on], y[score_on], np.asarray(ts)[top[score_on]])
+    held = {k: round(v, 6) for k, v in held.items()}
+    if not held["subclass"] < held["global"]:
+        return SubclassTemperatureFit(None, own, (f"per-subclass temperatures did not lower the out-of-sample "
+                                                  f"validation NLL ({held['subclass']:.4f} vs {held['global']:.4f} "
+                                                  "with one temperature); the global temperature is used"), held)
+    return SubclassTemperatureFit(temps, own, None, held)

@@ -34,9 +34,9 @@ def _panel(ax: Any, bins: ReliabilityBins, title: str) -> None:
 
 
 def write_reliability_diagram(path: str | Path, probs: Any, labels: Any, *, calibrated: Any | None = None,
-                              title: str = "", n_bins: int = N_BINS, temperature: float | None = None) -> Path:
+                              title: str = "", n_bins: int = N_BINS, calibrated_label: str | None = None) -> Path:
     """Write a reliability diagram of ``probs`` (and, beside it, of ``calibrated`` probabilities of
-    the same cases) to ``path`` atomically. Returns the path."""
+    the same cases, titled ``calibrated_label``) to ``path`` atomically. Returns the path."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -44,8 +44,7 @@ def write_reliability_diagram(path: str | Path, probs: Any, labels: Any, *, cali
         raise UsageError("the reliability diagram needs matplotlib: pip install 'edgeskd[train]'") from None
     panels = [(reliability_bins(probs, labels, n_bins), "uncalibrated")]
     if calibrated is not None:
-        label = "temperature-scaled" + (f" (T = {temperature:.3g})" if temperature is not None else "")
-        panels.append((reliability_bins(calibrated, labels, n_bins), label))
+        panels.append((reliability_bins(calibrated, labels, n_bins), calibrated_label or "calibrated"))
     fig = Figure(figsize=(4.2 * len(panels), 4.4), dpi=110)
     FigureCanvasAgg(fig)
     axes = np.atleast_1d(fig.subplots(1, len(panels)))

@@ -26,8 +26,9 @@ from typing import Any
 import numpy as np
 
 from edgeskd.clinical import (NPV_TARGET, calibrated_probabilities, class_logits, ece, ece_sampling_floor,
-                              fit_temperature, nll, operating_point, paired_difference, temperature_interval,
-                              wilson_interval)
+                              fit_subclass_temperatures, fit_temperature, nll, operating_point, paired_difference,
+                              temperature_interval, wilson_interval)
+from edgeskd.runtime.postprocess import case_temperatures
 
 PCT_KEYS = ("coverage", "accuracy", "sensitivity", "specificity", "npv", "ppv")
 CI_KEYS = ("npv_ci95", "ppv_ci95", "coverage_ci95")
@@ -37,7 +38,8 @@ LABELS = {"student-none": "plain", "student-kd": "KD", "student-skd": "SKD", "te
 
 # -- in the training loop -----------------------------------------------------------------------------
 def calibrate_student(ctx, r) -> None:
-    """Fit ``r``'s temperature and threshold on validation, evaluate them on test, and store both in
+    """Fit ``r``'s temperature (and, for a subclass-logit student, per-subclass temperatures when they
+    beat it out of sample) and its threshold on validation, evaluate them on test, and store them in
     ``r.meta`` and in its saved checkpoint (rank 0 writes). Every rank calls this (the validation
     logits are gathered over ranks)."""
     from edgeskd.distill import ddp
@@ -48,10 +50,16 @@ def calibrate_student(ctx, r) -> None:
     fit = fit_temperature(z_val, val.labels)
     t = fit.temperature if fit.ok else 1.0
     fit_record = {**fit.to_dict(), "temperature_ci95": temperature_interval(z_val, val.labels) if fit.ok else None}
-    op = operating_point(calibrated_probabilities(val_logits, r.meta, t), val.labels,
-                         calibrated_probabilities(r.test_logits, r.meta, t), test.labels,
+    per_sub = None
+    if fit.ok and r.meta.output == "subclass_logits":
+        sub = fit_subclass_temperatures(val_logits, val.labels, r.meta.subclass_to_class, t)
+        fit_record["subclass"] = sub.to_dict()
+        per_sub = sub.temperatures
+    r.meta = r.meta.replace(temperature=t, subclass_temperatures=per_sub)
+    op = operating_point(calibrated_probabilities(val_logits, r.meta), val.labels,
+                         calibrated_probabilities(r.test_logits, r.meta), test.labels,
                          positive=int(r.meta.positive_class))
-    r.meta = r.meta.replace(temperature=t, threshold=op["threshold"])
+    r.meta = r.meta.replace(threshold=op["threshold"])
     r.extra["clinical"] = {"fit": fit_record, "operating_point": op}
     if ctx.dist.is_main and r.path is not None:
         rewrite_checkpoint_meta(r.path, r.meta, {"temperature_fit": fit_record, "threshold": op["threshold"],
@@ -100,20 +108,29 @@ def op_percent(op: dict[str, Any]) -> dict[str, Any]:
 
 
 def _calibration_of(r, labels: np.ndarray) -> dict[str, Any]:
-    """ECE (percent) and NLL of one seed's model on test, before and (students) after its temperature."""
+    """ECE (percent) and NLL of one seed's model on test, before and (students) after its deployed
+    calibration (its temperature, or its per-subclass temperatures), and after the one temperature."""
     logits = r.test_logits
     z = class_logits(logits, r.meta)
-    out: dict[str, Any] = {"ece": _pct(ece(calibrated_probabilities(logits, r.meta, 1.0), labels)),
-                           "nll": round(nll(z, labels), 6)}
+    raw = calibrated_probabilities(logits, r.meta, 1.0)
+    out: dict[str, Any] = {"ece": _pct(ece(raw, labels)), "nll": round(nll(z, labels), 6)}
     clin = r.extra.get("clinical")
-    t = 1.0
+    deployed = raw
     if clin is not None:
         fit = clin["fit"]
         t = fit["temperature"] if fit["temperature"] is not None else 1.0
-        out.update(ece_calibrated=_pct(ece(calibrated_probabilities(logits, r.meta, t), labels)),
-                   nll_calibrated=round(nll(z, labels, t), 6), temperature=fit["temperature"],
-                   temperature_ci95=fit.get("temperature_ci95"), temperature_note=fit["reason"], nll_val_before=fit["nll_before"], nll_val_after=fit["nll_after"])
-    floor = ece_sampling_floor(calibrated_probabilities(logits, r.meta, t))
+        deployed = calibrated_probabilities(logits, r.meta)
+        one_t = calibrated_probabilities(logits, r.meta, t)
+        sub = fit.get("subclass") or {}
+        out.update(ece_calibrated=_pct(ece(deployed, labels)),
+                   nll_calibrated=round(nll(z, labels, case_temperatures(logits, r.meta)), 6),
+                   ece_one_temperature=_pct(ece(one_t, labels)), nll_one_temperature=round(nll(z, labels, t), 6),
+                   method="subclass_temperatures" if r.meta.subclass_temperatures is not None else "temperature",
+                   temperature=fit["temperature"], subclass_temperatures=r.meta.subclass_temperatures,
+                   subclass_heldout_nll=sub.get("heldout_nll"), subclass_note=sub.get("reason"),
+                   temperature_ci95=fit.get("temperature_ci95"), temperature_note=fit["reason"],
+                   nll_val_before=fit["nll_before"], nll_val_after=fit["nll_after"])
+    floor = ece_sampling_floor(deployed)
     out["ece_sampling_floor"] = {k: _pct(v) for k, v in floor.items()}
     return out
 
@@ -135,7 +152,8 @@ def add_to_metrics(metrics: dict[str, Any], per_seed: dict[int, dict[str, Any]],
             continue
         each = [{"seed": s, **_calibration_of(r, labels)} for s, r in runs]
         cal: dict[str, Any] = {k: _mean([e.get(k) for e in each])
-                               for k in ("ece", "ece_calibrated", "nll", "nll_calibrated", "temperature")
+                               for k in ("ece", "ece_calibrated", "nll", "nll_calibrated", "ece_one_temperature",
+                                         "nll_one_temperature", "temperature")
                                if any(k in e for e in each)}
         cal["ece_sampling_floor"] = {k: _mean([e["ece_sampling_floor"][k] for e in each]) for k in ("mean", "p95")}
         cal.update(n_bins=15, split="test", n=int(len(labels)))
@@ -143,6 +161,8 @@ def add_to_metrics(metrics: dict[str, Any], per_seed: dict[int, dict[str, Any]],
             cal["fitted_on"] = "val"
             cal["temperature_ci95"] = each[0].get("temperature_ci95") if len(each) == 1 else None   # see per_seed
             cal["temperature_note"] = next((e["temperature_note"] for e in each if e.get("temperature_note")), None)
+            methods = [e["method"] for e in each]
+            cal["method"] = methods[0] if len(set(methods)) == 1 else "per seed: " + ", ".join(methods)
         else:
             cal["note"] = "not deployed: no temperature fitted"
         cal["per_seed"] = each
@@ -196,9 +216,11 @@ def write_plots(out: Path, per_seed: dict[int, dict[str, Any]], dataset) -> list
             continue
         t = clin["fit"]["temperature"]
         before = calibrated_probabilities(r.test_logits, r.meta, 1.0)
-        after = calibrated_probabilities(r.test_logits, r.meta, t) if t is not None else None
+        after = calibrated_probabilities(r.test_logits, r.meta) if t is not None else None
+        how = (f"{sum(clin['fit']['subclass']['own'])} subclass temperatures"
+               if r.meta.subclass_temperatures is not None else f"temperature-scaled (T = {t:.3g})" if t else None)
         fname = f"reliability_{name}.png"
-        write_reliability_diagram(Path(out) / fname, before, labels, calibrated=after, temperature=t,
+        write_reliability_diagram(Path(out) / fname, before, labels, calibrated=after, calibrated_label=how,
                                   title=f"{name}: test split ({len(labels)} images)")
         written.append(fname)
     return written
@@ -214,8 +236,8 @@ def _ci(ci: Any) -> str:
 
 
 def _calibration_table(models: dict[str, Any]) -> list[str]:
-    lines = ["| model | ECE (%) | ECE after T (%) | ECE from sampling alone (%): mean / 95th pct | T | NLL | "
-             "NLL after T |", "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| model | ECE (%) | ECE after one T (%) | ECE deployed (%) | ECE from sampling alone (%): mean / 95th pct | "
+             "T | calibration deployed | NLL | NLL deployed |", "|---|---:|---:|---:|---:|---:|---|---:|---:|"]
     for name, m in models.items():
         c = m.get("calibration")
         if c is None:
@@ -223,10 +245,27 @@ def _calibration_table(models: dict[str, Any]) -> list[str]:
         floor = c.get("ece_sampling_floor") or {}
         ci = c.get("temperature_ci95")
         t = _f(c.get("temperature"), 3) + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
-        lines.append(f"| {name} | {_f(c['ece'], 2)} | {_f(c.get('ece_calibrated'), 2)} | "
-                     f"{_f(floor.get('mean'), 2)} / {_f(floor.get('p95'), 2)} | "
-                     f"{t} | {_f(c['nll'], 4)} | {_f(c.get('nll_calibrated'), 4)} |")
+        how = {"temperature": "one T", "subclass_temperatures": "T per predicted subclass"}.get(
+            c.get("method"), c.get("method") or "none")
+        lines.append(f"| {name} | {_f(c['ece'], 2)} | {_f(c.get('ece_one_temperature'), 2)} | "
+                     f"{_f(c.get('ece_calibrated'), 2)} | {_f(floor.get('mean'), 2)} / {_f(floor.get('p95'), 2)} | "
+                     f"{t} | {how} | {_f(c['nll'], 4)} | {_f(c.get('nll_calibrated'), 4)} |")
     return lines
+
+
+def _subclass_notes(models: dict[str, Any]) -> list[str]:
+    """Per seed: the per-subclass temperatures deployed, or why one temperature was kept."""
+    out = []
+    for name, m in models.items():
+        for e in (m.get("calibration") or {}).get("per_seed", []):
+            held = e.get("subclass_heldout_nll")
+            vs = f" (out-of-sample validation NLL {held['subclass']:.4f} vs {held['global']:.4f} with one T)" if held else ""
+            if e.get("subclass_temperatures") is not None:
+                ts = ", ".join(f"{v:.2f}" for v in e["subclass_temperatures"])
+                out.append(f"{name}, seed {e['seed']}: T per predicted subclass [{ts}]{vs}.")
+            elif e.get("subclass_note"):
+                out.append(f"{name}, seed {e['seed']}: one temperature — {e['subclass_note']}.")
+    return out
 
 
 def _operating_table(models: dict[str, Any]) -> list[str]:
@@ -304,8 +343,11 @@ def section(metrics: dict[str, Any]) -> list[str]:
              "adenomatous histology on high-confidence calls) is decided on prospective clinical data, per "
              "polyp, not on these images.", "",
              "ECE: 15 equal-width confidence bins; T: temperature fitted on validation by NLL (SKD: on the "
-             "logsumexp class logits); NLL in nats. Dividing logits by T never changes a prediction, so F1 and "
-             "accuracy above are unchanged. A low ECE alone says nothing about discrimination (a model that always "
+             "logsumexp class logits); NLL in nats. A subclass-logit student may instead deploy one temperature per "
+             "predicted subclass (its highest subclass logit picks the T of its class logits), each fitted on the "
+             "validation images of that subclass; it does so only when that lowers the validation NLL out of sample "
+             "(2-fold) against one T. \"ECE deployed\" is after the calibration the artifact carries. Dividing logits "
+             "by T never changes a prediction, so F1 and accuracy above are unchanged. A low ECE alone says nothing about discrimination (a model that always "
              "predicts the majority class with its base rate is calibrated): read it with F1 and AUC.", ""]
     lines += _calibration_table(models)
     lines += ["", f"ECE from sampling alone: the ECE a perfectly calibrated model with the same confidences would show "
@@ -316,6 +358,7 @@ def section(metrics: dict[str, Any]) -> list[str]:
                   "above the sampling range."]
     notes = [f"{n}: no temperature — {m['calibration']['temperature_note']}" for n, m in models.items()
              if (m.get("calibration") or {}).get("temperature_note")]
+    notes += _subclass_notes(models)
     lines += [""] + ([f"- {s}" for s in notes] + [""] if notes else [])
     lines += [f"Operating point: the lowest confidence (highest calibrated class probability) in (0.5, 1) at which "
               f"validation NPV ≥ {100 * NPV_TARGET:.0f} % (and PPV ≥ 90 % where some threshold reaches both); "
@@ -326,6 +369,6 @@ def section(metrics: dict[str, Any]) -> list[str]:
     lines += [f"- {s}" for s in _comparison(models, metrics.get("coverage_differences") or {})] + [""]
     plots = [f for f in metrics.get("files", []) if f.startswith("reliability_")]
     if plots:
-        lines += ["Reliability diagrams (test split, before and after temperature scaling, under Plots): "
+        lines += ["Reliability diagrams (test split, before and after the deployed calibration, under Plots): "
                   + ", ".join(f"`{p}`" for p in plots) + ".", ""]
     return lines

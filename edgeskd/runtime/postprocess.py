@@ -2,9 +2,10 @@
 
 Class probabilities are calibrated: softmax(class logits / T) with T = the artifact's
 ``meta.temperature`` (temperature scaling fitted on validation by ``edgeskd train``; 1.0 for an
-artifact without one). Dividing by T > 0 never changes the argmax, so predicted classes, accuracy
-and F1 are those of the raw logits. Subclass probabilities are the plain softmax of the subclass
-logits (the temperature is fitted on class logits only).
+artifact without one), or, for a subclass-logit artifact with ``meta.subclass_temperatures``, each
+case's T is the entry of its highest subclass logit (``case_temperatures``). Dividing by T > 0 never
+changes the argmax, so predicted classes, accuracy and F1 are those of the raw logits. Subclass
+probabilities are the plain softmax of the subclass logits (temperatures act on class logits only).
 """
 
 from __future__ import annotations
@@ -34,17 +35,33 @@ def subclass_to_class_logits(sub_logits: np.ndarray, subclass_to_class: list[int
     return np.stack([_logsumexp(x[:, idx == c], axis=1) for c in range(C)], axis=1).astype(np.float32)
 
 
-def class_probabilities(logits: np.ndarray, meta, temperature: float | None = None) -> np.ndarray:
-    """(N, C) calibrated class probabilities from a model's raw output, whichever kind it emits:
-    softmax(class logits / T), T = ``temperature`` if given (1.0: uncalibrated), else the
-    artifact's ``meta.temperature``. The argmax does not depend on T."""
-    if meta.output == "subclass_logits":
-        logits = subclass_to_class_logits(logits, meta.subclass_to_class)
-    t = float(getattr(meta, "temperature", 1.0) if temperature is None else temperature)
+def case_temperatures(logits: np.ndarray, meta, temperature: float | None = None) -> float | np.ndarray:
+    """The temperature of each case of a model's raw output: ``temperature`` if given (1.0:
+    uncalibrated); else, for a subclass-logit model with ``meta.subclass_temperatures``, an (N, 1)
+    array holding the entry of each case's highest subclass logit; else ``meta.temperature``."""
+    if temperature is None:
+        per_sub = getattr(meta, "subclass_temperatures", None)
+        if per_sub is not None and meta.output == "subclass_logits":
+            x = np.asarray(logits)
+            return np.asarray(per_sub, dtype=np.float64)[np.argmax(x, axis=1)][:, None]
+        temperature = getattr(meta, "temperature", 1.0)
+    t = float(temperature)
     if not (math.isfinite(t) and t > 0):
         raise ValueError(f"temperature {t} must be a finite number > 0")
+    return t
+
+
+def class_probabilities(logits: np.ndarray, meta, temperature: float | None = None) -> np.ndarray:
+    """(N, C) calibrated class probabilities from a model's raw output, whichever kind it emits:
+    softmax(class logits / T), T from ``case_temperatures`` (``temperature`` if given, 1.0:
+    uncalibrated). The argmax does not depend on T."""
+    t = case_temperatures(logits, meta, temperature)
+    if meta.output == "subclass_logits":
+        logits = subclass_to_class_logits(logits, meta.subclass_to_class)
     z = np.asarray(logits, dtype=np.float32)
-    return softmax(z if t == 1.0 else z / np.float32(t), axis=1)
+    if isinstance(t, float):
+        return softmax(z if t == 1.0 else z / np.float32(t), axis=1)
+    return softmax(z / t.astype(np.float32), axis=1)
 
 
 def subclass_probabilities(logits: np.ndarray, meta) -> np.ndarray | None:
