@@ -6,8 +6,8 @@ with ``json.loads`` only — never eval), engines in a JSON header.
 
 ``temperature``, ``subclass_temperatures`` and ``threshold`` are the clinical operating point
 (``edgeskd.clinical``): class probabilities are softmax(class logits / T), with T = ``temperature``,
-or, for a subclass-logit model that carries ``subclass_temperatures``, T = the entry of the case's
-highest subclass logit (one temperature per predicted subclass, fitted on validation); a frame or
+or, for a subclass-logit model that carries ``subclass_temperatures`` (T_k, fitted on validation),
+the case's own T with 1/T = Σ_k q_k / T_k, q = its subclass probabilities; a frame or
 polyp gets a call only when its highest calibrated probability reaches ``threshold`` (None: no
 threshold was chosen, every case gets its argmax). Artifacts written before these keys existed load
 with 1.0, None and None.
@@ -48,7 +48,7 @@ class ModelMeta:
     producer: str = f"edgeskd {__version__}"
     positive_class: int = 1               # index of the positive class for F1/AUC
     temperature: float = 1.0              # calibrated probabilities = softmax(class logits / temperature)
-    subclass_temperatures: list[float] | None = None   # T per predicted subclass (subclass-logit models only)
+    subclass_temperatures: list[float] | None = None   # T_k per subclass (subclass-logit models only)
     threshold: float | None = None        # confidence a call needs, in (0.5, 1); None = argmax, no abstention
     extra: dict[str, Any] = field(default_factory=dict)  # trt_version, compute_capability, ...
 

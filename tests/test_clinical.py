@@ -440,8 +440,8 @@ S2C4 = [0, 0, 1, 1]
 
 def _subclass_logits(temps, n_per=1500, seed=0):
     """Subclass logits whose top subclass is k with class margin m (the other class's two subclasses sit
-    at a − m − log 2, the sibling far below); the label is the top subclass's class with probability
-    sigmoid(m / temps[k]): the right temperature of subclass k's cases is temps[k]."""
+    at a − m − log 2, the sibling far below). The label is drawn from softmax(z / T) with 1/T = q · (1 / temps),
+    q = the subclass probabilities: the model ``fit_subclass_temperatures`` fits, with temperatures ``temps``."""
     rng = np.random.default_rng(seed)
     k = np.repeat(np.arange(len(temps)), n_per)
     m = np.abs(rng.normal(0.0, 2.0, len(k)))
@@ -450,8 +450,9 @@ def _subclass_logits(temps, n_per=1500, seed=0):
     other = np.array([[2, 3], [2, 3], [0, 1], [0, 1]])[k]
     for j in (0, 1):
         s[np.arange(len(k)), other[:, j]] = 3.0 - m - math.log(2.0)
+    beta = softmax(s, axis=1) @ (1.0 / np.asarray(temps, dtype=np.float64))
     cls = np.asarray(S2C4)[k]
-    right = rng.random(len(k)) < 1.0 / (1.0 + np.exp(-m / np.asarray(temps)[k]))
+    right = rng.random(len(k)) < 1.0 / (1.0 + np.exp(-beta * m))
     return s, np.where(right, cls, 1 - cls)
 
 
@@ -464,11 +465,11 @@ def test_subclass_temperatures_recover_known_values():
     assert fit.ok and fit.own == [True] * 4 and fit.reason is None
     assert np.allclose(fit.temperatures, temps, rtol=0.2), fit.temperatures
     assert fit.heldout_nll["subclass"] < fit.heldout_nll["global"]
-    # deployed: each case divided by its top subclass's T; argmax never moves; NLL below one T's
+    # deployed: each case divided by its own T (1/T = subclass probabilities · 1/T_k); argmax never moves
     meta = _meta4(temperature=t0, subclass_temperatures=fit.temperatures)
     p = calibrated_probabilities(s, meta)
     assert (p.argmax(1) == z.argmax(1)).all()
-    row_t = np.asarray(fit.temperatures)[s.argmax(1)]
+    row_t = 1.0 / (softmax(s, axis=1) @ (1.0 / np.asarray(fit.temperatures)))
     assert np.allclose(p, softmax(z / row_t[:, None], axis=1))
     assert nll(z, y, row_t) < nll(z, y, t0)
     assert np.allclose(class_probabilities(s.astype(np.float32), meta), p, atol=1e-5)   # the runtime's path
@@ -476,24 +477,32 @@ def test_subclass_temperatures_recover_known_values():
 
 
 def test_subclass_temperatures_not_used_when_one_temperature_fits():
-    """Every subclass has the same true T: the out-of-sample check keeps the one temperature (this
-    draw is seeded; the per-subclass fits only add noise)."""
-    s, y = _subclass_logits([1.5] * 4, seed=3)
-    z = class_logits(s, _meta4())
-    fit = fit_subclass_temperatures(s, y, S2C4, fit_temperature(z, y).temperature)
-    assert not fit.ok and fit.temperatures is None and "did not lower" in fit.reason
-    assert fit.heldout_nll["subclass"] >= fit.heldout_nll["global"]
+    """Every subclass has the same true T: the out-of-sample check keeps the one temperature in most
+    draws (the per-subclass fits only add noise; 4 of 20 seeded draws pass the check by chance)."""
+    kept = []
+    for seed in range(10):
+        s, y = _subclass_logits([1.5] * 4, seed=seed)
+        z = class_logits(s, _meta4())
+        fit = fit_subclass_temperatures(s, y, S2C4, fit_temperature(z, y).temperature)
+        kept.append(not fit.ok)
+        if not fit.ok:
+            assert fit.temperatures is None and "did not lower" in fit.reason
+            assert fit.heldout_nll["subclass"] >= fit.heldout_nll["global"]
+        else:
+            assert np.allclose(fit.temperatures, 1.5, rtol=0.15)    # and when it passes, it costs nothing
+    assert sum(kept) >= 7, kept
 
 
 def test_subclass_temperatures_small_groups_keep_the_global_one():
-    s, y = _subclass_logits([0.5, 3.0, 1.0, 1.0], n_per=400)
-    keep = np.r_[np.arange(0, 800), np.arange(800, 840), np.arange(1200, 1240)]   # subclasses 2, 3: 40 cases
-    s, y = s[keep], y[keep]
+    s, y = _subclass_logits([0.5, 1.0, 3.0, 1.0], n_per=400)
+    keep = np.r_[np.arange(0, 400), np.arange(800, 1200)]     # top subclass 0 or 2 only
+    s, y = s[keep].copy(), y[keep]
+    s[:, [1, 3]] = -30.0                                       # subclasses 1 and 3 carry no weight
     fit = fit_subclass_temperatures(s, y, S2C4, 1.7)
-    assert fit.own == [True, True, False, False]
-    assert fit.ok and fit.temperatures[2:] == [1.7, 1.7]
-    few = fit_subclass_temperatures(s[:45], y[:45], S2C4, 1.7)          # no subclass reaches 50 cases
-    assert not few.ok and "no predicted subclass" in few.reason and few.heldout_nll is None
+    assert fit.own == [True, False, True, False]
+    assert fit.ok and fit.temperatures[1] == fit.temperatures[3] == 1.7 and fit.temperatures[0] < 1.0 < fit.temperatures[2]
+    few = fit_subclass_temperatures(s[:45], y[:45], S2C4, 1.7)          # no subclass reaches a weight of 50
+    assert not few.ok and "no subclass has" in few.reason and few.heldout_nll is None
     with pytest.raises(ValueError):
         fit_subclass_temperatures(s[:, :3], y, S2C4, 1.0)
 
@@ -566,7 +575,9 @@ def test_temperature_and_threshold_round_trip_engine_header(tmp_path):
     assert back.subclass_temperatures == [0.5, 0.6, 0.7, 0.8, 1.2]
     logits = np.array([[3.0, 0.0, 1.0, 0.5, 0.0], [0.0, 0.0, 0.1, 0.2, 2.0]], dtype=np.float32)
     z = class_logits(logits, back)
-    assert np.allclose(class_probabilities(logits, back), softmax(z / np.array([[0.5], [1.2]]), axis=1), atol=1e-6)
+    beta = softmax(logits.astype(np.float64), axis=1) @ (1.0 / np.array([0.5, 0.6, 0.7, 0.8, 1.2]))
+    assert np.allclose(class_probabilities(logits, back), softmax(z * beta[:, None], axis=1), atol=1e-6)
+    assert 1 / beta[0] < 0.6 and 1 / beta[1] > 0.9          # each case mostly takes its top subclass's T
     # a header written before these keys existed still loads, with T = 1 and no threshold
     header = EngineHeader(meta=meta, trt_version="10.3.0", compute_capability=(8, 7)).to_dict()
     for k in ("temperature", "threshold", "subclass_temperatures"):
@@ -978,7 +989,7 @@ def test_training_deploys_subclass_temperatures(tmp_path):
     assert cal["ece_calibrated"] == pytest.approx(100 * ece(calibrated_probabilities(logits[2000:], r.meta), test.labels),
                                                   abs=1e-3)
     text = "\n".join(clinical_report.section(metrics))
-    assert "T per predicted subclass [" in text and "out-of-sample validation NLL" in text
+    assert "T per subclass [" in text and "out-of-sample validation NLL" in text
 
 
 def test_training_run_with_a_tiny_validation_split_stores_no_threshold(tmp_path, cli):

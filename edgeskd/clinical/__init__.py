@@ -1,7 +1,7 @@
 """Clinical operating points for CADx (optical diagnosis of polyps), numpy only: the edge runtime imports these.
 
 - ``calibration``: ECE (15 equal-width bins), NLL, temperature scaling fitted on validation (one
-  temperature, or one per predicted subclass for subclass-logit students when that fits better),
+  temperature, or one per subclass for subclass-logit students when that fits better),
   calibrated probabilities from an artifact's logits and metadata.
 - ``operating_point``: sensitivity / specificity / PPV / NPV, Wilson intervals, the confidence
   threshold that reaches the PIVI NPV bar with the highest coverage, "low confidence" decisions.

@@ -8,14 +8,16 @@
   of a linear function of β minus a linear term), so its derivative is increasing in β and the
   minimum is found by bisection on the sign of the derivative over log T in ``T_BOUNDS``: no step
   sizes, no local minima. Dividing logits by T > 0 never changes the argmax.
-- Per-subclass temperatures (subclass-logit models): the cases whose highest subclass logit is
-  subclass k get a temperature of their own, fitted as above on those validation cases (a subclass
-  with fewer than ``MIN_SUBCLASS_FIT`` of them, or one whose fit is refused, keeps the global T). A
-  subclass student can be confident about the subtype and unsure about the class in one subtype
-  pair and not in another, so its class margins need a different scale per predicted subtype, which
-  one global T cannot give. They are deployed only when they lower the validation NLL out of sample
-  (2-fold: fitted on one half, scored on the other, both ways) against the global T fitted the same
-  way; the argmax is unchanged either way (each case is divided by one T > 0).
+- Per-subclass temperatures (subclass-logit models): subclass k has a temperature T_k, and a case's
+  class logits are divided by its own T with 1/T = Σ_k q_k / T_k, q = its subclass probabilities
+  (so mostly its predicted subclass's T, blended where it is torn between subclasses). A subclass
+  student can be sure of the subtype pair and unsure of the class inside one pair and not another,
+  so its class margins need a different scale per subtype, which one global T cannot give. The
+  1/T_k are fitted jointly by NLL on validation (convex; Newton) with a weak prior towards the
+  global 1/T; a subclass with less than ``MIN_SUBCLASS_FIT`` validation weight keeps the global T.
+  They are deployed only when they lower the validation NLL out of sample (2-fold: fitted on one
+  half, scored on the other, both ways) against the global T fitted the same way; the argmax is
+  unchanged either way (each case is divided by one T > 0).
 - A fit is refused (``TemperatureFit.reason`` says why; ``temperature`` is None) when validation is
   too small, holds one class only (or too few of one), has non-finite logits, or its NLL keeps
   falling to a search bound (e.g. no validation errors at all: the NLL falls as T → 0).
@@ -35,7 +37,8 @@ N_BINS = 15
 MIN_FIT_SAMPLES = 50       # fewer validation cases than this: no temperature
 MIN_FIT_PER_CLASS = 5      # every class must have at least this many validation cases
 T_BOUNDS = (1e-2, 1e2)     # a fitted temperature must lie strictly inside
-MIN_SUBCLASS_FIT = 50      # validation cases a predicted subclass needs for a temperature of its own
+MIN_SUBCLASS_FIT = 50      # validation weight (Σ subclass probabilities) a subclass needs for its own T
+SUBCLASS_PRIOR = 0.2       # Gaussian prior on the subclass β_k = 1/T_k: ρ·Σ(β_k − β_global)² added to the summed NLL
 
 
 def _probs(probs: Any) -> np.ndarray:
@@ -264,7 +267,7 @@ def temperature_interval(class_logits_val: Any, labels: Any, *, n_boot: int = 20
 # -- per-subclass temperatures ----------------------------------------------------------------------
 @dataclass(frozen=True)
 class SubclassTemperatureFit:
-    temperatures: list[float] | None   # T per predicted subclass (global T where not own); None: not used
+    temperatures: list[float] | None   # T_k per subclass (global T where not own); None: not used
     own: list[bool]                    # which subclasses have a temperature of their own
     reason: str | None                 # why they are not used (None when they are)
     heldout_nll: dict[str, float] | None   # 2-fold out-of-sample validation NLL: {"global", "subclass"}
@@ -277,44 +280,92 @@ class SubclassTemperatureFit:
         return asdict(self)
 
 
-def _per_subclass(z: np.ndarray, y: np.ndarray, top: np.ndarray, n_sub: int, global_t: float,
-                  min_group: int) -> tuple[list[float], list[bool]]:
-    temps, own = [float(global_t)] * n_sub, [False] * n_sub
-    for k in range(n_sub):
-        sel = top == k
-        if int(sel.sum()) >= min_group:
-            fit = fit_temperature(z[sel], y[sel], min_samples=min_group)
-            if fit.ok:
-                temps[k], own[k] = float(fit.temperature), True
-    return temps, own
+def _nll_beta(z: np.ndarray, y: np.ndarray, beta: np.ndarray) -> float:
+    lp = log_softmax(beta[:, None] * z, axis=1)
+    return float(-np.mean(lp[np.arange(len(y)), y]))
+
+
+def _per_subclass(z: np.ndarray, y: np.ndarray, q: np.ndarray, global_t: float, min_group: int,
+                  iters: int = 100) -> tuple[list[float], list[bool]]:
+    """Inverse temperatures β_k (case i's β = q_i · β) minimising the validation NLL plus a weak
+    Gaussian prior centred on the global β (``SUBCLASS_PRIOR``: it settles the split of β between
+    subclasses that always share their cases, which the data cannot tell apart), by Newton's method:
+    the objective is convex in β (a logsumexp of a linear map of β minus a linear term, plus a
+    quadratic). Subclasses with less than ``min_group`` validation weight, or less than
+    ``MIN_FIT_PER_CLASS`` of either class, keep the global β. Returns 1/β_k and which were fitted."""
+    n_sub = q.shape[1]
+    weight = np.stack([q[y == c].sum(axis=0) for c in range(z.shape[1])])          # (C, K) soft counts
+    free = (q.sum(axis=0) >= min_group) & (weight.min(axis=0) >= MIN_FIT_PER_CLASS)
+    beta0 = 1.0 / float(global_t)
+    beta = np.full(n_sub, beta0)
+    if not free.any():
+        return [float(global_t)] * n_sub, free.tolist()
+    qf, rows, n = q[:, free], np.arange(len(y)), len(y)
+    ridge = 2.0 * SUBCLASS_PRIOR / n
+
+    def objective(b: np.ndarray) -> float:
+        return _nll_beta(z, y, q @ b) + 0.5 * ridge * float(np.sum((b - beta0) ** 2))
+
+    lo, hi = 1.0 / T_BOUNDS[1], 1.0 / T_BOUNDS[0]
+    current = objective(beta)
+    for _ in range(iters):
+        p = softmax((q @ beta)[:, None] * z, axis=1)
+        ez = np.sum(p * z, axis=1)
+        grad = qf.T @ (ez - z[rows, y]) / n + ridge * (beta[free] - beta0)
+        hess = (qf * (np.sum(p * z * z, axis=1) - ez ** 2)[:, None]).T @ qf / n + ridge * np.eye(len(grad))
+        step = np.linalg.solve(hess, grad)
+        t = 1.0
+        while t > 1e-8:
+            trial = beta.copy()
+            trial[free] -= t * step
+            if np.all((trial[free] > lo) & (trial[free] < hi)):
+                value = objective(trial)
+                if value <= current:
+                    break
+            t *= 0.5
+        else:
+            break
+        beta, current = trial, value
+        if np.max(np.abs(t * step)) < 1e-10:
+            break
+    return [float(1.0 / b) for b in beta], free.tolist()
+
+
+def subclass_weights(subclass_logits: Any) -> np.ndarray:
+    """(N, K) softmax of the subclass logits: how much of each subclass's inverse temperature a case takes."""
+    return softmax(np.asarray(subclass_logits, dtype=np.float64), axis=1)
 
 
 def fit_subclass_temperatures(subclass_logits_val: Any, labels: Any, subclass_to_class: Any, global_t: float,
                               *, min_group: int = MIN_SUBCLASS_FIT, seed: int = 0) -> SubclassTemperatureFit:
-    """One temperature per predicted subclass (the case's highest subclass logit), fitted by NLL on the
-    validation cases of that subclass, ``global_t`` for subclasses without enough of them; used only
-    when a 2-fold split of validation shows them lowering the NLL out of sample against one global T."""
+    """One temperature T_k per subclass; a case's class logits are divided by T with 1/T = Σ_k q_k / T_k,
+    q = its subclass probabilities (mostly its predicted subclass's T). Fitted jointly by NLL on
+    validation; subclasses with too little validation weight keep ``global_t``. Used only when a 2-fold
+    split of validation shows them lowering the NLL out of sample against one global T."""
     s = np.asarray(subclass_logits_val, dtype=np.float64)
     idx = np.asarray(subclass_to_class, dtype=np.int64)
     if s.ndim != 2 or s.shape[1] != len(idx):
         raise ValueError(f"subclass logits {s.shape} do not fit {len(idx)} subclasses")
     z = subclass_to_class_logits(s, idx).astype(np.float64)
     y = _labels(labels, len(z), z.shape[1])
-    top, n_sub = s.argmax(axis=1), len(idx)
-    temps, own = _per_subclass(z, y, top, n_sub, global_t, min_group)
+    q = subclass_weights(s)
+    temps, own = _per_subclass(z, y, q, global_t, min_group)
     if not any(own):
-        return SubclassTemperatureFit(None, own, f"no predicted subclass has {min_group} validation cases with "
+        return SubclassTemperatureFit(None, own, f"no subclass has {min_group} validation images' weight with "
                                       f"{MIN_FIT_PER_CLASS} of each class; the global temperature is used", None)
+    if any(o and not (T_BOUNDS[0] * 1.01 < t < T_BOUNDS[1] * 0.99) for o, t in zip(own, temps)):
+        return SubclassTemperatureFit(None, own, "a subclass temperature ran to a search bound (validation has "
+                                      "too few errors there); the global temperature is used", None)
     perm = np.random.default_rng(seed).permutation(len(y))
     halves = (perm[: len(y) // 2], perm[len(y) // 2:])
     held = {"global": 0.0, "subclass": 0.0}
     for fit_on, score_on in (halves, halves[::-1]):
         g = fit_temperature(z[fit_on], y[fit_on])
         tg = g.temperature if g.ok else 1.0
-        ts, _ = _per_subclass(z[fit_on], y[fit_on], top[fit_on], n_sub, tg, min_group)
+        ts, _ = _per_subclass(z[fit_on], y[fit_on], q[fit_on], tg, min_group)
         w = len(score_on) / len(y)
         held["global"] += w * nll(z[score_on], y[score_on], tg)
-        held["subclass"] += w * nll(z[score_on], y[score_on], np.asarray(ts)[top[score_on]])
+        held["subclass"] += w * _nll_beta(z[score_on], y[score_on], q[score_on] @ (1.0 / np.asarray(ts)))
     held = {k: round(v, 6) for k, v in held.items()}
     if not held["subclass"] < held["global"]:
         return SubclassTemperatureFit(None, own, (f"per-subclass temperatures did not lower the out-of-sample "

@@ -245,7 +245,7 @@ def _calibration_table(models: dict[str, Any]) -> list[str]:
         floor = c.get("ece_sampling_floor") or {}
         ci = c.get("temperature_ci95")
         t = _f(c.get("temperature"), 3) + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
-        how = {"temperature": "one T", "subclass_temperatures": "T per predicted subclass"}.get(
+        how = {"temperature": "one T", "subclass_temperatures": "T per subclass"}.get(
             c.get("method"), c.get("method") or "none")
         lines.append(f"| {name} | {_f(c['ece'], 2)} | {_f(c.get('ece_one_temperature'), 2)} | "
                      f"{_f(c.get('ece_calibrated'), 2)} | {_f(floor.get('mean'), 2)} / {_f(floor.get('p95'), 2)} | "
@@ -262,7 +262,7 @@ def _subclass_notes(models: dict[str, Any]) -> list[str]:
             vs = f" (out-of-sample validation NLL {held['subclass']:.4f} vs {held['global']:.4f} with one T)" if held else ""
             if e.get("subclass_temperatures") is not None:
                 ts = ", ".join(f"{v:.2f}" for v in e["subclass_temperatures"])
-                out.append(f"{name}, seed {e['seed']}: T per predicted subclass [{ts}]{vs}.")
+                out.append(f"{name}, seed {e['seed']}: T per subclass [{ts}]{vs}.")
             elif e.get("subclass_note"):
                 out.append(f"{name}, seed {e['seed']}: one temperature — {e['subclass_note']}.")
     return out
@@ -343,10 +343,10 @@ def section(metrics: dict[str, Any]) -> list[str]:
              "adenomatous histology on high-confidence calls) is decided on prospective clinical data, per "
              "polyp, not on these images.", "",
              "ECE: 15 equal-width confidence bins; T: temperature fitted on validation by NLL (SKD: on the "
-             "logsumexp class logits); NLL in nats. A subclass-logit student may instead deploy one temperature per "
-             "predicted subclass (its highest subclass logit picks the T of its class logits), each fitted on the "
-             "validation images of that subclass; it does so only when that lowers the validation NLL out of sample "
-             "(2-fold) against one T. \"ECE deployed\" is after the calibration the artifact carries. Dividing logits "
+             "logsumexp class logits); NLL in nats. A subclass-logit student may instead deploy one temperature T_k "
+             "per subclass (a case's class logits are divided by its own T, 1/T = Σ_k q_k / T_k with q its subclass "
+             "probabilities: mostly its predicted subclass's T), fitted jointly on validation; it does so only when "
+             "that lowers the validation NLL out of sample (2-fold) against one T. \"ECE deployed\" is after the calibration the artifact carries. Dividing logits "
              "by T never changes a prediction, so F1 and accuracy above are unchanged. A low ECE alone says nothing about discrimination (a model that always "
              "predicts the majority class with its base rate is calibrated): read it with F1 and AUC.", ""]
     lines += _calibration_table(models)

@@ -2,8 +2,8 @@
 
 Class probabilities are calibrated: softmax(class logits / T) with T = the artifact's
 ``meta.temperature`` (temperature scaling fitted on validation by ``edgeskd train``; 1.0 for an
-artifact without one), or, for a subclass-logit artifact with ``meta.subclass_temperatures``, each
-case's T is the entry of its highest subclass logit (``case_temperatures``). Dividing by T > 0 never
+artifact without one), or, for a subclass-logit artifact with ``meta.subclass_temperatures`` (T_k),
+each case's own T with 1/T = Σ_k q_k / T_k, q = its subclass probabilities (``case_temperatures``). Dividing by T > 0 never
 changes the argmax, so predicted classes, accuracy and F1 are those of the raw logits. Subclass
 probabilities are the plain softmax of the subclass logits (temperatures act on class logits only).
 """
@@ -37,13 +37,13 @@ def subclass_to_class_logits(sub_logits: np.ndarray, subclass_to_class: list[int
 
 def case_temperatures(logits: np.ndarray, meta, temperature: float | None = None) -> float | np.ndarray:
     """The temperature of each case of a model's raw output: ``temperature`` if given (1.0:
-    uncalibrated); else, for a subclass-logit model with ``meta.subclass_temperatures``, an (N, 1)
-    array holding the entry of each case's highest subclass logit; else ``meta.temperature``."""
+    uncalibrated); else, for a subclass-logit model with ``meta.subclass_temperatures`` (T_k), an
+    (N, 1) array with 1/T = Σ_k q_k / T_k, q = the case's subclass probabilities; else ``meta.temperature``."""
     if temperature is None:
         per_sub = getattr(meta, "subclass_temperatures", None)
         if per_sub is not None and meta.output == "subclass_logits":
-            x = np.asarray(logits)
-            return np.asarray(per_sub, dtype=np.float64)[np.argmax(x, axis=1)][:, None]
+            q = softmax(np.asarray(logits, dtype=np.float64), axis=1)
+            return 1.0 / (q @ (1.0 / np.asarray(per_sub, dtype=np.float64)))[:, None]
         temperature = getattr(meta, "temperature", 1.0)
     t = float(temperature)
     if not (math.isfinite(t) and t > 0):
