@@ -1,5 +1,5 @@
 """Benchmark rows: one per artifact — accuracy through the deployment runtime, its clinical figures
-(ECE of the probabilities calibrated with the artifact's temperature; NPV and coverage at the
+(ECE of the probabilities calibrated with the artifact's temperature(s); NPV and coverage at the
 artifact's threshold, at argmax without one: ``edgeskd.clinical.artifact``), latency, throughput,
 size, parameters, FLOPs and achieved GFLOP/s, peak memory — plus comparisons between rows (F1, ECE,
 NPV and coverage change vs the FP32 source, in points).

@@ -67,7 +67,7 @@ def _caption(result: dict[str, Any]) -> str:
         parts.append(f"measured fp32 GEMM peak {m['gemm_peak_gflops']:.1f} GFLOP/s (best of "
                      + ", ".join(f"{k} {v:.0f}" for k, v in (m.get("gemm_peaks_gflops") or {}).items()) + ")")
     parts.append("img/s per batch size; × torch = batch-1 p50 speed-up vs the torch-eager student")
-    parts.append("ECE (%) of the probabilities calibrated with the artifact's temperature; NPV and cover (% of "
+    parts.append("ECE (%) of the probabilities calibrated with the artifact's temperature(s); NPV and cover (% of "
                  "images with a call) at the artifact's threshold (argmax without one); Δ = change vs the FP32 "
                  "source in points")
     return "; ".join(parts)

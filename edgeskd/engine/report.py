@@ -86,7 +86,7 @@ class Candidate:
     passed: bool = False
     note: str = ""
     path: str = ""
-    ece: float | None = None           # percent, calibrated with the artifact's temperature
+    ece: float | None = None           # percent, calibrated with the artifact's temperature(s)
     npv: float | None = None           # percent, at the artifact's threshold (argmax without one)
     npv_ci95: list[float] | None = None
     coverage: float | None = None      # percent of the validation images that get a call

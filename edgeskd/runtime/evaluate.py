@@ -123,7 +123,7 @@ def evaluate_runner(runner, dataset, *, batch_size: int = 64) -> dict[str, Any]:
 
 def predict_proba(runner, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     """(class probabilities (N, C), subclass probabilities (N, S) or None) for a preprocessed batch;
-    the class probabilities are calibrated with the artifact's temperature (``class_probabilities``)."""
+    the class probabilities are calibrated with the artifact's temperature(s) (``class_probabilities``)."""
     from edgeskd.runtime.postprocess import class_probabilities, subclass_probabilities
 
     logits = runner.infer(batch)
