@@ -280,11 +280,6 @@ class SubclassTemperatureFit:
         return asdict(self)
 
 
-def _nll_beta(z: np.ndarray, y: np.ndarray, beta: np.ndarray) -> float:
-    lp = log_softmax(beta[:, None] * z, axis=1)
-    return float(-np.mean(lp[np.arange(len(y)), y]))
-
-
 def _per_subclass(z: np.ndarray, y: np.ndarray, q: np.ndarray, global_t: float, min_group: int,
                   iters: int = 100) -> tuple[list[float], list[bool]]:
     """Inverse temperatures β_k (case i's β = q_i · β) minimising the validation NLL plus a weak
@@ -304,7 +299,7 @@ def _per_subclass(z: np.ndarray, y: np.ndarray, q: np.ndarray, global_t: float, 
     ridge = 2.0 * SUBCLASS_PRIOR / n
 
     def objective(b: np.ndarray) -> float:
-        return _nll_beta(z, y, q @ b) + 0.5 * ridge * float(np.sum((b - beta0) ** 2))
+        return nll(z, y, 1.0 / (q @ b)) + 0.5 * ridge * float(np.sum((b - beta0) ** 2))
 
     lo, hi = 1.0 / T_BOUNDS[1], 1.0 / T_BOUNDS[0]
     current = objective(beta)
@@ -365,7 +360,7 @@ def fit_subclass_temperatures(subclass_logits_val: Any, labels: Any, subclass_to
         ts, _ = _per_subclass(z[fit_on], y[fit_on], q[fit_on], tg, min_group)
         w = len(score_on) / len(y)
         held["global"] += w * nll(z[score_on], y[score_on], tg)
-        held["subclass"] += w * _nll_beta(z[score_on], y[score_on], q[score_on] @ (1.0 / np.asarray(ts)))
+        held["subclass"] += w * nll(z[score_on], y[score_on], 1.0 / (q[score_on] @ (1.0 / np.asarray(ts))))
     held = {k: round(v, 6) for k, v in held.items()}
     if not held["subclass"] < held["global"]:
         return SubclassTemperatureFit(None, own, (f"per-subclass temperatures did not lower the out-of-sample "
