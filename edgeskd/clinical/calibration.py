@@ -326,11 +326,6 @@ def _per_subclass(z: np.ndarray, y: np.ndarray, q: np.ndarray, global_t: float, 
     return [float(1.0 / b) for b in beta], free.tolist()
 
 
-def subclass_weights(subclass_logits: Any) -> np.ndarray:
-    """(N, K) softmax of the subclass logits: how much of each subclass's inverse temperature a case takes."""
-    return softmax(np.asarray(subclass_logits, dtype=np.float64), axis=1)
-
-
 def fit_subclass_temperatures(subclass_logits_val: Any, labels: Any, subclass_to_class: Any, global_t: float,
                               *, min_group: int = MIN_SUBCLASS_FIT, seed: int = 0) -> SubclassTemperatureFit:
     """One temperature T_k per subclass; a case's class logits are divided by T with 1/T = Σ_k q_k / T_k,
@@ -343,7 +338,7 @@ def fit_subclass_temperatures(subclass_logits_val: Any, labels: Any, subclass_to
         raise ValueError(f"subclass logits {s.shape} do not fit {len(idx)} subclasses")
     z = subclass_to_class_logits(s, idx).astype(np.float64)
     y = _labels(labels, len(z), z.shape[1])
-    q = subclass_weights(s)
+    q = softmax(s, axis=1)           # how much of each subclass's 1/T_k a case takes (as the runtime does)
     temps, own = _per_subclass(z, y, q, global_t, min_group)
     if not any(own):
         return SubclassTemperatureFit(None, own, f"no subclass has {min_group} validation images' weight with "

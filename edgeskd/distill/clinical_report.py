@@ -217,8 +217,11 @@ def write_plots(out: Path, per_seed: dict[int, dict[str, Any]], dataset) -> list
         t = clin["fit"]["temperature"]
         before = calibrated_probabilities(r.test_logits, r.meta, 1.0)
         after = calibrated_probabilities(r.test_logits, r.meta) if t is not None else None
-        how = (f"{sum(clin['fit']['subclass']['own'])} subclass temperatures"
-               if r.meta.subclass_temperatures is not None else f"temperature-scaled (T = {t:.3g})" if t else None)
+        how = None
+        if r.meta.subclass_temperatures is not None:
+            how = f"{sum(clin['fit']['subclass']['own'])} subclass temperatures"
+        elif t is not None:
+            how = f"temperature-scaled (T = {t:.3g})"
         fname = f"reliability_{name}.png"
         write_reliability_diagram(Path(out) / fname, before, labels, calibrated=after, calibrated_label=how,
                                   title=f"{name}: test split ({len(labels)} images)")
@@ -346,8 +349,9 @@ def section(metrics: dict[str, Any]) -> list[str]:
              "logsumexp class logits); NLL in nats. A subclass-logit student may instead deploy one temperature T_k "
              "per subclass (a case's class logits are divided by its own T, 1/T = Σ_k q_k / T_k with q its subclass "
              "probabilities: mostly its predicted subclass's T), fitted jointly on validation; it does so only when "
-             "that lowers the validation NLL out of sample (2-fold) against one T. \"ECE deployed\" is after the calibration the artifact carries. Dividing logits "
-             "by T never changes a prediction, so F1 and accuracy above are unchanged. A low ECE alone says nothing about discrimination (a model that always "
+             "that lowers the validation NLL out of sample (2-fold) against one T. \"ECE deployed\" is after the "
+             "calibration the artifact carries. Dividing logits by T never changes a prediction, so F1 and accuracy "
+             "above are unchanged. A low ECE alone says nothing about discrimination (a model that always "
              "predicts the majority class with its base rate is calibrated): read it with F1 and AUC.", ""]
     lines += _calibration_table(models)
     lines += ["", f"ECE from sampling alone: the ECE a perfectly calibrated model with the same confidences would show "
