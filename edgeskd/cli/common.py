@@ -80,3 +80,54 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a t
 
 def is_tty() -> bool:
     return sys.stdout.isatty()
+
+
+# -- one vocabulary across commands (README "CLI conventions") --------------------------------------
+def parse_device(text: str | None) -> str:
+    """``--device`` of every command that runs a model: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+
+    Returns the normalised text (``cuda`` → ``cuda:0``); a malformed value is a UsageError in one
+    line. Whether that GPU exists is checked by the backend that uses it."""
+    from edgeskd.errors import UsageError
+
+    d = (text or "auto").strip().lower()
+    if d in ("auto", "cpu"):
+        return d
+    if d == "cuda":
+        return "cuda:0"
+    if d.startswith("cuda:") and d[5:].isdigit():
+        return f"cuda:{int(d[5:])}"
+    if d.isdigit():
+        return f"cuda:{int(d)}"
+    raise UsageError(f"--device {text!r}: use auto, cpu, cuda or cuda:N (N = the GPU index)")
+
+
+def parse_img_size(text: str | int | None, *, option: str = "--img-size") -> tuple[int, int] | None:
+    """``--img-size``: one name and one syntax for an image size everywhere: ``N`` (square) or
+    ``HxW`` (height × width, as the models' input_size). None stays None."""
+    from edgeskd.errors import UsageError
+
+    if text is None:
+        return None
+    if isinstance(text, int):
+        parts = [text]
+    else:
+        try:
+            parts = [int(v) for v in str(text).lower().replace(",", "x").split("x")]
+        except ValueError:
+            raise UsageError(f"{option} {text!r} must be N or HxW, e.g. 224 or 224x224") from None
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or min(parts) < 8:
+        raise UsageError(f"{option} {text!r} must be N or HxW with both >= 8")
+    return parts[0], parts[1]
+
+
+DEFAULT_THREADS = 1   # CPU inference threads: the same default in every command (decode has its own)
+
+DeviceOpt = Annotated[str, typer.Option(
+    "--device", help="Where the model runs: auto (a GPU when there is one), cpu, cuda or cuda:N.")]
+OverwriteOpt = Annotated[bool, typer.Option(
+    "--overwrite", help="Replace outputs that already exist (without it, existing outputs are refused).")]
+ThreadsOpt = Annotated[int, typer.Option(
+    "--threads", min=1, help="CPU inference threads (decoding and data loading have their own).")]
