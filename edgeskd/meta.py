@@ -124,9 +124,9 @@ class ModelMeta:
         missing = [k for k in REQUIRED_KEYS if k not in d]
         if missing:
             fixable = {"input_size", "class_names"}
-            hint = ("re-export it with `edgeskd export`, or pass --input-size/--classes"
+            hint = ("re-export it with `edgeskd export`, or pass --img-size/--classes"
                     if set(missing) <= fixable else
-                    "re-export it with `edgeskd export` (--input-size/--classes give only the input size and "
+                    "re-export it with `edgeskd export` (--img-size/--classes give only the input size and "
                     "class names; a model with subclass outputs needs its subclass names from the checkpoint)")
             raise ArtifactError(f"{source} has no edgeskd metadata for: {', '.join(missing)}; {hint}")
         known = {f.name for f in fields(cls)}

@@ -702,7 +702,7 @@ def test_stream_bad_threshold_and_polyp_ids(tmp_path, cli, synth_video):
     out = tmp_path / "out"
     out.mkdir()
     for bad in ("0.5", "1", "1.2", "0.3"):
-        r = cli("stream", "--video", video, "--engine", onnx_path, "--threshold", bad, "--stats", out / "s.json")
+        r = cli("stream", video, "--engine", onnx_path, "--threshold", bad, "--stats", out / "s.json")
         assert r.exit_code == 2 and "(0.5, 1)" in r.output and "Traceback" not in r.output, r.output
     lines = labels_csv.read_text().splitlines()
     i = next(k for k, line in enumerate(lines) if line.endswith(",1"))
@@ -713,13 +713,13 @@ def test_stream_bad_threshold_and_polyp_ids(tmp_path, cli, synth_video):
     from helpers_stream import META
 
     named = make_onnx(tmp_path / "named.onnx", meta=META.replace(class_names=list(CLASS_NAMES)))
-    r = cli("stream", "--video", video, "--engine", named, "--labels", bad_ids, "--stats", out / "s.json",
+    r = cli("stream", video, "--engine", named, "--labels", bad_ids, "--stats", out / "s.json",
             "--jsonl", out / "p.jsonl")
     assert r.exit_code != 0 and f"bad.csv:{i + 1}" in r.output and "not an integer" in r.output
     assert "Traceback" not in r.output and not list(out.iterdir())
     mixed = tmp_path / "mixed.csv"
     mixed.write_text("frame,class,polyp_id\n0,hyperplastic,4\n1,adenoma,4\n")
-    r = cli("stream", "--video", video, "--engine", named, "--labels", mixed, "--stats", out / "s.json")
+    r = cli("stream", video, "--engine", named, "--labels", mixed, "--stats", out / "s.json")
     assert r.exit_code != 0 and "polyp 4" in r.output and "one class" in r.output and not list(out.iterdir())
 
 

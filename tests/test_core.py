@@ -47,7 +47,7 @@ def test_meta_roundtrip_props():
 
 
 def test_meta_missing_keys_named():
-    with pytest.raises(ArtifactError, match="input_size.*pass --input-size/--classes"):
+    with pytest.raises(ArtifactError, match="input_size.*pass --img-size/--classes"):
         ModelMeta.from_dict({"class_names": ["a", "b"], "subclass_names": ["a", "b"],
                              "subclass_to_class": [0, 1], "output": "class_logits"})
     # subclass names cannot come from --classes: the hint must not offer it

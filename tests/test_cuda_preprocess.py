@@ -277,8 +277,8 @@ def test_stream_cuda_path_matches_cpu_path_end_to_end(tmp_path, cli):
         pre.close()
     np.testing.assert_allclose(np.concatenate(got), ref, atol=1e-3, rtol=1e-3)
     st = tmp_path / "s.json"
-    r = cli("stream", "--video", video, "--engine", engine, "--preprocess", "cuda", "--stats", st,
-            "--crop", "40,0,240,240", "--batch", "4")
+    r = cli("stream", video, "--engine", engine, "--preprocess", "cuda", "--stats", st,
+            "--crop", "40,0,240,240", "--batch-size", "4")
     assert r.exit_code == 0, r.output
     import json
 

@@ -105,8 +105,8 @@ def test_export_bad_input_one_line(tmp_path, cli):
     r = cli("export", tmp_path)   # a run directory instead of a checkpoint in it
     assert r.exit_code == 4 and "is a directory" in r.output and "student-skd.pt" in r.output
     ckpt, _ = make_checkpoint(tmp_path / "s.pt")
-    r = cli("export", ckpt, "--batch", "zero", "--out", tmp_path / "s.onnx")
-    assert r.exit_code == 2 and "--batch" in r.output
+    r = cli("export", ckpt, "--batch-size", "zero", "--out", tmp_path / "s.onnx")
+    assert r.exit_code == 2 and "--batch-size" in r.output
     r = cli("export", ckpt, "--opset", "11", "--out", tmp_path / "s.onnx")
     assert r.exit_code == 2 and "opset" in r.output
     assert not list(tmp_path.glob("*.onnx"))

@@ -27,7 +27,7 @@ def test_round_trip_counts_and_label_bits_identical_for_every_layout(cli, tmp_pa
     summaries = {}
     for fmt in ("mhist", "folder", "manifest"):
         out = tmp_path / fmt
-        assert cli("synth", out, "--n", "300", "--size", "32", "--format", fmt).exit_code == 0
+        assert cli("synth", out, "--n", "300", "--img-size", "32", "--format", fmt).exit_code == 0
         summaries[fmt] = _json(cli("info", out, "--json"))
     ref = summaries["folder"]
 
@@ -55,7 +55,7 @@ def test_round_trip_counts_and_label_bits_identical_for_every_layout(cli, tmp_pa
 
 def test_info_table(cli, tmp_path):
     out = tmp_path / "s"
-    assert cli("synth", out, "--n", "60", "--size", "32", "--format", "manifest").exit_code == 0
+    assert cli("synth", out, "--n", "60", "--img-size", "32", "--format", "manifest").exit_code == 0
     r = cli("info", out)
     assert r.exit_code == 0, r.output
     for needle in ("hp_flat_pale", "ad_villous", "train", "val", "test", "extra label bits", "H(S) - H(C)",
@@ -65,7 +65,7 @@ def test_info_table(cli, tmp_path):
 
 def test_info_mhist_vote_bins_option(cli, tmp_path):
     out = tmp_path / "m"
-    assert cli("synth", out, "--n", "80", "--size", "32", "--format", "mhist").exit_code == 0
+    assert cli("synth", out, "--n", "80", "--img-size", "32", "--format", "mhist").exit_code == 0
     s = _json(cli("info", out, "--json", "--vote-bins", "0,1|2,3|4,5|6,7"))
     assert s["subclass_names"] == ["HP_v0-1", "HP_v2-3", "SSA_v4-5", "SSA_v6-7"]
     r = cli("info", out, "--vote-bins", "0|1|2")

@@ -236,8 +236,8 @@ def test_stream_cli_end_to_end(tmp_path, cli, onnx_path):
     gt = tmp_path / "gt.csv"
     gt.write_text("frame,class\n" + "".join(f"{i},{'adenoma' if (i // 5) % 2 else 'hyperplastic'}\n" for i in range(24)))
     out, jl, st = tmp_path / "out.mp4", tmp_path / "p.jsonl", tmp_path / "s.json"
-    r = cli("stream", "--video", video, "--engine", onnx_path, "--out", out, "--jsonl", jl, "--stats", st,
-            "--labels", gt, "--crop", "auto", "--crop-every", "5", "--batch", "4", "--smooth", "0.5")
+    r = cli("stream", video, "--engine", onnx_path, "--out", out, "--jsonl", jl, "--stats", st,
+            "--labels", gt, "--crop", "auto", "--crop-every", "5", "--batch-size", "4", "--smooth", "0.5")
     assert r.exit_code == 0, r.output
     assert "processed 24 of 24" in r.output
     assert "[cpu preprocessing, onnxruntime]" in r.output
@@ -374,12 +374,12 @@ def test_stream_rejects_bad_options(tmp_path, cli, onnx_path):
         (["--crop", "1,2,3"], 2, "x,y,w,h"),
         (["--crop", "0,0,999,10"], 2, "does not fit"),
         (["--smooth", "0"], 2, "(0, 1]"),
-        (["--batch", "0"], 2, "--batch"),
-        (["--realtime", "--batch", "4"], 2, "--no-realtime"),
+        (["--batch-size", "0"], 2, "--batch-size"),
+        (["--realtime", "--batch-size", "4"], 2, "--no-realtime"),
         (["--out", str(tmp_path / "x.gif")], 2, "unsupported video container"),
         (["--preprocess", "cuda"], 5, "GPU"),
     ]:
-        r = cli("stream", "--video", video, "--engine", onnx_path, *args)
+        r = cli("stream", video, "--engine", onnx_path, *args)
         assert r.exit_code == code, (args, r.output)
         assert msg in r.output, (args, r.output)
         assert "Traceback" not in r.output

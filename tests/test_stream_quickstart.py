@@ -12,7 +12,7 @@ def test_invoke_returns_the_commands_exit_code(tmp_path, capsys):
 
     assert _invoke(["stream", "--video", str(tmp_path / "none.mp4"), "--engine", str(tmp_path / "m.onnx")]) == 4
     assert "m.onnx" in capsys.readouterr().err
-    assert _invoke(["synth-video", str(tmp_path / "v.mp4"), "--size", "x"]) == 2
+    assert _invoke(["synth-video", str(tmp_path / "v.mp4"), "--resolution", "x"]) == 2
     assert _invoke(["stream", "--no-such-option"]) == 2
 
 

@@ -182,13 +182,13 @@ def test_write_is_atomic_and_refuses_non_empty(tmp_path, monkeypatch):
 
 def test_synth_cli_writes_and_refuses(cli, tmp_path):
     out = tmp_path / "s"
-    r = cli("synth", out, "--n", "40", "--size", "32", "--format", "manifest")
+    r = cli("synth", out, "--n", "40", "--img-size", "32", "--format", "manifest")
     assert r.exit_code == 0, r.output
     assert "label noise" in r.output and (out / "manifest.csv").is_file()
     assert len(list((out / "images").glob("*.png"))) == 40
-    r = cli("synth", out, "--n", "40", "--size", "32")
+    r = cli("synth", out, "--n", "40", "--img-size", "32")
     assert r.exit_code == 2 and "not empty" in r.output and "Traceback" not in r.output
-    r = cli("synth", out, "--n", "40", "--size", "32", "--format", "folder", "--overwrite")
+    r = cli("synth", out, "--n", "40", "--img-size", "32", "--format", "folder", "--overwrite")
     assert r.exit_code == 0 and (out / "train").is_dir() and not (out / "manifest.csv").exists()
     for n in ("0", "3"):   # 3 frames: a set `info` and `train` would then refuse (one class, empty splits)
         r = cli("synth", tmp_path / "t", "--n", n)

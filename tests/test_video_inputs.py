@@ -22,7 +22,7 @@ def onnx_path(tmp_path_factory) -> Path:
 
 def _run(cli, tmp_path, video, engine, *extra):
     out, st = tmp_path / "out" / "ann.mp4", tmp_path / "out" / "stats.json"
-    r = cli("stream", "--video", video, "--engine", engine, "--out", out, "--stats", st, *extra)
+    r = cli("stream", video, "--engine", engine, "--out", out, "--stats", st, *extra)
     assert "Traceback" not in r.output
     return r, out, st
 
@@ -160,7 +160,7 @@ def test_out_not_writable(tmp_path, cli, onnx_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     st = tmp_path / "stats.json"
-    r = cli("stream", "--video", video, "--engine", onnx_path, "--out", blocker / "ann.mp4", "--stats", st)
+    r = cli("stream", video, "--engine", onnx_path, "--out", blocker / "ann.mp4", "--stats", st)
     _one_line_error(r, 2, "cannot create output directory")
     assert not st.exists()          # the other outputs are not written either
 

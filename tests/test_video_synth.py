@@ -15,7 +15,7 @@ pytest.importorskip("av")
 
 def test_synth_video_cli_writes_video_and_labels(tmp_path, cli):
     out = tmp_path / "v.mp4"
-    r = cli("synth-video", out, "--seconds", "2", "--fps", "12", "--size", "160x96", "--seed", "3",
+    r = cli("synth-video", out, "--seconds", "2", "--fps", "12", "--resolution", "160x96", "--seed", "3",
             "--render-size", "64")
     assert r.exit_code == 0, r.output
     frames = decode_all(out)
@@ -90,8 +90,8 @@ def test_one_polyp_at_a_time_and_none_pops_into_view():
 
 
 @pytest.mark.parametrize("args,msg", [
-    (["--size", "12x34x5"], "WIDTHxHEIGHT"),
-    (["--size", "10x10"], "between 64"),
+    (["--resolution", "12x34x5"], "WIDTHxHEIGHT"),
+    (["--resolution", "10x10"], "between 64"),
     (["--fps", "0"], "--fps"),
     (["--seconds", "-1"], "--seconds"),
 ])
@@ -102,7 +102,7 @@ def test_synth_video_bad_options(tmp_path, cli, args, msg):
 
 
 def test_synth_video_odd_size_and_unwritable(tmp_path, cli):
-    r = cli("synth-video", tmp_path / "odd.mkv", "--seconds", "0.5", "--fps", "8", "--size", "129x97",
+    r = cli("synth-video", tmp_path / "odd.mkv", "--seconds", "0.5", "--fps", "8", "--resolution", "129x97",
             "--render-size", "64")
     assert r.exit_code == 0, r.output
     assert decode_all(tmp_path / "odd.mkv")[0].shape == (97, 129, 3)
@@ -115,7 +115,7 @@ def test_synth_video_odd_size_and_unwritable(tmp_path, cli):
 def test_synth_video_streamed_with_its_labels(tmp_path, cli):
     """The short synthetic video through `edgeskd stream` with its own ground truth."""
     out = tmp_path / "v.mp4"
-    assert cli("synth-video", out, "--seconds", "2", "--fps", "10", "--size", "192x128", "--render-size", "64").exit_code == 0
+    assert cli("synth-video", out, "--seconds", "2", "--fps", "10", "--resolution", "192x128", "--render-size", "64").exit_code == 0
     from edgeskd.data.synthetic import CLASS_NAMES
     from helpers_stream import META
 

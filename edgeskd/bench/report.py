@@ -17,9 +17,17 @@ COLUMNS = (
 )
 
 
+# the default table: what fits 120 columns (--wide shows every column above)
+COMPACT = ("name", "backend", "precision", "f1", "accuracy", "auc", "ece", "npv", "coverage", "latency_p50_ms",
+           "throughput_best", "speedup_vs_torch_student", "f1_change_vs_fp32", "status")
+_COMPACT_HEADS = {"throughput_best": "best img/s"}
+
+
 def _fmt(key: str, v: Any) -> str:
     if v is None:
         return "–"
+    if key == "throughput_best":
+        return f"{max(v.values()):,.0f}" if v else "–"
     if key == "throughput":
         return " / ".join(f"{b}:{x:,.0f}" for b, x in v.items()) if v else "–"
     if key == "flops_per_image":
@@ -37,35 +45,49 @@ def _fmt(key: str, v: Any) -> str:
     return str(v)
 
 
-def cells(row: dict[str, Any]) -> list[str]:
-    out = [_fmt(k, row.get(k)) for k, _ in COLUMNS]
+def cells(row: dict[str, Any], keys: tuple[str, ...] | None = None) -> list[str]:
+    keys = keys or tuple(k for k, _ in COLUMNS)
+    out = [_fmt(k, row.get("throughput" if k == "throughput_best" else k)) for k in keys]
     if row.get("status") != "ok":
-        out[-1] = f"failed: {row.get('error')}"
+        out[-1] = f"failed: {row.get('error')}" if len(keys) == len(COLUMNS) else "failed"
     return out
 
 
-def rich_table(result: dict[str, Any]):
+def rich_table(result: dict[str, Any], *, wide: bool = False):
+    """The bench table: by default the columns that fit 120 terminal columns (failed rows' errors
+    follow the table, see ``failures``); ``wide`` = every column."""
+    from rich import box
     from rich.table import Table
 
     m = result["machine"]
     title = f"edgeskd bench — {m.get('cpu')} · {m.get('threads')} threads"
     if m.get("gpu"):
         title += f" · {m['gpu']}"
-    t = Table(title=title, caption=_caption(result))
-    for key, head in COLUMNS:
-        t.add_column(head, justify="left" if key in ("name", "backend", "precision", "status") else "right",
+    heads = dict(COLUMNS) | _COMPACT_HEADS
+    keys = tuple(k for k, _ in COLUMNS) if wide else COMPACT
+    t = Table(title=title, caption=_caption(result, wide), box=box.SIMPLE_HEAD if not wide else box.HEAVY_HEAD,
+              padding=(0, 1) if wide else (0, 0, 0, 1), collapse_padding=True)
+    for key in keys:
+        t.add_column(heads[key], justify="left" if key in ("name", "backend", "precision", "status") else "right",
                      overflow="fold")
     for r in result["rows"]:
-        t.add_row(*cells(r), style=None if r.get("status") == "ok" else "red")
+        t.add_row(*cells(r, keys), style=None if r.get("status") == "ok" else "red")
     return t
 
 
-def _caption(result: dict[str, Any]) -> str:
+def failures(result: dict[str, Any]) -> list[str]:
+    """One line per row that failed: its name and why."""
+    return [f"{r['name']} ({r.get('backend')}): {r.get('error')}" for r in result["rows"] if r.get("status") != "ok"]
+
+
+def _caption(result: dict[str, Any], wide: bool = True) -> str:
     m = result["machine"]
     parts = [f"split {result.get('split', '?')} (n={result.get('n_images', '?')})"]
     if m.get("gemm_peak_gflops"):
         parts.append(f"measured fp32 GEMM peak {m['gemm_peak_gflops']:.1f} GFLOP/s (best of "
                      + ", ".join(f"{k} {v:.0f}" for k, v in (m.get("gemm_peaks_gflops") or {}).items()) + ")")
+    if not wide:
+        parts.append("best img/s over the batch sizes (--wide: each, latency p99, size, memory, FLOPs, per-subclass Δ)")
     parts.append("img/s per batch size; × torch = batch-1 p50 speed-up vs the torch-eager student")
     parts.append("ECE (%) of the probabilities calibrated with the artifact's temperature(s); NPV and cover (% of "
                  "images with a call) at the artifact's threshold (argmax without one); Δ = change vs the FP32 "

@@ -7,8 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from edgeskd.cli.common import DataFormat, cli_command, console, err_console, warn
-from edgeskd.errors import UsageError
+from edgeskd.cli.common import (DEFAULT_THREADS, DataFormat, DeviceOpt, OverwriteOpt, ThreadsOpt, cli_command, console,
+                                err_console, parse_device, warn)
+from edgeskd.errors import ArtifactError, UsageError
 
 
 def _parse_batches(text: str) -> tuple[int, ...]:
@@ -21,6 +22,12 @@ def _parse_batches(text: str) -> tuple[int, ...]:
     return vals
 
 
+def _nothing():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
 @cli_command
 def bench(
     artifacts: Annotated[list[Path], typer.Argument(help="Run directories, checkpoints, .onnx, .engine, or folders of them.")],
@@ -28,14 +35,16 @@ def bench(
     format: Annotated[DataFormat, typer.Option("--format", help="Data format.")] = DataFormat.auto,
     split: Annotated[str, typer.Option("--split", help="Split to evaluate: train, val or test.")] = "test",
     batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Throughput batch sizes.")] = "1,8,32",
-    threads: Annotated[int, typer.Option("--threads", help="CPU threads for every backend.")] = 2,
+    threads: ThreadsOpt = DEFAULT_THREADS,
     warmup: Annotated[int, typer.Option("--warmup", help="Untimed warm-up calls.")] = 20,
     iters: Annotated[int, typer.Option("--iters", help="Timed calls per batch size.")] = 200,
     max_seconds: Annotated[float, typer.Option("--max-seconds", help="Cap on each timing phase (s).")] = 10.0,
-    device: Annotated[str, typer.Option("--device", help="cpu or cuda (torch rows; TensorRT is always GPU).")] = "cpu",
+    device: Annotated[str, typer.Option("--device", help="Where torch and ONNX rows run: cpu, cuda or cuda:N (TensorRT rows are always on a GPU).")] = "cpu",
     out: Annotated[Path, typer.Option("--out", help="JSON output.")] = Path("bench.json"),
     plot_path: Annotated[Optional[Path], typer.Option("--plot", help="PNG plot (latency vs F1, throughput vs batch).")] = None,
     markdown: Annotated[bool, typer.Option("--markdown", help="Print a markdown table instead of a rich table.")] = False,
+    wide: Annotated[bool, typer.Option("--wide", help="Every column (the default table fits 120 columns).")] = False,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Bench every artifact: F1/accuracy/AUC through the runtime, latency p50/p99, throughput, size,
     FLOPs vs this machine's measured GEMM peak, speed-up vs torch eager, F1 change vs FP32 (and per subclass)."""
@@ -43,25 +52,30 @@ def bench(
     from edgeskd.bench.machine import machine_info
     from edgeskd.bench.measure import BenchOptions, run_bench
     from edgeskd.bench.report import markdown as to_markdown
-    from edgeskd.bench.report import plot, rich_table, subclass_rows, subclass_table
+    from edgeskd.bench.report import failures, plot, rich_table, subclass_rows, subclass_table
     from edgeskd.data.artifact_data import data_refs, describe_data_ref, load_data
     from edgeskd.utils.io import check_output_file, write_json_atomic
 
     if split not in ("train", "val", "test"):
         raise UsageError(f"--split {split!r} must be train, val or test")
-    if device not in ("cpu", "cuda"):
-        raise UsageError(f"--device {device!r} must be cpu or cuda")
+    dev = parse_device(device)
+    dev = "cpu" if dev == "auto" else dev
     opts = BenchOptions(batch_sizes=_parse_batches(batch_sizes), threads=threads, warmup=warmup, iters=iters,
-                        device=device, max_seconds_per_timing=max_seconds)
-    check_output_file(out)
+                        device=dev, max_seconds_per_timing=max_seconds)
+    check_output_file(out, overwrite=overwrite)
     if plot_path is not None:
-        check_output_file(plot_path)
+        check_output_file(plot_path, overwrite=overwrite)
     arts = discover(artifacts)
+    bad = [a for a in arts if a.error]
+    if bad:   # before any data is prepared or cached
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise ArtifactError(f"{bad[0].error}{more}; bench takes run directories, .pt, .onnx and .engine files")
     refs = [] if data is not None else data_refs(a.path for a in arts if not a.error)
     if len(refs) > 1:
         warn(f"the artifacts were trained on {len(refs)} different data sets; all are benched on the first "
              f"({describe_data_ref(refs[0])}) — bench each run on its own or give --data")
-    dataset = load_data(refs[0] if refs else None, path=data, fmt=format.value)
+    with err_console.status("preparing the benchmark data…") if err_console.is_terminal else _nothing():
+        dataset = load_data(refs[0] if refs else None, path=data, fmt=format.value)
     part = dataset.split(split)
     if len(part) == 0:
         raise UsageError(f"the data has no {split!r} split; choose another with --split")
@@ -79,9 +93,11 @@ def bench(
     if markdown:
         console.print(to_markdown(result), markup=False, soft_wrap=True)
     else:
-        console.print(rich_table(result))
-        if subclass_rows(result)[0]:
+        console.print(rich_table(result, wide=wide))
+        if wide and subclass_rows(result)[0]:
             console.print(subclass_table(result))
+        for line in failures(result):
+            console.print(f"failed: {line}", markup=False, soft_wrap=True)
     console.print(f"wrote {out}" + (f" and {plot_path}" if plot_path else ""))
     failed = [r for r in result["rows"] if r["status"] != "ok"]
     if failed:

@@ -9,7 +9,8 @@ from typing import Annotated
 
 import typer
 
-from edgeskd.cli.common import JsonOpt, cli_command, console, warn
+from edgeskd.cli.common import (DEFAULT_THREADS, DeviceOpt, ThreadsOpt, JsonOpt, OverwriteOpt, cli_command, console, parse_device, parse_img_size,
+                                warn)
 from edgeskd.errors import UsageError
 
 
@@ -31,19 +32,12 @@ class CalibMethod(str, Enum):
     percentile = "percentile"
 
 
-def parse_overrides(input_size: str | None, classes: str | None) -> dict | None:
-    """--input-size HxW / --classes a,b → ModelMeta fields for an ONNX without edgeskd metadata."""
+def parse_overrides(img_size: str | None, classes: str | None) -> dict | None:
+    """--img-size N|HxW / --classes a,b → ModelMeta fields for an ONNX without edgeskd metadata."""
     d: dict = {}
-    if input_size:
-        try:
-            parts = [int(v) for v in input_size.lower().replace(",", "x").split("x")]
-        except ValueError:
-            raise UsageError(f"--input-size {input_size!r} must look like 224x224") from None
-        if len(parts) == 1:
-            parts = parts * 2
-        if len(parts) != 2 or min(parts) < 8:
-            raise UsageError(f"--input-size {input_size!r} must be HxW with both >= 8")
-        d["input_size"] = parts
+    size = parse_img_size(img_size)
+    if size is not None:
+        d["input_size"] = list(size)
     if classes:
         names = [c.strip() for c in classes.split(",") if c.strip()]
         if len(names) < 2:
@@ -57,7 +51,7 @@ def build_engine(
     onnx: Annotated[Path, typer.Argument(help="FP32 ONNX from `edgeskd export`, or a Q/DQ INT8 ONNX from `edgeskd qat` (built as is, --precision int8).")],
     precision: Annotated[Precision, typer.Option("--precision", help="Artifact precision.")] = Precision.int8,
     backend: Annotated[Backend, typer.Option("--backend", help="auto = tensorrt with a GPU, else onnxruntime.")] = Backend.auto,
-    out: Annotated[Path | None, typer.Option("--out", help="Output artifact (default next to the ONNX).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Output artifact (default next to the ONNX); the Q/DQ ONNX and the report go in the same folder.")] = None,
     data: Annotated[Path | None, typer.Option("--data", help="Data set for the accuracy gate (default: the model's training data).")] = None,
     calib_data: Annotated[Path | None, typer.Option("--calib-data", help="Calibration images (default: the training split).")] = None,
     calib_size: Annotated[int, typer.Option("--calib-size", help="Calibration images (stratified, seeded).")] = 512,
@@ -66,11 +60,13 @@ def build_engine(
     calib_dir: Annotated[Path, typer.Option("--calib-dir", help="Where calibrated ranges and the TensorRT timing cache live.")] = Path("calibration"),
     max_f1_drop: Annotated[float, typer.Option("--max-f1-drop", help="Largest allowed F1 drop (points) vs FP32.")] = 1.0,
     force: Annotated[bool, typer.Option("--force", help="Keep an artifact that fails the accuracy gate.")] = False,
+    overwrite: OverwriteOpt = False,
+    device: DeviceOpt = "auto",
     workspace: Annotated[float, typer.Option("--workspace", help="TensorRT workspace limit, GiB.")] = 1.0,
     max_batch: Annotated[int, typer.Option("--max-batch", help="TensorRT profile: batch 1..N.")] = 8,
-    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads when timing ONNX Runtime variants.")] = None,
+    threads: ThreadsOpt = DEFAULT_THREADS,
     weight_qdq_pair: Annotated[bool, typer.Option("--weight-qdq-pair", help="Float weights with Q→DQ pairs instead of INT8 weights.")] = False,
-    input_size: Annotated[str | None, typer.Option("--input-size", help="HxW, for an ONNX without edgeskd metadata.")] = None,
+    img_size: Annotated[str | None, typer.Option("--img-size", help="N or HxW, for an ONNX without edgeskd metadata.")] = None,
     classes: Annotated[str | None, typer.Option("--classes", help="Comma-separated class names, for an ONNX without metadata.")] = None,
     recovery: Annotated[bool, typer.Option("--recovery/--no-recovery", help="INT8 failing the gate: keep the most sensitive layers in FP32, try other calibrations.")] = True,
     recovery_budget: Annotated[float, typer.Option("--recovery-budget", help="Time limit of PTQ recovery, seconds.")] = 600.0,
@@ -80,14 +76,20 @@ def build_engine(
     """Build an INT8 (Q/DQ), FP16 or FP32 artifact; INT8/FP16 must pass the accuracy gate."""
     from edgeskd.engine.build import build_engine as build
 
+    dev = parse_device(device)
+    if dev == "cpu" and backend == Backend.tensorrt:
+        raise UsageError("--backend tensorrt runs on a GPU; drop --device cpu or choose --backend onnxruntime")
+    if dev == "cpu":
+        backend = Backend.onnxruntime
     log = (lambda s: None) if as_json else (lambda s: console.print(s))
     rep = build(
         onnx, precision=precision.value, backend=backend.value, out=out, data=data, calib_data=calib_data,
         calib_size=calib_size, calib_seed=calib_seed, calib_method=calib_method.value, calib_dir=calib_dir,
         max_f1_drop=max_f1_drop,
-        force=force, workspace_gib=workspace, max_batch=max_batch, threads=threads, weight_qdq_pair=weight_qdq_pair,
-        meta_overrides=parse_overrides(input_size, classes), recovery=recovery, recovery_budget_s=recovery_budget,
+        force=force, overwrite=overwrite, workspace_gib=workspace, max_batch=max_batch, threads=threads, weight_qdq_pair=weight_qdq_pair,
+        meta_overrides=parse_overrides(img_size, classes), recovery=recovery, recovery_budget_s=recovery_budget,
         max_fp32_layers=max_fp32_layers, log=log,
+        device=0 if dev in ("auto", "cpu") else dev,
     )
     for w in rep.warnings:
         warn(w)

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from edgeskd.cli.common import JsonOpt, cli_command, console, warn
+from edgeskd.cli.common import JsonOpt, OverwriteOpt, cli_command, console, warn
 
 
 @cli_command
@@ -16,17 +16,18 @@ def export(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint from `edgeskd train` (student-*.pt / teacher.pt).")],
     out: Annotated[Path | None, typer.Option("--out", help="Output .onnx (default engines/<checkpoint>.onnx).")] = None,
     opset: Annotated[int, typer.Option("--opset", help="ONNX opset (>= 13 for Q/DQ INT8).")] = 17,
-    batch: Annotated[str, typer.Option("--batch", help="'dynamic' batch axis, or a fixed batch size N.")] = "dynamic",
+    batch_size: Annotated[str, typer.Option("--batch-size", help="'dynamic' batch axis, or a fixed batch size N.")] = "dynamic",
     simplify: Annotated[bool, typer.Option("--simplify/--no-simplify", help="Run onnxsim.")] = True,
     data: Annotated[Path | None, typer.Option("--data", help="Data for the parity check (default: the checkpoint's training data).")] = None,
     parity_samples: Annotated[int, typer.Option("--parity-samples", help="Test-split images for the torch vs ONNX check.")] = 256,
+    overwrite: OverwriteOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Export a checkpoint to ONNX (dynamic batch, onnxsim, onnx.checker, metadata, parity vs torch)."""
     from edgeskd.export.onnx_export import export_onnx
 
-    res = export_onnx(checkpoint, out, opset=opset, batch=batch, simplify=simplify, data_path=data,
-                      parity_samples=parity_samples)
+    res = export_onnx(checkpoint, out, opset=opset, batch=batch_size, simplify=simplify, data_path=data,
+                      parity_samples=parity_samples, overwrite=overwrite)
     for n in res.notes:
         warn(n)
     if as_json:

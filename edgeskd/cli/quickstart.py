@@ -115,7 +115,7 @@ def run_quickstart(workdir: str | Path, *, profile: str = "fast",
     if have == want:
         say(f"\n[bold]== synthetic data[/]: reusing {data} (same n, size and seed)")
     else:
-        synth = ["synth", str(data), "--n", str(p.synth_n), "--size", str(p.synth_size), "--seed", str(seed)]
+        synth = ["synth", str(data), "--n", str(p.synth_n), "--img-size", str(p.synth_size), "--seed", str(seed)]
         if data.exists() and any(data.iterdir()):
             if have is None:
                 raise UsageError(f"{data} exists and is not a synthetic set written by quickstart; "
@@ -124,20 +124,23 @@ def run_quickstart(workdir: str | Path, *, profile: str = "fast",
         step("synthetic data", synth)
     step("train teacher + students", ["train", "--data", str(data), "--preset", p.train_preset, "--out", str(run),
                                       "--seed", str(seed), "--overwrite", *p.train_extra])
-    step("export SKD student to ONNX", ["export", str(run / "student-skd.pt"), "--out", str(onnx)])
+    step("export SKD student to ONNX", ["export", str(run / "student-skd.pt"), "--out", str(onnx),
+                                         "--overwrite"])
     t_build = time.time()
     code = step("build INT8 artifact", ["build-engine", str(onnx), "--precision", "int8",
                                         "--calib-size", str(p.calib_size),
-                                        "--calib-dir", str(wd / "calibration")], ok_codes=(0, 6))
+                                        "--calib-dir", str(wd / "calibration"), "--data", str(data),
+                                        "--overwrite"], ok_codes=(0, 6))
     built = _built_artifact(eng, since=t_build) if code == 0 else None
     stream_engine = built if built is not None else onnx
     if code == 6:
         res.notes.append("the INT8 artifact failed the accuracy gate; streaming with the FP32 ONNX")
     step("benchmark", ["bench", str(run), str(eng), "--out", str(wd / "bench.json"), "--iters", str(p.bench_iters),
-                       "--batch-sizes", p.bench_batches, "--max-seconds", "3"])
+                       "--batch-sizes", p.bench_batches, "--max-seconds", "3", "--overwrite"])
     step("synthetic endoscopy video", ["synth-video", str(video), "--seconds", str(p.video_seconds),
-                                       "--size", p.video_size, "--seed", str(seed), *p.video_extra])
-    step("stream the video", ["stream", "--video", str(video), "--engine", str(stream_engine),
+                                       "--resolution", p.video_size, "--seed", str(seed), "--overwrite",
+                                       *p.video_extra])
+    step("stream the video", ["stream", str(video), "--engine", str(stream_engine), "--overwrite",
                               "--labels", str(wd / "video.labels.csv"), "--crop", "auto",
                               "--out", str(wd / "annotated.mp4"), "--jsonl", str(wd / "predictions.jsonl"),
                               "--stats", str(wd / "stream.json")])

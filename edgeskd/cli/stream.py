@@ -8,7 +8,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from edgeskd.cli.common import cli_command, console, err_console, warn
+from edgeskd.cli.common import (DEFAULT_THREADS, DeviceOpt, OverwriteOpt, ThreadsOpt, cli_command, console, err_console,
+                                parse_device, warn)
+from edgeskd.errors import UsageError
 
 
 class PreprocessMode(str, Enum):
@@ -19,8 +21,10 @@ class PreprocessMode(str, Enum):
 
 @cli_command
 def stream(
-    video: Annotated[str, typer.Option("--video", help="Video file, rtsp/http(s) URL, or V4L2 device (/dev/video0).")],
-    engine: Annotated[Path, typer.Option("--engine", help="Model artifact: .onnx, .engine (TensorRT) or .pt.")],
+    source: Annotated[Optional[str], typer.Argument(
+        metavar="SRC", help="Video file, rtsp/http(s) URL, or V4L2 device (/dev/video0).", show_default=False)] = None,
+    engine: Annotated[Optional[Path], typer.Option("--engine", help="Model artifact: .onnx, .engine (TensorRT) or .pt.")] = None,
+    video: Annotated[Optional[str], typer.Option("--video", help="The same as SRC (for older scripts).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Write the annotated video here (.mp4/.mkv/.mov/.avi).")] = None,
     jsonl: Annotated[Optional[Path], typer.Option("--jsonl", help="Write per-frame predictions as JSON lines.")] = None,
     stats: Annotated[Optional[Path], typer.Option("--stats", help="Write run statistics (fps, latency, drops) as JSON.")] = None,
@@ -31,7 +35,7 @@ def stream(
                           "sources, off for files (every frame; a file in --realtime is played at its frame rate)."),
     ] = None,
     preprocess: Annotated[PreprocessMode, typer.Option("--preprocess", help="auto = CUDA kernel when the runner is on a GPU.")] = PreprocessMode.auto,
-    batch: Annotated[int, typer.Option("--batch", help="Frames per inference call (file mode).")] = 1,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Frames per inference call (file mode).")] = 1,
     smooth: Annotated[float, typer.Option("--smooth", help="EMA weight of the newest frame's probabilities, in (0, 1]; 1 = off.")] = 0.3,
     crop: Annotated[str, typer.Option("--crop", help="Endoscope content area: auto (detect the lit field; black border and overlay text excluded), none, or x,y,w,h.")] = "auto",
     crop_every: Annotated[int, typer.Option("--crop-every", help="With --crop auto: frames between re-estimates.")] = 30,
@@ -39,16 +43,31 @@ def stream(
     threshold: Annotated[Optional[float], typer.Option("--threshold", help="Confidence (highest calibrated class probability) a frame or polyp needs for a call, in (0.5, 1); below it: low confidence. Default: the artifact's threshold (none: every frame gets its argmax).")] = None,
     max_frames: Annotated[Optional[int], typer.Option("--max-frames", help="Stop after this many decoded frames.")] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for a URL / device to answer.")] = 10.0,
-    threads: Annotated[int, typer.Option("--threads", help="Inference threads for CPU backends (decoding has its own).")] = 1,
+    threads: ThreadsOpt = DEFAULT_THREADS,
+    device: DeviceOpt = "auto",
+    overwrite: OverwriteOpt = False,
     ceiling: Annotated[bool, typer.Option("--ceiling/--no-ceiling", help="Measure decode-only fps of the file first (stats: decode_fps_ceiling).")] = True,
 ) -> None:
     """Run a model on video: per-frame class, smoothed class, fps and latency."""
     from edgeskd.stream.pipeline import StreamConfig, run_stream
 
+    if source is not None and video is not None and source != video:
+        raise UsageError(f"two sources given ({source} and --video {video}); give one")
+    src = source if source is not None else video
+    if src is None:
+        raise UsageError("no video source; give one: edgeskd stream SRC --engine ARTIFACT")
+    if engine is None:
+        raise UsageError("no model; give --engine ARTIFACT (.onnx, .engine or .pt)")
+    dev = parse_device(device)
+    if dev == "cpu" and engine.suffix.lower() in (".engine", ".plan", ".trt"):
+        raise UsageError(f"{engine} is a TensorRT engine, which runs on a GPU; drop --device cpu or stream the ONNX")
+    if dev == "cpu" and preprocess is PreprocessMode.cuda:
+        raise UsageError("--preprocess cuda needs a GPU; drop --device cpu or use --preprocess cpu")
     cfg = StreamConfig(
-        video=video, engine=engine, out=out, jsonl=jsonl, stats=stats, realtime=realtime,
-        preprocess=preprocess.value, batch=batch, smooth=smooth, crop=crop, crop_every=crop_every,
+        video=src, engine=engine, out=out, jsonl=jsonl, stats=stats, realtime=realtime,
+        preprocess=preprocess.value, batch=batch_size, smooth=smooth, crop=crop, crop_every=crop_every,
         labels=labels, threshold=threshold, max_frames=max_frames, timeout_s=timeout, threads=threads, measure_ceiling=ceiling,
+        device=dev, overwrite=overwrite,
     )
     live = None
     on_progress = None

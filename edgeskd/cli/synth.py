@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from edgeskd.cli.common import SeedOpt, cli_command, console, warn
+from edgeskd.cli.common import OverwriteOpt, SeedOpt, cli_command, console, warn
 
 
 class WriteFormat(str, Enum):
@@ -23,10 +23,10 @@ def synth(
     out: Annotated[Path, typer.Argument(help="Output directory (must be new or empty unless --overwrite).")],
     n: Annotated[int, typer.Option("--n", help="Number of frames (>= 20: both classes in all three splits).",
                                    min=20)] = 3000,
-    size: Annotated[int, typer.Option("--size", help="Frame size in pixels (square).", min=16, max=1024)] = 128,
+    img_size: Annotated[int, typer.Option("--img-size", help="Frame size in pixels (square).", min=16, max=1024)] = 128,
     seed: SeedOpt = 0,
     format: Annotated[WriteFormat, typer.Option("--format", help="Layout to write.")] = WriteFormat.folder,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty OUT.")] = False,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Write the synthetic endoscopy set: 2 classes × 4 subtypes, 7 annotator votes, splits 50/10/40.
 
@@ -40,6 +40,7 @@ def synth(
 
     check_output_dir(out, overwrite=overwrite)  # refuse before spending time on rendering
     t0 = time.perf_counter()
+    size = img_size
     ls = make_synthetic(n, size, seed)
     t1 = time.perf_counter()
     write_dataset(ls, out, format.value, overwrite=overwrite)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from edgeskd.cli.common import cli_command, console, err_console
+from edgeskd.cli.common import OverwriteOpt, cli_command, console, err_console
 from edgeskd.errors import UsageError
 
 
@@ -15,7 +15,7 @@ def parse_size(value: str) -> tuple[int, int]:
     try:
         w, h = (int(v) for v in value.lower().replace("×", "x").split("x"))
     except ValueError:
-        raise UsageError(f"--size {value!r}: give WIDTHxHEIGHT, e.g. 1280x720") from None
+        raise UsageError(f"--resolution {value!r}: give WIDTHxHEIGHT, e.g. 1280x720") from None
     return w, h
 
 
@@ -24,14 +24,22 @@ def synth_video(
     out: Annotated[Path, typer.Argument(help="Output video (.mp4/.mkv/.mov/.avi); labels go to OUT.labels.csv.")],
     seconds: Annotated[float, typer.Option("--seconds", help="Length in seconds.")] = 10.0,
     fps: Annotated[float, typer.Option("--fps", help="Frame rate.")] = 30.0,
-    size: Annotated[str, typer.Option("--size", help="Frame size WIDTHxHEIGHT.")] = "1280x720",
+    resolution: Annotated[str, typer.Option("--resolution", help="Video frame size WIDTHxHEIGHT (as video tools write it).")] = "1280x720",
     seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed = same video).")] = 0,
     render_size: Annotated[int, typer.Option("--render-size", help="Pixels across the rendered field before scaling to the frame.")] = 192,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Render a camera moving over a colon wall with polyps of known class/subclass (H.264)."""
     from edgeskd.data.synthvideo import write_synth_video
 
-    w, h = parse_size(size)
+    from edgeskd.data.synthvideo import labels_path_for
+    from edgeskd.data.video_writer import check_video_path
+    from edgeskd.utils.io import check_output_file
+
+    w, h = parse_size(resolution)
+    check_video_path(out)
+    for p in (out, labels_path_for(out)):
+        check_output_file(p, overwrite=overwrite)
     if not 64 <= render_size <= 1024:
         raise UsageError(f"--render-size {render_size} must be between 64 and 1024")
     progress = None

@@ -34,6 +34,22 @@ def data_ref_from_checkpoint(ckpt: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
+def data_id(path: str | Path) -> str:
+    """A stable id of a data folder on this machine (a hash of its resolved path): artifacts that
+    travel record this, never the path itself (a hospital's folder names stay at the hospital)."""
+    import hashlib
+
+    return hashlib.sha256(str(Path(path).expanduser().resolve()).encode()).hexdigest()[:16]
+
+
+def portable_data_ref(ref: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``ref`` as ONNX / engine metadata records it: a data path becomes ``data_id`` (its hash), so
+    ``--data`` must name the data again on another machine; the synthetic set's settings stay."""
+    if not ref or not ref.get("data"):
+        return ref
+    return {**ref, "data": None, "data_id": data_id(ref["data"])}
+
+
 def data_ref_of_artifact(path: Path) -> dict[str, Any] | None:
     """The data reference recorded in a checkpoint (its training config) or an ONNX (``edgeskd.extra``
     metadata); None for an engine or an artifact that records none."""
@@ -62,21 +78,29 @@ def data_refs(paths: Iterable[Path]) -> list[dict[str, Any]]:
             ref = data_ref_of_artifact(Path(p))
         except Exception:  # noqa: BLE001 - an unreadable artifact is reported where it is used
             continue
-        if isinstance(ref, dict) and all(_data_key(ref) != _data_key(r) for r in refs):
+        if not isinstance(ref, dict):
+            continue
+        same = [i for i, r in enumerate(refs) if _data_key(ref) == _data_key(r)]
+        if not same:
             refs.append(ref)
+        elif ref.get("data") and not refs[same[0]].get("data"):   # a checkpoint's path beats an ONNX's hash
+            refs[same[0]] = ref
     return refs
 
 
 def _data_key(ref: dict[str, Any]) -> tuple:
     """What makes two references different images: a real data set is read at each model's own
     input size; the synthetic one is rendered at the training size, so that size counts too."""
-    base = (ref.get("data"), ref.get("format"), ref.get("seed"), ref.get("skip_bad"))
-    return base if ref.get("data") else (*base, ref.get("synthetic_n"), ref.get("img_size"))
+    where = data_id(ref["data"]) if ref.get("data") else ref.get("data_id")
+    base = (where, ref.get("format"), ref.get("seed"), ref.get("skip_bad"))
+    return base if where else (*base, ref.get("synthetic_n"), ref.get("img_size"))
 
 
 def describe_data_ref(ref: dict[str, Any]) -> str:
     if ref.get("data"):
         return str(ref["data"])
+    if ref.get("data_id"):
+        return f"data set {ref['data_id']} (recorded by hash; give --data)"
     return f"synthetic n={ref.get('synthetic_n')} at {ref.get('img_size')} px, seed {ref.get('seed')}"
 
 
@@ -89,6 +113,9 @@ def load_data(ref: dict[str, Any] | None = None, *, path: str | Path | None = No
             raise DataError(f"data {p} does not exist; give an MHIST root, folder tree or manifest CSV")
         return load_dataset(p, fmt, **({"seed": seed} if seed is not None else {}))
     ref = ref or {}
+    if ref.get("data_id") and not ref.get("data"):
+        raise DataError(f"the model records its training data by hash only ({ref['data_id']}), not by path; "
+                        "pass --data (or --calib-data) to point at it")
     p = Path(ref["data"]) if ref.get("data") else None
     if p is not None and not p.exists():
         raise DataError(f"the model was trained on {p}, which is not here; pass --data (or --calib-data) to point at it")

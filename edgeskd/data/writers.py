@@ -52,6 +52,9 @@ def atomic_dir(out: Path, *, overwrite: bool) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent))
     try:
         yield tmp
+        from edgeskd.utils.io import _UMASK
+
+        os.chmod(tmp, 0o777 & ~_UMASK)   # mkdtemp makes 0700: the data set gets the usual permissions
         old = None
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=parent))

@@ -67,6 +67,7 @@ def build_engine(
     calib_dir: str | Path = "calibration",
     max_f1_drop: float = 1.0,
     force: bool = False,
+    overwrite: bool | None = None,
     workspace_gib: float = 1.0,
     max_batch: int = 8,
     threads: int | None = None,
@@ -104,7 +105,7 @@ def build_engine(
         from edgeskd.quantize.qdq import check_quantizer_version
 
         check_quantizer_version()
-    art, qdq_out = output_paths(onnx_path, backend, precision, out)
+    art, qdq_out = output_paths(onnx_path, backend, precision, out, overwrite)
     full = gate_data(meta, dataset, data)
     val = validation_split(full)
     calib = cache = plan = reference = None
@@ -183,20 +184,35 @@ def fp32_source_meta(onnx_path: Path, meta_overrides: dict[str, Any] | None, *, 
     return meta
 
 
-def output_paths(onnx_path: Path, backend: str, precision: str, out: str | Path | None) -> tuple[Path, Path]:
-    """(artifact, Q/DQ ONNX) paths, checked writable before any work is done."""
+def output_paths(onnx_path: Path, backend: str, precision: str, out: str | Path | None,
+                 overwrite: bool | None = None) -> tuple[Path, Path]:
+    """(artifact, Q/DQ ONNX) paths, checked writable before any work is done. Everything the build
+    writes goes where the artifact goes: next to the ONNX by default, else in ``--out``'s folder
+    (the Q/DQ ONNX as ``<onnx stem>.int8.qdq.onnx`` there), never beside an input given elsewhere.
+    ``overwrite=False`` refuses outputs that exist already (the report ``<artifact>.json`` too)."""
     from edgeskd.utils.io import check_output_file
 
     art, qdq_out = default_outputs(onnx_path, backend, precision)
-    art = Path(out) if out is not None else art
-    if out is not None and Path(out).resolve() == onnx_path.resolve():
-        raise UsageError(f"--out {out} would overwrite the source ONNX; choose another path")
+    if out is not None:
+        art = Path(out)
+        qdq_out = default_outputs(onnx_path, backend, precision, engines_dir=art.parent)[1]
+        if art.resolve() == onnx_path.resolve():
+            raise UsageError(f"--out {out} would overwrite the source ONNX; choose another path")
+        if art.resolve() == qdq_out.resolve():
+            raise UsageError(f"--out {out} is the name of the Q/DQ ONNX the build also writes there; "
+                             "choose another name")
     if backend == "onnxruntime" and art.suffix != ".onnx":
         raise UsageError(f"--out {art}: the onnxruntime artifact is an .onnx file")
     if backend == "tensorrt" and art.suffix not in (".engine", ".plan", ".trt"):
         raise UsageError(f"--out {art}: a TensorRT engine file ends in .engine")
-    check_output_file(art)
-    check_output_file(qdq_out)
+    arts = [art]
+    if out is None and backend == "onnxruntime" and precision != "fp32":   # the winner may be the FP32 variant
+        arts.append(default_outputs(onnx_path, backend, "fp32")[0])
+    for a in arts:
+        check_output_file(a, overwrite=overwrite)
+        check_output_file(a.with_name(a.name + ".json"), overwrite=overwrite)
+    if precision == "int8" and qdq_out.resolve() != onnx_path.resolve():
+        check_output_file(qdq_out, overwrite=overwrite)
     return art, qdq_out
 
 

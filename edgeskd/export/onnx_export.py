@@ -83,11 +83,23 @@ def simplify_model(model):
     return simplified
 
 
+def _sha256(path: str | Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
 def attach_metadata(model, meta: ModelMeta, extra_props: dict[str, str] | None = None):
     """Replace the model's edgeskd metadata_props with ``meta`` (JSON values)."""
     import onnx
 
-    keep = {p.key: p.value for p in model.metadata_props if not p.key.startswith("edgeskd.")}
+    # other tools' bookkeeping (onnxsim's per-pass entries) is not the artifact's metadata
+    keep = {p.key: p.value for p in model.metadata_props
+            if not p.key.startswith(("edgeskd.", "onnxsim"))}
     keep.update(meta.to_props())
     keep.update(extra_props or {})
     del model.metadata_props[:]
@@ -150,6 +162,7 @@ def export_onnx(
     data_path: str | Path | None = None,
     parity_samples: int = 256,
     tol: float = PARITY_TOL,
+    overwrite: bool | None = None,
 ) -> ExportResult:
     """Export an edgeskd checkpoint to ONNX at ``out`` (default ``engines/<checkpoint stem>.onnx``).
 
@@ -158,30 +171,30 @@ def export_onnx(
     """
     import onnx
 
-    from edgeskd.data.artifact_data import align_classes, data_ref_from_checkpoint, load_data
+    from edgeskd.data.artifact_data import align_classes, data_ref_from_checkpoint, load_data, portable_data_ref
     from edgeskd.models.checkpoint import model_from_checkpoint
 
     if batch != "dynamic":
         try:
             batch = int(batch)
         except ValueError:
-            raise UsageError(f"--batch {batch!r} must be 'dynamic' or a positive integer") from None
+            raise UsageError(f"--batch-size {batch!r} must be 'dynamic' or a positive integer") from None
         if batch < 1:
-            raise UsageError(f"--batch {batch} must be 'dynamic' or a positive integer")
+            raise UsageError(f"--batch-size {batch} must be 'dynamic' or a positive integer")
     if parity_samples < 1:
         raise UsageError("--parity-samples must be >= 1")
-    model, meta, ckpt = model_from_checkpoint(checkpoint)
     out = Path(out) if out is not None else default_onnx_path(checkpoint)
     if out.suffix != ".onnx":
         raise UsageError(f"--out {out} must end in .onnx")
     from edgeskd.utils.io import check_output_file
 
-    check_output_file(out)
+    check_output_file(out, overwrite=overwrite)
+    model, meta, ckpt = model_from_checkpoint(checkpoint)
     notes: list[str] = []
     ref = data_ref_from_checkpoint(ckpt)
     meta = meta.replace(precision="fp32", model_name=meta.model_name or Path(checkpoint).stem,
-                        extra={**meta.extra, **({"data": ref} if ref else {}),
-                               "checkpoint": str(Path(checkpoint).resolve())})
+                        extra={**meta.extra, **({"data": portable_data_ref(ref)} if ref else {}),
+                               "checkpoint": Path(checkpoint).name, "checkpoint_sha256": _sha256(checkpoint)})
 
     static = None if batch == "dynamic" else int(batch)
     model_proto = torch_to_onnx_model(model, meta, opset=opset, batch=static)

@@ -118,7 +118,7 @@ def fp32_from_qdq(qdq_path: str | Path, meta: ModelMeta, out: str | Path) -> Pat
     from edgeskd.export.onnx_export import attach_metadata
 
     m = strip_qdq(onnx.load(str(qdq_path)))
-    attach_metadata(m, meta.replace(precision="fp32", extra={**meta.extra, "qdq_removed_from": str(qdq_path)}))
+    attach_metadata(m, meta.replace(precision="fp32", extra={**meta.extra, "qdq_removed_from": Path(qdq_path).name}))
     onnx.checker.check_model(m)
     onnx.save(m, str(out))
     return Path(out)

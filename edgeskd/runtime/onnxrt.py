@@ -249,7 +249,8 @@ def create_session(artifact: OnnxArtifact, *, threads: int | None = None, provid
 
     available = ort.get_available_providers()
     providers = list(providers or ["CPUExecutionProvider"])
-    missing = [p for p in providers if p not in available]
+    names = [p[0] if isinstance(p, tuple) else p for p in providers]   # (name, options) pairs too
+    missing = [p for p in names if p not in available]
     if missing:
         raise BackendUnavailable(
             f"ONNX Runtime here has no {', '.join(missing)} (available: {', '.join(available)}); "

@@ -48,6 +48,8 @@ class StreamConfig:
     max_frames: int | None = None
     timeout_s: float = 10.0
     threads: int | None = 1                   # runner intra-op threads (CPU backends)
+    device: str = "auto"                      # auto | cpu | cuda:N (the runner's device)
+    overwrite: bool | None = None             # False: refuse existing outputs; None: no check (library use)
     measure_ceiling: bool = True              # decode-only pass over the same file first
     ceiling_budget_s: float = 5.0
 
@@ -80,11 +82,11 @@ def parse_crop(value: str | Sequence[int] | None) -> str | tuple[int, int, int, 
     return vals  # type: ignore[return-value]
 
 
-def load_stream_runner(engine: str | Path, threads: int | None):
+def load_stream_runner(engine: str | Path, threads: int | None, device: str | None = None):
     from edgeskd.runtime.loader import load_runner
 
     try:
-        return load_runner(engine, threads=threads)
+        return load_runner(engine, threads=threads, device=None if device == "auto" else device)
     except ArtifactError as e:
         if "metadata" not in str(e):
             raise
@@ -121,7 +123,7 @@ class FrameProcessor:
 def _check_config(cfg: StreamConfig) -> tuple[str | tuple[int, int, int, int] | None, EmaSmoother]:
     """Validate the options before any heavy work; returns the parsed crop and the smoother."""
     if cfg.batch < 1 or cfg.batch > 256:
-        raise UsageError(f"--batch {cfg.batch} must be between 1 and 256")
+        raise UsageError(f"--batch-size {cfg.batch} must be between 1 and 256")
     if cfg.preprocess not in ("auto", "cpu", "cuda"):
         raise UsageError(f"--preprocess {cfg.preprocess!r} must be auto, cpu or cuda")
     if cfg.max_frames is not None and cfg.max_frames < 1:
@@ -142,7 +144,7 @@ def _check_config(cfg: StreamConfig) -> tuple[str | tuple[int, int, int, int] | 
     from edgeskd.utils.io import check_output_file
 
     for p in outs:
-        check_output_file(p)
+        check_output_file(p, overwrite=cfg.overwrite)
     if len({Path(p).resolve() for p in outs}) != len(outs):
         raise UsageError("--out, --jsonl and --stats must be different files")
     if Path(cfg.video).exists() and any(Path(p).resolve() == Path(cfg.video).resolve() for p in outs):
@@ -154,10 +156,10 @@ def _open_runner(cfg: StreamConfig, runner: Any) -> Any:
     if runner is None:
         if cfg.engine is None:
             raise UsageError("give --engine ARTIFACT (.onnx, .engine or .pt)")
-        runner = load_stream_runner(cfg.engine, cfg.threads)
+        runner = load_stream_runner(cfg.engine, cfg.threads, cfg.device)
     if runner.max_batch and cfg.batch > int(runner.max_batch):
-        raise UsageError(f"--batch {cfg.batch} exceeds this artifact's max batch {runner.max_batch}; "
-                         "lower --batch or rebuild the engine with a larger --max-batch")
+        raise UsageError(f"--batch-size {cfg.batch} exceeds this artifact's max batch {runner.max_batch}; "
+                         "lower --batch-size or rebuild the engine with a larger --max-batch")
     return runner
 
 
@@ -389,7 +391,7 @@ def run_stream(
         stack.callback(source.close)
         info = source.info
         if source.realtime and cfg.batch > 1:
-            raise UsageError("--batch > 1 needs --no-realtime: in real-time mode only the newest frame is processed")
+            raise UsageError("--batch-size > 1 needs --no-realtime: in real-time mode only the newest frame is processed")
         process = FrameProcessor(predictor, FrameCrop(crop_opt, info.width, info.height, every=cfg.crop_every),
                                  smoother, threshold)
         outputs = _Outputs.open(cfg, stack, meta, info, source.realtime)

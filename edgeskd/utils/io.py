@@ -35,12 +35,16 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
     return p
 
 
-def check_output_file(path: str | os.PathLike) -> Path:
+def check_output_file(path: str | os.PathLike, *, overwrite: bool | None = None) -> Path:
     """Fail early (UsageError) if ``path`` cannot become an output file: a directory, or an
-    unwritable/uncreatable parent. Call before the work whose result goes there."""
+    unwritable/uncreatable parent, or (``overwrite=False``) a file that already exists — every
+    command's one overwrite policy: refuse, ``--overwrite`` replaces. ``overwrite=None``: no
+    existence check (internal writes). Call before the work whose result goes there."""
     final = Path(path)
     if final.is_dir():
         raise UsageError(f"output {final} is a directory; give a file name")
+    if overwrite is False and final.exists():
+        raise UsageError(f"{final} already exists; pass --overwrite to replace it, or choose another path")
     ensure_writable_dir(final.parent if str(final.parent) else ".")
     return final
 
