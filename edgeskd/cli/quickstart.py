@@ -78,10 +78,16 @@ class QuickstartResult:
 def _invoke(argv: list[str]) -> int:
     """Run one edgeskd step command in-process, exactly as the CLI would (errors printed the same
     way); returns its exit code."""
+    import sys
+
+    saved = sys.argv   # what a step records as its command (train's report.md) is the step's own
+    sys.argv = ["edgeskd", *argv]
     try:
         typer.main.get_command(steps_app()).main(args=argv, prog_name="edgeskd", standalone_mode=True)
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        sys.argv = saved
     return 0
 
 

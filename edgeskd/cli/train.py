@@ -7,6 +7,7 @@ the same command trains with DDP.
 
 from __future__ import annotations
 
+import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from edgeskd.cli.common import DataOpt, FormatOpt, cli_command, console
+from edgeskd.cli.common import DataOpt, FormatOpt, cli_command, console, parse_device
 from edgeskd.distill.config import (AUGMENT_POLICIES, PRESETS, TEACHER_TARGETS, TUNE_ALPHAS, TUNE_TEMPERATURES,
                                     TrainConfig)
 from edgeskd.errors import UsageError
@@ -35,12 +36,6 @@ class Preset(str, Enum):
     default = "default"
     fast = "fast"
     gpu = "gpu"
-
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
 
 
 Augment = Enum("Augment", {name: name for name in AUGMENT_POLICIES}, type=str)   # endoscopy | flip | none
@@ -131,8 +126,8 @@ def train(
     seeds: Annotated[Optional[int], typer.Option(
         help="Number of seeds; the report gives mean ± std. \\[default: 1]", rich_help_panel=_R)] = None,
     seed: Annotated[Optional[int], typer.Option(help="First seed. \\[default: 0]", rich_help_panel=_R)] = None,
-    device: Annotated[Optional[Device], typer.Option(help="auto, cpu or cuda. \\[default: auto]",
-                                                     rich_help_panel=_R)] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N. \\[default: auto]",
+                                                  rich_help_panel=_R)] = None,
     amp: Annotated[Optional[bool], typer.Option(
         "--amp/--no-amp", help="Mixed precision. \\[default: on for CUDA]", rich_help_panel=_R)] = None,
     workers: Annotated[Optional[int], typer.Option(help="DataLoader workers. \\[default: 0]",
@@ -162,9 +157,13 @@ def train(
         if values["augment"] not in (None, "none"):
             raise UsageError(f"--no-augment and --augment {values['augment']} contradict each other; give one")
         values["augment"] = "none"
+    if values["device"] is not None:
+        d = parse_device(values["device"])   # "cuda" stays "cuda": under torchrun each rank takes its own GPU
+        values["device"] = "cuda" if values["device"].strip().lower() == "cuda" else d
     cfg = resolve_config(values, config_file)
     metrics = run_training(cfg, console=console, argv=["edgeskd", *sys.argv[1:]])
-    _print_table(metrics)
+    if os.environ.get("RANK", "0") == "0":   # under torchrun, rank 0 wrote the files and reports them
+        _print_table(metrics)
 
 
 def _print_table(metrics: dict) -> None:

@@ -139,8 +139,9 @@ def verify_images(ls: LabeledSet, *, skip_bad: bool = False) -> LabeledSet:
         ls.info.setdefault("skipped_bad", [])
         return ls
     if not skip_bad:
-        extra = f" ({len(bad) - 1} more bad image(s))" if len(bad) > 1 else ""
-        raise DataError(f"{errors[bad[0]]}{extra}")
+        names = ", ".join(str(ls.paths[i]) for i in bad[1:4])  # type: ignore[index]
+        extra = f"; {len(bad) - 1} more bad image(s): {names}{', …' if len(bad) > 4 else ''}" if len(bad) > 1 else ""
+        raise DataError(f"{errors[bad[0]]}{extra} (--skip-bad trains without them)")
     keep = np.ones(len(ls), bool)
     keep[bad] = False
     out = ls.subset(keep)

@@ -184,7 +184,8 @@ class TrainConfig:
             k = self.invent_k
             need(k is not None, f"--subclasses {self.subclasses!r}: use 'known' or 'invent:K' (e.g. invent:4)")
             need(k >= 2, f"--subclasses invent:{k}: K must be >= 2 invented subclasses per class")  # type: ignore[operator]
-        need(self.device in DEVICES, f"--device {self.device!r}: choose from {', '.join(DEVICES)}")
+        need(self.device in DEVICES or (self.device.startswith("cuda:") and self.device[5:].isdigit()),
+             f"--device {self.device!r}: choose auto, cpu, cuda or cuda:N")
         need(16 <= self.img_size <= 1024, f"--img-size {self.img_size} must be in [16, 1024]")
         need(self.epochs >= 1 and self.teacher_epochs >= 1, "--epochs and --teacher-epochs must be >= 1")
         need(self.batch_size >= 2, "--batch-size must be >= 2 (batch norm needs 2 samples)")

@@ -19,8 +19,10 @@ def load_training_data(cfg: TrainConfig):
     fmt = "synthetic" if path is None and cfg.format == "auto" else cfg.format
     # The synthetic set is rendered at the model's input size (what a camera at that resolution
     # delivers; 10x cheaper than rendering at 128 px and resizing).
+    # every image is decoded once before training starts (and before OUT is written): a corrupt file
+    # is named now, not when the teacher reaches it
     dataset = load_dataset(path, fmt, seed=cfg.data_seed, skip_bad=cfg.skip_bad, synthetic_n=cfg.synthetic_n,
-                           img_size=cfg.img_size)
+                           img_size=cfg.img_size, verify=path is not None)
     check_trainable(dataset)
     return dataset
 

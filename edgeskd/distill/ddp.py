@@ -50,11 +50,19 @@ def resolve_device(pref: str, local_rank: int = 0) -> str:
     if pref == "cpu":
         return "cpu"
     has_cuda = torch.cuda.is_available()
-    if pref == "cuda" and not has_cuda:
-        raise BackendUnavailable("--device cuda: no CUDA device is visible to torch; use --device cpu or auto")
+    if pref.startswith("cuda") and not has_cuda:
+        raise BackendUnavailable(f"--device {pref}: no CUDA device is visible to torch; use --device cpu or auto")
     if not has_cuda:
         return "cpu"
     n = torch.cuda.device_count()
+    if pref.startswith("cuda:"):   # one chosen GPU: a single process (torchrun gives each rank its own)
+        index = int(pref[5:])
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise UsageError(f"--device {pref} picks one GPU, but torchrun started several ranks (each takes "
+                             "its own GPU); use --device cuda, or CUDA_VISIBLE_DEVICES to choose the GPUs")
+        if index >= n:
+            raise UsageError(f"--device {pref}: torch sees {n} GPU(s) (cuda:0..cuda:{n - 1})")
+        return pref
     if local_rank < n:
         return f"cuda:{local_rank}"
     visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -137,7 +138,7 @@ def summarize(per_seed: dict[int, dict[str, Any]], ls, cfg, *, label_bits: float
         "world_size": world_size,
         "device": device,
         "wall_time_s": round(float(wall_time_s), 1),
-        "command": " ".join(argv) if argv else None,
+        "command": shlex.join(argv) if argv else None,
     }
 
 

@@ -203,7 +203,8 @@ def _check_out(cfg: TrainConfig) -> Path:
                          "or give the run's --out")
     if cfg.resume and cfg.overwrite:
         raise UsageError("--resume continues the run in --out, --overwrite replaces it: give one of them")
-    if not cfg.resume and not cfg.overwrite and _run_files(out):
+    if not cfg.resume and not cfg.overwrite and [f for f in _run_files(out) if f.name != RUN_CONFIG_FILE]:
+        # (settings alone = a run that stopped before its first result: nothing to protect)
         raise UsageError(f"{out} already holds a training run; --resume continues it, --overwrite "
                          "replaces it, or choose another --out")
     _probe_writable(out)
