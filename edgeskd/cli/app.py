@@ -8,7 +8,7 @@ import typer
 
 from edgeskd import __version__
 from edgeskd.cli import doctor, quickstart
-from edgeskd.cli.commands import new_app, register
+from edgeskd.cli.commands import new_app, register, tidy_help
 
 app = new_app(
     name="edgeskd",
@@ -49,7 +49,7 @@ def main() -> None:
         from click import exceptions as ex
 
     try:
-        rv = app(standalone_mode=False)
+        rv = tidy_help(typer.main.get_command(app)).main(prog_name="edgeskd", standalone_mode=False)
     except ex.UsageError as e:
         message = e.format_message().replace("Value error, ", "")
         if message:   # (empty: no command given, the help was printed)

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import typer
 
-from edgeskd.cli import bench, build_engine, export, info, qat, stream, synth, synth_video, train
+from edgeskd.cli import bench, build_engine, export, info, predict, qat, stream, synth, synth_video, train
 
 # in the order `edgeskd --help` lists them
 COMMANDS: dict[str, Callable[..., Any]] = {
@@ -22,6 +22,7 @@ COMMANDS: dict[str, Callable[..., Any]] = {
     "build-engine": build_engine.build_engine,
     "qat": qat.qat,
     "bench": bench.bench,
+    "predict": predict.predict,
     "stream": stream.stream,
 }
 
@@ -36,6 +37,16 @@ def register(app: typer.Typer) -> typer.Typer:
     for name, fn in COMMANDS.items():
         app.command(name)(fn)
     return app
+
+
+def tidy_help(command: Any) -> Any:
+    """The click command of an app, with flags shown as flags: typer labels an on/off option with
+    its Python type (``<bool>``), which reads like a value to type."""
+    for cmd in [command, *getattr(command, "commands", {}).values()]:
+        for param in getattr(cmd, "params", []):
+            if getattr(param, "is_flag", False) and getattr(param, "metavar", None) is None:
+                param.metavar = ""
+    return command
 
 
 def steps_app() -> typer.Typer:

@@ -107,7 +107,7 @@ def train(
     weight_decay: Annotated[Optional[float], typer.Option(help="AdamW weight decay. \\[default: 0.01]",
                                                           rich_help_panel=_T)] = None,
     temperature: Annotated[Optional[float], typer.Option(
-        help="Distillation temperature T (> 0) of both KD and SKD. \\[default: 2 for both (DEFAULT_TEMPERATURES)]", rich_help_panel=_T)] = None,
+        help="Distillation temperature T (> 0) of both KD and SKD. \\[default: 2 for both]", rich_help_panel=_T)] = None,
     alpha: Annotated[Optional[float], typer.Option(
         help="Weight of the distillation term, in [0, 1]. \\[default: 0.5]", rich_help_panel=_T)] = None,
     beta: Annotated[Optional[float], typer.Option(
