@@ -203,7 +203,8 @@ def _kernel_builds(driver: dict[str, Any], compilers: dict[str, Any]) -> tuple[b
 def decide(r: dict[str, Any]) -> list[dict[str, str]]:
     """Which backend each command picks here, and why not the other."""
     trt_ok = r["tensorrt"]["ok"] and r["binding"]["ok"]
-    why_not_trt = "; ".join(p["reason"] for p in (r["tensorrt"], r["binding"]) if not p["ok"])
+    # the whole reasons stand in the TensorRT / binding lines above: their first clause here
+    why_not_trt = "; ".join(p["reason"].split(";")[0] for p in (r["tensorrt"], r["binding"]) if not p["ok"])
     rows = [
         {"what": "build-engine --backend auto", "uses": "tensorrt" if trt_ok else "onnxruntime",
          "why": "TensorRT and a CUDA device are usable" if trt_ok else f"not tensorrt: {why_not_trt}"},
@@ -226,10 +227,19 @@ def decide(r: dict[str, Any]) -> list[dict[str, str]]:
     return rows
 
 
+def probe_cpu() -> dict[str, Any]:
+    """The CPU and the instruction sets that decide torch's and ONNX Runtime's INT8 / FP32 speed."""
+    import os
+
+    from edgeskd.bench.machine import cpu_flags, cpu_model
+
+    return {"ok": True, "model": cpu_model(), "cores": os.cpu_count(), "flags": cpu_flags()}
+
+
 def collect() -> dict[str, Any]:
     plat = probe_platform()
     driver = probe_driver()
-    r: dict[str, Any] = {"platform": plat, "driver": driver, "cuda_python": probe_cuda_python(driver),
+    r: dict[str, Any] = {"platform": plat, "cpu": probe_cpu(), "driver": driver, "cuda_python": probe_cuda_python(driver),
                          "pycuda": {"ok": importlib.util.find_spec("pycuda") is not None, "version": _dist_version("pycuda")},
                          "compilers": probe_compilers(), "tensorrt": probe_tensorrt(plat), "binding": probe_binding(),
                          "torch": probe_torch(), "onnxruntime": probe_onnxruntime()}
@@ -239,7 +249,9 @@ def collect() -> dict[str, Any]:
 
 def _line(name: str, p: dict[str, Any], value: str) -> str:
     mark = "ok " if p.get("ok") else "-- "
-    return f"  {mark} {name:<12} {value if p.get('ok') else p.get('reason', 'not installed')}"
+    text = value if p.get("ok") else p.get("reason", "not installed")
+    text = re.sub(r" \(see `edgeskd doctor`\)|[;,] see `edgeskd doctor`", "", text)   # shared error texts point here; this is here
+    return f"  {mark} {name:<12} {text}"
 
 
 def render_text(r: dict[str, Any]) -> str:
@@ -247,6 +259,8 @@ def render_text(r: dict[str, Any]) -> str:
     lines = [f"platform      Python {plat['python']}, {plat['system']} {plat['machine']}"
              + (f", Jetson {plat.get('board', '')} L4T {plat.get('l4t')} (JetPack {plat.get('jetpack')})"
                 if plat["jetson"] else "")]
+    cpu = r["cpu"]
+    lines.append(f"cpu           {cpu['model']}, {cpu['cores']} core(s), {' '.join(cpu['flags']) or 'no AVX2'}")
     lines.append(_line("driver", drv, f"{drv.get('version') or '?'} (CUDA {drv.get('cuda')})"))
     for g in drv["gpus"]:
         lines.append(f"      GPU {g['index']}: {g['name']}, compute capability {g['compute_capability']}, "
