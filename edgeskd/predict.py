@@ -73,7 +73,7 @@ def expand_sources(sources: Sequence[str | Path]) -> list[Path]:
 
 
 def check_outputs(out: Path | None, save_dir: Path | None, *, overwrite: bool) -> None:
-    from edgeskd.utils.io import check_output_file, ensure_writable_dir
+    from edgeskd.utils.io import check_output_file, probe_writable_dir
 
     if out is not None:
         if out.suffix.lower() not in OUT_SUFFIXES:
@@ -85,7 +85,7 @@ def check_outputs(out: Path | None, save_dir: Path | None, *, overwrite: bool) -
         if save_dir.is_dir() and any(save_dir.iterdir()) and not overwrite:
             raise UsageError(f"--save {save_dir} is not empty; pass --overwrite to write into it, or choose "
                              "another folder")
-        ensure_writable_dir(save_dir.parent if str(save_dir.parent) else ".")
+        probe_writable_dir(save_dir.parent if str(save_dir.parent) else ".")
 
 
 def predict_images(runner: Any, paths: Sequence[Path], *, threshold: float | None = None, batch_size: int = 16,

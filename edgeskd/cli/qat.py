@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from edgeskd.cli.common import JsonOpt, cli_command, console, warn
+from edgeskd.cli.common import JsonOpt, OverwriteOpt, cli_command, console, warn
 
 
 @cli_command
@@ -22,13 +22,14 @@ def qat(
     calib_size: Annotated[int, typer.Option("--calib-size", help="Training images that initialise the activation ranges.")] = 512,
     seed: Annotated[int, typer.Option("--seed", min=0, help="Random seed.")] = 0,
     out: Annotated[Path | None, typer.Option("--out", help="Output Q/DQ ONNX (default engines/<checkpoint>.qat.onnx).")] = None,
+    overwrite: OverwriteOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Fine-tune a student with TensorRT-style INT8 fake quantization and its own distillation loss; write a Q/DQ ONNX."""
     from edgeskd.quantize.qat import run_qat
 
     res = run_qat(checkpoint, teacher=teacher, data=data, epochs=epochs, lr=lr, batch_size=batch_size,
-                  calib_size=calib_size, seed=seed, out=out, log=(lambda s: None) if as_json else console.print)
+                  calib_size=calib_size, seed=seed, out=out, overwrite=overwrite, log=(lambda s: None) if as_json else console.print)
     for n in res.notes:
         warn(n)
     if as_json:

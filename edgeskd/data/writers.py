@@ -40,6 +40,9 @@ def check_output_dir(out: str | Path, *, overwrite: bool) -> Path:
         raise UsageError(f"{out} exists and is not a directory; choose another output path")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise UsageError(f"{out} exists and is not empty; pass --overwrite to replace it, or choose another path")
+    from edgeskd.utils.io import probe_writable_dir
+
+    probe_writable_dir(out.parent if str(out.parent) else ".")   # before any rendering
     return out
 
 

@@ -559,6 +559,7 @@ def run_qat(
     calib_size: int = 512,
     seed: int = 0,
     out: str | Path | None = None,
+    overwrite: bool | None = None,
     log: Callable[[str], None] = lambda s: None,
 ) -> QATResult:
     """Quantization-aware distillation of a student checkpoint → Q/DQ INT8 ONNX at ``out``
@@ -573,7 +574,7 @@ def run_qat(
     out = Path(out) if out is not None else default_qat_out(checkpoint)
     if out.suffix != ".onnx":
         raise UsageError(f"--out {out} must end in .onnx")
-    check_output_file(out)
+    check_output_file(out, overwrite=overwrite)
     inp = load_student(checkpoint, teacher)
     meta, cfg = inp.meta, inp.train_cfg
     ls = align_classes(dataset, meta) if dataset is not None else _data(inp.ckpt, meta, data)

@@ -45,8 +45,28 @@ def check_output_file(path: str | os.PathLike, *, overwrite: bool | None = None)
         raise UsageError(f"output {final} is a directory; give a file name")
     if overwrite is False and final.exists():
         raise UsageError(f"{final} already exists; pass --overwrite to replace it, or choose another path")
-    ensure_writable_dir(final.parent if str(final.parent) else ".")
+    probe_writable_dir(final.parent if str(final.parent) else Path("."))
     return final
+
+
+def probe_writable_dir(path: str | os.PathLike) -> Path:
+    """UsageError unless ``path`` exists as a writable directory or could be created (its nearest
+    existing ancestor is a writable directory). Creates nothing: a command that fails later must
+    not leave empty folders behind."""
+    p = Path(path)
+    q = p
+    while not q.exists() and q.parent != q:
+        q = q.parent
+    if q.exists() and not q.is_dir():
+        raise UsageError(f"cannot create output directory {p}: {q} is a file; choose a writable path")
+    if not os.access(q, os.W_OK | os.X_OK):
+        raise UsageError(f"output directory {p} is not writable; choose a writable path")
+    try:   # os.access says yes to root on a read-only mount or /proc: try it
+        with tempfile.TemporaryFile(dir=q):
+            pass
+    except OSError as e:
+        raise UsageError(f"cannot write in {q}: {e.strerror}; choose a writable path") from None
+    return p
 
 
 @contextlib.contextmanager
@@ -59,7 +79,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             onnx.save(model, tmp)
     """
     final = check_output_file(path)
-    parent = final.parent if str(final.parent) else Path(".")
+    parent = ensure_writable_dir(final.parent if str(final.parent) else ".")
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp" + final.suffix, dir=parent)
     except OSError as e:  # e.g. /proc, a read-only mount: os.access says yes to root
