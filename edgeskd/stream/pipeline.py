@@ -48,6 +48,7 @@ class StreamConfig:
     max_frames: int | None = None
     timeout_s: float = 10.0
     threads: int | None = 1                   # runner intra-op threads (CPU backends)
+    device: str | int | None = None           # GPU of a TensorRT engine: "cuda:N" / N (None: GPU 0)
     measure_ceiling: bool = True              # decode-only pass over the same file first
     ceiling_budget_s: float = 5.0
 
@@ -80,11 +81,13 @@ def parse_crop(value: str | Sequence[int] | None) -> str | tuple[int, int, int, 
     return vals  # type: ignore[return-value]
 
 
-def load_stream_runner(engine: str | Path, threads: int | None):
+def load_stream_runner(engine: str | Path, threads: int | None, device: str | int | None = None):
+    """The runner of ``engine``; ``device`` reaches the backends that take one (TensorRT: the GPU that
+    runs the engine, and so the CUDA preprocessing bound to it)."""
     from edgeskd.runtime.loader import load_runner
 
     try:
-        return load_runner(engine, threads=threads)
+        return load_runner(engine, threads=threads, device=device)
     except ArtifactError as e:
         if "metadata" not in str(e):
             raise
@@ -154,7 +157,7 @@ def _open_runner(cfg: StreamConfig, runner: Any) -> Any:
     if runner is None:
         if cfg.engine is None:
             raise UsageError("give --engine ARTIFACT (.onnx, .engine or .pt)")
-        runner = load_stream_runner(cfg.engine, cfg.threads)
+        runner = load_stream_runner(cfg.engine, cfg.threads, cfg.device)
     if runner.max_batch and cfg.batch > int(runner.max_batch):
         raise UsageError(f"--batch {cfg.batch} exceeds this artifact's max batch {runner.max_batch}; "
                          "lower --batch or rebuild the engine with a larger --max-batch")
