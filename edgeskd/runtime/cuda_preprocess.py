@@ -81,7 +81,8 @@ def _nvrtc():
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise BackendUnavailable(
             f"NVRTC is not available ({first}); install it (pip install nvidia-cuda-nvrtc-cu12 for cuda-python "
-            "12.x, nvidia-cuda-nvrtc for 13.x; on Jetson set CUDA_HOME=/usr/local/cuda)") from None
+            "12.x — which finds that wheel from 12.8 on —, nvidia-cuda-nvrtc for 13.x; on Jetson set "
+            "CUDA_HOME=/usr/local/cuda)") from None
     if result[0] != nvrtc.nvrtcResult.NVRTC_SUCCESS:
         raise BackendUnavailable(f"NVRTC is not usable (nvrtcVersion: {getattr(result[0], 'name', result[0])})")
     return nvrtc
