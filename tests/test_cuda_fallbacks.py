@@ -173,6 +173,10 @@ class _FakeBinding:
         self.device = device
         self.asked_cc: list[int] = []
         self.next_ptr = 1 << 20
+        self.made_current = 0
+
+    def make_current(self):
+        self.made_current += 1
 
     def compute_capability(self, device=0):
         self.asked_cc.append(device)
@@ -223,6 +227,7 @@ def test_device_index_and_kernel_arguments_reach_the_driver(monkeypatch, tmp_pat
         frames = list(c.decode(video=0))
     pre.run_into_runner(np.zeros((48, 64, 3), np.uint8), (0, 0, 48, 48), 1)
     pre.run_frame_into_runner(frames[0], None, 0)
+    assert pre.cu.made_current == 2          # before each upload: the binding's GPU, whatever was current
     # the right kernel for the runner's dtype, on the runner's stream
     assert driver.launches == [("edgeskd_preprocess_f16", ("CUstream", 5)),
                                ("edgeskd_preprocess_yuv_f16", ("CUstream", 5))]
@@ -246,14 +251,24 @@ def _packed_args(monkeypatch, pre, frame) -> dict[str, list[np.ndarray]]:
 
 # -- pycuda: the primary context is popped ------------------------------------------------------------------
 def _fake_pycuda(monkeypatch) -> types.SimpleNamespace:
-    log = types.SimpleNamespace(pushed=0, popped=0, cleared=0, registered=[])
+    log = types.SimpleNamespace(pushed=0, popped=0, cleared=0, registered=[], stack=[])
 
     class Ctx:
+        def __init__(self, dev):
+            self.handle = 1000 + dev
+
         def push(self):
             log.pushed += 1
+            log.stack.append(self)
 
         def pop(self):
             log.popped += 1
+            log.stack.pop()
+
+    class Context:
+        @staticmethod
+        def get_current():
+            return log.stack[-1] if log.stack else None
 
     class Device:
         def __init__(self, i):
@@ -264,12 +279,19 @@ def _fake_pycuda(monkeypatch) -> types.SimpleNamespace:
             return 2
 
         def retain_primary_context(self):
-            return Ctx()
+            return Ctx(self.i)
+
+        def compute_capability(self):
+            return (8, 7)
+
+    def module_from_buffer(image):
+        raise drv.Error("cuModuleLoadDataEx failed: device kernel image is invalid - "
+                        "the provided PTX was compiled with an unsupported toolchain.")
 
     drv = types.ModuleType("pycuda.driver")
     drv.init = lambda: None
-    drv.Device = Device
-    drv.Error = RuntimeError
+    drv.Device, drv.Context, drv.module_from_buffer = Device, Context, module_from_buffer
+    drv.Error = type("Error", (Exception,), {})       # pycuda's own, not a RuntimeError
     tools = types.ModuleType("pycuda.tools")
     tools.clear_context_caches = lambda: setattr(log, "cleared", log.cleared + 1)
     pkg = types.ModuleType("pycuda")
@@ -287,11 +309,14 @@ def test_pycuda_context_is_popped_at_close_and_registered_for_exit(monkeypatch):
     b = cb.get_binding("pycuda", 1)
     assert (log.pushed, log.popped) == (1, 0)
     assert log.registered == [b.close]          # pycuda aborts at exit if the stack is not empty
-    assert cb.get_binding("pycuda", 1) is b
+    assert cb.get_binding("pycuda", 1) is b and log.pushed == 1   # cached, and its context is current
+    other = cb.PyCudaBinding(0)                  # another GPU's context pushed on top
+    assert cb.get_binding("pycuda", 1) is b and log.pushed == 3 and log.stack[-1] is b.ctx
+    other.close()
     b.close()
-    assert (log.popped, log.cleared, log.registered) == (1, 1, [])
+    assert (log.popped, log.cleared, log.registered) == (3, 2, [])
     b.close()                                   # idempotent
-    assert log.popped == 1
+    assert log.popped == 3 and log.stack == []
     assert cb.get_binding("pycuda", 1) is not b  # a closed binding is not handed out again
 
 
@@ -366,3 +391,72 @@ def test_kernel_built_by_nvcc_runs_on_the_gpu(tmp_path, monkeypatch):
     with cp.CudaPreprocessor(META) as pre:
         np.testing.assert_allclose(pre.to_host(frames, (40, 0, 240, 240)),
                                    preprocess_for(META, frames, crop=(40, 0, 240, 240)), rtol=0, atol=1e-5)
+
+
+# -- a kernel the driver cannot load: "backend unavailable", nothing retained, CPU preprocessing -----------
+class _LoadError:
+    name = "CUDA_ERROR_UNSUPPORTED_PTX_VERSION"
+
+
+class _DriverRefusingTheImage(_FakeDriver):
+    def __getattr__(self, name):
+        if name == "cuModuleLoadData":
+            return lambda image: (self.calls.append((name,)), (_LoadError(), None))[1]
+        return super().__getattr__(name)
+
+
+def test_kernel_the_driver_refuses_is_backend_unavailable_and_releases_its_context(monkeypatch):
+    driver = _DriverRefusingTheImage()
+    monkeypatch.setitem(sys.modules, "cuda.bindings.driver", driver)
+    monkeypatch.setattr(cp, "kernel_image", lambda cc: b"// PTX newer than the driver")
+    with pytest.raises(BackendUnavailable, match=r"cannot be loaded \(cuModuleLoadData failed: "
+                                                 r"CUDA_ERROR_UNSUPPORTED_PTX_VERSION\).*--preprocess cpu"):
+        cp._CudaPythonKernels((9, 0), device=1)
+    names = [c[0] for c in driver.calls]
+    assert names.count("cuDevicePrimaryCtxRetain") == 1 and names.count("cuDevicePrimaryCtxRelease") == 1
+    assert names.index("cuDevicePrimaryCtxRelease") > names.index("cuModuleLoadData")
+
+
+def test_kernel_compile_error_retains_no_context(monkeypatch):
+    driver = _FakeDriver()
+    monkeypatch.setitem(sys.modules, "cuda.bindings.driver", driver)
+
+    def broken(cc):
+        raise cp.KernelCompileError("NVRTC could not compile preprocess.cu")
+
+    monkeypatch.setattr(cp, "kernel_image", broken)
+    with pytest.raises(cp.KernelCompileError):
+        cp._CudaPythonKernels((9, 0), device=0)
+    assert not any(c[0] == "cuDevicePrimaryCtxRetain" for c in driver.calls)
+
+
+def test_stream_auto_falls_back_when_the_kernel_cannot_be_loaded(tmp_path, monkeypatch):
+    from edgeskd.stream.pipeline import StreamConfig, run_stream
+
+    runner = _gpu_looking_runner(tmp_path, monkeypatch)
+    monkeypatch.setitem(sys.modules, "cuda.bindings.driver", _DriverRefusingTheImage())
+    monkeypatch.setattr(cp, "kernel_image", lambda cc: b"// PTX newer than the driver")
+    video = make_video(tmp_path / "v.mp4", n=4, w=160, h=120)
+    warned: list[str] = []
+    res = run_stream(StreamConfig(video=str(video), realtime=False, measure_ceiling=False), runner=runner,
+                     warn=warned.append)
+    assert res.stats["source"]["preprocess"] == "cpu" and res.stats["frames_processed"] == 4
+    (w,) = [w for w in warned if "CUDA preprocessing" in w]
+    assert "CUDA_ERROR_UNSUPPORTED_PTX_VERSION" in w and w.endswith("using CPU preprocessing") and "\n" not in w
+    with pytest.raises(BackendUnavailable, match="cannot be loaded"):
+        run_stream(StreamConfig(video=str(video), preprocess="cuda", measure_ceiling=False), runner=runner)
+
+
+def test_pycuda_kernel_load_error_is_backend_unavailable(monkeypatch):
+    _fake_pycuda(monkeypatch)
+    monkeypatch.setattr(cb, "_CACHE", {})
+    monkeypatch.setattr(cp, "kernel_image", lambda cc: b"// PTX newer than the driver")
+    binding = cb.get_binding("pycuda", 1)
+    runner = types.SimpleNamespace(metadata=META, in_dtype=np.dtype(np.float32), cu=binding,
+                                   supports_cuda_preprocess=True, backend="tensorrt")
+    warned: list[str] = []
+    assert cp.preprocessor_for_stream(runner, "auto", warned.append) is None
+    assert len(warned) == 1 and "cannot be loaded with pycuda (cuModuleLoadDataEx failed" in warned[0]
+    with pytest.raises(BackendUnavailable, match="cannot be loaded with pycuda"):
+        cp.preprocessor_for_stream(runner, "cuda")
+    binding.close()

@@ -195,3 +195,81 @@ def test_ranks_beyond_the_gpus_are_refused_on_this_machine(monkeypatch):
     assert [resolve_device("cuda", r) for r in range(n)] == [f"cuda:{r}" for r in range(n)]
     with pytest.raises(UsageError, match="no GPU of its own"):
         resolve_device("cuda", n)
+
+
+# -- two ranks on one GPU are refused after joining, on every rank, in one line ------------------------------
+_SHARED_GPU = r"""
+import json, os, sys
+import torch, torch.distributed as dist
+from edgeskd.distill import ddp
+from edgeskd.errors import UsageError
+
+rank, same = int(os.environ["RANK"]), sys.argv[1] == "same"
+# what CUDA_VISIBLE_DEVICES=0 torchrun --nproc-per-node 2 gives each rank: cuda:0 ...
+ddp.resolve_device = lambda pref, local_rank=0: "cuda:0"
+torch.cuda.set_device = lambda device: None
+ddp.process_group_backend = lambda device: "gloo"          # (gloo on this CPU machine, NCCL on a GPU one)
+# ... and the same GPU UUID on the same host (or each its own, as with two visible GPUs)
+ddp.gpu_uuid = lambda device: "GPU-5f0c9d2e" if same else f"GPU-000{rank}"
+out = {"rank": rank}
+try:
+    ctx = ddp.init_context("cuda")
+    out["joined"] = [ctx.world_size, ctx.device]
+    ddp.cleanup(ctx)
+except UsageError as e:
+    out["error"] = str(e)
+out["still_in_group"] = dist.is_initialized()
+print(json.dumps(out), flush=True)
+"""
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _two_ranks_on_one_gpu(mode: str) -> list[dict]:
+    port = _free_port()
+    procs = []
+    for r in (0, 1):
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path), RANK=str(r), LOCAL_RANK=str(r),
+                   WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        procs.append(subprocess.Popen([sys.executable, "-c", _SHARED_GPU, mode], env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    outs = []
+    for p in procs:
+        try:
+            so, se = p.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            pytest.fail("a rank hung")
+        assert p.returncode == 0, se[-2000:]
+        outs.append(json.loads(so.strip().splitlines()[-1]))
+    return outs
+
+
+def test_two_ranks_reporting_one_gpu_are_refused_on_every_rank():
+    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available in this build")
+    import socket
+
+    outs = _two_ranks_on_one_gpu("same")
+    for o in outs:
+        assert "joined" not in o and not o["still_in_group"]
+        assert o["error"] == (f"ranks 0 and 1 share one GPU (GPU-5f0c9d2e on {socket.gethostname()}): NCCL needs one "
+                              "GPU per rank; show each rank its own GPU (CUDA_VISIBLE_DEVICES must list as many GPUs "
+                              "as --nproc-per-node) or use --device cpu (gloo)")
+    outs = _two_ranks_on_one_gpu("distinct")                 # one GPU each: joined as before
+    assert [o.get("joined") for o in outs] == [[2, "cuda:0"], [2, "cuda:0"]] and not any("error" in o for o in outs)
+
+
+def test_shared_gpu_check_is_for_distributed_cuda_runs_only(monkeypatch):
+    from edgeskd.distill import ddp
+
+    monkeypatch.setattr(ddp, "gpu_uuid", lambda device: pytest.fail("asked for a GPU UUID"))
+    ddp.refuse_shared_gpus(ddp.DistContext(device="cuda:0"))                          # one process
+    ddp.refuse_shared_gpus(ddp.DistContext(rank=0, world_size=2, device="cpu", backend="gloo"))

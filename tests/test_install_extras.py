@@ -26,7 +26,8 @@ def test_gpu_extras_pin_one_stack_each():
     cu12, cu13 = e["gpu-cu12"], e["gpu-cu13"]
     assert "10.3.0" in cu12["tensorrt-cu12"] and "10.16.1" in cu12["tensorrt-cu12"]
     assert "11.4.0" not in cu12["tensorrt-cu12"] and "10.2.0" not in cu12["tensorrt-cu12"]
-    assert "12.9.4" in cu12["cuda-python"] and "12.6.2" in cu12["cuda-python"]
+    assert "12.9.4" in cu12["cuda-python"] and "12.8.0" in cu12["cuda-python"]
+    assert "12.6.2.post1" not in cu12["cuda-python"]   # loads NVRTC by name only: misses the pip wheel
     assert "13.0.0" not in cu12["cuda-python"] and "12.5.0" not in cu12["cuda-python"]   # 12.5: old layout only
     assert "11.4.0" in cu13["tensorrt-cu13"] and "10.16.1" not in cu13["tensorrt-cu13"]
     assert "13.0.3" in cu13["cuda-python"] and "12.9.4" not in cu13["cuda-python"]
@@ -41,9 +42,10 @@ def test_gpu_extras_pin_one_stack_each():
 def test_jetson_extra_uses_the_system_tensorrt():
     j = _extras()["jetson"]
     assert not any(n.startswith("tensorrt") for n in j)               # JetPack's TensorRT 10.3, a system package
-    assert "12.9.4" in j["cuda-python"] and "13.0.0" not in j["cuda-python"]
+    assert "12.9.4" in j["cuda-python"] and "13.0.0" not in j["cuda-python"] and "12.6.2" not in j["cuda-python"]
 
 
-def test_train_needs_torch_with_amp_grad_scaler():
+def test_train_needs_a_torch_that_exports_with_dynamo_false():
     t = _extras()["train"]["torch"]
-    assert "2.2.2" not in t and "2.3.0" in t                          # torch.amp.GradScaler("cuda"): 2.3
+    assert "2.4.1" not in t and "2.5.0" in t          # torch.onnx.export(dynamo=False): 2.5 (GradScaler("cuda"): 2.3)
+    assert "0.19.1" not in _extras()["train"]["torchvision"]

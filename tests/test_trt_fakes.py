@@ -24,6 +24,9 @@ from test_quant import META, bright_set, brightness_onnx
 
 
 # -- fake CUDA memory and binding ---------------------------------------------------------------------
+CURRENT = {"device": None}    # the device current on this thread, as the CUDA runtime would have it
+
+
 class _Buffer:
     def __init__(self, dev: "_Binding", ptr: int, nbytes: int) -> None:
         self.dev, self.ptr, self.nbytes = dev, ptr, nbytes
@@ -42,6 +45,11 @@ class _Binding:
         self.mem: dict[int, np.ndarray] = {}
         self.next_ptr = 1 << 20
         self.mallocs: list[int] = []
+        self.fail_malloc_at: int | None = None     # the n-th malloc (0-based) fails
+        self.streams_alive = 0
+
+    def make_current(self) -> None:
+        CURRENT["device"] = self.device
 
     def compute_capability(self, device: int = 0) -> tuple[int, int]:
         assert device == self.device, f"asked about GPU {device} on a binding for GPU {self.device}"
@@ -51,6 +59,8 @@ class _Binding:
         return f"fake GPU {device}"
 
     def malloc(self, nbytes: int) -> _Buffer:
+        if self.fail_malloc_at == len(self.mallocs):
+            raise RuntimeError("cudaMalloc failed: cudaErrorMemoryAllocation")
         self.next_ptr += 1 << 24
         self.mem[self.next_ptr] = np.zeros(nbytes, np.uint8)
         self.mallocs.append(nbytes)
@@ -74,13 +84,14 @@ class _Binding:
         dst.view(np.uint8).ravel()[:] = self._region(src_ptr, dst.nbytes)
 
     def stream_create(self):
+        self.streams_alive += 1
         return cb.CudaStream(11, None)
 
     def stream_synchronize(self, stream) -> None:
         pass
 
     def stream_destroy(self, stream) -> None:
-        pass
+        self.streams_alive -= 1
 
 
 # -- fake tensorrt --------------------------------------------------------------------------------------
@@ -169,6 +180,7 @@ class _Profile:
 class _Builder:
     def __init__(self, trt: "_FakeTRT") -> None:
         self.trt = trt
+        trt.seen.append(("builder", CURRENT["device"]))
 
     def create_network(self, flags: int) -> _Network:
         return _Network()
@@ -200,6 +212,7 @@ class _Context:
 
     def execute_async_v3(self, stream_handle) -> bool:
         e = self.engine
+        e.trt.seen.append(("execute", CURRENT["device"]))
         dev = e.trt.binding
         x = np.frombuffer(dev._region(self.addr[e.input], int(np.prod(self.shape)) * 4).tobytes(), np.float32)
         y = e.session.run(None, {e.input: x.reshape(self.shape)})[0]
@@ -242,6 +255,7 @@ class _Runtime:
         self.trt = trt
 
     def deserialize_cuda_engine(self, plan: bytes) -> _Engine:
+        self.trt.seen.append(("deserialize", CURRENT["device"]))
         return _Engine(self.trt, plan)
 
 
@@ -261,6 +275,7 @@ class _FakeTRT(types.ModuleType):
         self.serialize_error = False
         self.output_shape: tuple[int, ...] | None = None
         self.binding: _Binding | None = None
+        self.seen: list[tuple[str, int | None]] = []     # (TensorRT call, the device current then)
 
     def Builder(self, logger) -> _Builder:  # noqa: N802 - TensorRT's own name
         return _Builder(self)
@@ -282,6 +297,7 @@ def fake_gpu(monkeypatch):
         return trt.binding
 
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setitem(CURRENT, "device", None)
     monkeypatch.setattr(cb, "get_binding", get_binding)
     trt.bindings_asked = asked
     return trt
@@ -393,3 +409,65 @@ def test_runner_refuses_an_engine_whose_output_does_not_match_its_metadata(tmp_p
         with pytest.raises(ArtifactError, match=msg):
             r.activate()
         assert not r.active
+
+
+# -- the chosen GPU is current for every TensorRT call; nothing is left behind --------------------------------
+def test_tensorrt_makes_its_gpu_current_before_build_activate_and_every_inference(tmp_path, fake_gpu):
+    """TensorRT works on the current device. Something else (another binding, torch) switching it to
+    GPU 0 between the steps must not move the build, the deserialization or an inference off GPU 1."""
+    from edgeskd.runtime.tensorrt_runner import TensorRTRunner
+
+    CURRENT["device"] = 0
+    eng, _ = _build(tmp_path, fake_gpu, device="cuda:1")
+    x = np.zeros((2, 3, 16, 16), np.float32)
+    r = TensorRTRunner(eng, device=1)
+    CURRENT["device"] = 0
+    r.activate()
+    for _ in range(2):
+        CURRENT["device"] = 0
+        r.infer(x)
+    CURRENT["device"] = 0
+    r.infer_device(1)                       # the zero-copy path (input written by the CUDA preprocessing)
+    r.deactivate()
+    assert fake_gpu.seen == [("builder", 1), ("deserialize", 1), ("execute", 1), ("execute", 1), ("execute", 1)]
+
+
+def test_deactivate_drops_the_pinned_host_buffers(tmp_path, fake_gpu):
+    import gc
+    import weakref
+
+    from edgeskd.runtime.tensorrt_runner import TensorRTRunner
+
+    r = TensorRTRunner(_engine(tmp_path, fake_gpu))
+    with r:
+        r.infer(np.zeros((1, 3, 16, 16), np.float32))
+        pinned = [weakref.ref(r._host_in), weakref.ref(r._host_out)]
+    gc.collect()
+    assert [w() for w in pinned] == [None, None]          # freed with the device buffers, not at exit
+    assert fake_gpu.binding.mem == {} and fake_gpu.binding.streams_alive == 0
+
+
+def test_activation_that_fails_midway_frees_what_it_allocated(tmp_path, fake_gpu):
+    from edgeskd.runtime.tensorrt_runner import TensorRTRunner
+
+    eng = _engine(tmp_path, fake_gpu)
+    r = TensorRTRunner(eng)
+    fake_gpu.binding.fail_malloc_at = len(fake_gpu.binding.mallocs) + 1     # the output buffer
+    with pytest.raises(RuntimeError, match="cudaMalloc failed"):
+        r.activate()
+    assert not r.active and fake_gpu.binding.mem == {} and fake_gpu.binding.streams_alive == 0
+    fake_gpu.binding.fail_malloc_at = None
+    with r:                                                  # and it can be activated again
+        assert r.infer(np.zeros((1, 3, 16, 16), np.float32)).shape == (1, 2)
+
+
+def test_stream_runner_runs_on_the_chosen_gpu(tmp_path, fake_gpu):
+    from edgeskd.stream.pipeline import load_stream_runner
+
+    eng, _ = _build(tmp_path, fake_gpu, device=1)
+    fake_gpu.bindings_asked.clear()
+    r = load_stream_runner(eng, threads=1, device="cuda:1")
+    assert r.cu.device == 1 and fake_gpu.bindings_asked == [("auto", 1)]
+    with r:
+        r.infer(np.zeros((1, 3, 16, 16), np.float32))
+    assert fake_gpu.seen[-2:] == [("deserialize", 1), ("execute", 1)]

@@ -7,7 +7,10 @@ DistributedSampler shard and evaluates a strided shard of val/test; the logits a
 every rank computes the same metrics (and picks the same best epoch); only rank 0 writes files.
 
 Two things NCCL does not forgive: two ranks on one GPU (``resolve_device`` gives local rank k GPU k
-and refuses a rank without a GPU of its own), and one rank leaving the loop alone — the others then
+and refuses a rank without a GPU of its own; a launcher can still show two ranks the same GPU —
+``CUDA_VISIBLE_DEVICES=0 torchrun --nproc-per-node 2`` puts both on cuda:0 — so after joining,
+``refuse_shared_gpus`` all-gathers every rank's (host, GPU UUID) over gloo and refuses duplicates in
+one line, before NCCL's own "Duplicate GPU" error), and one rank leaving the loop alone — the others then
 wait in DDP's gradient all-reduce until the NCCL timeout. A non-finite loss is therefore made known
 to every rank (``nonfinite_ranks``, one all-reduce of a flag per step) so all stop at the same step.
 """
@@ -15,6 +18,7 @@ to every rank (``nonfinite_ranks``, one all-reduce of a flag per step) so all st
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,15 +89,55 @@ def init_context(device_pref: str = "auto") -> DistContext:
         return DistContext(device=device)
     import torch.distributed as dist
 
-    backend = "nccl" if device.startswith("cuda") else "gloo"
+    backend = process_group_backend(device)
     owns = False
     if not dist.is_initialized():
         if device.startswith("cuda"):
             torch.cuda.set_device(device)
         dist.init_process_group(backend=backend)
         owns = True
-    return DistContext(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
-                       device=device, backend=backend, owns_group=owns)
+    ctx = DistContext(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
+                      device=device, backend=backend, owns_group=owns)
+    try:
+        refuse_shared_gpus(ctx)
+    except UsageError:
+        cleanup(ctx)
+        raise
+    return ctx
+
+
+def process_group_backend(device: str) -> str:
+    return "nccl" if device.startswith("cuda") else "gloo"
+
+
+def gpu_uuid(device: str) -> str:
+    """The UUID of the GPU behind torch device ``device`` (what NCCL tells GPUs apart by)."""
+    import torch
+
+    return str(torch.cuda.get_device_properties(torch.device(device)).uuid)
+
+
+def refuse_shared_gpus(ctx: DistContext) -> None:
+    """Every rank's (host, GPU UUID), all-gathered; two ranks on one GPU are a UsageError on every
+    rank, in one line. Exchanged over gloo: an NCCL collective would itself fail on the duplicate."""
+    if not ctx.distributed or not ctx.device.startswith("cuda"):
+        return
+    import torch.distributed as dist
+
+    group = dist.new_group(backend="gloo") if ctx.backend == "nccl" and dist.is_gloo_available() else None
+    seen: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(seen, (socket.gethostname(), gpu_uuid(ctx.device)), group=group)
+    if group is not None:
+        dist.destroy_process_group(group)
+    first: dict[tuple[str, str], int] = {}
+    for rank, key in enumerate(map(tuple, seen)):
+        if key in first:
+            host, uuid = key
+            raise UsageError(
+                f"ranks {first[key]} and {rank} share one GPU ({uuid} on {host}): NCCL needs one GPU per rank; "
+                "show each rank its own GPU (CUDA_VISIBLE_DEVICES must list as many GPUs as --nproc-per-node) "
+                "or use --device cpu (gloo)")
+        first[key] = rank
 
 
 def cleanup(ctx: DistContext) -> None:

@@ -100,6 +100,7 @@ def build_tensorrt_engine(
     major = trt_major(trt)
     model_bytes, strongly_typed = network_source(onnx_path, precision, major)
 
+    cu.make_current()       # the builder works on the current device: make it GPU ``device``
     logger = make_logger(trt)
     builder = trt.Builder(logger)
     flags = 0

@@ -5,7 +5,8 @@ only, no nvcc needed) and **pycuda** (the alternative where it is installed: sdi
 nvcc to build the preprocessing kernel). The TensorRT runner and the CUDA preprocessing use only what
 is here::
 
-    cu = get_binding()                      # "auto" | "cuda-python" | "pycuda"
+    cu = get_binding()                      # "auto" | "cuda-python" | "pycuda"; its device made current
+    cu.make_current()                       # again before work on a thread where another device may be
     stream = cu.stream_create()
     buf = cu.malloc(nbytes)                 # DeviceBuffer: .ptr (int device pointer), .nbytes, .free()
     host = cu.host_empty((8, 5), np.float32)   # page-locked numpy array
@@ -125,6 +126,7 @@ class CudaBinding:
 
     name = "?"
 
+    def make_current(self) -> None: ...
     def device_count(self) -> int: ...
     def compute_capability(self, device: int = 0) -> tuple[int, int]: ...
     def device_name(self, device: int = 0) -> str: ...
@@ -168,6 +170,11 @@ class CudaPythonBinding(CudaBinding):
         """Make this binding's device current for the calling thread (the runtime API allocates and
         creates streams on the current device; another binding may have switched it)."""
         self._ok(self.rt.cudaSetDevice(self.device), "cudaSetDevice")
+
+    def make_current(self) -> None:
+        """This binding's device (its primary context) current on the calling thread: what TensorRT's
+        builder, deserialization and execution use."""
+        self._use()
 
     def _err_name(self, err: Any) -> str:
         return getattr(err, "name", str(err))
@@ -258,8 +265,19 @@ class PyCudaBinding(CudaBinding):
         self.ctx: Any = self.dev.retain_primary_context()
         self.ctx.push()
         self._thread = threading.get_ident()
+        self._pushes = 1           # pushes on the creating thread, popped in close()
         self.device = device
         atexit.register(self.close)
+
+    def make_current(self) -> None:
+        """Push the primary context where another (or none) is current on the calling thread. Pushes
+        on the creating thread are popped in ``close``; another thread's stack ends with the thread."""
+        cur = self.cuda.Context.get_current()
+        if cur is not None and getattr(cur, "handle", cur) == getattr(self.ctx, "handle", self.ctx):
+            return
+        self.ctx.push()
+        if threading.get_ident() == self._thread:
+            self._pushes += 1
 
     def close(self) -> None:
         """Pop the primary context pushed in ``__init__`` (idempotent; the binding is unusable
@@ -273,10 +291,12 @@ class PyCudaBinding(CudaBinding):
         if threading.get_ident() != self._thread:
             # the stack is per thread: only the thread that pushed can pop (pycuda's own rule)
             raise RuntimeError("PyCudaBinding.close() must run on the thread that created the binding")
-        try:
-            ctx.pop()
-        except self.cuda.Error:   # already popped by someone else: nothing left to do
-            pass
+        for _ in range(self._pushes):
+            try:
+                ctx.pop()
+            except self.cuda.Error:   # already popped by someone else: nothing left to do
+                break
+        self._pushes = 0
         from pycuda.tools import clear_context_caches
 
         clear_context_caches()
@@ -336,7 +356,9 @@ def available_bindings() -> list[str]:
 
 
 def get_binding(name: str = "auto", device: int = 0) -> CudaBinding:
-    """The CUDA adapter: ``auto`` = cuda-python if installed, else pycuda. Cached per process."""
+    """The CUDA adapter: ``auto`` = cuda-python if installed, else pycuda. Cached per process; the
+    binding's device is made current on the calling thread (a cached one too: another binding, or
+    torch, may have switched it)."""
     if name not in ("auto", *BINDINGS):
         raise ValueError(f"unknown CUDA binding {name!r}; use auto, cuda-python or pycuda")
     names = [name] if name != "auto" else (available_bindings() or ["cuda-python"])
@@ -344,6 +366,7 @@ def get_binding(name: str = "auto", device: int = 0) -> CudaBinding:
     for n in names:
         key = (n, device)
         if key in _CACHE:
+            _CACHE[key].make_current()
             return _CACHE[key]
         try:
             b: CudaBinding = CudaPythonBinding(device) if n == "cuda-python" else PyCudaBinding(device)

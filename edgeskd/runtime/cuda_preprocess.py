@@ -81,7 +81,8 @@ def _nvrtc():
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise BackendUnavailable(
             f"NVRTC is not available ({first}); install it (pip install nvidia-cuda-nvrtc-cu12 for cuda-python "
-            "12.x, nvidia-cuda-nvrtc for 13.x; on Jetson set CUDA_HOME=/usr/local/cuda)") from None
+            "12.x — which finds that wheel from 12.8 on —, nvidia-cuda-nvrtc for 13.x; on Jetson set "
+            "CUDA_HOME=/usr/local/cuda)") from None
     if result[0] != nvrtc.nvrtcResult.NVRTC_SUCCESS:
         raise BackendUnavailable(f"NVRTC is not usable (nvrtcVersion: {getattr(result[0], 'name', result[0])})")
     return nvrtc
@@ -211,7 +212,8 @@ def launch_geometry(out_hw: Sequence[int]) -> tuple[tuple[int, int, int], tuple[
 # -- kernel loading / launching, one small class per binding -----------------------------------------
 class _CudaPythonKernels:
     """The kernels in device ``device``'s primary context (the one the runtime API, the binding and
-    TensorRT use), loaded with the driver API."""
+    TensorRT use), loaded with the driver API. A kernel the driver cannot load (e.g. PTX newer than
+    the driver) is a BackendUnavailable, and the context retained for it is released again."""
 
     def __init__(self, cc: tuple[int, int], device: int = 0) -> None:
         from edgeskd.runtime.cuda_binding import import_cuda_module
@@ -222,17 +224,45 @@ class _CudaPythonKernels:
             raise BackendUnavailable("cuda-python is not installed (pip install 'edgeskd[gpu-cu12]')") from None
         self.driver = driver
         self.module = None
+        self.ctx = None
         try:
             self._ok(driver.cuInit(0), "cuInit")
         except Exception as e:  # noqa: BLE001 - no driver library: cuda-python raises its own loader error
             raise BackendUnavailable(f"the CUDA driver is not usable here ({e}); needs an NVIDIA GPU and driver") from None
         self.dev = self._ok(driver.cuDeviceGet(int(device)), "cuDeviceGet")
-        self.ctx = self._ok(driver.cuDevicePrimaryCtxRetain(self.dev), "cuDevicePrimaryCtxRetain")
-        self._ok(driver.cuCtxSetCurrent(self.ctx), "cuCtxSetCurrent")
-        # a NUL-terminated host copy (PTX must be NUL-terminated; harmless for CUBIN), kept alive
+        # compiled before the context is retained: a compile error leaves nothing to release. A
+        # NUL-terminated host copy (PTX must be NUL-terminated; harmless for CUBIN), kept alive.
         self._image = np.frombuffer(kernel_image(cc) + b"\0", dtype=np.uint8).copy()
-        self.module = self._ok(driver.cuModuleLoadData(self._image.ctypes.data), "cuModuleLoadData")
-        self.fn = {name: self._ok(driver.cuModuleGetFunction(self.module, name.encode()), name) for name in KERNELS}
+        self.ctx = self._ok(driver.cuDevicePrimaryCtxRetain(self.dev), "cuDevicePrimaryCtxRetain")
+        try:
+            self._ok(driver.cuCtxSetCurrent(self.ctx), "cuCtxSetCurrent")
+            self.module = self._ok(driver.cuModuleLoadData(self._image.ctypes.data), "cuModuleLoadData")
+            self.fn = {name: self._ok(driver.cuModuleGetFunction(self.module, name.encode()), name) for name in KERNELS}
+        except BaseException as e:
+            self._release(quiet=True)
+            if isinstance(e, RuntimeError):
+                raise BackendUnavailable(f"the CUDA preprocessing kernel cannot be loaded ({e}); update the NVIDIA "
+                                         "driver (PTX newer than the driver is refused) or use --preprocess cpu") from None
+            raise
+
+    def _release(self, quiet: bool = False) -> None:
+        """Unload the module, then release the retained primary context (each once; ``quiet``: on a
+        failure path, where the first error is the one to report)."""
+        module, self.module = self.module, None
+        ctx, self.ctx = self.ctx, None
+        calls = []
+        if module is not None:
+            calls.append(("cuModuleUnload", lambda: self.driver.cuModuleUnload(module)))
+        if ctx is not None:
+            calls.append(("cuDevicePrimaryCtxRelease", lambda: self.driver.cuDevicePrimaryCtxRelease(self.dev)))
+        first: RuntimeError | None = None
+        for what, call in calls:
+            try:
+                self._ok(call(), what)
+            except RuntimeError as e:
+                first = first or e
+        if first is not None and not quiet:
+            raise first
 
     def _ok(self, result: Any, what: str) -> Any:
         err, *vals = result if isinstance(result, tuple) else (result,)
@@ -251,20 +281,24 @@ class _CudaPythonKernels:
         ), "cuLaunchKernel")
 
     def close(self) -> None:
-        if self.module is not None:
-            module, self.module = self.module, None
-            self._ok(self.driver.cuModuleUnload(module), "cuModuleUnload")
-            self._ok(self.driver.cuDevicePrimaryCtxRelease(self.dev), "cuDevicePrimaryCtxRelease")
+        self._release()
 
 
 class _PyCudaKernels:
-    """The kernels in the context pycuda's binding pushed (the device's primary context)."""
+    """The kernels in the context pycuda's binding pushed (the device's primary context). A kernel
+    the driver cannot load is a BackendUnavailable (pycuda raises its own ``pycuda.driver.Error``)."""
 
     def __init__(self, cc: tuple[int, int], device: int = 0) -> None:
         import pycuda.driver as cuda
 
-        self.module = cuda.module_from_buffer(kernel_image(cc))   # NVRTC, or nvcc without it
-        self.fn = {name: self.module.get_function(name) for name in KERNELS}
+        image = kernel_image(cc)   # NVRTC, or nvcc without it
+        try:
+            self.module = cuda.module_from_buffer(image)
+            self.fn = {name: self.module.get_function(name) for name in KERNELS}
+        except cuda.Error as e:
+            self.module, self.fn = None, {}
+            raise BackendUnavailable(f"the CUDA preprocessing kernel cannot be loaded with pycuda ({e}); update the "
+                                     "NVIDIA driver (PTX newer than the driver is refused) or use --preprocess cpu") from None
 
     def launch(self, name: str, grid, block, stream: Any, args: list[np.ndarray]) -> None:
         scalars = [np.uintp(a[0]) if a.dtype == np.uint64 else a.dtype.type(a[0]) for a in args]
@@ -326,6 +360,7 @@ class CudaPreprocessor:
         staging buffer; returns each part's device pointer. One slot per image of a batch: a slot
         is reused only after the stream was synchronised (the runner does so at the end of every
         batch; ``run`` callers that reuse a slot must do the same)."""
+        self.cu.make_current()     # pycuda allocates in the current context; the runtime API on the current device
         sizes = [p.nbytes for p in parts]
         nbytes = sum(sizes)
         while len(self._staging) <= slot:

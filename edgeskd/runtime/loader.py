@@ -26,11 +26,11 @@ def runner_class(fmt: Format) -> type[Runner]:
     return TorchRunner
 
 
-def device_options(fmt: Format, device: str | None) -> dict[str, Any]:
+def device_options(fmt: Format, device: str | int | None) -> dict[str, Any]:
     """The backend's own options for one ``--device`` value (auto | cpu | cuda:N): torch takes the
     device string, TensorRT the GPU index (it always runs on a GPU), ONNX Runtime its CUDA execution
     provider on that GPU (a CPU-only onnxruntime says so in one line when it is asked for)."""
-    d = (device or "auto").lower()
+    d = f"cuda:{device}" if isinstance(device, int) else (device or "auto").lower()
     if fmt is Format.tensorrt:   # always on a GPU ("cpu" / "auto": the first one; the CLI refuses cpu)
         return {"device": int(d[5:]) if d.startswith("cuda:") else 0}
     if not d.startswith("cuda"):
@@ -41,7 +41,7 @@ def device_options(fmt: Format, device: str | None) -> dict[str, Any]:
     return {"providers": [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]}
 
 
-def load_runner(path: str | os.PathLike, *, device: str | None = None, **kw: Any) -> Runner:
+def load_runner(path: str | os.PathLike, *, device: str | int | None = None, **kw: Any) -> Runner:
     """A runner for ``path`` (.onnx → ONNX Runtime, .engine → TensorRT, .pt → torch) on ``device``
     (auto | cpu | cuda:N; see ``device_options``).
 

@@ -11,6 +11,11 @@ stream sync. Buffers are allocated once for the engine's max batch and bound wit
 engine whose output disagrees with its metadata is refused). For zero-copy callers (the CUDA preprocessing writes straight into the
 input buffer): ``runner.input_buffer``, ``runner.stream`` and ``runner.infer_device(n)``.
 
+The runner's GPU (``device``: an index, "cuda" or "cuda:N") is made current on the calling thread
+(``cu.make_current()``) before deserialization, before freeing, and at the start of every inference
+call: TensorRT works on whatever device is current, and another binding, a CUDA preprocessor or torch
+may have switched it since. Pinned host buffers are dropped in ``deactivate`` with the device ones.
+
 An engine built for another TensorRT version or GPU architecture is refused before
 deserialization, with the command that rebuilds it.
 """
@@ -202,14 +207,19 @@ class TensorRTRunner(Runner):
     # -- lifecycle ------------------------------------------------------------------------------
     def _activate_impl(self) -> None:
         trt = self.trt
-        self._logger = make_logger(trt)
-        self._runtime = trt.Runtime(self._logger)
-        self.engine = deserialize(self._runtime, self._plan, self._logger, self.path)
-        self.context = self.engine.create_execution_context()
-        self.input_name, self.output_name, outputs = io_names(trt, self.engine, self.header.output_name, self.path)
-        self.in_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(self.input_name)))
-        self.out_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(self.output_name)))
-        self._allocate(outputs)
+        self.cu.make_current()          # deserialization and the buffers belong to this runner's GPU
+        try:
+            self._logger = make_logger(trt)
+            self._runtime = trt.Runtime(self._logger)
+            self.engine = deserialize(self._runtime, self._plan, self._logger, self.path)
+            self.context = self.engine.create_execution_context()
+            self.input_name, self.output_name, outputs = io_names(trt, self.engine, self.header.output_name, self.path)
+            self.in_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(self.input_name)))
+            self.out_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(self.output_name)))
+            self._allocate(outputs)
+        except BaseException:
+            self._deactivate_impl()     # what was allocated before the failure
+            raise
 
     def _allocate(self, outputs: list[str]) -> None:
         """Device and pinned host buffers for the max batch, bound to the context by address."""
@@ -218,9 +228,9 @@ class TensorRTRunner(Runner):
         k = output_width(self.engine, self.output_name, self.meta, self.path)
         mb = int(self.max_batch or 1)
         self.stream = self.cu.stream_create()
-        self.input_buffer = self.cu.malloc(mb * 3 * h * w * self.in_dtype.itemsize)
-        self.output_buffer = self.cu.malloc(mb * k * self.out_dtype.itemsize)
-        self._buffers = [self.input_buffer, self.output_buffer]
+        self._buffers = []          # filled as allocated: a failure frees what came before it
+        self.input_buffer = self._malloc(mb * 3 * h * w * self.in_dtype.itemsize)
+        self.output_buffer = self._malloc(mb * k * self.out_dtype.itemsize)
         self._host_in = self.cu.host_empty((mb, 3, h, w), self.in_dtype)
         self._host_out = self.cu.host_empty((mb, k), self.out_dtype)
         self.context.set_tensor_address(self.input_name, self.input_buffer.ptr)
@@ -229,14 +239,20 @@ class TensorRTRunner(Runner):
             if n != self.output_name:   # bind any extra outputs to scratch memory
                 shape = tuple(max(int(d), 1) if int(d) >= 0 else mb for d in self.engine.get_tensor_shape(n))
                 dt = np.dtype(trt.nptype(self.engine.get_tensor_dtype(n)))
-                buf = self.cu.malloc(int(np.prod(shape)) * dt.itemsize)
-                self._buffers.append(buf)
-                self.context.set_tensor_address(n, buf.ptr)
+                self.context.set_tensor_address(n, self._malloc(int(np.prod(shape)) * dt.itemsize).ptr)
+
+    def _malloc(self, nbytes: int) -> Any:
+        buf = self.cu.malloc(nbytes)
+        self._buffers.append(buf)
+        return buf
 
     def _deactivate_impl(self) -> None:
+        self.cu.make_current()
         for b in self._buffers:
             b.free()
         self._buffers = []
+        self.input_buffer = self.output_buffer = None
+        self._host_in = self._host_out = None      # pinned memory is freed when its last view dies
         if getattr(self, "stream", None) is not None:
             self.cu.stream_destroy(self.stream)
             self.stream = None
@@ -249,6 +265,7 @@ class TensorRTRunner(Runner):
         n = batch.shape[0]
         if n < self.min_batch:
             raise UsageError(f"batch {n} is below this engine's minimum batch {self.min_batch}")
+        self.cu.make_current()
         host_in = self._host_in[:n]
         np.copyto(host_in, batch, casting="same_kind" if self.in_dtype == batch.dtype else "unsafe")
         self.cu.memcpy_htod_async(self.input_buffer.ptr, host_in, self.stream)
@@ -258,6 +275,7 @@ class TensorRTRunner(Runner):
         """Run on an input already in ``input_buffer`` (written on ``stream``); returns (n, K) logits."""
         if not 1 <= n <= int(self.max_batch or 1):
             raise UsageError(f"batch {n} is outside this engine's range {self.min_batch}..{self.max_batch}")
+        self.cu.make_current()          # every call: the caller's thread may have another device current
         h, w = self.meta.input_size
         if not self.context.set_input_shape(self.input_name, (n, 3, h, w)):
             raise UsageError(f"TensorRT refused input shape {(n, 3, h, w)} for {self.input_name}")

@@ -48,7 +48,7 @@ class StreamConfig:
     max_frames: int | None = None
     timeout_s: float = 10.0
     threads: int | None = 1                   # runner intra-op threads (CPU backends)
-    device: str = "auto"                      # auto | cpu | cuda:N (the runner's device)
+    device: str | int | None = None           # auto | cpu | cuda:N (or a GPU index); None = auto
     overwrite: bool | None = None             # False: refuse existing outputs; None: no check (library use)
     measure_ceiling: bool = True              # decode-only pass over the same file first
     ceiling_budget_s: float = 5.0
@@ -82,7 +82,9 @@ def parse_crop(value: str | Sequence[int] | None) -> str | tuple[int, int, int, 
     return vals  # type: ignore[return-value]
 
 
-def load_stream_runner(engine: str | Path, threads: int | None, device: str | None = None):
+def load_stream_runner(engine: str | Path, threads: int | None, device: str | int | None = None):
+    """The runner of ``engine`` on ``device`` (auto | cpu | cuda:N, see ``runtime.loader.device_options``;
+    TensorRT: the GPU that runs the engine, and so the CUDA preprocessing bound to it)."""
     from edgeskd.runtime.loader import load_runner
 
     try:
