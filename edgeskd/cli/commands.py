@@ -42,10 +42,19 @@ def register(app: typer.Typer) -> typer.Typer:
 def tidy_help(command: Any) -> Any:
     """The click command of an app, with flags shown as flags: typer labels an on/off option with
     its Python type (``<bool>``), which reads like a value to type."""
+    def help_option(get: Any) -> Any:
+        def wrapped(ctx: Any) -> Any:
+            opt = get(ctx)
+            if opt is not None:
+                opt.metavar = ""
+            return opt
+        return wrapped
+
     for cmd in [command, *getattr(command, "commands", {}).values()]:
         for param in getattr(cmd, "params", []):
             if getattr(param, "is_flag", False) and getattr(param, "metavar", None) is None:
                 param.metavar = ""
+        cmd.get_help_option = help_option(cmd.get_help_option)   # --help is made per call
     return command
 
 
