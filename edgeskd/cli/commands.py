@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import typer
 
-from edgeskd.cli import bench, build_engine, export, info, qat, stream, synth, synth_video, train
+from edgeskd.cli import bench, build_engine, export, info, loadtest, qat, serve, stream, synth, synth_video, train
 
 # in the order `edgeskd --help` lists them
 COMMANDS: dict[str, Callable[..., Any]] = {
@@ -23,6 +23,8 @@ COMMANDS: dict[str, Callable[..., Any]] = {
     "qat": qat.qat,
     "bench": bench.bench,
     "stream": stream.stream,
+    "serve": serve.serve,
+    "loadtest": loadtest.loadtest,
 }
 
 

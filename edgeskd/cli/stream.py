@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from edgeskd.cli.common import cli_command, console, err_console, warn
+from edgeskd.cli.common import cli_command, console, err_console, fail, warn
 
 
 class PreprocessMode(str, Enum):
@@ -20,7 +20,7 @@ class PreprocessMode(str, Enum):
 @cli_command
 def stream(
     video: Annotated[str, typer.Option("--video", help="Video file, rtsp/http(s) URL, or V4L2 device (/dev/video0).")],
-    engine: Annotated[Path, typer.Option("--engine", help="Model artifact: .onnx, .engine (TensorRT) or .pt.")],
+    engine: Annotated[Optional[Path], typer.Option("--engine", help="Model artifact: .onnx, .engine (TensorRT) or .pt.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Write the annotated video here (.mp4/.mkv/.mov/.avi).")] = None,
     jsonl: Annotated[Optional[Path], typer.Option("--jsonl", help="Write per-frame predictions as JSON lines.")] = None,
     stats: Annotated[Optional[Path], typer.Option("--stats", help="Write run statistics (fps, latency, drops) as JSON.")] = None,
@@ -41,6 +41,8 @@ def stream(
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for a URL / device to answer.")] = 10.0,
     threads: Annotated[int, typer.Option("--threads", help="Inference threads for CPU backends (decoding has its own).")] = 1,
     ceiling: Annotated[bool, typer.Option("--ceiling/--no-ceiling", help="Measure decode-only fps of the file first (stats: decode_fps_ceiling).")] = True,
+    server: Annotated[Optional[str], typer.Option("--server", help="Infer on a Triton server instead of --engine: grpc://HOST:PORT (`edgeskd serve`, or tritonserver on an exported repository).")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="With --server: the model name on the server (default: its only model).")] = None,
 ) -> None:
     """Run a model on video: per-frame class, smoothed class, fps and latency."""
     from edgeskd.stream.pipeline import StreamConfig, run_stream
@@ -49,6 +51,7 @@ def stream(
         video=video, engine=engine, out=out, jsonl=jsonl, stats=stats, realtime=realtime,
         preprocess=preprocess.value, batch=batch, smooth=smooth, crop=crop, crop_every=crop_every,
         labels=labels, threshold=threshold, max_frames=max_frames, timeout_s=timeout, threads=threads, measure_ceiling=ceiling,
+        server=server, model=model,
     )
     live = None
     on_progress = None
@@ -70,6 +73,8 @@ def stream(
     else:
         result = run_stream(cfg, warn=warn)
     _print_summary(result)
+    if result.error is not None:   # e.g. the server died mid-stream: outputs complete up to that frame
+        raise fail(result.error, result.exit_code or 1)
 
 
 def _print_summary(result) -> None:
