@@ -206,11 +206,11 @@ def _start_server(cfg: LoadTestConfig, work: Path) -> tuple[subprocess.Popen, st
     log = open(work / "serve.log", "wb")
     p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=_child_env(), start_new_session=True)
     url = f"grpc://127.0.0.1:{ports[1]}"
-    _wait_ready(p, url, work / "serve.log", 120.0)
+    _wait_ready(p, url, cfg.model or "edgeskd", work / "serve.log", 120.0)
     return p, url, token
 
 
-def _wait_ready(p: subprocess.Popen, url: str, log: Path, timeout_s: float) -> None:
+def _wait_ready(p: subprocess.Popen, url: str, model: str, log: Path, timeout_s: float) -> None:
     import tritonclient.grpc as grpcclient
 
     from edgeskd.serve.remote import parse_server_url
@@ -223,7 +223,7 @@ def _wait_ready(p: subprocess.Popen, url: str, log: Path, timeout_s: float) -> N
                 lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
                 raise ServerError(f"edgeskd serve exited ({p.returncode}): {lines[-1] if lines else 'no output'}")
             try:
-                if client.is_server_ready(client_timeout=2.0):
+                if client.is_server_ready(client_timeout=2.0) and client.is_model_ready(model, client_timeout=2.0):
                     return
             except Exception:  # noqa: BLE001 - not listening yet
                 pass

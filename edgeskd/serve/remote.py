@@ -159,7 +159,9 @@ class RemoteRunner(Runner):
             res = self._client.infer(self.model, [inp], model_version=self.version, outputs=[out],
                                      client_timeout=self.timeout_s)
         except InferenceServerException as e:
-            if _unreachable(e):
+            # after frames went through, any failure is the server going away (stopping servers refuse
+            # with "unavailable", "server is stopping" or "unknown model"): the stream ends there
+            if self.frames_sent > 0 or _unreachable(e):
                 raise ServerLost(f"Triton server {self.url} stopped answering after {self.frames_sent} frames: "
                                  f"{_message(e)}") from None
             raise ServerError(f"model {self.model!r} on {self.url} refused a {tuple(batch.shape)} batch: "
