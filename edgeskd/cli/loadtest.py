@@ -67,7 +67,8 @@ def _print(report: dict) -> None:
                           markup=False, soft_wrap=True)
         server_cpu = "" if t["server_cpu_s"] is None else f" + server {t['server_cpu_s']} s"
         console.print(f"{'all':>6} {t['frames']:>7} {t['dropped']:>7} {_ms(t['latency_p50_ms']):>7} "
-                      f"{_ms(t['latency_p99_ms']):>7} {_ms(t['cpu_ms_per_frame']):>12}  (CPU: clients "
+                      f"{_ms(t['latency_p99_ms']):>7} {_ms(t['cpu_ms_per_frame']):>12}  ({_ms(t['cpu_ms_per_decoded_frame'])} "
+                      f"per decoded frame; CPU: clients "
                       f"{t['client_cpu_s']} s{server_cpu}; failed streams {t['failed_streams']})",
                       markup=False, soft_wrap=True)
         tri = ph.get("triton")

@@ -92,6 +92,8 @@ class Phase:
             "latency_p99_ms": round(float(np.percentile(lat, 99)), 2) if lat.size else None,
             "client_cpu_s": round(client_cpu, 3), "server_cpu_s": None if self.server_cpu_s is None else
             round(self.server_cpu_s, 3), "cpu_ms_per_frame": round(1000.0 * cpu / frames, 3) if frames else None,
+            "cpu_ms_per_decoded_frame": round(1000.0 * cpu / decoded, 3) if (decoded := sum(r.decoded for r in
+                                                                                              self.rows)) else None,
             "wall_s": round(self.wall_s, 2),
         }
 
