@@ -61,5 +61,16 @@ class NotAvailableYet(EdgeSKDError):
     exit_code = 9
 
 
+class ServerError(EdgeSKDError):
+    """A model server (Triton) cannot be reached, does not serve the model, refuses a request, or
+    cannot start (a port in use)."""
+
+    exit_code = 10
+
+
+class ServerLost(ServerError):
+    """The server stopped answering in the middle of a stream (the outputs cover the frames before)."""
+
+
 class UnknownModelError(UsageError, ValueError):
     """An unknown model name (a UsageError for the CLI, a ValueError for library callers)."""

@@ -14,6 +14,9 @@ Sections (each timed, each "passed" / "failed" / "skipped" with the reason):
                 TensorRT is importable — else skipped with the reason (INT8 without PTQ recovery)
   stream_1080p  a 1080p synthetic video streamed with --preprocess cuda vs cpu on the FP16 engine
                 (fps, p50/p99 latency), and ONNX Runtime + CPU preprocessing as the reference
+  triton_plan   the FP16 engine as a Triton repository (tensorrt_plan), served by `edgeskd serve --device
+                cuda` (PyTriton + the TensorRT runner), streamed with `stream --server`: probabilities vs
+                the same engine run locally (needs the serve extra)
   gpu_timings   fp16/bf16 matmul TFLOP/s and pinned host→device GB/s (torch)
 
 Time: the whole run keeps to --budget seconds (420 by default, leaving a minute of an 8-minute slot).
@@ -388,6 +391,51 @@ def section_stream(ctx: dict[str, Any], deadline: Deadline) -> dict[str, Any]:
     return out
 
 
+def section_triton_plan(ctx: dict[str, Any], deadline: Deadline) -> dict[str, Any]:
+    import importlib.util
+
+    if importlib.util.find_spec("pytriton") is None:
+        raise Skip("the serve extra is not installed (pip install -e '.[serve]')")
+    engine = ctx.get("engine_fp16")
+    if engine is None:
+        raise Skip("no TensorRT engine (see the tensorrt section)")
+    from edgeskd.serve.server import free_port
+
+    work = Path(ctx["work"])
+    repo = work / "triton-repo"
+    _cli(["export", str(engine), "--format", "triton", "--out", str(repo), "--model-name", "plan"],
+         min(60.0, deadline.left()), ROOT)
+    ports = [str(free_port()) for _ in range(3)]
+    srv = subprocess.Popen([sys.executable, "-m", "edgeskd", "serve", str(repo), "--device", "cuda", "--http-port",
+                            ports[0], "--grpc-port", ports[1], "--metrics-port", ports[2]], cwd=ROOT, text=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        head = []
+        for line in srv.stdout:
+            head.append(line)
+            if line.startswith("ready") or deadline.left() <= 0:
+                break
+        if not any(x.startswith("ready") for x in head):
+            raise RuntimeError("edgeskd serve did not start: " + "".join(head)[-1500:])
+        runs = {}
+        for name, extra in (("server", ["--server", f"grpc://127.0.0.1:{ports[1]}", "--model", "plan"]),
+                            ("local", ["--engine", str(engine)])):
+            jl = work / f"triton.{name}.jsonl"
+            deadline.check(f"streaming through the {name}")
+            _cli(["stream", str(ctx["video"]), *extra, "--no-realtime", "--no-ceiling", "--preprocess", "cpu",
+                  "--overwrite", "--jsonl", str(jl), "--stats", str(work / f"triton.{name}.json")], deadline.left(), ROOT)
+            runs[name] = [json.loads(x)["probs"] for x in jl.read_text().splitlines()]
+            runs[name + "_stats"] = json.loads((work / f"triton.{name}.json").read_text())
+    finally:
+        srv.terminate()
+        rest = srv.communicate(timeout=60)[0]
+    delta = float(np.max(np.abs(np.asarray(runs["server"]) - np.asarray(runs["local"]))))
+    ok = srv.returncode == 0 and len(runs["server"]) == len(runs["local"]) > 0 and delta <= 1e-3
+    return {"status": "passed" if ok else "failed", "frames": len(runs["server"]), "max_abs_prob_delta": delta,
+            "server_fps": runs["server_stats"]["fps"], "server_latency_ms": runs["server_stats"]["latency_ms"],
+            "local_fps": runs["local_stats"]["fps"], "serve_exit": srv.returncode, "serve_tail": rest[-500:]}
+
+
 def section_timings(ctx: dict[str, Any], deadline: Deadline) -> dict[str, Any]:
     import torch
 
@@ -440,6 +488,7 @@ SECTIONS: list[Section] = [
     Section("train_amp", "gpu_check:section_train", 40, 120),
     Section("tensorrt", "gpu_check:section_tensorrt", 60, 150),
     Section("stream_1080p", "gpu_check:section_stream", 30, 90),
+    Section("triton_plan", "gpu_check:section_triton_plan", 30, 90),
     Section("gpu_timings", "gpu_check:section_timings", 10, 25),
 ]
 

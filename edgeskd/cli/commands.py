@@ -10,7 +10,8 @@ from typing import Any, Callable
 
 import typer
 
-from edgeskd.cli import bench, build_engine, export, info, predict, qat, stream, synth, synth_video, train
+from edgeskd.cli import (bench, build_engine, export, info, loadtest, predict, qat, serve, stream, synth, synth_video,
+                         train)
 
 # in the order `edgeskd --help` lists them
 COMMANDS: dict[str, Callable[..., Any]] = {
@@ -24,6 +25,8 @@ COMMANDS: dict[str, Callable[..., Any]] = {
     "bench": bench.bench,
     "predict": predict.predict,
     "stream": stream.stream,
+    "serve": serve.serve,
+    "loadtest": loadtest.loadtest,
 }
 
 

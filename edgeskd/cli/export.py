@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import json
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from edgeskd.cli.common import JsonOpt, OverwriteOpt, cli_command, console, warn
+from edgeskd.cli.common import DeviceOpt, JsonOpt, OverwriteOpt, cli_command, console, warn
+
+
+class ExportFormat(str, Enum):
+    onnx = "onnx"
+    triton = "triton"
+    deepstream = "deepstream"
 
 
 @cli_command
@@ -20,11 +27,32 @@ def export(
     simplify: Annotated[bool, typer.Option("--simplify/--no-simplify", help="Run onnxsim.")] = True,
     data: Annotated[Path | None, typer.Option("--data", help="Data for the parity check (default: the checkpoint's training data).")] = None,
     parity_samples: Annotated[int, typer.Option("--parity-samples", help="Test-split images for the torch vs ONNX check.")] = 256,
-    overwrite: OverwriteOpt = False,
     as_json: JsonOpt = False,
+    fmt: Annotated[ExportFormat, typer.Option("--format", help="onnx; triton: a Triton model repository at --out (a new version if the model is there); deepstream: an nvinfer folder at --out. triton/deepstream also take an .onnx / .engine artifact instead of a checkpoint.")] = ExportFormat.onnx,
+    model_name: Annotated[str | None, typer.Option("--model-name", help="triton: the model's name in the repository (default: from its metadata / file name).")] = None,
+    max_batch_size: Annotated[int | None, typer.Option("--max-batch-size", help="triton/deepstream: largest batch (default 8 for triton, the engine's profile max if lower; 1 for deepstream).")] = None,
+    device: DeviceOpt = "auto",
+    overwrite: OverwriteOpt = False,
 ) -> None:
-    """Export a checkpoint to ONNX (dynamic batch, onnxsim, onnx.checker, metadata, parity vs torch)."""
+    """Export a checkpoint to ONNX (dynamic batch, onnxsim, onnx.checker, metadata, parity vs torch), or
+    package a model for Triton / DeepStream."""
     from edgeskd.export.onnx_export import export_onnx
+
+    if fmt is not ExportFormat.onnx:
+        from edgeskd.cli.common import parse_device
+        from edgeskd.serve.packaging import package
+
+        res = package(checkpoint, fmt.value, out, model_name=model_name, max_batch_size=max_batch_size,
+                      device=parse_device(device), overwrite=overwrite, opset=opset, simplify=simplify, data=data,
+                      parity_samples=parity_samples)
+        for n in res.notes:
+            warn(n)
+        if as_json:
+            typer.echo(json.dumps(res.to_dict(), indent=2))
+        else:
+            for line in res.lines:
+                console.print(line, markup=False, soft_wrap=True)
+        return
 
     res = export_onnx(checkpoint, out, opset=opset, batch=batch_size, simplify=simplify, data_path=data,
                       parity_samples=parity_samples, overwrite=overwrite)

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from edgeskd.cli.common import (DEFAULT_THREADS, DeviceOpt, OverwriteOpt, ThreadsOpt, cli_command, console, err_console,
-                                parse_device, warn)
+                                fail, parse_device, warn)
 from edgeskd.errors import UsageError
 
 
@@ -47,6 +47,8 @@ def stream(
     device: DeviceOpt = "auto",
     overwrite: OverwriteOpt = False,
     ceiling: Annotated[bool, typer.Option("--ceiling/--no-ceiling", help="Measure decode-only fps of the file first (stats: decode_fps_ceiling).")] = True,
+    server: Annotated[Optional[str], typer.Option("--server", help="Infer on a Triton server instead of --engine: grpc://HOST:PORT (`edgeskd serve`, or tritonserver on an exported repository).")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="With --server: the model name on the server (default: its only model).")] = None,
 ) -> None:
     """Run a model on video: per-frame class, smoothed class, fps and latency."""
     from edgeskd.stream.pipeline import StreamConfig, run_stream
@@ -56,10 +58,10 @@ def stream(
     src = source if source is not None else video
     if src is None:
         raise UsageError("no video source; give one: edgeskd stream SRC --engine ARTIFACT")
-    if engine is None:
-        raise UsageError("no model; give --engine ARTIFACT (.onnx, .engine or .pt)")
+    if engine is None and server is None:
+        raise UsageError("no model; give --engine ARTIFACT (.onnx, .engine or .pt) or --server grpc://HOST:PORT")
     dev = parse_device(device)
-    if dev == "cpu" and engine.suffix.lower() in (".engine", ".plan", ".trt"):
+    if dev == "cpu" and engine is not None and engine.suffix.lower() in (".engine", ".plan", ".trt"):
         raise UsageError(f"{engine} is a TensorRT engine, which runs on a GPU; drop --device cpu or stream the ONNX")
     if dev == "cpu" and preprocess is PreprocessMode.cuda:
         raise UsageError("--preprocess cuda needs a GPU; drop --device cpu or use --preprocess cpu")
@@ -67,7 +69,7 @@ def stream(
         video=src, engine=engine, out=out, jsonl=jsonl, stats=stats, realtime=realtime,
         preprocess=preprocess.value, batch=batch_size, smooth=smooth, crop=crop, crop_every=crop_every,
         labels=labels, threshold=threshold, max_frames=max_frames, timeout_s=timeout, threads=threads, measure_ceiling=ceiling,
-        device=dev, overwrite=overwrite,
+        device=dev, overwrite=overwrite, server=server, model=model,
     )
     live = None
     on_progress = None
@@ -89,6 +91,8 @@ def stream(
     else:
         result = run_stream(cfg, warn=warn)
     _print_summary(result)
+    if result.error is not None:   # e.g. the server died mid-stream: outputs complete up to that frame
+        raise fail(result.error, result.exit_code or 1)
 
 
 def _print_summary(result) -> None:

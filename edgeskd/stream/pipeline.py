@@ -52,6 +52,8 @@ class StreamConfig:
     overwrite: bool | None = None             # False: refuse existing outputs; None: no check (library use)
     measure_ceiling: bool = True              # decode-only pass over the same file first
     ceiling_budget_s: float = 5.0
+    server: str | None = None                 # grpc://HOST:PORT: infer on a Triton server (serve.remote)
+    model: str | None = None                  # the server's model name
 
 
 @dataclass
@@ -60,6 +62,7 @@ class StreamResult:
     warnings: list[str] = field(default_factory=list)
     outputs: dict[str, str] = field(default_factory=dict)
     exit_code: int = 0
+    error: str | None = None                  # why the stream ended early (the outputs cover the frames before)
 
 
 def parse_crop(value: str | Sequence[int] | None) -> str | tuple[int, int, int, int] | None:
@@ -155,6 +158,14 @@ def _check_config(cfg: StreamConfig) -> tuple[str | tuple[int, int, int, int] | 
 
 
 def _open_runner(cfg: StreamConfig, runner: Any) -> Any:
+    if runner is None and cfg.server is not None:
+        if cfg.engine is not None:
+            raise UsageError("give either --engine (run here) or --server (run on a Triton server), not both")
+        from edgeskd.serve.remote import RemoteRunner
+
+        runner = RemoteRunner(cfg.server, cfg.model, timeout_s=cfg.timeout_s)
+    elif cfg.model is not None and cfg.server is None:
+        raise UsageError("--model names a model on a server; give --server grpc://HOST:PORT too")
     if runner is None:
         if cfg.engine is None:
             raise UsageError("give --engine ARTIFACT (.onnx, .engine or .pt)")
@@ -250,6 +261,7 @@ class _Run:
     wall_s: float
     cpu_s: float          # CPU time of this (the inference) thread
     interrupted: bool
+    lost: Exception | None = None   # the runner's server stopped answering (ServerLost)
 
 
 class _Progress:
@@ -280,6 +292,9 @@ def _pump(source: VideoSource, process: FrameProcessor, sinks: list[Any], batch:
     cpu_start = time.thread_time()
     source.start()
     interrupted = False
+    lost: Exception | None = None
+    from edgeskd.errors import ServerLost
+
     try:
         while items := source.get_batch(batch):
             results = process(items)
@@ -290,11 +305,13 @@ def _pump(source: VideoSource, process: FrameProcessor, sinks: list[Any], batch:
                 progress(results[-1])
     except KeyboardInterrupt:
         interrupted = True
-    return _Run(time.perf_counter() - t_start, time.thread_time() - cpu_start, interrupted)
+    except ServerLost as e:   # a remote runner's server died: finish the outputs up to this frame
+        lost = e
+    return _Run(time.perf_counter() - t_start, time.thread_time() - cpu_start, interrupted, lost)
 
 
 def _frames_lost(cfg: StreamConfig, source: VideoSource, processed: int, interrupted: bool,
-                 warn: Callable[[str], None]) -> tuple[int | None, int]:
+                 warn: Callable[[str], None], *, ended_by_server: bool = False) -> tuple[int | None, int]:
     """(frames expected, frames lost) at the end of the stream; says what was lost."""
     info = source.info
     if processed == 0:
@@ -306,6 +323,8 @@ def _frames_lost(cfg: StreamConfig, source: VideoSource, processed: int, interru
         lost = expected - source.frames_decoded
         if info.frames is None and lost <= max(1, expected // 100):
             lost = 0   # estimated from duration x fps: a frame or two of rounding is not a loss
+    if ended_by_server:   # the caller reports it (one error line)
+        return expected, 0
     if interrupted:
         warn(f"stopped by Ctrl-C after {processed} processed frames; the outputs cover those frames")
         return expected, 0
@@ -403,8 +422,11 @@ def run_stream(
         progress = _Progress(on_progress, source, meta) if on_progress is not None else None
         run = _pump(source, process, [stats, *outputs.sinks], cfg.batch, progress)
         source.close()
+        if run.lost is not None and stats.processed == 0:
+            raise run.lost
 
-        expected, lost = _frames_lost(cfg, source, stats.processed, run.interrupted, _warn)
+        expected, lost = _frames_lost(cfg, source, stats.processed, run.interrupted, _warn,
+                                      ended_by_server=run.lost is not None)
         if gt is not None and not stats.y_true:
             _warn(f"no processed frame has a label in {cfg.labels}; check its frame numbers")
         if ceiling.fps is None and source.decode_busy_s > 0:
@@ -414,5 +436,11 @@ def run_stream(
             decode_fps_ceiling=ceiling.fps,
             source=_source_summary(cfg, runner, source, process, run, ceiling, outputs, expected, lost),
         )
+        if run.lost is not None:
+            summary["source"]["server_lost"] = str(run.lost)
         outputs.finish(summary, cfg.stats)
+    if run.lost is not None:
+        return StreamResult(stats=summary, warnings=warnings, outputs=outputs.paths,
+                            exit_code=getattr(run.lost, "exit_code", 1),
+                            error=f"{run.lost}; the outputs cover the {stats.processed} frames before")
     return StreamResult(stats=summary, warnings=warnings, outputs=outputs.paths)

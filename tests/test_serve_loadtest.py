@@ -1,0 +1,55 @@
+"""The load test's bookkeeping (Triton statistics deltas, process-tree CPU, totals) and its bad input;
+the full run is `edgeskd loadtest` (README "Serving many streams"), not a unit test."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from edgeskd.serve.loadtest import Phase, StreamRow, tree_cpu_s, triton_delta
+
+
+def _stats(hist: dict[int, int], inferences: int, executions: int, queue_count: int, queue_ns: int) -> dict:
+    return {"model_stats": [{
+        "inference_count": str(inferences), "execution_count": str(executions),
+        "inference_stats": {"queue": {"count": str(queue_count), "ns": str(queue_ns)}},
+        "batch_stats": [{"batch_size": str(b), "compute_infer": {"count": str(n), "ns": "1"}} for b, n in hist.items()],
+    }]}
+
+
+def test_triton_delta_is_over_the_phase_only():
+    before = _stats({1: 5}, 5, 5, 5, 5_000_000)                        # e.g. warm-up and earlier clients
+    after = _stats({1: 9, 2: 3, 4: 2}, 5 + 4 + 6 + 8, 5 + 4 + 3 + 2, 5 + 18, 5_000_000 + 18 * 2_000_000)
+    d = triton_delta(before, after)
+    assert d["batch_size_histogram"] == {1: 4, 2: 3, 4: 2}
+    assert (d["executions"], d["inferences"]) == (9, 18)
+    assert d["mean_batch_size"] == 2.0 and d["mean_queue_ms"] == 2.0
+    empty = triton_delta(after, after)
+    assert empty["mean_batch_size"] is None and empty["batch_size_histogram"] == {}
+
+
+def test_phase_totals_pool_latencies_and_count_server_cpu():
+    ph = Phase("server", rows=[StreamRow(0, 100, 2, 102, 10.0, 20.0, 1.0, 0), StreamRow(1, 50, 0, 50, 5.0, 9.0, 0.5, 0)],
+               latencies_ms=[1.0] * 99 + [100.0], server_cpu_s=0.5)
+    t = ph.totals()
+    assert (t["frames"], t["dropped"], t["decoded"], t["failed_streams"]) == (150, 2, 152, 0)
+    assert t["cpu_ms_per_frame"] == pytest.approx(1000 * 2.0 / 150, abs=1e-3)
+    assert t["latency_p50_ms"] == 1.0 and t["latency_p99_ms"] > 1.0
+
+
+def test_tree_cpu_counts_this_process():
+    busy = sum(i * i for i in range(200_000))
+    assert busy > 0 and tree_cpu_s(os.getpid()) > 0
+    assert tree_cpu_s(2 ** 22 + 12345) == 0.0                          # no such process
+
+
+def test_loadtest_bad_input(cli, tmp_path):
+    art = tmp_path / "m.onnx"
+    art.write_bytes(b"x")
+    r = cli("loadtest", art, "--video", tmp_path / "none.mp4")
+    assert r.exit_code == 2 and "synth-video" in r.output
+    r = cli("loadtest", art, "--video", art, "--streams", "0")
+    assert r.exit_code == 2 and "--streams" in r.output
+    r = cli("loadtest", art, "--video", art, "--server", "http://h:8000")
+    assert r.exit_code == 2 and "grpc://" in r.output

@@ -1,0 +1,207 @@
+"""`edgeskd serve` on Triton (PyTriton) and `stream --server`: a real server on free ports, requests
+over gRPC and HTTP, statistics behind the token, bad input, a clean stop on SIGTERM (no workspace,
+no shared memory left) and a server that dies mid-stream. Skipped without the `serve` extra."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeskd.errors import ServerError, ServerLost, UsageError
+from helpers_stream import META, make_onnx, make_video
+
+pytest.importorskip("pytriton", reason="needs nvidia-pytriton (pip install 'edgeskd[serve]')")
+pytest.importorskip("tritonclient.grpc", reason="needs tritonclient (pip install 'edgeskd[serve]')")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _shm() -> set[str]:
+    return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+
+
+def _pytriton_workspaces() -> set[str]:
+    home = Path.home() / ".cache" / "pytriton"
+    return {p.name for p in home.glob("workspace_*")} if home.is_dir() else set()
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory) -> Path:
+    return make_onnx(tmp_path_factory.mktemp("serve") / "tiny.onnx", meta=META.replace(threshold=0.6))
+
+
+@pytest.fixture(scope="module")
+def server(artifact):
+    """`serve()` in a thread (stopped through its stop event), with token "tok"."""
+    from edgeskd.serve.server import ServeConfig, free_port, serve
+
+    ports = [free_port() for _ in range(3)]
+    cfg = ServeConfig(artifact, model="tiny", http_port=ports[0], grpc_port=ports[1], metrics_port=ports[2],
+                      access_token="tok", queue_delay_us=20000)
+    shm0, ws0 = _shm(), _pytriton_workspaces()
+    ready, stop, box = threading.Event(), threading.Event(), {}
+
+    def run() -> None:
+        try:
+            box["ret"] = serve(cfg, on_ready=lambda info: (box.setdefault("info", info), ready.set()), stop=stop)
+        except BaseException as e:  # noqa: BLE001 - reported by the test
+            box["error"] = e
+            ready.set()
+
+    th = threading.Thread(target=run, daemon=True)
+    th.start()
+    assert ready.wait(120) and "error" not in box, box.get("error")
+    yield {"grpc": f"grpc://127.0.0.1:{ports[1]}", "http": f"127.0.0.1:{ports[0]}", "info": box["info"]}
+    stop.set()
+    th.join(60)
+    assert not th.is_alive() and "error" not in box
+    assert not box["info"].workspace.exists()
+    assert _shm() - shm0 == set() and _pytriton_workspaces() - ws0 == set()
+
+
+def test_grpc_and_http_inference_match_local_and_batch(server, artifact):
+    import tritonclient.http as httpclient
+
+    from edgeskd.runtime.loader import load_runner
+    from edgeskd.serve.remote import RemoteRunner, server_statistics
+
+    x = np.random.default_rng(0).normal(size=(2, 3, 32, 32)).astype(np.float32)
+    with load_runner(artifact) as local:
+        want = local.infer(x)
+    remote = RemoteRunner(server["grpc"], "tiny")
+    assert remote.metadata.to_dict() == META.replace(threshold=0.6).to_dict() and remote.max_batch == 8
+    np.testing.assert_allclose(remote.infer(x), want, atol=1e-5)
+    # concurrent one-frame requests are batched by Triton
+    threads = [threading.Thread(target=lambda i=i: [remote.infer(x[i % 2:i % 2 + 1]) for _ in range(5)]) for i in range(4)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    c = httpclient.InferenceServerClient(server["http"])
+    assert c.is_server_ready() and c.is_model_ready("tiny")
+    inp = httpclient.InferInput("input", [2, 3, 32, 32], "FP32")
+    inp.set_data_from_numpy(x)
+    np.testing.assert_allclose(c.infer("tiny", [inp]).as_numpy("subclass_logits"), want, atol=1e-5)
+    stats = server_statistics(server["grpc"], "tiny", "tok")["model_stats"][0]
+    sizes = {int(b["batch_size"]) for b in stats["batch_stats"]}
+    assert int(stats["inference_count"]) >= 23 and max(sizes) >= 2, stats["batch_stats"]
+    with pytest.raises(ServerError, match="access token"):
+        server_statistics(server["grpc"], "tiny", "wrong")
+
+
+def test_bad_requests_are_one_line_errors(server, artifact):
+    from edgeskd.serve.remote import RemoteRunner, parse_server_url
+    from edgeskd.serve.server import free_port
+
+    with pytest.raises(ServerError, match="not served") as e:
+        RemoteRunner(server["grpc"], "nope")
+    assert "\n" not in str(e.value)
+    with pytest.raises(ServerError, match="unreachable"):
+        RemoteRunner(f"grpc://127.0.0.1:{free_port()}", "tiny", timeout_s=2)
+    r = RemoteRunner(server["grpc"], "tiny")
+    with pytest.raises(UsageError, match="does not match"):
+        r.infer(np.zeros((1, 3, 16, 16), np.float32))         # checked here, against the server's size
+    with pytest.raises(ServerError, match="refused") as e:
+        r._infer_impl(np.zeros((1, 3, 16, 16), np.float32))   # and by the server itself
+    assert "\n" not in str(e.value)
+    for bad in ("http://h:8000", "grpc://h", "h:0"):
+        with pytest.raises(UsageError):
+            parse_server_url(bad)
+    # the server's ports are taken: one line naming the option
+    from edgeskd.serve.server import ServeConfig, serve
+
+    port = int(server["grpc"].rsplit(":", 1)[1])
+    with pytest.raises(ServerError, match="--grpc-port"):
+        serve(ServeConfig(artifact, grpc_port=port, http_port=free_port(), metrics_port=free_port()))
+
+
+def test_stream_on_the_server_equals_local(server, artifact, tmp_path, cli):
+    video = make_video(tmp_path / "v.mp4", n=12)
+    res = cli("stream", "--video", video, "--server", server["grpc"], "--model", "tiny", "--jsonl", tmp_path / "s.jsonl",
+              "--no-ceiling")
+    assert res.exit_code == 0, res.output
+    assert "triton" in res.output
+    res = cli("stream", "--video", video, "--engine", artifact, "--jsonl", tmp_path / "l.jsonl", "--no-ceiling")
+    assert res.exit_code == 0, res.output
+    a = [json.loads(x) for x in (tmp_path / "s.jsonl").read_text().splitlines()]
+    b = [json.loads(x) for x in (tmp_path / "l.jsonl").read_text().splitlines()]
+    assert len(a) == len(b) == 12
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(x["probs"], y["probs"], atol=1e-5)
+        np.testing.assert_allclose(x["subclass_probs"], y["subclass_probs"], atol=1e-5)
+        assert x["state"] == y["state"]
+    bad = cli("stream", "--video", video, "--server", server["grpc"], "--model", "nope", "--jsonl", tmp_path / "n.jsonl")
+    assert bad.exit_code == 10 and not (tmp_path / "n.jsonl").exists()
+
+
+def test_serve_stops_cleanly_on_sigterm_and_a_stream_ends_with_the_server(artifact, tmp_path):
+    """`edgeskd serve` as a process; a real-time stream runs on it; SIGTERM: the server exits 0 with
+    nothing left behind, the stream ends with one line and its outputs cover the frames before."""
+    from edgeskd.serve.server import free_port
+    from edgeskd.stream.pipeline import StreamConfig, run_stream
+
+    ports = [str(free_port()) for _ in range(3)]
+    shm0, ws0, tmp0 = _shm(), _pytriton_workspaces(), set(os.listdir("/tmp"))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "edgeskd", "serve", str(artifact), "--model", "tiny", "--http-port",
+                             ports[0], "--grpc-port", ports[1], "--metrics-port", ports[2]], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("ready"):
+            break
+    assert any("access token" in x for x in lines + [proc.stdout.readline()]), lines
+    video = make_video(tmp_path / "v.mp4", n=90, fps=30)
+    box = {}
+    th = threading.Thread(target=lambda: box.setdefault("res", run_stream(StreamConfig(
+        video=str(video), server=f"grpc://127.0.0.1:{ports[1]}", model="tiny", realtime=True, measure_ceiling=False,
+        jsonl=tmp_path / "f.jsonl", stats=tmp_path / "s.json", timeout_s=5))))
+    th.start()
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=60)
+    th.join(60)
+    assert proc.returncode == 0 and "stopped (SIGTERM)" in rest, rest
+    assert _shm() - shm0 == set() and _pytriton_workspaces() - ws0 == set()
+    assert not [n for n in set(os.listdir("/tmp")) - tmp0 if n.startswith("edgeskd-serve-")]
+    res = box["res"]
+    assert res.exit_code == ServerLost.exit_code and "stopped answering" in res.error and "\n" not in res.error
+    n = res.stats["frames_processed"]
+    assert 0 < n < 90 and len((tmp_path / "f.jsonl").read_text().splitlines()) == n
+    assert json.loads((tmp_path / "s.json").read_text())["source"]["server_lost"]
+
+
+def test_libpython_path_and_missing_repository_entries(tmp_path):
+    import sysconfig
+
+    from edgeskd.errors import ArtifactError
+    from edgeskd.serve.server import ServeConfig, libpython_env, load_models
+
+    libdir, ldlib = sysconfig.get_config_var("LIBDIR"), sysconfig.get_config_var("LDLIBRARY")
+    env = libpython_env({"LD_LIBRARY_PATH": "/opt/x"})
+    if libdir and ldlib and (Path(libdir) / ldlib).exists():
+        assert env["LD_LIBRARY_PATH"].split(os.pathsep) == [libdir, "/opt/x"]
+        assert libpython_env(env)["LD_LIBRARY_PATH"] == env["LD_LIBRARY_PATH"]      # idempotent
+    else:
+        assert env["LD_LIBRARY_PATH"] == "/opt/x"
+    (tmp_path / "repo" / "foreign" / "1").mkdir(parents=True)
+    (tmp_path / "repo" / "foreign" / "1" / "model.savedmodel").mkdir()
+    import contextlib
+
+    with contextlib.ExitStack() as stack, pytest.raises(ArtifactError, match="not an edgeskd Triton model"):
+        load_models(ServeConfig(tmp_path / "repo"), stack)
+    bare = make_onnx(tmp_path / "bare.onnx", meta=None)
+    (tmp_path / "repo2" / "bare" / "1").mkdir(parents=True)
+    (tmp_path / "repo2" / "bare" / "1" / "model.onnx").write_bytes(bare.read_bytes())
+    with contextlib.ExitStack() as stack, pytest.raises(ArtifactError, match="model 'bare'.*no edgeskd metadata"):
+        load_models(ServeConfig(tmp_path / "repo2"), stack)
+    with contextlib.ExitStack() as stack, pytest.raises(UsageError, match="not in"):
+        load_models(ServeConfig(tmp_path / "repo2", model="other"), stack)
