@@ -142,6 +142,10 @@ def train(
         rich_help_panel=_R)] = False,
     skip_bad: Annotated[bool, typer.Option(
         "--skip-bad", help="Skip unreadable images instead of failing.", rich_help_panel=_R)] = False,
+    mlflow: Annotated[Optional[str], typer.Option(
+        "--mlflow", help="Log params, per-epoch metrics, report and plots to this MLflow tracking URI "
+        "(default: $MLFLOW_TRACKING_URI; none: no MLflow). TensorBoard events go to OUT/tensorboard when "
+        "tensorboard is installed.", rich_help_panel=_R)] = None,
 ) -> None:
     """Train the teacher on subclasses, then the plain, KD and SKD students; write checkpoints,
     metrics.json, report.md and plots to OUT."""
@@ -149,7 +153,7 @@ def train(
     from edgeskd.distill.config import resolve_config
     from edgeskd.distill.train import run_training
 
-    config_file, no_augment = options.pop("config"), options.pop("no_augment")
+    config_file, no_augment, mlflow_uri = options.pop("config"), options.pop("no_augment"), options.pop("mlflow")
     values = {k: (v.value if isinstance(v, Enum) else v) for k, v in options.items()}
     for flag in ("resume", "overwrite", "skip_bad", "tune"):   # off = not given (a config file may set it)
         values[flag] = values[flag] or None
@@ -161,7 +165,7 @@ def train(
         d = parse_device(values["device"])   # "cuda" stays "cuda": under torchrun each rank takes its own GPU
         values["device"] = "cuda" if values["device"].strip().lower() == "cuda" else d
     cfg = resolve_config(values, config_file)
-    metrics = run_training(cfg, console=console, argv=["edgeskd", *sys.argv[1:]])
+    metrics = run_training(cfg, console=console, argv=["edgeskd", *sys.argv[1:]], mlflow_uri=mlflow_uri)
     if os.environ.get("RANK", "0") == "0":   # under torchrun, rank 0 wrote the files and reports them
         _print_table(metrics)
 
@@ -181,3 +185,7 @@ def _print_table(metrics: dict) -> None:
     console.print(table)
     console.print(f"wrote {len(metrics.get('files', []))} files to {metrics['out']} "
                   f"in {metrics['wall_time_s']:.0f} s", highlight=False)
+    if "tensorboard" in metrics.get("tracking", []):
+        console.print(f"TensorBoard: tensorboard --logdir {metrics['out']}/tensorboard", highlight=False)
+    if "mlflow" in metrics.get("tracking", []):
+        console.print("MLflow: logged to the tracking server (params, per-epoch metrics, report, plots)")

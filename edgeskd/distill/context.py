@@ -34,10 +34,11 @@ class RunContext:
     """The config, the process group, the device and mixed-precision choice, the splits, the
     evaluation inputs (preprocessed once) and the run's log file."""
 
-    def __init__(self, cfg: TrainConfig, dist: ddp.DistContext, dataset, out: Path) -> None:
+    def __init__(self, cfg: TrainConfig, dist: ddp.DistContext, dataset, out: Path, tracker=None) -> None:
         import torch
 
         self.cfg, self.dist, self.dataset, self.out = cfg, dist, dataset, out
+        self.tracker = tracker   # distill.tracking.Tracker (TensorBoard / MLflow), or None
         self.device = dist.device
         use_amp = cfg.amp if cfg.amp is not None else self.device.startswith("cuda")
         if use_amp:
@@ -91,3 +92,5 @@ class RunContext:
         if self.dist.is_main:
             with open(self.out / "log.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
+            if self.tracker is not None:
+                self.tracker.epoch(record)

@@ -25,6 +25,7 @@ state), ``progress`` (bars and console lines), ``report`` (metrics.json, report.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 from dataclasses import replace
@@ -42,6 +43,7 @@ from edgeskd.distill.loop import ModelSpec, TrainedModel, train_group
 from edgeskd.distill.metas import check_teacher_matches, student_meta, teacher_meta
 from edgeskd.distill.prefetch import check_models
 from edgeskd.distill.progress import Reporter
+from edgeskd.distill.tracking import TB_DIR
 from edgeskd.distill.tasks import TeacherOutputs, make_task
 from edgeskd.distill.tune import cell_name
 from edgeskd.errors import TrainingDiverged, UsageError  # noqa: F401 (re-export)
@@ -247,6 +249,7 @@ def _prepare_out(cfg: TrainConfig, out: Path) -> None:
         for f in _run_files(out):
             if f.resolve() not in inputs:   # a teacher reused from this very folder stays
                 f.unlink()
+        shutil.rmtree(out / TB_DIR, ignore_errors=True)   # an earlier run's TensorBoard events
         write_json_atomic(out / RUN_CONFIG_FILE, cfg.to_dict())   # what --resume starts from
 
 
@@ -279,8 +282,11 @@ def _load_and_check(cfg: TrainConfig, dist: ddp.DistContext, out: Path, reporter
     return dataset, warnings
 
 
-def run_training(cfg: TrainConfig, *, console=None, argv: list[str] | None = None) -> dict[str, Any]:
-    """Train the teacher and the students over ``cfg.seeds`` seeds; write OUT/; return metrics.json."""
+def run_training(cfg: TrainConfig, *, console=None, argv: list[str] | None = None,
+                 mlflow_uri: str | None = None) -> dict[str, Any]:
+    """Train the teacher and the students over ``cfg.seeds`` seeds; write OUT/; return metrics.json.
+    TensorBoard / MLflow (``mlflow_uri`` or MLFLOW_TRACKING_URI) follow it when available (``tracking``)."""
+    from edgeskd.distill.tracking import Tracker
     from edgeskd.distill import report
 
     cfg.validate()
@@ -293,7 +299,9 @@ def run_training(cfg: TrainConfig, *, console=None, argv: list[str] | None = Non
             if dist.is_main:  # everything checked: now create OUT
                 _prepare_out(cfg, out)
             ddp.barrier(dist)
-            ctx = RunContext(cfg, dist, dataset, out)
+            tracker = Tracker(out, cfg.to_dict(), mlflow_uri=mlflow_uri, enabled=dist.is_main,
+                              warn=lambda w: reporter.print(f"[yellow]warning:[/] {w}", soft_wrap=True))
+            ctx = RunContext(cfg, dist, dataset, out, tracker=tracker)
             per_seed: dict[int, dict[str, TrainedModel]] = {}
             run_dirs = {seed: out if cfg.seeds == 1 else out / f"seed-{seed}" for seed in cfg.seed_list}
             for seed, run_dir in run_dirs.items():
@@ -312,9 +320,15 @@ def run_training(cfg: TrainConfig, *, console=None, argv: list[str] | None = Non
                                    argv=argv if argv is not None else sys.argv, tuning=tuning, warnings=run_warnings)
         clinical_report.add_to_metrics(metrics, per_seed, dataset)
         metrics["out"] = str(out)
+        metrics["tracking"] = tracker.active
         if dist.is_main:
             report.write_outputs(out, metrics, per_seed, dataset, cfg)
+            tracker.finish(out, metrics)
         ddp.barrier(dist)
         return metrics
+    except BaseException:
+        if "tracker" in locals():
+            tracker.fail()
+        raise
     finally:
         ddp.cleanup(dist)

@@ -154,8 +154,7 @@ def _runner_for(path: Path, sidecar: dict[str, Any] | None, device: str, threads
     if path.suffix == ".onnx" and device.startswith("cuda"):
         raise UsageError("edgeskd serve runs ONNX on the CPU; for a GPU serve a TensorRT engine "
                          "(`edgeskd build-engine`), or the repository in NVIDIA's Triton container")
-    dev = int(device.split(":")[1]) if device.startswith("cuda") else 0
-    return load_runner(path, threads=threads, device=dev)
+    return load_runner(path, threads=threads, device=device if device.startswith("cuda") else None)
 
 
 def load_models(cfg: ServeConfig, stack: contextlib.ExitStack) -> list[ServedModel]:

@@ -1,0 +1,127 @@
+"""Experiment tracking of a training run, off to the side of it: TensorBoard event files in
+``OUT/tensorboard/`` when ``tensorboard`` is installed, and an MLflow run when a tracking URI is
+given (``--mlflow URI`` or ``MLFLOW_TRACKING_URI``): the settings as params, every epoch record as
+metrics (``<model>.s<seed>.<key>``, step = epoch), the test figures, and report.md, metrics.json and
+the plots as artifacts. Neither is needed to train; a tracker that fails (an MLflow server that does
+not answer) is switched off with one warning and the run goes on. Rank 0 only.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+TB_DIR = "tensorboard"
+_SKIP_KEYS = {"model", "seed", "epoch", "epochs", "best"}
+
+
+def _flat_params(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat_params(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = str(v)[:500]   # MLflow's limit on a param value
+    return out
+
+
+class Tracker:
+    """``epoch(record)`` for every log.jsonl line; ``finish(out, metrics)`` at the end; ``fail()`` when the
+    run fails. ``warn`` takes the one-line warnings."""
+
+    def __init__(self, out: Path, config: dict[str, Any], *, mlflow_uri: str | None = None,
+                 enabled: bool = True, warn: Callable[[str], None] = lambda s: None) -> None:
+        self.out, self.warn = Path(out), warn
+        self.tb: Any = None
+        self.mlflow: Any = None
+        self.run_id: str | None = None
+        if not enabled:
+            return
+        if importlib.util.find_spec("tensorboard") is not None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(log_dir=str(self.out / TB_DIR))
+            except Exception as e:  # noqa: BLE001 - tracking never stops training
+                self.warn(f"TensorBoard logging is off: {str(e).splitlines()[0][:160]}")
+        uri = mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        if uri:
+            self._start_mlflow(uri, config)
+
+    def _start_mlflow(self, uri: str, config: dict[str, Any]) -> None:
+        if importlib.util.find_spec("mlflow") is None:
+            self.warn(f"MLflow tracking to {uri} is off: mlflow is not installed (pip install mlflow-skinny)")
+            return
+        try:
+            import mlflow
+
+            mlflow.set_tracking_uri(uri)
+            mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", "edgeskd"))
+            run = mlflow.start_run(run_name=self.out.name)
+            self.run_id = run.info.run_id
+            mlflow.log_params(_flat_params(config))
+            self.mlflow = mlflow
+        except Exception as e:  # noqa: BLE001 - an unreachable server must not stop training
+            self.warn(f"MLflow tracking to {uri} is off: {str(e).splitlines()[0][:160]}")
+            self.mlflow = None
+
+    @property
+    def active(self) -> list[str]:
+        return [name for name, on in (("tensorboard", self.tb), ("mlflow", self.mlflow)) if on is not None]
+
+    def epoch(self, rec: dict[str, Any]) -> None:
+        values = {k: float(v) for k, v in rec.items()
+                  if k not in _SKIP_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        step = int(rec.get("epoch", 0))
+        prefix = f"{rec.get('model', 'model')}.s{rec.get('seed', 0)}"
+        if self.tb is not None:
+            for k, v in values.items():
+                self.tb.add_scalar(f"{prefix}/{k}", v, step)
+            self.tb.flush()
+        if self.mlflow is not None:
+            try:
+                self.mlflow.log_metrics({f"{prefix}.{k}": v for k, v in values.items()}, step=step)
+            except Exception as e:  # noqa: BLE001
+                self._mlflow_off(e)
+
+    def finish(self, out: Path, metrics: dict[str, Any]) -> None:
+        """The test figures, and the run's report, metrics and plots as artifacts."""
+        test = {f"test.{name}.{k}": float(m[k]) for name, m in (metrics.get("models") or {}).items()
+                for k in ("f1", "accuracy", "auc", "balanced_accuracy") if isinstance(m.get(k), (int, float))}
+        if self.tb is not None:
+            for k, v in test.items():
+                self.tb.add_scalar(k.replace(".", "/", 1), v, 0)
+            self.tb.close()
+            self.tb = None
+        if self.mlflow is not None:
+            try:
+                self.mlflow.log_metrics(test)
+                for name in metrics.get("files", []):
+                    f = Path(out) / name
+                    if f.is_file() and f.suffix in (".md", ".json", ".png", ".onnx"):
+                        self.mlflow.log_artifact(str(f))
+                self.mlflow.end_run()
+            except Exception as e:  # noqa: BLE001
+                self._mlflow_off(e)
+            self.mlflow = None
+
+    def fail(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+            self.tb = None
+        if self.mlflow is not None:
+            try:
+                self.mlflow.end_run(status="FAILED")
+            except Exception:  # noqa: BLE001 - the run's own error is the one to report
+                pass
+            self.mlflow = None
+
+    def _mlflow_off(self, e: Exception) -> None:
+        self.warn(f"MLflow tracking stopped: {str(e).splitlines()[0][:160]}")
+        try:
+            self.mlflow.end_run(status="FAILED")
+        except Exception:  # noqa: BLE001
+            pass
+        self.mlflow = None
