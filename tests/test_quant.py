@@ -112,12 +112,14 @@ def test_qdq_structure_of_tiny_cnn(tmp_path):
     m.metadata_props.extend(kept)
     assert OnnxRuntimeRunner(m.SerializeToString()).meta.precision == "int8"
     assert q.stat().st_size < 0.30 * res.path.stat().st_size
-    # INT8 logits track FP32 closely at ORT's default (full) optimization level
+    # the quantization itself tracks FP32 closely: the Q/DQ graph run as written (DQ → float op → Q);
+    # ORT's fused int8 kernels differ by CPU (without VNNI, VPMADDUBSW can saturate: DESIGN §4), and
+    # their accuracy is what build-engine's gate measures on each machine
     from edgeskd.runtime.onnxrt import OnnxRuntimeRunner
 
     x = np.concatenate(list(cs.batches()))
     ref = OnnxRuntimeRunner(res.path).infer(x)
-    err = np.abs(OnnxRuntimeRunner(q).infer(x) - ref).max()
+    err = np.abs(OnnxRuntimeRunner(q, optimization="disable").infer(x) - ref).max()
     assert err < 0.05 * np.abs(ref).max(), (err, np.abs(ref).max())
     u8 = quantize_qdq(res.path, tmp_path / "u8.onnx", res.meta, calib=None, cache=cache, variant="u8s8")
     probs = inspect_qdq(u8).problems()
@@ -216,6 +218,9 @@ def test_build_engine_cli_end_to_end(tmp_path, cli, monkeypatch):
     assert len(written) == 1
     r = cli("build-engine", onnx_path, "--backend", "onnxruntime", "--data", data, "--threads", "1",
             "--calib-size", "40", "--json")
+    assert r.exit_code == 2 and "--overwrite" in r.output   # the artifacts exist: refused, untouched
+    r = cli("build-engine", onnx_path, "--backend", "onnxruntime", "--data", data, "--threads", "1",
+            "--calib-size", "40", "--json", "--overwrite")
     assert r.exit_code == 0, r.output
     rep = json.loads(r.output[r.output.index("{"):])
     assert len(list((tmp_path / "calibration").glob("bright-*.json"))) == 1
@@ -250,3 +255,22 @@ def test_winner_is_the_fastest_unless_a_speed_tie_has_better_f1():
     # tied on speed and F1: the smaller file
     big, small = c("fp32-opt", 0.095, 79.22, 720), c("u8s8", 0.097, 79.22, 211)
     assert pick_winner([big, small]) == (small, big)
+
+
+def test_build_engine_with_out_elsewhere_writes_nothing_beside_its_input(tmp_path, cli, monkeypatch):
+    """Everything build-engine writes goes to --out's folder (and the calibration cache folder): the
+    input's folder is left as it was."""
+    monkeypatch.chdir(tmp_path)
+    src = tmp_path / "models"
+    src.mkdir()
+    onnx_path = brightness_onnx(src / "bright.onnx")
+    ls = bright_set(96)
+    ls.splits = np.where(np.arange(96) % 4 == 3, "val", np.where(np.arange(96) % 4 == 2, "test", "train"))
+    data = _write_folder_tree(tmp_path / "data", ls)
+    before = sorted(p.name for p in src.iterdir())
+    out = tmp_path / "elsewhere" / "bright.int8.cpu.onnx"
+    r = cli("build-engine", onnx_path, "--backend", "onnxruntime", "--data", data, "--calib-size", "40", "--out", out)
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in src.iterdir()) == before == ["bright.onnx"]
+    written = sorted(p.name for p in out.parent.iterdir())
+    assert "bright.int8.qdq.onnx" in written and "bright.int8.cpu.onnx.json" in written and out.is_file()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from enum import Enum
 from pathlib import Path
@@ -9,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from edgeskd.cli.common import (DEFAULT_THREADS, DeviceOpt, ThreadsOpt, JsonOpt, OverwriteOpt, cli_command, console, parse_device, parse_img_size,
+from edgeskd.cli.common import (DEFAULT_THREADS, DeviceOpt, ThreadsOpt, JsonOpt, OverwriteOpt, cli_command, console, err_console, parse_device, parse_img_size,
                                 warn)
 from edgeskd.errors import UsageError
 
@@ -81,16 +82,27 @@ def build_engine(
         raise UsageError("--backend tensorrt runs on a GPU; drop --device cpu or choose --backend onnxruntime")
     if dev == "cpu":
         backend = Backend.onnxruntime
-    log = (lambda s: None) if as_json else (lambda s: console.print(s))
-    rep = build(
-        onnx, precision=precision.value, backend=backend.value, out=out, data=data, calib_data=calib_data,
+    status = err_console.status("building…") if err_console.is_terminal and not as_json else None
+
+    def log(line: str) -> None:   # each step on the console; on a terminal also the spinner's text
+        if not as_json:
+            console.print(line)
+        if status is not None:
+            status.update(line[:100])
+
+    options = dict(
+        precision=precision.value, backend=backend.value, out=out, data=data, calib_data=calib_data,
         calib_size=calib_size, calib_seed=calib_seed, calib_method=calib_method.value, calib_dir=calib_dir,
-        max_f1_drop=max_f1_drop,
-        force=force, overwrite=overwrite, workspace_gib=workspace, max_batch=max_batch, threads=threads, weight_qdq_pair=weight_qdq_pair,
-        meta_overrides=parse_overrides(img_size, classes), recovery=recovery, recovery_budget_s=recovery_budget,
-        max_fp32_layers=max_fp32_layers, log=log,
-        device=0 if dev in ("auto", "cpu") else dev,
-    )
+        max_f1_drop=max_f1_drop, force=force, overwrite=overwrite, workspace_gib=workspace, max_batch=max_batch,
+        threads=threads, weight_qdq_pair=weight_qdq_pair, meta_overrides=parse_overrides(img_size, classes),
+        recovery=recovery, recovery_budget_s=recovery_budget, max_fp32_layers=max_fp32_layers,
+        device=0 if dev in ("auto", "cpu") else dev)
+    with status if status is not None else contextlib.nullcontext():
+        rep = build(onnx, log=log, **options)
+    _report(rep, as_json)
+
+
+def _report(rep, as_json: bool) -> None:
     for w in rep.warnings:
         warn(w)
     if as_json:
