@@ -147,6 +147,9 @@ def train(
         rich_help_panel=_R)] = False,
     skip_bad: Annotated[bool, typer.Option(
         "--skip-bad", help="Skip unreadable images instead of failing.", rich_help_panel=_R)] = False,
+    group_by: Annotated[Optional[str], typer.Option(
+        "--group-by", metavar="COL", help="Manifest column holding each image's group (video + polyp, patient): "
+        "splits keep groups whole. \\[default: the 'group' column when present]", rich_help_panel=_R)] = None,
 ) -> None:
     """Train the teacher on subclasses, then the plain, KD and SKD students; write checkpoints,
     metrics.json, report.md and plots to OUT."""

@@ -59,43 +59,29 @@ def _group_strata(strata: np.ndarray, inverse: np.ndarray, n_groups: int) -> np.
     return table.argmax(1)
 
 
-def _fill(order: np.ndarray, rows: np.ndarray, target: float) -> np.ndarray:
-    """Groups of ``order`` (shuffled) taken while the rows taken so far stay under ``target``
-    (the group that crosses it is taken when that lands closer to ``target``)."""
-    take = np.zeros(len(order), bool)
-    total = 0
-    for j, g in enumerate(order):
-        if total >= target:
-            break
-        if total + rows[g] - target > target - total:   # overshoot worse than stopping here
-            break
-        take[j] = True
-        total += rows[g]
-    return order[take]
-
-
 def group_split(
     strata: np.ndarray, groups: np.ndarray, seed: int, *, test: float = TEST_FRACTION, val: float = VAL_FRACTION
 ) -> np.ndarray:
     """Split names (train / val / test) with every group whole in one split.
 
-    Each group's stratum is the most common stratum of its rows; within a stratum, groups are
-    shuffled (seeded) and fill test up to ``test`` of the stratum's rows, then val up to ``val``;
-    the rest is train. With one row per group this is a stratified split by stratum."""
+    Each group's stratum is the most common stratum of its rows. Groups are taken in stratum order
+    (seeded order inside a stratum), each into the split furthest below its share of the rows
+    taken so far — so every stratum is spread over the splits in proportion and even a handful
+    of groups fills all three splits (scikit-learn's StratifiedGroupKFold idea, greedy)."""
     strata, groups = np.asarray(strata), np.asarray(groups)
     uniq, inverse = np.unique(groups.astype(str), return_inverse=True)
-    rows = np.bincount(inverse, minlength=len(uniq))
+    rows = np.bincount(inverse, minlength=len(uniq)).astype(np.float64)
     g_stratum = _group_strata(strata, inverse, len(uniq))
-    g_split = np.full(len(uniq), "train", dtype=object)
     rng = np.random.default_rng([int(seed), 17])
-    for s in np.unique(g_stratum):
-        members = np.flatnonzero(g_stratum == s)
-        members = members[rng.permutation(len(members))]
-        n_rows = rows[members].sum()
-        chosen = _fill(members, rows, test * n_rows)
-        g_split[chosen] = "test"
-        rest = members[g_split[members] == "train"]
-        g_split[_fill(rest, rows, val * n_rows)] = "val"
+    order = np.lexsort((rng.permutation(len(uniq)), g_stratum))
+    names = ("train", "val", "test")
+    share = np.array([1.0 - test - val, val, test])
+    taken = np.zeros(3)
+    g_split = np.empty(len(uniq), dtype=object)
+    for g in order:
+        k = int(np.argmax(share * (taken.sum() + rows[g]) - taken))
+        g_split[g] = names[k]
+        taken[k] += rows[g]
     return g_split[inverse]
 
 

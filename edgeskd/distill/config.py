@@ -55,6 +55,7 @@ class TrainConfig:
     synthetic_n: int = 3000                 # size of the synthetic set when --data is not given
     data_seed: int = 0                      # split / synthetic-render seed (fixed across --seeds)
     skip_bad: bool = False
+    group_by: str | None = None             # manifest column of each image's group (default: "group")
     # models
     teacher: str = "resnet18"
     student: str = "tiny_cnn"

@@ -20,7 +20,7 @@ def load_training_data(cfg: TrainConfig):
     # The synthetic set is rendered at the model's input size (what a camera at that resolution
     # delivers; 10x cheaper than rendering at 128 px and resizing).
     dataset = load_dataset(path, fmt, seed=cfg.data_seed, skip_bad=cfg.skip_bad, synthetic_n=cfg.synthetic_n,
-                           img_size=cfg.img_size)
+                           img_size=cfg.img_size, group_by=cfg.group_by)
     check_trainable(dataset)
     return dataset
 
