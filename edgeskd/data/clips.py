@@ -39,7 +39,7 @@ BACKGROUND_SHARE = 0.30          # share of polyp-free frames in the set
 MIN_VISIBLE = 0.6                # a polyp frame shows at least this share of the polyp (the video's rule is 0.5)
 CLIP_FRAMES = 75                 # one visit = 2.5 s at 30 fps, as in the video
 CLIP_FPS = 30.0
-SPLIT_CYCLE = ("test", "train", "test", "val")   # clips in subclass order → 1/2 test, 1/4 train, 1/4 val
+SPLIT_CYCLE = ("train", "test", "val", "test")   # each class's clips in subclass order → 1/4 train, 1/4 val, 1/2 test
 BACKGROUND_PRIOR = (0.4, 0.3, 0.3)               # plain, lumen, blurred
 _CLIP_OFFSET = 40_000_000        # per-clip seeds: sample_seed(seed, _CLIP_OFFSET + c) (the video uses other ranges)
 _FRAME_OFFSET = 60_000_000
@@ -157,12 +157,17 @@ def clip_counts(n: int) -> np.ndarray:
 
 
 def clip_splits(subclass_of_clip: np.ndarray, seed: int) -> np.ndarray:
-    """Split of each clip: clips ordered by subclass (seeded order inside) take SPLIT_CYCLE in turn,
-    so every subclass gets 1/2 : 1/4 : 1/4 of its clips and small sets still have all three splits."""
+    """Split of each clip: each class's clips, ordered by subclass (seeded order inside), take
+    SPLIT_CYCLE in turn, so every subclass gets 1/4 : 1/4 : 1/2 of its clips and a class with
+    three clips is already in all three splits."""
+    sub = np.asarray(subclass_of_clip)
+    owner = np.asarray(sy.SUBCLASS_TO_CLASS)[sub]
     rng = np.random.default_rng([int(seed), 11, 3])
-    order = np.lexsort((rng.permutation(len(subclass_of_clip)), subclass_of_clip))
-    out = np.empty(len(order), dtype=object)
-    out[order] = [SPLIT_CYCLE[i % len(SPLIT_CYCLE)] for i in range(len(order))]
+    order = np.lexsort((rng.permutation(len(sub)), sub))
+    out = np.empty(len(sub), dtype=object)
+    for c in np.unique(owner):
+        mine = order[owner[order] == c]
+        out[mine] = [SPLIT_CYCLE[i % len(SPLIT_CYCLE)] for i in range(len(mine))]
     return out
 
 
