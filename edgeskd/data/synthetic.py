@@ -1,8 +1,12 @@
 """Synthetic endoscopy frames: the embedded default data set (numpy only, vectorised, seeded).
 
+The default set is frames of synthetic clips (``edgeskd.data.clips``: the camera of the synthetic
+video, 3 frames per polyp, ~30 % bare-wall frames of the ``no_polyp`` class with three kinds of wall,
+split by clip); ``make_synthetic_images`` keeps the earlier still images (one centred polyp each).
+
 The generative story (what the labels mean)
 -------------------------------------------
-Each frame shows one polyp of a *true* class (``hyperplastic`` or ``adenoma``). Each class is a
+Each polyp frame shows one polyp of a *true* class (``hyperplastic`` or ``adenoma``). Each class is a
 union of four distinct-looking *subtypes* (colour, size, height, outline, surface pit pattern,
 surface vessels, mucus). The subtypes come in four look-alike pairs, one subtype of each class
 per pair; the two members of a pair share most of their look and differ in one cue, and the cue
