@@ -33,7 +33,7 @@ def test_synth_video_cli_writes_video_and_labels(tmp_path, cli):
         assert CLASS_NAMES[SUBCLASS_TO_CLASS[SUBCLASS_NAMES.index(r_["subclass"])]] == r_["class"]
     # polyp-free frames: the no_polyp class and a kind of bare wall (the data set's rule)
     for r_ in without:
-        assert r_["class"] == "no_polyp" and float(r_["visible"]) < 0.5
+        assert r_["class"] == "no_polyp" and float(r_["visible"]) < 0.5 and r_["polyp_id"] == ""
         assert r_["subclass"] in ("mucosa_plain", "mucosa_lumen", "mucosa_blurred")
     # the field of view is lit, the left border black apart from the overlay text
     f = frames[len(frames) // 2].astype(int)

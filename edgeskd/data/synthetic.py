@@ -626,7 +626,7 @@ def make_synthetic(n: int, size: int = 128, seed: int = 0) -> LabeledSet:
     """The synthetic endoscopy set: ``n`` frames of ``size``² px taken from synthetic clips
     (``edgeskd.data.clips``): about 70 % show a polyp (3 frames per polyp, spaced over the camera's
     visit), about 30 % bare wall (class ``no_polyp``). Split by clip, stratified by subclass,
-    1/2 test : 1/4 val : 1/4 train of the clips (a 5,200-frame set: ~1,300 train frames, ~1,820
+    1/2 test : 1/4 val : 1/4 train of the clips (a 5,200-frame set: 1,299 train frames, 1,819
     test polyp frames).
 
     Same (n, size, seed) ⇒ same bytes. ``groups`` holds each frame's clip and polyp id;

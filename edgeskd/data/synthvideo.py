@@ -25,7 +25,8 @@ labelled with a polyp's class and subclass when at least ``min_visible`` of the 
 inside the field of view; otherwise ``has_polyp`` = 0 and the frame is labelled ``no_polyp`` with its
 kind of bare wall (``mucosa_plain``, ``mucosa_lumen`` when a lumen is in view, ``mucosa_blurred``
 when the camera moves fast: ``background_kind``, the rule the data set uses). ``visible`` is the
-polyp's fraction in view (a frame with 0 < visible < 0.5 is a no-polyp frame with a polyp at the edge).
+polyp's fraction in view (a frame with 0 < visible < 0.5 is a no-polyp frame with a polyp at the edge;
+``polyp_id`` is empty on every no-polyp frame, so one polyp id always has one class).
 
 The camera's speed blurs frames (``motion_blur``), and some bare-wall stops look down the lumen
 (a dark hole ringed by folds, ``render_lumen``). The embedded data set draws its frames from clips
@@ -388,8 +389,7 @@ class SynthVideo:
                 w.writerow([i, names[p.label], subs[p.subclass], 1, f"{vis:.3f}", k])
             else:
                 bg = self.background_subclass(i)
-                w.writerow([i, names[synthetic.BACKGROUND_CLASS], subs[bg], 0, f"{vis:.3f}",
-                            "" if k is None or vis <= 0 else k])
+                w.writerow([i, names[synthetic.BACKGROUND_CLASS], subs[bg], 0, f"{vis:.3f}", ""])
         return buf.getvalue()
 
 

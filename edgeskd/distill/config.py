@@ -269,7 +269,8 @@ def _coerce(key: str, value: Any, source: str) -> Any:
             raise UsageError(f"{source}: {key} must be a comma-separated string or a list of strings")
         return list(value)
     if value is None:
-        if key in ("data", "pretrained", "student_pretrained", "teacher_checkpoint", "out", "amp", "temperature"):
+        if key in ("data", "pretrained", "student_pretrained", "teacher_checkpoint", "out", "amp", "temperature",
+                   "group_by"):
             return None
         raise UsageError(f"{source}: {key} needs a value")
     kind = type(default) if default is not None else {"amp": bool, "temperature": float}.get(key, str)
