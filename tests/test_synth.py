@@ -61,13 +61,13 @@ def test_agreement_grades_every_subtype():
     lab = sy.sample_labels(8000, seed=1)
     vis, amb, true = lab["visual"], lab["ambiguity"], lab["true_labels"]
     dissent = np.where(true == 1, 7 - lab["votes"], lab["votes"])            # annotators calling the other class
-    for s in range(len(sy.SUBCLASS_NAMES)):
+    for s in range(sy.N_POLYP_SUBCLASSES):
         sel = vis == s
         assert len(np.unique(dissent[sel])) >= 5                             # agreement varies within the subtype
         assert np.corrcoef(amb[sel], dissent[sel])[0, 1] > 0.6               # ... and follows the ambiguity
         assert 0.02 < np.mean(lab["labels"][sel] != true[sel]) < 0.2          # every subtype has borderline lesions
     rng = np.random.default_rng(0)
-    sub = np.arange(len(sy.SUBCLASS_NAMES))
+    sub = np.arange(sy.N_POLYP_SUBCLASSES)
     typical = sy.sample_polyp_params(rng, sub, np.zeros(len(sub), np.float32))
     border = sy.sample_polyp_params(np.random.default_rng(0), sub, np.full(len(sub), 0.5, np.float32))
     partner = np.asarray(sy.COUNTERPART)
@@ -90,7 +90,7 @@ def test_look_circular_fov_black_border_text_and_highlights():
 
 
 def test_subclasses_look_different():
-    k = len(sy.SUBCLASS_NAMES)
+    k = sy.N_POLYP_SUBCLASSES
     sub = np.repeat(np.arange(k), 16)
     frames = sy.render_frames(sub, np.zeros(len(sub), np.float32), 64, seed=0).astype(np.float32)
     red_ratio = [(frames[sub == s, 16:48, 16:48, 0] / (frames[sub == s, 16:48, 16:48, 1] + 1)).mean()
@@ -129,10 +129,17 @@ def test_load_dataset_default_is_synthetic_and_cached(tmp_path):
 
 @pytest.mark.parametrize("fmt", ["folder", "manifest", "mhist"])
 def test_write_then_load_gives_same_labels(tmp_path, fmt):
-    ls = sy.make_synthetic(60, 32, seed=2)
-    write_dataset(ls, tmp_path / "out", fmt)
+    full = sy.make_synthetic(60, 32, seed=2)
+    write_dataset(full, tmp_path / "out", fmt)
     back = load_dataset(tmp_path / "out")
     assert back.format == fmt
+    # MHIST is HP vs SSA: its writer keeps the polyp frames only (classes and subclasses without no_polyp).
+    ls = full.subset(full.polyp_mask) if fmt == "mhist" else full
+    if fmt == "mhist":
+        assert back.class_names == ["HP", "SSA"] and len(back) == int(full.polyp_mask.sum()) < len(full)
+        assert back.background_class is None and back.groups is None
+    else:
+        assert back.background_class == full.background_class == 2 and back.class_names == list(sy.CLASS_NAMES)
     order = {n: i for i, n in enumerate(image_names(ls))}
     idx = np.array([order[p.name] for p in back.paths])
     assert np.array_equal(back.labels, ls.labels[idx])
@@ -141,6 +148,8 @@ def test_write_then_load_gives_same_labels(tmp_path, fmt):
     assert np.array_equal(back.subclasses, want[idx])
     assert np.array_equal(back.votes, ls.votes[idx])
     assert np.array_equal(back.load_image(5), ls.images[idx[5]])  # PNG: lossless
+    if fmt != "mhist":   # groups survive (manifest: the group column; folder: the sidecar)
+        assert np.array_equal(back.groups, ls.groups[idx])
     k = back.num_subclasses
     groups = (("test",), ("train", "val")) if fmt == "mhist" else (("train",), ("val",), ("test",))
     for g in groups:  # MHIST has no val (it is carved again on load): train + val keep their counts

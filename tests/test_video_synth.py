@@ -31,7 +31,10 @@ def test_synth_video_cli_writes_video_and_labels(tmp_path, cli):
     for r_ in with_polyp:
         assert r_["class"] in CLASS_NAMES and float(r_["visible"]) >= 0.5
         assert CLASS_NAMES[SUBCLASS_TO_CLASS[SUBCLASS_NAMES.index(r_["subclass"])]] == r_["class"]
-    assert all(r_["class"] == "" and float(r_["visible"]) < 0.5 for r_ in without)
+    # polyp-free frames: the no_polyp class and a kind of bare wall (the data set's rule)
+    for r_ in without:
+        assert r_["class"] == "no_polyp" and float(r_["visible"]) < 0.5 and r_["polyp_id"] == ""
+        assert r_["subclass"] in ("mucosa_plain", "mucosa_lumen", "mucosa_blurred")
     # the field of view is lit, the left border black apart from the overlay text
     f = frames[len(frames) // 2].astype(int)
     assert f[:, 70:150].mean() > 60 and f[20:70, 0:8].mean() < 20
@@ -116,11 +119,11 @@ def test_synth_video_streamed_with_its_labels(tmp_path, cli):
     """The short synthetic video through `edgeskd stream` with its own ground truth."""
     out = tmp_path / "v.mp4"
     assert cli("synth-video", out, "--seconds", "2", "--fps", "10", "--resolution", "192x128", "--render-size", "64").exit_code == 0
-    from edgeskd.data.synthetic import CLASS_NAMES
+    from edgeskd.data.synthetic import POLYP_CLASS_NAMES
     from helpers_stream import META
 
-    # the tiny test model, labelled with the synthetic set's class names (2 subclasses per class)
-    onnx_path = make_onnx(tmp_path / "m.onnx", meta=META.replace(class_names=list(CLASS_NAMES)))
+    # the tiny test model, labelled with the synthetic set's polyp class names (2 subclasses per class)
+    onnx_path = make_onnx(tmp_path / "m.onnx", meta=META.replace(class_names=list(POLYP_CLASS_NAMES)))
     st = tmp_path / "s.json"
     r = cli("stream", "--video", out, "--engine", onnx_path, "--labels", tmp_path / "v.labels.csv",
             "--stats", st, "--crop", "auto", "--out", tmp_path / "ann.mp4")

@@ -10,13 +10,14 @@ from typing import Any, Callable
 
 import typer
 
-from edgeskd.cli import (bench, build_engine, export, info, loadtest, predict, qat, serve, stream, synth, synth_video,
-                         train)
+from edgeskd.cli import (bench, build_engine, export, frames, info, loadtest, predict, qat, serve, stream, synth,
+                         synth_video, train)
 
 # in the order `edgeskd --help` lists them
 COMMANDS: dict[str, Callable[..., Any]] = {
     "synth": synth.synth,
     "synth-video": synth_video.synth_video,
+    "frames": frames.frames,
     "info": info.info,
     "train": train.train,
     "export": export.export,

@@ -60,6 +60,17 @@ def _print_tables(s: dict) -> None:
               f"[bold]{s['num_images']}[/]")
     console.print(t)
     console.print(f"subclasses: {s['subclass_definition']}")
+    if s.get("background_class"):
+        console.print(f"no-polyp class: {s['background_class']} (frames with no polyp in view; votes unknown)")
+    if "groups" in s:
+        g = s["groups"]
+        per = " / ".join(f"{sp} {n}" for sp, n in g["per_split"].items())
+        leaks = g["in_several_splits"]
+        line = f"groups: {g['n_groups']} ({per}); in more than one split: {len(leaks)}"
+        if leaks:
+            shown = "; ".join(f"{k} ({'/'.join(v)})" for k, v in list(leaks.items())[:5])
+            line += f" — {shown}" + (" ..." if len(leaks) > 5 else "")
+        console.print(line, soft_wrap=True)
     if "votes" in s:
         v = s["votes"]
         vt = Table(title=f"annotator votes for {s['positive_class']} (of {v['n_annotators']})", title_justify="left")

@@ -142,6 +142,9 @@ def train(
         rich_help_panel=_R)] = False,
     skip_bad: Annotated[bool, typer.Option(
         "--skip-bad", help="Skip unreadable images instead of failing.", rich_help_panel=_R)] = False,
+    group_by: Annotated[Optional[str], typer.Option(
+        "--group-by", metavar="COL", help="Manifest column holding each image's group (video + polyp, patient): "
+        "splits keep groups whole. \\[default: the 'group' column when present]", rich_help_panel=_R)] = None,
     mlflow: Annotated[Optional[str], typer.Option(
         "--mlflow", help="Log params, per-epoch metrics, report and plots to this MLflow tracking URI "
         "(default: $MLFLOW_TRACKING_URI; none: no MLflow). TensorBoard events go to OUT/tensorboard when "

@@ -68,6 +68,7 @@ def load_dataset(
     synthetic_n: int = DEFAULT_SYNTHETIC_N,
     img_size: int = DEFAULT_IMG_SIZE,
     verify: bool = False,
+    group_by: str | None = None,
 ) -> LabeledSet:
     """Load a data set and make sure it has train/val/test splits.
 
@@ -77,7 +78,9 @@ def load_dataset(
     no test → carved from train (with a warning). ``seed`` seeds these splits.
     ``vote_bins`` (MHIST only): e.g. ``"0|1,2|3|4|5,6|7"``. ``skip_bad``: decode every image and
     drop (and count) unreadable ones instead of failing; ``verify``: decode every image, fail on
-    the first bad one.
+    the first bad one. ``group_by`` (manifests only): the column holding each image's group
+    (video + polyp, patient ...); by default a manifest's ``group`` column when it has one. Data
+    with groups is split by group (no group in two splits).
     """
     fmt = str(getattr(format, "value", format))
     if fmt not in FORMATS:
@@ -87,6 +90,8 @@ def load_dataset(
             raise UsageError(f"--format synthetic takes no data path (got {path}); drop one of them")
         if vote_bins is not None:
             raise UsageError("--vote-bins applies to MHIST data only; the synthetic set's subclasses are fixed")
+        if group_by is not None:
+            raise UsageError("--group-by applies to manifest data only; the synthetic set is split by clip already")
         return finalize_splits(synthetic_default(synthetic_n, img_size, seed), seed)
 
     p = Path(path).expanduser()
@@ -98,6 +103,8 @@ def load_dataset(
         raise DataError(f"data directory {p} is empty; put a data set there or run `edgeskd synth {p}`")
     if vote_bins is not None and fmt != "mhist":
         raise UsageError(f"--vote-bins applies to MHIST data only; {p} is a {fmt} data set")
+    if group_by is not None and fmt != "manifest":
+        raise UsageError(f"--group-by applies to manifest data only (a group column); {p} is a {fmt} data set")
     if fmt == "mhist":
         from edgeskd.data.mhist import load_mhist
 
@@ -105,7 +112,7 @@ def load_dataset(
     elif fmt == "manifest":
         from edgeskd.data.manifest import load_manifest
 
-        ls = load_manifest(p)
+        ls = load_manifest(p, group_by=group_by)
     else:
         from edgeskd.data.folder import load_folder
 
@@ -156,34 +163,56 @@ def verify_images(ls: LabeledSet, *, skip_bad: bool = False) -> LabeledSet:
 
 
 def finalize_splits(ls: LabeledSet, seed: int = 0) -> LabeledSet:
-    """Fill missing splits (see ``load_dataset``) and check what training needs; add warnings."""
-    from edgeskd.data.splits import VAL_FROM_TRAIN, carve_split, stratified_split
+    """Fill missing splits (see ``load_dataset``; by group when the data has groups) and check
+    what training needs; add warnings (among them any group found in two splits)."""
+    from edgeskd.data.splits import VAL_FROM_TRAIN, carve_group_split, carve_split, group_split, stratified_split
 
     warnings: list[str] = ls.info.setdefault("warnings", [])
     sp = np.asarray(ls.splits, dtype=object).copy()
     given = sp != ""
+    groups = ls.groups
+
+    def carve(mask: np.ndarray, name: str) -> np.ndarray:
+        if groups is None:
+            return carve_split(ls.subclasses[mask], seed, frac=VAL_FROM_TRAIN, name=name)
+        return carve_group_split(ls.subclasses[mask], groups[mask], seed, frac=VAL_FROM_TRAIN, name=name)
+
     if not given.any():
-        sp = stratified_split(ls.subclasses, seed)
-        ls.info["split_source"] = "stratified 70/15/15 by subclass"
+        if groups is None:
+            sp = stratified_split(ls.subclasses, seed)
+            ls.info["split_source"] = "stratified 70/15/15 by subclass"
+        else:
+            sp = group_split(ls.subclasses, groups, seed)
+            ls.info["split_source"] = "by group, about 70/15/15, stratified by subclass"
     else:
         if not given.all():
             raise DataError("some images have a split and some do not; give every image a split or none")
         have = set(sp)
         if "train" not in have:
             raise DataError(f"no train split (found {', '.join(sorted(have))}); add a train split")
-        src = ["given"]
+        src = [ls.info.get("split_source", "given")]
         if "test" not in have:
             tr = sp == "train"
-            sp[tr] = np.where(carve_split(ls.subclasses[tr], seed, frac=VAL_FROM_TRAIN, name="test") == "test",
-                              "test", "train")
-            warnings.append(f"no test split: carved {VAL_FROM_TRAIN:.1%} of train as test")
+            sp[tr] = np.where(carve(tr, "test") == "test", "test", "train")
+            warnings.append(f"no test split: carved {VAL_FROM_TRAIN:.1%} of train as test"
+                            + (" (by group)" if groups is not None else ""))
             src.append("test carved from train")
         if "val" not in have:
             tr = sp == "train"
-            sp[tr] = carve_split(ls.subclasses[tr], seed, frac=VAL_FROM_TRAIN, name="val")
-            src.append("val carved from train")
+            sp[tr] = carve(tr, "val")
+            src.append("val carved from train" + (" by group" if groups is not None else ""))
         ls.info["split_source"] = ", ".join(src)
     ls.splits = sp
+    if groups is not None:
+        from edgeskd.data.splits import straddling_groups
+
+        leaks = straddling_groups(groups, sp)
+        ls.info["straddling_groups"] = leaks
+        if leaks:
+            g, where = next(iter(leaks.items()))
+            warnings.append(f"{len(leaks)} group(s) in more than one split (e.g. {g!r} in {'/'.join(where)}): "
+                            "frames of one polyp/patient in train and test inflate every figure; "
+                            "give each group one split, or drop the split column to split by group")
 
     present = np.unique(ls.labels)
     if len(present) < 2:
@@ -252,6 +281,7 @@ def _save_cached(f: Path, ls: LabeledSet) -> None:
     with atomic_path(f) as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, images=ls.images, splits=np.asarray(ls.splits, dtype="U5"),
+                     groups=np.asarray(ls.groups, dtype=str),
                      meta=np.frombuffer(json.dumps({"name": ls.name, "info": scalars}).encode(), np.uint8),
                      **arrays)
 
@@ -268,4 +298,5 @@ def _load_cached(f: Path) -> LabeledSet:
             subclass_names=list(sy.SUBCLASS_NAMES), subclass_to_class=list(sy.SUBCLASS_TO_CLASS),
             labels=z["labels"], subclasses=z["subclasses"], splits=z["splits"].astype(object),
             images=z["images"], votes=z["votes"], n_annotators=sy.N_ANNOTATORS, info=info,
+            background_class=sy.BACKGROUND_CLASS, groups=z["groups"].astype(object),
         )

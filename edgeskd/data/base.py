@@ -17,6 +17,9 @@ class LabeledSet:
 
     Subclass blocks are contiguous per class: ``subclass_to_class`` is non-decreasing.
     ``votes`` (optional) holds per-sample annotator votes for the positive class (-1 = unknown).
+    ``background_class`` (optional) is the index of the "no polyp" class (frames with no lesion in
+    view; its subclasses are kinds of bare wall); ``groups`` (optional, (N,) str) is each sample's
+    group id (video + polyp, patient ...): splits keep a group whole.
     """
 
     name: str
@@ -32,6 +35,8 @@ class LabeledSet:
     votes: np.ndarray | None = None              # (N,) int64 or None
     root: Path | None = None
     n_annotators: int = 7
+    background_class: int | None = None          # index of the "no polyp" class, or None
+    groups: np.ndarray | None = None             # (N,) str group id per sample, or None
     info: dict[str, Any] = field(default_factory=dict)  # format-specific notes (e.g. vote disagreements);
     # per-sample np.ndarray entries of length N (synthetic "true_labels", ...) are subset along with the rows
 
@@ -41,10 +46,14 @@ class LabeledSet:
         self.splits = np.asarray(self.splits, dtype=object)
         if self.votes is not None:
             self.votes = np.asarray(self.votes, dtype=np.int64)
+        if self.groups is not None:
+            self.groups = np.asarray(self.groups, dtype=object)
         n = len(self.labels)
         if (self.paths is None) == (self.images is None):
             raise ValueError("LabeledSet needs exactly one of paths or images")
-        for arr_name in ("subclasses", "splits"):
+        if self.background_class is not None and not 0 <= self.background_class < len(self.class_names):
+            raise ValueError(f"background_class {self.background_class} is not a class index")
+        for arr_name in ("subclasses", "splits") + (("groups",) if self.groups is not None else ()):
             if len(getattr(self, arr_name)) != n:
                 raise ValueError(f"{arr_name} length differs from labels")
 
@@ -78,7 +87,15 @@ class LabeledSet:
             paths=[self.paths[i] for i in idx] if self.paths is not None else None,
             images=self.images[idx] if self.images is not None else None,
             votes=self.votes[idx] if self.votes is not None else None,
+            groups=self.groups[idx] if self.groups is not None else None,
         )
+
+    @property
+    def polyp_mask(self) -> np.ndarray:
+        """(N,) bool: samples not of the background class (all True without one)."""
+        if self.background_class is None:
+            return np.ones(len(self), bool)
+        return self.labels != self.background_class
 
     def split(self, name: str) -> "LabeledSet":
         return self.subset(name)

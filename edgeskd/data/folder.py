@@ -81,6 +81,12 @@ def load_folder(root: Path) -> LabeledSet:
             v = votes.get(r.path.name)
             if isinstance(v, int) and 0 <= v <= 7:
                 r.votes = v
+    groups = sidecar.get("groups")
+    if isinstance(groups, dict):  # written by `edgeskd synth --format folder`: clip / polyp ids
+        for r in records:
+            g = groups.get(r.path.name)
+            if isinstance(g, str) and g:
+                r.group = g
     return build_labeled_set(records, name=root.name or str(root), fmt="folder", root=root, where=str(root),
                              sidecar=sidecar, extra_classes=sorted(classes),
                              extra_subclasses=sorted(pairs))

@@ -1,8 +1,10 @@
-"""CSV manifest: ``path,class,subclass[,split][,votes]`` with paths relative to the CSV.
+"""CSV manifest: ``path,class,subclass[,split][,votes][,group]`` with paths relative to the CSV.
 
 Comma or semicolon separated (HyperKvasir's own files use ``;``). ``split`` is train/val/test for
-every row or empty for every row (then a stratified split is made); ``votes`` is an integer
-0..7 (positive-class annotator votes) or empty (unknown).
+every row or empty for every row (then a split is made: by group when there are groups, else
+stratified by subclass); ``votes`` is an integer 0..7 (positive-class annotator votes) or empty
+(unknown). ``group`` (or the column named by ``group_by``, e.g. ``patient``) is each image's
+group — video + polyp id, patient — which splits keep whole.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from edgeskd.data.records import Record, build_labeled_set, check_unique, normal
 from edgeskd.errors import DataError
 
 REQUIRED = ("path", "class", "subclass")
-OPTIONAL = ("split", "votes")
+OPTIONAL = ("split", "votes", "group")
+GROUP = "group"
 MANIFEST = "manifest.csv"
 N_ANNOTATORS = 7
 
@@ -38,7 +41,9 @@ def manifest_header(csv_path: Path) -> list[str]:
     return [h.strip().lower() for h in rows[0]] if rows else []
 
 
-def load_manifest(csv_path: Path) -> LabeledSet:
+def load_manifest(csv_path: Path, *, group_by: str | None = None) -> LabeledSet:
+    """The manifest at ``csv_path`` (a CSV, or a directory holding ``manifest.csv``). ``group_by``
+    names the group column (default: ``group`` when present)."""
     if csv_path.is_dir():
         csv_path = csv_path / MANIFEST
     where = str(csv_path)
@@ -49,15 +54,21 @@ def load_manifest(csv_path: Path) -> LabeledSet:
     if not rows:
         raise DataError(f"{where}: empty file; expected the header {','.join(REQUIRED)}[,split][,votes]")
     header = [h.strip().lower() for h in rows[0]]
+    group_col = group_by.strip().lower() if group_by is not None else None
+    if group_col is not None and group_col not in header:
+        raise DataError(f"{where}: --group-by {group_by!r}: no such column; the columns are {','.join(header)}")
+    if group_col is None and GROUP in header:
+        group_col = GROUP
     missing = [c for c in REQUIRED if c not in header]
-    unknown = [h for h in header if h not in REQUIRED + OPTIONAL]
+    unknown = [h for h in header if h not in REQUIRED + OPTIONAL and h != group_col]
     if missing or unknown:
         msg = []
         if missing:
             msg.append(f"column(s) {', '.join(missing)} missing")
         if unknown:
             msg.append(f"unknown column(s) {', '.join(repr(u) for u in unknown)}")
-        raise DataError(f"{where}: {'; '.join(msg)}; the header is {','.join(REQUIRED)}[,split][,votes]")
+        raise DataError(f"{where}: {'; '.join(msg)}; the header is {','.join(REQUIRED)}[,split][,votes][,group]"
+                        " (another group column: --group-by NAME)")
     if len(set(header)) != len(header):
         raise DataError(f"{where}: repeated column in header {','.join(header)}")
     col = {h: i for i, h in enumerate(header)}
@@ -85,7 +96,8 @@ def load_manifest(csv_path: Path) -> LabeledSet:
                 raise DataError(f"{where}:{ln}: votes {vs!r} is not an integer; give 0-{N_ANNOTATORS} or leave empty") from None
             if not 0 <= votes <= N_ANNOTATORS:
                 raise DataError(f"{where}:{ln}: votes {votes} outside 0-{N_ANNOTATORS}")
-        records.append(Record(p, cls, sub, split, votes))
+        group = r[col[group_col]].strip() if group_col is not None else ""
+        records.append(Record(p, cls, sub, split, votes, group))
         rels.append(str(Path(rel.replace("\\", "/"))))
     check_unique(rels, what="path", where=where)
     # the same file listed twice (by different spellings); equal file names in different folders

@@ -1,5 +1,10 @@
 """Shared pieces of the file formats: safe relative paths, the dataset.json sidecar, and building a
-LabeledSet from (path, class, subclass, split, votes) records with a stable class/subclass order."""
+LabeledSet from (path, class, subclass, split, votes, group) records with a stable class/subclass order.
+
+The "no polyp" class (frames with no lesion in view) is the class named in the sidecar's
+``"background_class"``, else a class literally named ``no_polyp`` (``BACKGROUND_NAME``); without
+a sidecar class order it is put last.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from edgeskd.errors import DataError
 
 SIDECAR = "dataset.json"
 SIDECAR_VERSION = 1
+BACKGROUND_NAME = "no_polyp"
 
 
 def safe_relative(name: str, root: Path, *, what: str, where: str) -> Path:
@@ -68,6 +74,9 @@ def read_sidecar(root: Path) -> dict[str, Any]:
         v = d.get(key)
         if v is not None and (not isinstance(v, list) or not all(isinstance(x, str) for x in v)):
             raise DataError(f"{p}: {key} must be a list of strings; fix or delete it")
+    bg = d.get("background_class")
+    if bg is not None and not isinstance(bg, str):
+        raise DataError(f"{p}: background_class must be a class name (e.g. \"no_polyp\"); fix or delete it")
     s2c = d.get("subclass_to_class")
     if s2c is not None and (not isinstance(s2c, list) or not all(isinstance(x, int) for x in s2c)):
         raise DataError(f"{p}: subclass_to_class must be a list of integers; fix or delete it")
@@ -87,6 +96,8 @@ def sidecar_for(ls: LabeledSet, fmt: str) -> dict[str, Any]:
     for key in ("positive_class", "subclass_definition", "generator", "label_noise_rate"):
         if key in ls.info:
             d[key] = ls.info[key]
+    if ls.background_class is not None:
+        d["background_class"] = ls.class_names[ls.background_class]
     return d
 
 
@@ -100,6 +111,7 @@ class Record:
     sub: str
     split: str = ""      # "" = not given
     votes: int = -1      # -1 = unknown
+    group: str = ""      # "" = none (video + polyp id, patient ...)
 
 
 def build_labeled_set(
@@ -132,6 +144,14 @@ def build_labeled_set(
         class_names = list(sc_classes)
     else:
         class_names = sorted(classes_found)
+    bg_name = sidecar.get("background_class")
+    if bg_name is not None and bg_name not in class_names:
+        raise DataError(f"{where}: {SIDECAR} names background_class {bg_name!r}, which is not a class "
+                        f"({', '.join(class_names)}); fix {SIDECAR}")
+    if bg_name is None and BACKGROUND_NAME in class_names:
+        bg_name = BACKGROUND_NAME
+    if bg_name is not None and not sc_classes:   # the "no polyp" class goes last
+        class_names = [c for c in class_names if c != bg_name] + [bg_name]
     if len(class_names) < 2:
         raise DataError(f"{where}: found {len(class_names)} class ({', '.join(class_names) or 'none'}); "
                         "a classifier needs at least 2 classes")
@@ -167,6 +187,14 @@ def build_labeled_set(
     splits = np.array([r.split for r in records], dtype=object)
     votes_list = [r.votes for r in records]
     votes = np.array(votes_list, np.int64) if any(v >= 0 for v in votes_list) else None
+    group_list = [r.group for r in records]
+    groups = None
+    if any(group_list):
+        if not all(group_list):
+            n_empty = sum(not g for g in group_list)
+            raise DataError(f"{where}: {n_empty} image(s) have an empty group while others have one; "
+                            "give every image a group or none")
+        groups = np.array(group_list, dtype=object)
     info: dict[str, Any] = {"warnings": []}
     for key in ("positive_class", "subclass_definition", "generator", "label_noise_rate"):
         if key in sidecar:
@@ -175,6 +203,7 @@ def build_labeled_set(
         name=name, format=fmt, class_names=class_names, subclass_names=subclass_names,
         subclass_to_class=subclass_to_class, labels=labels, subclasses=subs, splits=splits,
         paths=[r.path for r in records], votes=votes, root=root, info=info,
+        background_class=class_names.index(bg_name) if bg_name is not None else None, groups=groups,
     )
 
 

@@ -57,7 +57,9 @@ def dataset_summary(ls: LabeledSet) -> dict[str, Any]:
         "class_names": list(ls.class_names),
         "subclass_names": list(ls.subclass_names),
         "subclass_to_class": [int(v) for v in ls.subclass_to_class],
-        "positive_class": ls.info.get("positive_class", ls.class_names[-1]),
+        "positive_class": ls.info.get("positive_class", [c for i, c in enumerate(ls.class_names)
+                                                         if i != ls.background_class][-1]),
+        "background_class": None if ls.background_class is None else ls.class_names[ls.background_class],
         "subclass_definition": ls.info.get("subclass_definition", "as given (folder / manifest names)"),
         "split_source": ls.info.get("split_source", "given"),
         "split_sizes": {sp: int(np.sum(ls.splits == sp)) for sp in splits},
@@ -80,7 +82,7 @@ def dataset_summary(ls: LabeledSet) -> dict[str, Any]:
         known = ls.votes >= 0
         pos = list(ls.class_names).index(out["positive_class"]) if out["positive_class"] in ls.class_names else 1
         agree = (ls.votes[known] * 2 > n) == (ls.labels[known] == pos)   # votes count the positive class
-        if ls.num_classes == 2:
+        if ls.num_classes - (ls.background_class is not None) == 2:
             out["votes"]["disagree_with_label"] = int(np.sum(~agree))
             if agree.size >= 10 and np.mean(~agree) > 0.5:
                 warnings.append(
@@ -89,14 +91,26 @@ def dataset_summary(ls: LabeledSet) -> dict[str, Any]:
                     "\"positive_class\" in ROOT/dataset.json")
     if "vote_disagreements" in ls.info:
         out["vote_disagreements"] = ls.info["vote_disagreements"]
-    if "true_labels" in ls.info:
-        out["label_noise_rate"] = round(float(np.mean(np.asarray(ls.info["true_labels"]) != ls.labels)), 6)
-        out["label_noise_source"] = "majority vote vs the true latent class (known for synthetic data)"
+    if "true_labels" in ls.info and ls.polyp_mask.any():
+        pm = ls.polyp_mask
+        out["label_noise_rate"] = round(float(np.mean(np.asarray(ls.info["true_labels"])[pm] != ls.labels[pm])), 6)
+        out["label_noise_source"] = "majority vote vs the true latent class, polyp frames (known for synthetic data)"
     elif "label_noise_rate" in ls.info:
         out["label_noise_rate"] = round(float(ls.info["label_noise_rate"]), 6)
         out["label_noise_source"] = "recorded by the synthetic generator (dataset.json)"
     if "generator" in ls.info:
         out["generator"] = ls.info["generator"]
+    if ls.groups is not None:
+        from edgeskd.data.splits import straddling_groups
+
+        leaks = straddling_groups(ls.groups, ls.splits)
+        out["groups"] = {"n_groups": int(len(np.unique(ls.groups.astype(str)))),
+                         "per_split": {sp: int(len(np.unique(ls.groups[ls.splits == sp].astype(str))))
+                                       for sp in splits},
+                         "in_several_splits": leaks}
+        if leaks and not any("more than one split" in w for w in warnings):
+            g, where = next(iter(leaks.items()))
+            warnings.append(f"{len(leaks)} group(s) in more than one split (e.g. {g!r} in {'/'.join(where)})")
     if "skipped_bad" in ls.info:
         out["skipped_bad"] = list(ls.info["skipped_bad"])
     out["warnings"] = warnings

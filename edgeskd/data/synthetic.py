@@ -1,8 +1,12 @@
 """Synthetic endoscopy frames: the embedded default data set (numpy only, vectorised, seeded).
 
+The default set is frames of synthetic clips (``edgeskd.data.clips``: the camera of the synthetic
+video, 3 frames per polyp, ~30 % bare-wall frames of the ``no_polyp`` class with three kinds of wall,
+split by clip); ``make_synthetic_images`` keeps the earlier still images (one centred polyp each).
+
 The generative story (what the labels mean)
 -------------------------------------------
-Each frame shows one polyp of a *true* class (``hyperplastic`` or ``adenoma``). Each class is a
+Each polyp frame shows one polyp of a *true* class (``hyperplastic`` or ``adenoma``). Each class is a
 union of four distinct-looking *subtypes* (colour, size, height, outline, surface pit pattern,
 surface vessels, mucus). The subtypes come in four look-alike pairs, one subtype of each class
 per pair; the two members of a pair share most of their look and differ in one cue, and the cue
@@ -80,8 +84,12 @@ from edgeskd.data.splits import stratified_split
 from edgeskd.errors import UsageError
 
 GENERATOR_VERSION = 3   # seeds the label model and per-sample textures
-RENDER_REVISION = 6     # bump whenever rendered bytes or splits change (it keys the on-disk cache)
-CLASS_NAMES = ("hyperplastic", "adenoma")
+RENDER_REVISION = 7     # bump whenever rendered bytes or splits change (it keys the on-disk cache)
+POLYP_CLASS_NAMES = ("hyperplastic", "adenoma")
+CLASS_NAMES = POLYP_CLASS_NAMES + ("no_polyp",)   # the last class: no polyp in view (bare wall)
+BACKGROUND_CLASS = 2
+# Kinds of bare wall (the no_polyp block): plain wall, a view down the lumen, a blurred wall.
+BACKGROUND_SUBCLASSES = ("mucosa_plain", "mucosa_lumen", "mucosa_blurred")
 POSITIVE_CLASS = 1
 N_ANNOTATORS = 7
 CHUNK = 64  # images rendered per vectorised batch (fixed: results must not depend on it)
@@ -135,8 +143,11 @@ SUBCLASS_STYLES: tuple[SubclassStyle, ...] = (
     SubclassStyle("ad_villous", 1, 0.11, (0.58, 0.20, 0.18), 0.48, 1.10, 1.10, 0.22,
                   0.0, 0.0, 1.0, 0.90, 11.0, 0.60, 0.40, 0.05),
 )
-SUBCLASS_NAMES = tuple(s.name for s in SUBCLASS_STYLES)
-SUBCLASS_TO_CLASS = tuple(s.cls for s in SUBCLASS_STYLES)
+N_POLYP_SUBCLASSES = len(SUBCLASS_STYLES)
+POLYP_SUBCLASS_NAMES = tuple(s.name for s in SUBCLASS_STYLES)
+POLYP_SUBCLASS_TO_CLASS = tuple(s.cls for s in SUBCLASS_STYLES)
+SUBCLASS_NAMES = POLYP_SUBCLASS_NAMES + BACKGROUND_SUBCLASSES
+SUBCLASS_TO_CLASS = POLYP_SUBCLASS_TO_CLASS + (BACKGROUND_CLASS,) * len(BACKGROUND_SUBCLASSES)
 COUNTERPART = (4, 5, 6, 7, 0, 1, 2, 3)  # pair partner in the other class (the blend target)
 BLEND = 0.9                             # look blend = BLEND * ambiguity
 _NUMERIC = [f.name for f in fields(SubclassStyle)
@@ -257,6 +268,22 @@ def render_mucosa(
         rgb[..., c] = ch + (vessel_rgb[c] - ch) * v
     height = 0.10 * tfold + 0.004 * tex
     return rgb, height.astype(np.float32)
+
+
+def render_lumen(rgb: np.ndarray, height: np.ndarray, lumen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A view down the colon: a dark lumen at ``lumen`` (B, 3) = (cx, cy, radius) in view units,
+    ringed by circular folds (height ripples the lighting turns into bright and dark rings)."""
+    B, S = rgb.shape[0], rgb.shape[1]
+    lum = np.asarray(lumen, np.float32).reshape(B, 3)
+    t = _pixel_coords(S)
+    dx = t[None, None, :] - lum[:, 0, None, None]
+    dy = t[None, :, None] - lum[:, 1, None, None]
+    d = np.sqrt(dx * dx + dy * dy) / lum[:, 2, None, None]
+    dark = _smoothstep(1.1, 0.15, d)
+    rings = np.cos(d * np.float32(2 * np.pi / 1.3)) * _smoothstep(3.2, 1.0, d) * _smoothstep(0.6, 1.1, d)
+    rgb = rgb * (1.0 - 0.88 * dark)[..., None]
+    height = height + 0.06 * rings - 0.15 * dark
+    return rgb.astype(np.float32), height.astype(np.float32)
 
 
 def sample_polyp_params(
@@ -588,18 +615,70 @@ def sample_labels(n: int, seed: int, visual: np.ndarray | None = None) -> dict[s
                 votes=votes.astype(np.int64), labels=labels, subclasses=sub.astype(np.int64))
 
 
+def _check_size(n: int, size: int) -> None:
+    if n < 1:
+        raise UsageError(f"--n must be ≥ 1, got {n}")
+    if not 16 <= size <= 1024:
+        raise UsageError(f"--size must be between 16 and 1024 px, got {size}")
+
+
 def make_synthetic(n: int, size: int = 128, seed: int = 0) -> LabeledSet:
-    """The synthetic endoscopy set: ``n`` frames of ``size``² px, split train/val/test
+    """The synthetic endoscopy set: ``n`` frames of ``size``² px taken from synthetic clips
+    (``edgeskd.data.clips``): about 70 % show a polyp (3 frames per polyp, spaced over the camera's
+    visit), about 30 % bare wall (class ``no_polyp``). Split by clip, stratified by subclass,
+    1/2 test : 1/4 val : 1/4 train of the clips (a 5,200-frame set: 1,299 train frames, 1,819
+    test polyp frames).
+
+    Same (n, size, seed) ⇒ same bytes. ``groups`` holds each frame's clip and polyp id;
+    ``info`` carries the hidden truth: ``true_labels``, ``visual_subclasses``, ``ambiguity``
+    and the label-noise rate on polyp frames. Wall frames have votes -1 (unknown).
+    """
+    from edgeskd.data.clips import render_clip_set
+
+    _check_size(n, size)
+    r = render_clip_set(n, size, seed)
+    polyp = r["labels"] != BACKGROUND_CLASS
+    noise = float(np.mean(r["labels"][polyp] != r["true_labels"][polyp])) if polyp.any() else 0.0
+    return LabeledSet(
+        name=f"synthetic-n{n}-s{size}-seed{seed}",
+        format="synthetic",
+        class_names=list(CLASS_NAMES),
+        subclass_names=list(SUBCLASS_NAMES),
+        subclass_to_class=list(SUBCLASS_TO_CLASS),
+        labels=r["labels"],
+        subclasses=r["subclasses"],
+        splits=r["splits"],
+        images=r["images"],
+        votes=r["votes"],
+        n_annotators=N_ANNOTATORS,
+        background_class=BACKGROUND_CLASS,
+        groups=r["groups"],
+        info={
+            "warnings": [],
+            "true_labels": r["true_labels"],
+            "visual_subclasses": r["visual_subclasses"],
+            "ambiguity": r["ambiguity"],
+            "label_noise_rate": noise,
+            "positive_class": CLASS_NAMES[POSITIVE_CLASS],
+            "background_class": CLASS_NAMES[BACKGROUND_CLASS],
+            "subclass_definition": "visual subtype (a lesion whose majority vote flipped takes its "
+                                   "look-alike partner in the other class); no_polyp: kind of bare wall",
+            "split_source": "by clip (no polyp in two splits), stratified by subclass",
+            "generator": {"version": GENERATOR_VERSION, "n": n, "size": size, "seed": seed, "layout": "clips"},
+        },
+    )
+
+
+def make_synthetic_images(n: int, size: int = 128, seed: int = 0) -> LabeledSet:
+    """The earlier still-image layout (for comparison): ``n`` independent images, one polyp each,
+    always in full view, no polyp-free frames, 2 classes, random split by subclass: ``n`` frames of ``size``² px, split train/val/test
     1/4 : 1/4 : 1/2 by subclass (``TEST_SHARE``, ``VAL_SHARE``: a 5,200-frame set trains on 1,300,
     selects and calibrates on 1,300 and tests on 2,600).
 
     Same (n, size, seed) ⇒ same bytes. ``info`` carries the hidden truth: ``true_labels``,
     ``visual_subclasses``, ``ambiguity`` and the resulting ``label_noise_rate``.
     """
-    if n < 1:
-        raise UsageError(f"--n must be ≥ 1, got {n}")
-    if not 16 <= size <= 1024:
-        raise UsageError(f"--size must be between 16 and 1024 px, got {size}")
+    _check_size(n, size)
     lab = sample_labels(n, seed)
     images = np.empty((n, size, size, 3), np.uint8)
 
@@ -618,11 +697,11 @@ def make_synthetic(n: int, size: int = 128, seed: int = 0) -> LabeledSet:
     splits = stratified_split(lab["subclasses"], seed, test=TEST_SHARE, val=VAL_SHARE)
     noise = float(np.mean(lab["labels"] != lab["true_labels"]))
     return LabeledSet(
-        name=f"synthetic-n{n}-s{size}-seed{seed}",
+        name=f"synthetic-images-n{n}-s{size}-seed{seed}",
         format="synthetic",
-        class_names=list(CLASS_NAMES),
-        subclass_names=list(SUBCLASS_NAMES),
-        subclass_to_class=list(SUBCLASS_TO_CLASS),
+        class_names=list(POLYP_CLASS_NAMES),
+        subclass_names=list(POLYP_SUBCLASS_NAMES),
+        subclass_to_class=list(POLYP_SUBCLASS_TO_CLASS),
         labels=lab["labels"],
         subclasses=lab["subclasses"],
         splits=splits,
@@ -638,6 +717,6 @@ def make_synthetic(n: int, size: int = 128, seed: int = 0) -> LabeledSet:
             "positive_class": CLASS_NAMES[POSITIVE_CLASS],
             "subclass_definition": "visual subtype (a lesion whose majority vote flipped takes its "
                                    "look-alike partner in the other class)",
-            "generator": {"version": GENERATOR_VERSION, "n": n, "size": size, "seed": seed},
+            "generator": {"version": GENERATOR_VERSION, "n": n, "size": size, "seed": seed, "layout": "images"},
         },
     )

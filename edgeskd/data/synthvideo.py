@@ -22,8 +22,16 @@ the embedded default data set:
 
 Ground truth (``OUT.labels.csv``): ``frame,class,subclass,has_polyp,visible,polyp_id``. A frame is
 labelled with a polyp's class and subclass when at least ``min_visible`` of the polyp's area is
-inside the field of view; otherwise ``has_polyp`` = 0 and class / subclass are empty (the default
-model has no "no polyp" class, so those frames carry no class label). ``visible`` is the fraction.
+inside the field of view; otherwise ``has_polyp`` = 0 and the frame is labelled ``no_polyp`` with its
+kind of bare wall (``mucosa_plain``, ``mucosa_lumen`` when a lumen is in view, ``mucosa_blurred``
+when the camera moves fast: ``background_kind``, the rule the data set uses). ``visible`` is the
+polyp's fraction in view (a frame with 0 < visible < 0.5 is a no-polyp frame with a polyp at the edge;
+``polyp_id`` is empty on every no-polyp frame, so one polyp id always has one class).
+
+The camera's speed blurs frames (``motion_blur``), and some bare-wall stops look down the lumen
+(a dark hole ringed by folds, ``render_lumen``). The embedded data set draws its frames from clips
+made by this planner (``edgeskd.data.clips``), with seeds of its own, so a video's polyps are
+never among the data set's.
 """
 
 from __future__ import annotations
@@ -58,6 +66,8 @@ class VideoPlan:
     cam: np.ndarray        # (F, 3): x, y, half-width of the view in wall units
     fps: float
     active: np.ndarray     # (F,): the polyp on the wall in each frame (one at a time)
+    lumens: np.ndarray | None = None   # (n_polyps + 1, 3): x, y, radius of a lumen at each bare-wall stop (radius 0: none)
+    segment: np.ndarray | None = None  # (F,): camera segment (2k: stop k → polyp k, 2k+1: polyp k → stop k+1)
 
 
 def _ease(t: np.ndarray) -> np.ndarray:
@@ -68,7 +78,7 @@ def _balanced_subclasses(n: int, rng: np.random.Generator) -> np.ndarray:
     """Visual subclasses of ``n`` polyps: the classes alternate (from a random first one) and each
     class cycles through its subclasses in a seeded order, so a short clip already shows both classes
     and frame-level F1 is defined (drawing from the priors gave 8-s clips with one class only)."""
-    owners = np.asarray(synthetic.SUBCLASS_TO_CLASS)
+    owners = np.asarray(synthetic.POLYP_SUBCLASS_TO_CLASS)
     n_cls = int(owners.max()) + 1
     cycles = [rng.permutation(np.flatnonzero(owners == c)) for c in range(n_cls)]
     first = int(rng.integers(n_cls))
@@ -76,6 +86,7 @@ def _balanced_subclasses(n: int, rng: np.random.Generator) -> np.ndarray:
     return np.array([cycles[c][(i // n_cls) % len(cycles[c])] for i, c in enumerate(cls)], np.int64)
 
 
+LUMEN_STOPS = 0.4   # share of bare-wall stops that look down the lumen
 SEPARATION = 1.75   # wall units between consecutive stops: a polyp is outside the field of view
                     # (radius ~0.95 x half-width ~1.05) while the camera rests on the bare wall beside it
 
@@ -106,7 +117,7 @@ def plan_video(n_frames: int, fps: float, seed: int, *, seconds_per_polyp: float
     keys = []
     for i in range(n_polyps):
         keys.append((*empty_spots[i], rng.uniform(0.95, 1.1), 0.15))
-        keys.append((polyps[i].x, polyps[i].y, rng.uniform(0.85, 1.05), 0.45))
+        keys.append((polyps[i].x, polyps[i].y, rng.uniform(0.8, 1.15), 0.45))
     keys.append((*empty_spots[n_polyps], 1.0, 0.15))
     weights = np.array([k[3] for k in keys[:-1]], np.float64) + 0.4   # dwell + glide per segment
     bounds = np.concatenate([[0.0], np.cumsum(weights / weights.sum())]) * (n_frames - 1)
@@ -114,10 +125,12 @@ def plan_video(n_frames: int, fps: float, seed: int, *, seconds_per_polyp: float
     cam = np.zeros((n_frames, 3))
     f = np.arange(n_frames, dtype=np.float64)
     active = np.full(n_frames, -1, np.int64)
+    segment = np.zeros(n_frames, np.int64)
     for s in range(len(keys) - 1):
         a, b = keys[s], keys[s + 1]
         sel = (f >= bounds[s]) & (f <= bounds[s + 1])
         active[sel] = s // 2   # segments 2k (e_k → polyp k) and 2k+1 (polyp k → e_k+1)
+        segment[sel] = s
         span = max(bounds[s + 1] - bounds[s], 1e-9)
         u = (f[sel] - bounds[s]) / span
         dwell = a[3] / (a[3] + 0.4)                          # hold on key a, then glide to b
@@ -133,7 +146,56 @@ def plan_video(n_frames: int, fps: float, seed: int, *, seconds_per_polyp: float
     lim = WALL_EXTENT - cam[:, 2] - 0.05
     cam[:, 0] = np.clip(cam[:, 0], -lim, lim)
     cam[:, 1] = np.clip(cam[:, 1], -lim, lim)
-    return VideoPlan(polyps, cam, fps, active), lab
+    # some bare-wall stops look down the lumen (drawn last: the draws above stay as they were)
+    has = rng.uniform(size=n_polyps + 1) < LUMEN_STOPS
+    jit = rng.uniform(-0.3, 0.3, (n_polyps + 1, 2))
+    rad = rng.uniform(0.25, 0.4, n_polyps + 1)
+    lumens = np.array([[x + jx, y + jy, r if h else 0.0]
+                       for (x, y), (jx, jy), r, h in zip(empty_spots, jit, rad, has)], np.float64)
+    return VideoPlan(polyps, cam, fps, active, lumens, segment), lab
+
+
+MOTION_BLUR = 0.15 * 64   # blur sigma (px at 128 px) per view half-width moved per frame (exposure ~15 % of it)
+MAX_MOTION_BLUR = 2.4
+BLURRED_WALL = 1.2        # a polyp-free frame with at least this much motion blur is a "mucosa_blurred" frame
+LUMEN_VISIBLE = 0.3       # ... and one showing at least this share of a lumen a "mucosa_lumen" frame
+
+
+def motion_blur(cam: np.ndarray) -> np.ndarray:
+    """(F, 3) camera path → (F,) extra blur sigma (px at 128 px) from the camera's speed in view
+    half-widths per frame (the frame's own move, taken as the move to the next frame)."""
+    step = np.hypot(*np.diff(cam[:, :2], axis=0).T) / cam[:-1, 2]
+    speed = np.concatenate([step, step[-1:]]) if len(step) else np.zeros(len(cam))
+    return np.minimum(speed * MOTION_BLUR, MAX_MOTION_BLUR)
+
+
+def circle_visible(d: np.ndarray, r: np.ndarray, big: np.ndarray | float) -> np.ndarray:
+    """Share of a disc of radius ``r`` whose centre lies ``d`` from the centre of a disc of radius
+    ``big`` that lies inside it (the polyp's share inside the circular field of view)."""
+    d, r = np.asarray(d, np.float64), np.asarray(r, np.float64)
+    R = np.broadcast_to(np.asarray(big, np.float64), d.shape)
+    out = np.zeros(d.shape)
+    inside = d + r <= R
+    out[inside] = 1.0
+    part = ~inside & (d < r + R)
+    if part.any():
+        dd, rr, RR = d[part], r[part], R[part]
+        a = np.clip((dd ** 2 + rr ** 2 - RR ** 2) / (2 * dd * rr + 1e-12), -1, 1)
+        b = np.clip((dd ** 2 + RR ** 2 - rr ** 2) / (2 * dd * RR + 1e-12), -1, 1)
+        k = np.clip((-dd + rr + RR) * (dd + rr - RR) * (dd - rr + RR) * (dd + rr + RR), 0, None)
+        area = rr ** 2 * np.arccos(a) + RR ** 2 * np.arccos(b) - 0.5 * np.sqrt(k)
+        out[part] = np.minimum(area / (np.pi * rr ** 2), np.minimum(1.0, (RR / rr) ** 2))
+    return out
+
+
+def background_kind(lumen_visible: float, blur: float) -> int:
+    """Index in ``synthetic.BACKGROUND_SUBCLASSES`` of a polyp-free frame (the data set and the
+    video label bare wall with this one rule): lumen in view, else blurred, else plain."""
+    if lumen_visible >= LUMEN_VISIBLE:
+        return 1
+    if blur >= BLURRED_WALL:
+        return 2
+    return 0
 
 
 def _sample_view(canvas: np.ndarray, cx: float, cy: float, half: float, size: int) -> np.ndarray:
@@ -212,6 +274,7 @@ class SynthVideo:
         self.look.fov_cx[:] = 0.0
         self.look.fov_cy[:] = 0.0
         self.look_seed = np.array([synthetic._sample_seed(seed, 30_000_001)], np.int64)
+        self.blur = motion_blur(self.plan.cam)   # extra blur per frame from the camera's speed
         tt = (np.arange(R) + 0.5) / R * 2 - 1
         self.fov = (tt[None, :] ** 2 + tt[:, None] ** 2) <= float(self.look.fov_radius[0]) ** 2
         # layout: the square field, height-sized, right of centre; text in the left border
@@ -230,11 +293,32 @@ class SynthVideo:
         return dict(params, cx=np.array([(p.x - cx) / half], np.float32), cy=np.array([(p.y - cy) / half], np.float32),
                     radius=params["radius"] / np.float32(half), pit_period=params["pit_period"] / np.float32(half))
 
+    def _lumen_in_view(self, i: int) -> np.ndarray | None:
+        """(cx, cy, radius) in frame ``i``'s view units of the lumen at the stop the camera is at or
+        moves from/to (segments 2k-1 and 2k belong to stop k), or None."""
+        seg = int(self.plan.segment[i])   # type: ignore[index]
+        stop = (seg + 1) // 2
+        x, y, r = self.plan.lumens[stop]   # type: ignore[index]
+        if r <= 0:
+            return None
+        cx, cy, half = self.plan.cam[i]
+        return np.array([(x - cx) / half, (y - cy) / half, r / half], np.float32)
+
+    def background_subclass(self, i: int) -> int:
+        """Index in ``synthetic.SUBCLASS_NAMES`` of frame ``i`` when it counts as polyp-free."""
+        lum = self._lumen_in_view(i)
+        vis = 0.0 if lum is None else float(circle_visible(np.hypot(lum[0], lum[1]), lum[2],
+                                                           float(self.look.fov_radius[0])))
+        return synthetic.N_POLYP_SUBCLASSES + background_kind(vis, float(self.blur[i]))
+
     def _render(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int]:
         """(rgb, height, polyp mask or None, polyp index or -1) of frame ``i``'s view, before the look."""
         cx, cy, half = self.plan.cam[i]
         view = _sample_view(self.canvas, cx, cy, half, self.render_size)
         rgb, hgt = view[None, ..., :3].copy(), view[None, ..., 3].copy()
+        lum = self._lumen_in_view(i)
+        if lum is not None and np.hypot(lum[0], lum[1]) < 1.5 + 3.2 * lum[2]:
+            rgb, hgt = synthetic.render_lumen(rgb, hgt, lum[None])
         k = int(self.plan.active[i])
         if k < 0:
             return rgb, hgt, None, k
@@ -256,8 +340,11 @@ class SynthVideo:
     def frame(self, i: int) -> np.ndarray:
         from PIL import Image
 
+        from dataclasses import replace
+
         rgb, hgt, _, _ = self._render(i)
-        sq = synthetic.apply_endoscope_look(rgb, hgt, self.look_seed, look=self.look, text=False)[0]
+        look = replace(self.look, blur=self.look.blur + np.float32(self.blur[i]))
+        sq = synthetic.apply_endoscope_look(rgb, hgt, self.look_seed, look=look, text=False)[0]
         if self.side != self.render_size:   # the optics: PIL's filter is fine here (not the model's resize)
             sq = np.asarray(Image.fromarray(sq).resize((self.side, self.side), Image.BILINEAR))
         out = np.full((self.height, self.width, 3), 3, np.uint8)
@@ -301,7 +388,8 @@ class SynthVideo:
                 p = self.plan.polyps[k]
                 w.writerow([i, names[p.label], subs[p.subclass], 1, f"{vis:.3f}", k])
             else:
-                w.writerow([i, "", "", 0, f"{vis:.3f}", "" if k is None or vis <= 0 else k])
+                bg = self.background_subclass(i)
+                w.writerow([i, names[synthetic.BACKGROUND_CLASS], subs[bg], 0, f"{vis:.3f}", ""])
         return buf.getvalue()
 
 

@@ -98,13 +98,34 @@ def _csv_text(rows: list[list[str]]) -> str:
     return buf.getvalue()
 
 
+def _polyp_frames_only(ls: LabeledSet) -> LabeledSet:
+    """``ls`` without its "no polyp" class (its frames, the class and its subclasses)."""
+    bg = ls.background_class
+    keep_sub = [s for s, c in enumerate(ls.subclass_to_class) if c != bg]
+    sub_map = np.full(ls.num_subclasses, -1, np.int64)
+    sub_map[keep_sub] = np.arange(len(keep_sub))
+    cls_map = np.array([c - (bg is not None and c > bg) for c in range(ls.num_classes)], np.int64)
+    out = ls.subset(ls.labels != bg)
+    out.info = {k: v for k, v in out.info.items() if k != "background_class"}
+    out.labels, out.subclasses = cls_map[out.labels], sub_map[out.subclasses]
+    out.class_names = [c for i, c in enumerate(ls.class_names) if i != bg]
+    out.subclass_names = [ls.subclass_names[s] for s in keep_sub]
+    out.subclass_to_class = [int(cls_map[ls.subclass_to_class[s]]) for s in keep_sub]
+    out.background_class = None
+    return out
+
+
 def write_dataset(ls: LabeledSet, out: str | Path, format: str = "folder", *, overwrite: bool = False) -> Path:
     """Write ``ls`` to ``out`` in ``format`` (folder | mhist | manifest), with a dataset.json
-    sidecar (class/subclass order, positive class, synthetic generator facts). Images are PNG
-    (lossless) unless the source file can be copied as is."""
+    sidecar (class/subclass order, positive class, "no polyp" class, synthetic generator facts).
+    Images are PNG (lossless) unless the source file can be copied as is. Groups go to the
+    manifest's ``group`` column (folder: the sidecar). MHIST holds the two polyp classes only:
+    frames of the "no polyp" class are left out."""
     fmt = getattr(format, "value", format)
     if fmt not in WRITE_FORMATS:
         raise UsageError(f"cannot write format {fmt!r}; choose one of {', '.join(WRITE_FORMATS)}")
+    if fmt == "mhist" and ls.background_class is not None:
+        ls = _polyp_frames_only(ls)
     if len(ls) == 0:
         raise DataError("nothing to write: the data set is empty")
     names = image_names(ls)
@@ -136,14 +157,19 @@ def write_dataset(ls: LabeledSet, out: str | Path, format: str = "folder", *, ov
             _write_images(ls, targets)
             if votes is not None:  # a folder tree has no place for votes: keep them in the sidecar
                 side["votes"] = {n: int(v) for n, v in zip(names, votes) if v >= 0}
+            if ls.groups is not None:  # ... nor for groups
+                side["groups"] = {n: str(g) for n, g in zip(names, ls.groups)}
         elif fmt == "manifest":
             rels = [f"images/{n}" for n in names]
             _write_images(ls, [tmp / r for r in rels])
-            rows = [["path", "class", "subclass", "split"] + (["votes"] if votes is not None else [])]
+            rows = [["path", "class", "subclass", "split"] + (["votes"] if votes is not None else [])
+                    + (["group"] if ls.groups is not None else [])]
             for i in range(len(ls)):
                 row = [rels[i], ls.class_names[ls.labels[i]], ls.subclass_names[ls.subclasses[i]], splits[i]]
                 if votes is not None:
                     row.append("" if votes[i] < 0 else str(int(votes[i])))
+                if ls.groups is not None:
+                    row.append(str(ls.groups[i]))
                 rows.append(row)
             (tmp / MANIFEST).write_text(_csv_text(rows), encoding="utf-8")
         else:  # mhist

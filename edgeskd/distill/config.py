@@ -55,6 +55,7 @@ class TrainConfig:
     synthetic_n: int = 3000                 # size of the synthetic set when --data is not given
     data_seed: int = 0                      # split / synthetic-render seed (fixed across --seeds)
     skip_bad: bool = False
+    group_by: str | None = None             # manifest column of each image's group (default: "group")
     # models
     teacher: str = "resnet18"
     student: str = "tiny_cnn"
@@ -269,7 +270,8 @@ def _coerce(key: str, value: Any, source: str) -> Any:
             raise UsageError(f"{source}: {key} must be a comma-separated string or a list of strings")
         return list(value)
     if value is None:
-        if key in ("data", "pretrained", "student_pretrained", "teacher_checkpoint", "out", "amp", "temperature"):
+        if key in ("data", "pretrained", "student_pretrained", "teacher_checkpoint", "out", "amp", "temperature",
+                   "group_by"):
             return None
         raise UsageError(f"{source}: {key} needs a value")
     kind = type(default) if default is not None else {"amp": bool, "temperature": float}.get(key, str)

@@ -22,7 +22,7 @@ def load_training_data(cfg: TrainConfig):
     # every image is decoded once before training starts (and before OUT is written): a corrupt file
     # is named now, not when the teacher reaches it
     dataset = load_dataset(path, fmt, seed=cfg.data_seed, skip_bad=cfg.skip_bad, synthetic_n=cfg.synthetic_n,
-                           img_size=cfg.img_size, verify=path is not None)
+                           img_size=cfg.img_size, verify=path is not None, group_by=cfg.group_by)
     check_trainable(dataset)
     return dataset
 

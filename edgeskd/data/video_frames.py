@@ -1,0 +1,249 @@
+"""Annotated videos → a training set (`edgeskd frames`): frames + a grouped manifest.
+
+Input: videos and, for each, a per-frame labels CSV ``frame,class[,subclass],polyp_id`` (what
+``edgeskd synth-video`` writes; other columns such as ``has_polyp`` and ``visible`` are ignored).
+Every frame of the video has one row. A frame whose class is empty or ``no_polyp`` has no polyp in
+view: it becomes the "no polyp" class (its subclass, when given, is the kind of bare wall; else
+``no_polyp``). A polyp frame needs its ``polyp_id``; one polyp has one class.
+
+Output (written atomically: nothing is left behind when any input is bad)::
+
+    OUT/manifest.csv      path,class,subclass,group[,split]
+    OUT/images/<video stem>/<frame>.png
+    OUT/dataset.json      class order (the "no polyp" class last), background_class
+
+``group`` = ``<video stem>/polyp<id>`` for polyp frames and ``<video stem>/nopolyp<k>`` for the
+k-th stretch of polyp-free frames of a video: `train` splits by it, so no polyp is in two splits.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from edgeskd.data.records import BACKGROUND_NAME, SIDECAR, SIDECAR_VERSION
+from edgeskd.errors import DataError, UsageError
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+HEADER = ("path", "class", "subclass", "group")
+
+
+@dataclass
+class FrameLabel:
+    cls: str          # BACKGROUND_NAME for no polyp
+    sub: str
+    polyp: str        # polyp id ("" for no polyp)
+
+
+def _check_name(value: str, what: str, where: str) -> str:
+    if not _NAME.match(value):
+        raise DataError(f"{where}: {what} {value!r} is not a usable name (letters, digits, _ . + - only)")
+    return value
+
+
+def read_video_labels(path: Path, *, classes: Sequence[str] | None = None) -> list[FrameLabel]:
+    """Rows of a labels CSV, indexed by frame (frames 0..N-1, each once)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read labels file {path}: {e}") from None
+    reader = csv.DictReader(text.splitlines())
+    fields = [(f or "").strip().lower() for f in (reader.fieldnames or [])]
+    missing = [c for c in ("frame", "class", "polyp_id") if c not in fields]
+    if missing:
+        raise DataError(f"labels file {path} lacks column(s) {', '.join(missing)} (found: {', '.join(fields) or 'none'}); "
+                        "the header is frame,class[,subclass],polyp_id")
+    rows: dict[int, FrameLabel] = {}
+    polyp_class: dict[str, tuple[str, int]] = {}
+    for ln, raw in enumerate(reader, start=2):
+        row = {(k or "").strip().lower(): (v or "").strip() for k, v in raw.items()}
+        where = f"{path}:{ln}"
+        try:
+            frame = int(row["frame"])
+        except ValueError:
+            raise DataError(f"{where}: frame {row['frame']!r} is not an integer") from None
+        if frame < 0 or frame in rows:
+            raise DataError(f"{where}: frame {frame} is " + ("negative" if frame < 0 else "listed twice"))
+        cls, sub, pid = row["class"], row.get("subclass", ""), row["polyp_id"]
+        if cls == "" or cls.lower() == BACKGROUND_NAME:
+            rows[frame] = FrameLabel(BACKGROUND_NAME, _check_name(sub, "subclass", where) if sub else BACKGROUND_NAME, "")
+            continue
+        _check_name(cls, "class", where)
+        if classes is not None and cls not in classes:
+            raise DataError(f"{where}: unknown class {cls!r}; --classes allows {', '.join(classes)} "
+                            f"(and {BACKGROUND_NAME} / empty for frames with no polyp)")
+        if not pid or pid == "-1":
+            raise DataError(f"{where}: a {cls} frame without a polyp_id; give every polyp frame its polyp's id")
+        _check_name(pid, "polyp_id", where)
+        first = polyp_class.setdefault(pid, (cls, ln))
+        if first[0] != cls:
+            raise DataError(f"{where}: polyp {pid} is {cls} here but {first[0]} on line {first[1]}; "
+                            "one polyp has one class")
+        rows[frame] = FrameLabel(cls, _check_name(sub, "subclass", where) if sub else cls, pid)
+    if not rows:
+        raise DataError(f"labels file {path} has no rows")
+    n = max(rows) + 1
+    if len(rows) != n:
+        gap = next(i for i in range(n) if i not in rows)
+        raise DataError(f"labels file {path} has no row for frame {gap}; give every frame of the video a row")
+    return [rows[i] for i in range(n)]
+
+
+def frame_groups(stem: str, labels: list[FrameLabel]) -> list[str]:
+    """Group of each frame: the polyp, or the stretch of polyp-free frames it lies in."""
+    out, stretch, prev_bg = [], -1, False
+    for lab in labels:
+        bg = lab.cls == BACKGROUND_NAME
+        if bg and not prev_bg:
+            stretch += 1
+        out.append(f"{stem}/nopolyp{stretch}" if bg else f"{stem}/polyp{lab.polyp}")
+        prev_bg = bg
+    return out
+
+
+def _content_box(frames: list[np.ndarray]) -> tuple[int, int, int, int] | None:
+    """Median content area (x, y, w, h) of a few full-size RGB frames (the stream's detector)."""
+    from edgeskd.stream.crop import detect_content_area
+
+    boxes = []
+    for f in frames:
+        H, W = f.shape[:2]
+        step = max(1.0, max(W, H) / 192)
+        rows = np.minimum(((np.arange(int(round(H / step))) + 0.5) * step).astype(np.intp), H - 1)
+        cols = np.minimum(((np.arange(int(round(W / step))) + 0.5) * step).astype(np.intp), W - 1)
+        box = detect_content_area(f[rows][:, cols])
+        if box is not None:
+            x, y, w, h = box
+            boxes.append((int(x * step), int(y * step), int(round(w * step)), int(round(h * step))))
+    if not boxes:
+        return None
+    x, y, w, h = (int(v) for v in np.median(np.array(boxes), 0))
+    return x, y, w, h
+
+
+def _decode(video: Path):
+    """Iterator of RGB uint8 frames; a video that does not decode is a one-line DataError."""
+    try:
+        import av
+    except ImportError:
+        raise UsageError("reading video needs PyAV: pip install av") from None
+    try:
+        with av.open(str(video)) as container:
+            if not container.streams.video:
+                raise DataError(f"{video} has no video stream")
+            for frame in container.decode(video=0):
+                yield frame.to_ndarray(format="rgb24")
+    except DataError:
+        raise
+    except Exception as e:  # av.error.* and friends: one line, no library text dump
+        raise DataError(f"cannot decode {video}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+
+CROP_LOOKAHEAD = 15   # frames the content area is found on (their median box)
+
+
+def _frames_of(video: Path, crop: bool):
+    """(index, RGB frame) of every frame, cropped to the content area found on the first frames."""
+    it = _decode(video)
+    head = list(itertools.islice(it, CROP_LOOKAHEAD))
+    box = _content_box(head) if crop and head else None
+    for i, rgb in enumerate(itertools.chain(head, it)):
+        if box is not None:
+            x, y, w, h = box
+            rgb = rgb[y:y + h, x:x + w]
+        yield i, rgb
+
+
+def _class_order(found: set[str]) -> tuple[list[str], dict]:
+    """Classes (the "no polyp" class last) and what the sidecar says beyond the order."""
+    from edgeskd.data import synthetic as sy
+
+    polyp = found - {BACKGROUND_NAME}
+    extra: dict = {}
+    if polyp <= set(sy.POLYP_CLASS_NAMES):   # the synthetic video: its class order and positive class
+        order = [c for c in sy.POLYP_CLASS_NAMES]
+        extra["positive_class"] = sy.CLASS_NAMES[sy.POSITIVE_CLASS]
+    else:
+        order = sorted(polyp)
+    if BACKGROUND_NAME in found:
+        order.append(BACKGROUND_NAME)
+        extra["background_class"] = BACKGROUND_NAME
+    return order, extra
+
+
+def _subclass_order(classes: list[str], pairs: set[tuple[str, str]]) -> dict:
+    """Sidecar subclass order: the synthetic set's order for its names, else sorted within a class."""
+    from edgeskd.data import synthetic as sy
+
+    rank = {n: i for i, n in enumerate(sy.SUBCLASS_NAMES)}
+    names, owners = [], []
+    for ci, c in enumerate(classes):
+        subs = sorted({s for cc, s in pairs if cc == c}, key=lambda s: (rank.get(s, len(rank)), s))
+        names += subs
+        owners += [ci] * len(subs)
+    if len(set(names)) != len(names):   # a name under two classes: let the reader qualify it
+        return {}
+    return {"subclass_names": names, "subclass_to_class": owners}
+
+
+def write_frames(videos: Sequence[Path], labels: Sequence[Path], out: Path, *, every: int = 1,
+                 split: str | None = None, classes: Sequence[str] | None = None, crop: bool = True,
+                 overwrite: bool = False, progress=None) -> dict:
+    """Decode ``videos``, keep every ``every``-th frame, write them with their labels as a grouped
+    manifest under ``out``. Returns a summary (frames, per class, groups)."""
+    from edgeskd.data.writers import _csv_text, _png_bytes, atomic_dir, check_output_dir
+
+    if len(videos) != len(labels):
+        raise UsageError(f"{len(videos)} video(s) but {len(labels)} --labels file(s); give one labels CSV per video")
+    if every < 1:
+        raise UsageError(f"--every must be >= 1, got {every}")
+    stems = [Path(v).stem for v in videos]
+    if len(set(stems)) != len(stems):
+        raise UsageError("two videos have the same file name stem; groups are named by it — rename one")
+    for v in videos:
+        if not Path(v).is_file():
+            raise UsageError(f"video {v} not found")
+    check_output_dir(out, overwrite=overwrite)
+    all_labels = [read_video_labels(Path(p), classes=classes) for p in labels]   # every input checked first
+    rows: list[list[str]] = []
+    found: set[str] = set()
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        for video, stem, labs in zip(videos, stems, all_labels):
+            groups = frame_groups(stem, labs)
+            (tmp / "images" / stem).mkdir(parents=True)
+            n = 0
+            for i, img in _frames_of(Path(video), crop):
+                n = i + 1
+                if i >= len(labs) or i % every:
+                    continue
+                rel = f"images/{stem}/{i:06d}.png"
+                (tmp / rel).write_bytes(_png_bytes(img))
+                rows.append([rel, labs[i].cls, labs[i].sub, groups[i]] + ([split] if split else []))
+                found.add(labs[i].cls)
+                if progress is not None:
+                    progress(video, i, len(labs))
+            if n == 0:
+                raise DataError(f"{video}: no frames decoded; is it a video?")
+            if n != len(labs):
+                raise DataError(f"{video} has {n} frames but its labels file has {len(labs)} rows; "
+                                "give the labels of this video (one row per frame)")
+        if len(found - {BACKGROUND_NAME}) == 0:
+            raise DataError("no polyp frames among the kept frames; a training set needs polyp classes")
+        order, extra = _class_order(found)
+        extra.update(_subclass_order(order, {(r[1], r[2]) for r in rows}))
+        (tmp / "manifest.csv").write_text(_csv_text([list(HEADER) + (["split"] if split else [])] + rows),
+                                          encoding="utf-8")
+        side = {"edgeskd_dataset": SIDECAR_VERSION, "format": "manifest", "class_names": order, **extra,
+                "source": {"videos": [str(v) for v in videos], "every": every}}
+        (tmp / SIDECAR).write_text(json.dumps(side, indent=2) + "\n", encoding="utf-8")
+    counts = {c: sum(r[1] == c for r in rows) for c in order}
+    return {"out": str(out), "frames": len(rows), "videos": len(videos), "per_class": counts,
+            "groups": len({r[3] for r in rows}), "manifest": str(out / "manifest.csv")}
+

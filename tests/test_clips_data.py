@@ -1,0 +1,232 @@
+"""The video-first synthetic default (frames of clips, a no_polyp class, groups, splits by clip),
+group splits and leakage checks, manifests with groups, and `edgeskd frames`."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from edgeskd.data import load_dataset
+from edgeskd.data import synthetic as sy
+from edgeskd.data.base import LabeledSet
+from edgeskd.data.clips import BACKGROUND_SHARE, FRAMES_PER_POLYP, circle_visible
+from edgeskd.data.splits import group_split, straddling_groups
+from edgeskd.errors import DataError, UsageError
+
+
+@pytest.fixture(autouse=True)
+def _cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("EDGESKD_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def clip_set():
+    return sy.make_synthetic(400, 32, seed=1)
+
+
+def test_clip_set_counts_classes_and_groups(clip_set):
+    ls = clip_set
+    assert ls.class_names == ["hyperplastic", "adenoma", "no_polyp"] and ls.background_class == 2
+    assert ls.subclass_names[:8] == list(sy.POLYP_SUBCLASS_NAMES)
+    assert ls.subclass_names[8:] == ["mucosa_plain", "mucosa_lumen", "mucosa_blurred"]
+    assert np.array_equal(np.asarray(ls.subclass_to_class)[ls.subclasses], ls.labels)
+    bg = ls.labels == 2
+    assert abs(bg.mean() - BACKGROUND_SHARE) < 0.01
+    assert set(np.unique(ls.subclasses[bg])) == {8, 9, 10}            # every kind of bare wall occurs
+    assert (ls.votes[bg] == -1).all() and (ls.votes[~bg] >= 0).all()  # wall frames: votes unknown
+    # groups: each polyp is one group of FRAMES_PER_POLYP frames with one label, subclass and vote count
+    for g in np.unique(ls.groups[~bg]):
+        rows = ls.groups == g
+        assert rows.sum() <= FRAMES_PER_POLYP and str(g).endswith("/polyp0")
+        assert len(set(ls.labels[rows])) == len(set(ls.subclasses[rows])) == len(set(ls.votes[rows])) == 1
+    assert all(str(g).endswith("/wall0") for g in ls.groups[bg])
+    # the frames of one polyp are different views (camera moved), not copies
+    g = ls.groups[~bg][0]
+    imgs = ls.images[ls.groups == g].astype(int)
+    assert np.abs(imgs[0] - imgs[1]).mean() > 5
+
+
+def test_clip_set_splits_keep_clips_whole(clip_set):
+    ls = clip_set
+    assert straddling_groups(ls.groups, ls.splits) == {}
+    clips = np.array([g.split("/")[0] for g in ls.groups])
+    assert straddling_groups(clips, ls.splits) == {}                  # a clip's wall goes with its polyp
+    n = {s: int((ls.splits == s).sum()) for s in ("train", "val", "test")}
+    assert 0.4 < n["test"] / len(ls) < 0.6 and 0.15 < n["train"] / len(ls) < 0.35
+    for s in ("train", "val", "test"):
+        assert set(ls.labels[ls.splits == s]) == {0, 1, 2}
+
+
+def test_clip_set_is_deterministic_and_labels_do_not_depend_on_size():
+    a, b = sy.make_synthetic(60, 32, seed=3), sy.make_synthetic(60, 32, seed=3)
+    assert a.images.tobytes() == b.images.tobytes() and list(a.groups) == list(b.groups)
+    c = sy.make_synthetic(60, 48, seed=3)
+    assert list(c.labels) == list(a.labels) and list(c.splits) == list(a.splits)
+    assert not np.array_equal(sy.make_synthetic(60, 32, seed=4).labels, a.labels)
+
+
+def test_default_load_is_the_clip_set_and_the_cache_keeps_groups(tmp_path):
+    ls = load_dataset(None, synthetic_n=300, img_size=128)
+    assert list((tmp_path / "cache").glob("synthetic-*.npz"))
+    again = load_dataset(None, synthetic_n=300, img_size=128)
+    assert again.background_class == 2 and list(again.groups) == list(ls.groups)
+    assert list(again.splits) == list(ls.splits) and "clip" in again.info["split_source"]
+
+
+def test_old_still_image_layout_stays_reachable():
+    old = sy.make_synthetic_images(40, 32, seed=0)
+    assert old.class_names == ["hyperplastic", "adenoma"] and old.background_class is None and old.groups is None
+
+
+def test_circle_visible():
+    assert circle_visible(np.array([0.0]), np.array([0.2]), 1.0)[0] == 1.0
+    assert circle_visible(np.array([3.0]), np.array([0.2]), 1.0)[0] == 0.0
+    half = circle_visible(np.array([1.0]), np.array([0.01]), 1.0)[0]
+    assert 0.45 < half < 0.55                                          # a small disc on the rim: half in
+
+
+# ----------------------------------------------------------------------------------------------
+# group splits
+# ----------------------------------------------------------------------------------------------
+def test_group_split_keeps_groups_whole_and_stratifies():
+    rng = np.random.default_rng(0)
+    groups = np.repeat([f"v{i // 10}/p{i}" for i in range(200)], rng.integers(1, 8, 200))
+    strata = np.array([hash(g) % 4 for g in groups])
+    sp = group_split(strata, groups, seed=0)
+    assert straddling_groups(groups, sp) == {}
+    for s, want in (("train", 0.7), ("val", 0.15), ("test", 0.15)):
+        assert abs(np.mean(sp == s) - want) < 0.03
+        for k in range(4):
+            assert abs(np.mean(sp[strata == k] == s) - want) < 0.1
+    assert list(group_split(strata, groups, seed=0)) == list(sp)       # seeded
+    # a handful of groups still fills all three splits
+    few = np.repeat(["a", "b", "c", "d", "e", "f"], 5)
+    assert set(group_split(np.zeros(30), few, seed=1)) == {"train", "val", "test"}
+
+
+def test_straddling_groups_found():
+    found = straddling_groups(np.array(["a", "a", "b", "c", "c"]), np.array(["train", "test", "train", "val", "val"]))
+    assert found == {"a": ["test", "train"]}
+
+
+def _manifest(tmp_path, header, rows):
+    from PIL import Image
+
+    (tmp_path / "img").mkdir(exist_ok=True)
+    for r in rows:
+        Image.fromarray(np.full((8, 8, 3), 100, np.uint8)).save(tmp_path / r[0])
+    p = tmp_path / "m.csv"
+    p.write_text("\n".join([",".join(header)] + [",".join(r) for r in rows]) + "\n")
+    return p
+
+
+def test_manifest_group_column_splits_by_group_and_reports_leaks(tmp_path):
+    rows = [[f"img/{i}.png", "ad" if i % 2 else "hp", "a" if i % 2 else "h", f"pt{i // 4}"] for i in range(80)]
+    p = _manifest(tmp_path, ["path", "class", "subclass", "patient"], rows)
+    with pytest.raises(DataError, match="no such column; the columns are path,class,subclass,patient"):
+        load_dataset(p, group_by="group")
+    with pytest.raises(DataError, match="unknown column"):
+        load_dataset(p)                                                # patient is not a column we know
+    ls = load_dataset(p, group_by="patient")
+    assert ls.groups is not None and straddling_groups(ls.groups, ls.splits) == {}
+    assert "by group" in ls.info["split_source"]
+    with pytest.raises(UsageError, match="manifest"):
+        load_dataset(None, group_by="patient")
+    # a given split that puts one group in two splits: a warning, and info's summary lists it
+    rows2 = [r[:3] + [r[3], "train" if i % 4 else "test"] for i, r in enumerate(rows)]
+    p2 = _manifest(tmp_path, ["path", "class", "subclass", "group", "split"], rows2)
+    leaky = load_dataset(p2)
+    assert any("more than one split" in w for w in leaky.info["warnings"])
+    from edgeskd.data.stats import dataset_summary
+
+    assert len(dataset_summary(leaky)["groups"]["in_several_splits"]) == 20
+
+
+def test_manifest_background_class_goes_last_and_sidecar_names_it(tmp_path):
+    rows = [[f"img/{i}.png", ["zeta", "alpha", "no_polyp"][i % 3], "s", f"g{i}"] for i in range(60)]
+    ls = load_dataset(_manifest(tmp_path, ["path", "class", "subclass", "group"], rows))
+    assert ls.class_names == ["alpha", "zeta", "no_polyp"] and ls.background_class == 2
+    (tmp_path / "dataset.json").write_text(json.dumps({"background_class": "zeta"}))
+    assert load_dataset(tmp_path / "m.csv").class_names[-1] == "zeta"
+    (tmp_path / "dataset.json").write_text(json.dumps({"background_class": "nope"}))
+    with pytest.raises(DataError, match="background_class 'nope'"):
+        load_dataset(tmp_path / "m.csv")
+
+
+def test_labeled_set_subsets_groups():
+    ls = LabeledSet("x", "manifest", ["a", "b"], ["a", "b"], [0, 1], np.array([0, 1, 0]), np.array([0, 1, 0]),
+                    np.array(["train"] * 3), images=np.zeros((3, 2, 2, 3), np.uint8), groups=np.array(["g", "h", "g"]),
+                    background_class=1)
+    sub = ls.subset(np.array([False, True, True]))
+    assert list(sub.groups) == ["h", "g"] and list(ls.polyp_mask) == [True, False, True]
+
+
+# ----------------------------------------------------------------------------------------------
+# `edgeskd frames`
+# ----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def video(tmp_path_factory):
+    pytest.importorskip("av")
+    from edgeskd.data.synthvideo import write_synth_video
+
+    d = tmp_path_factory.mktemp("vid")
+    info = write_synth_video(d / "clip.mp4", seconds=24, fps=5, size=(160, 96), seed=2, render_size=64)
+    return d / "clip.mp4", d / "clip.labels.csv", info
+
+
+def test_frames_writes_a_grouped_manifest_that_trains_by_group(video, tmp_path, cli):
+    vid, lab, info = video
+    out = tmp_path / "fr"
+    r = cli("frames", vid, "--labels", lab, "--every", "2", "--out", out)
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader((out / "manifest.csv").open()))
+    assert list(rows[0]) == ["path", "class", "subclass", "group"] and len(rows) == (info["frames"] + 1) // 2
+    truth = list(csv.DictReader(lab.open()))
+    for row in rows:
+        t = truth[int(row["path"].split("/")[-1].split(".")[0])]
+        assert row["class"] == t["class"] and row["subclass"] == t["subclass"]
+        want = f"clip/polyp{t['polyp_id']}" if t["has_polyp"] == "1" else "clip/nopolyp"
+        assert row["group"].startswith(want)
+    ls = load_dataset(out / "manifest.csv")
+    assert ls.class_names == ["hyperplastic", "adenoma", "no_polyp"] and ls.background_class == 2
+    assert ls.info["positive_class"] == "adenoma" and straddling_groups(ls.groups, ls.splits) == {}
+    crop = ls.load_image(0)
+    assert abs(crop.shape[0] - crop.shape[1]) <= 6 and crop.shape[1] < 120  # the square field, not the 160x96 frame
+    r = cli("info", out / "manifest.csv")
+    assert r.exit_code == 0 and "in more than one split: 0" in r.output
+    r = cli("frames", vid, "--labels", lab, "--out", out)
+    assert r.exit_code == 2 and "--overwrite" in r.output
+
+
+def _bad_labels(tmp_path, lab, edit):
+    rows = lab.read_text().splitlines()
+    p = tmp_path / "bad.labels.csv"
+    p.write_text("\n".join(edit(rows)) + "\n")
+    return p
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda rows: rows[:-3], "frames but its labels file has"),
+    (lambda rows: [rows[0]] + [r.replace("adenoma", "sessile") for r in rows[1:]], "unknown class 'sessile'"),
+    (lambda rows: [rows[0].replace("polyp_id", "pid")] + rows[1:], "lacks column(s) polyp_id"),
+])
+def test_frames_bad_labels_one_line_nothing_written(video, tmp_path, cli, edit, message):
+    vid, lab, _ = video
+    bad = _bad_labels(tmp_path, lab, edit)
+    out = tmp_path / "o"
+    r = cli("frames", vid, "--labels", bad, "--out", out, "--classes", "hyperplastic,adenoma")
+    assert r.exit_code != 0 and message in r.output, r.output
+    assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["bad.labels.csv"]
+
+
+def test_frames_undecodable_video(video, tmp_path, cli):
+    _, lab, _ = video
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"not a video at all" * 100)
+    r = cli("frames", junk, "--labels", lab, "--out", tmp_path / "o")
+    assert r.exit_code != 0 and "junk.mp4" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "o").exists()
