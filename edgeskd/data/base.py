@@ -32,6 +32,7 @@ class LabeledSet:
     votes: np.ndarray | None = None              # (N,) int64 or None
     root: Path | None = None
     n_annotators: int = 7
+    background_class: int | None = None          # the "no polyp" class (its own subclasses), or None
     info: dict[str, Any] = field(default_factory=dict)  # format-specific notes (e.g. vote disagreements);
     # per-sample np.ndarray entries of length N (synthetic "true_labels", ...) are subset along with the rows
 
