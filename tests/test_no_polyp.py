@@ -210,3 +210,18 @@ def test_three_class_set_with_background_trains_end_to_end(tmp_path, monkeypatch
     report = (tmp_path / "run" / "report.md").read_text()
     assert "Presence" in report
     json.loads((tmp_path / "run" / "metrics.json").read_text())
+
+
+def test_clinical_figures_of_an_artifact_are_those_of_its_polyp_only_view():
+    from edgeskd.clinical.artifact import clinical_figures
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 3, 400)
+    x = _logits_for(y, rng, strength=1.5)
+    full = clinical_figures(x, BG_META, y)
+    polyp = y != 2
+    alone = clinical_figures(x[polyp][:, :4], BG_META.polyp_only(), y[polyp])
+    for k in ("ece", "nll", "coverage", "npv", "ppv", "n_negative_calls", "n_positive_calls"):
+        assert full[k] == alone[k], k
+    with pytest.raises(ValueError, match="no labelled case shows a polyp"):
+        clinical_figures(x[~polyp], BG_META, y[~polyp])
