@@ -162,6 +162,16 @@ class ModelMeta:
         bg = self.background_class
         if bg is None:
             return self
+        cached = self.__dict__.get("_polyp_only")
+        if cached is None:   # per frame in the stream: built once (any field set clears it, __setattr__)
+            cached = self.__dict__["_polyp_only"] = self._build_polyp_only(bg)
+        return cached
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        self.__dict__.pop("_polyp_only", None)
+
+    def _build_polyp_only(self, bg: int) -> "ModelMeta":
         keep = [k for k, c in enumerate(self.subclass_to_class) if c != bg]
         shift = (lambda c: c - 1 if c > bg else c)  # noqa: E731
         sub_t = self.subclass_temperatures

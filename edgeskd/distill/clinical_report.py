@@ -121,7 +121,8 @@ def image_test_figures(logits: np.ndarray, meta, test) -> dict[str, Any]:
     op = evaluate_operating_point(calibrated_probabilities(p_logits, p_meta), p_labels, meta.threshold,
                                   int(p_meta.positive_class))
     keep = ("n", "accuracy", "f1", "auc", "per_subclass_accuracy", "presence")
-    return {"split": "test", **{k: m[k] for k in keep if k in m},
+    return {"split": "test", "model": meta.model_name, "precision": meta.precision,   # of the trained (FP32) model
+            **{k: m[k] for k in keep if k in m},
             "calls": {k: op[k] for k in ("threshold", "coverage", "accuracy", "npv", "npv_ci95", "n_negative_calls",
                                          "ppv", "ppv_ci95", "n_positive_calls")}}
 

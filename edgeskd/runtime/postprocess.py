@@ -71,15 +71,31 @@ def class_probabilities(logits: np.ndarray, meta, temperature: float | None = No
     (1 − P(background)) × ``conditional_probabilities`` at the polyp classes."""
     bg = getattr(meta, "background_class", None)
     if bg is not None:
-        return _compose(background_probability(logits, meta),
-                        conditional_probabilities(logits, meta, temperature).astype(np.float32), bg)
-    t = case_temperatures(logits, meta, temperature)
+        p_bg, cond = _presence_parts(logits, meta, temperature)
+        return _compose(p_bg, cond, bg)
+    return _scaled_softmax(_class_logits(logits, meta), case_temperatures(logits, meta, temperature))
+
+
+def _class_logits(logits: np.ndarray, meta) -> np.ndarray:
     if meta.output == "subclass_logits":
-        logits = subclass_to_class_logits(logits, meta.subclass_to_class)
-    z = np.asarray(logits, dtype=np.float32)
+        return subclass_to_class_logits(logits, meta.subclass_to_class)
+    return np.asarray(logits, dtype=np.float32)
+
+
+def _scaled_softmax(z: np.ndarray, t: float | np.ndarray) -> np.ndarray:
+    z = np.asarray(z, dtype=np.float32)
     if isinstance(t, float):
         return softmax(z if t == 1.0 else z / np.float32(t), axis=1)
     return softmax(z / t.astype(np.float32), axis=1)
+
+
+def _presence_parts(logits: np.ndarray, meta, temperature: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """(P(background) (N,), conditional probabilities (N, C')) from one pass over the class logits:
+    the polyp classes' logsumexp logits are the same with or without the background block."""
+    z = _class_logits(logits, meta)
+    p_bg = softmax(z.astype(np.float64), axis=1)[:, meta.background_class]
+    t = case_temperatures(polyp_logits(logits, meta), meta.polyp_only(), temperature)
+    return p_bg, _scaled_softmax(z[:, meta.polyp_classes], t)
 
 
 DEFAULT_PRESENCE_THRESHOLD = 0.5   # "no polyp" when P(background) >= this and the artifact names none
@@ -100,10 +116,7 @@ def background_probability(logits: np.ndarray, meta) -> np.ndarray | None:
     bg = getattr(meta, "background_class", None)
     if bg is None:
         return None
-    z = np.asarray(logits, dtype=np.float32)
-    if meta.output == "subclass_logits":
-        z = subclass_to_class_logits(z, meta.subclass_to_class)
-    return softmax(z.astype(np.float64), axis=1)[:, bg]
+    return softmax(_class_logits(logits, meta).astype(np.float64), axis=1)[:, bg]
 
 
 def presence_threshold(meta) -> float:
@@ -117,7 +130,7 @@ def conditional_probabilities(logits: np.ndarray, meta, temperature: float | Non
     (C' = C − 1; all C classes, i.e. ``class_probabilities``, without a background class)."""
     if getattr(meta, "background_class", None) is None:
         return class_probabilities(logits, meta, temperature)
-    return class_probabilities(polyp_logits(logits, meta), meta.polyp_only(), temperature)
+    return _presence_parts(logits, meta, temperature)[1]
 
 
 def _compose(p_bg: np.ndarray, cond: np.ndarray, bg: int) -> np.ndarray:
