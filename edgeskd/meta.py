@@ -11,6 +11,14 @@ the case's own T with 1/T = Σ_k q_k / T_k, q = its subclass probabilities; a fr
 polyp gets a call only when its highest calibrated probability reaches ``threshold`` (None: no
 threshold was chosen, every case gets its argmax). Artifacts written before these keys existed load
 with 1.0, None and None.
+
+``background_class`` names the class that means "no polyp in view" (a background class with its own
+subclasses, distilled like any other; None: every case shows a polyp, as in artifacts written before
+the key existed). With one, the HP-vs-adenoma figures and the temperature(s) and ``threshold`` above
+are those of the probabilities **conditional on a polyp** (softmax over the other classes' logits,
+``polyp_only()``), and a frame shows "no polyp" when P(background) = softmax of the raw class logits
+at its background column reaches ``presence_threshold`` (chosen on validation by training; None: 0.5,
+"more likely than not").
 """
 
 from __future__ import annotations
@@ -50,6 +58,8 @@ class ModelMeta:
     temperature: float = 1.0              # calibrated probabilities = softmax(class logits / temperature)
     subclass_temperatures: list[float] | None = None   # T_k per subclass (subclass-logit models only)
     threshold: float | None = None        # confidence a call needs, in (0.5, 1); None = argmax, no abstention
+    background_class: int | None = None   # the "no polyp" class; None = every case shows a polyp
+    presence_threshold: float | None = None  # P(background) at which a frame is "no polyp"; None = 0.5
     extra: dict[str, Any] = field(default_factory=dict)  # trt_version, compute_capability, ...
 
     def __post_init__(self) -> None:
@@ -62,6 +72,10 @@ class ModelMeta:
             self.subclass_temperatures = [float(v) for v in self.subclass_temperatures]
         if self.threshold is not None:
             self.threshold = float(self.threshold)
+        if self.background_class is not None:
+            self.background_class = int(self.background_class)
+        if self.presence_threshold is not None:
+            self.presence_threshold = float(self.presence_threshold)
         self.validate()
 
     # -- checks -----------------------------------------------------------------
@@ -97,6 +111,23 @@ class ModelMeta:
                 raise bad("subclass_temperatures must all be finite numbers > 0")
         if self.threshold is not None and not 0.5 < self.threshold < 1.0:
             raise bad(f"threshold {self.threshold} must lie in (0.5, 1) or be null")
+        self._validate_background(bad)
+
+    def _validate_background(self, bad) -> None:
+        bg = self.background_class
+        if bg is None:
+            if self.presence_threshold is not None:
+                raise bad("presence_threshold needs a background_class")
+            return
+        if not 0 <= bg < self.num_classes:
+            raise bad(f"background_class {bg} is not a class index 0..{self.num_classes - 1}")
+        if self.num_classes < 3:
+            raise bad("a background class needs at least 2 other classes")
+        if int(self.positive_class) == bg:
+            raise bad("positive_class cannot be the background class")
+        pt = self.presence_threshold
+        if pt is not None and not (math.isfinite(pt) and 0.0 < pt < 1.0):
+            raise bad(f"presence_threshold {pt} must lie in (0, 1) or be null")
 
     # -- derived ----------------------------------------------------------------
     @property
@@ -110,6 +141,46 @@ class ModelMeta:
     @property
     def num_outputs(self) -> int:
         return self.num_subclasses if self.output == "subclass_logits" else self.num_classes
+
+    @property
+    def polyp_classes(self) -> list[int]:
+        """The class indices that show a polyp (every class without a background class)."""
+        return [c for c in range(self.num_classes) if c != self.background_class]
+
+    def polyp_outputs(self) -> list[int]:
+        """The output columns of the polyp classes (their subclass logits, or their class logits)."""
+        keep = set(self.polyp_classes)
+        if self.output == "subclass_logits":
+            return [k for k, c in enumerate(self.subclass_to_class) if c in keep]
+        return list(self.polyp_classes)
+
+    def polyp_only(self) -> "ModelMeta":
+        """The metadata of the model conditional on a polyp: the background class and its subclasses
+        left out (class indices above it shift down by one), so its outputs are ``polyp_outputs()``.
+        The temperature(s) and threshold are kept (they are those of the conditional probabilities).
+        Without a background class: this metadata itself."""
+        bg = self.background_class
+        if bg is None:
+            return self
+        cached = self.__dict__.get("_polyp_only")
+        if cached is None:   # per frame in the stream: built once (any field set clears it, __setattr__)
+            cached = self.__dict__["_polyp_only"] = self._build_polyp_only(bg)
+        return cached
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        self.__dict__.pop("_polyp_only", None)
+
+    def _build_polyp_only(self, bg: int) -> "ModelMeta":
+        keep = [k for k, c in enumerate(self.subclass_to_class) if c != bg]
+        shift = (lambda c: c - 1 if c > bg else c)  # noqa: E731
+        sub_t = self.subclass_temperatures
+        return self.replace(
+            class_names=[n for c, n in enumerate(self.class_names) if c != bg],
+            subclass_names=[self.subclass_names[k] for k in keep],
+            subclass_to_class=[shift(self.subclass_to_class[k]) for k in keep],
+            subclass_temperatures=None if sub_t is None else [sub_t[k] for k in keep],
+            positive_class=shift(int(self.positive_class)), background_class=None, presence_threshold=None)
 
     # -- (de)serialisation ----------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

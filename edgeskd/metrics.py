@@ -22,6 +22,9 @@ import numpy as np
 # Keys of a metrics dict that hold rates (fractions); ``n`` and ``confusion`` are counts.
 RATE_KEYS = ("f1", "f1_macro", "accuracy", "precision", "recall", "auc", "subclass_accuracy",
              "per_subclass_accuracy")
+# ... and of the "presence" block of a model with a "no polyp" class (``edgeskd.runtime.polyp_view``)
+PRESENCE_RATE_KEYS = ("sensitivity", "false_presence", "auc")
+PRESENCE_CI_KEYS = ("sensitivity_ci95", "false_presence_ci95")
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
@@ -146,6 +149,15 @@ def present(metrics: Mapping[str, Any], *, scale: float, digits: int) -> dict[st
         if k in out:
             v = out[k]
             out[k] = {name: one(x) for name, x in v.items()} if isinstance(v, Mapping) else one(v)
+    if isinstance(out.get("presence"), Mapping):
+        pres = dict(out["presence"])
+        for k in PRESENCE_RATE_KEYS:
+            if k in pres:
+                pres[k] = one(pres[k])
+        for k in PRESENCE_CI_KEYS:
+            if pres.get(k) is not None:
+                pres[k] = [one(x) for x in pres[k]]
+        out["presence"] = pres
     return out
 
 

@@ -31,7 +31,7 @@ ROW_KEYS = ("name", "path", "backend", "precision", "size_mb", "params", "f1", "
             "gflops_achieved", "pct_of_gemm_peak", "speedup_vs_torch_student", "f1_change_vs_fp32",
             "ece_change_vs_fp32", "npv_change_vs_fp32", "coverage_change_vs_fp32",
             "per_subclass_accuracy", "subclass_change_vs_fp32", "worst_subclass_change",
-            "model_name", "fp32_source_model", "status", "error")
+            "presence", "model_name", "fp32_source_model", "status", "error")
 
 
 @dataclass
@@ -86,6 +86,9 @@ class Row:
     per_subclass_accuracy: dict[str, float] = field(default_factory=dict)
     subclass_change_vs_fp32: dict[str, float] = field(default_factory=dict)
     worst_subclass_change: dict[str, Any] | None = None    # {"subclass", "change"}: the largest drop
+    # a model with a "no polyp" class: the figures above are on the polyp images (conditional
+    # probabilities); presence (sensitivity, false presence, AUC; percent) apart. None without one
+    presence: dict[str, Any] | None = None
     model_name: str = ""
     fp32_source_model: str = ""    # a QAT model's FP32 student (the model_name its FP32 source has)
     status: str = "ok"
@@ -202,6 +205,7 @@ def bench_artifact(art: Artifact, dataset, opts: BenchOptions, *, input_cache: d
                 raw = evaluate_runner(runner, dataset, batch_size=opts.eval_batch)
                 m = as_percent(raw)
                 row.f1, row.accuracy, row.auc = m["f1"], m["accuracy"], m["auc"]
+                row.presence = m.get("presence")
                 _add_clinical(row, raw["logits"], meta, dataset.labels)
                 row.per_subclass_accuracy = {k: v for k, v in (m.get("per_subclass_accuracy") or {}).items()
                                              if v is not None}

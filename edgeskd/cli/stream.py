@@ -105,10 +105,16 @@ def _print_summary(result) -> None:
     console.print(
         f"processed {stats['frames_processed']} of {stats['frames_decoded']} decoded frames "
         f"(dropped {stats['frames_dropped']}) at {stats['fps']:.1f} fps{ratio}; "
-        f"latency p50 {latency['p50']} / p95 {latency['p95']} / p99 {latency['p99']} ms "
+        f"live latency p50 {latency['p50']} / p95 {latency['p95']} / p99 {latency['p99']} ms "
         f"[{source['preprocess']} preprocessing, {source['backend']}]",
         markup=False, soft_wrap=True,   # the brackets are text, not a rich style tag
     )
+    rec = stats.get("recording")
+    if rec:
+        lag = rec["lag_ms"]
+        console.print(f"recording (off the live path): {rec['frames_written']} frames written, "
+                      f"{rec['frames_skipped']} skipped; queue max {rec['queue_max']} of {rec['queue_size']}; "
+                      f"lag p50 {lag['p50']} / p99 {lag['p99']} ms", soft_wrap=True)
     if "labels" in stats and stats["labels"]["frames_evaluated"]:
         labels = stats["labels"]
         raw, smoothed = labels["raw"], labels["smoothed"]
@@ -120,6 +126,7 @@ def _print_summary(result) -> None:
         )
     if "labels" in stats:
         _print_clinical(stats["labels"])
+        _print_video(stats["labels"].get("video"))
     for kind, path in result.outputs.items():
         console.print(f"{kind}: {path}")
 
@@ -128,18 +135,56 @@ def _pct(v) -> str:
     return "—" if v is None else f"{100 * v:.1f} %"
 
 
+def _ci(ci) -> str:
+    return "" if not ci else f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+
+
+def _print_video(video: dict | None) -> None:
+    """The video figures beside the artifact's image-test figures (figures on this video, not a clinical validation)."""
+    if not video:
+        return
+    img = video.get("image_test") or {}
+    pf = video["polyp_frames"]
+    if pf["n"]:
+        beside = f" (image test {_pct(img.get('accuracy'))})" if img else ""
+        pres = (f"; presence {_pct(pf['presence_sensitivity'])}{_ci(pf.get('presence_sensitivity_ci95'))} of them"
+                if "presence_sensitivity" in pf else "")
+        console.print(f"video, {pf['n']} polyp frames: accuracy {_pct(pf['accuracy'])}{_ci(pf['accuracy_ci95'])}"
+                      f"{beside}{pres}", soft_wrap=True)
+    for name, sub in (video.get("per_subtype") or {}).items():
+        beside = f" (image test {_pct(sub['image_test_accuracy'])})" if sub.get("image_test_accuracy") is not None else ""
+        console.print(f"  {name}: {sub['n']} frames, accuracy {_pct(sub['accuracy'])}{beside}", soft_wrap=True)
+    if video.get("per_subtype_note"):
+        console.print(f"  per subtype: {video['per_subtype_note']}", soft_wrap=True)
+    npf = video["no_polyp_frames"]
+    if npf["n"]:
+        per_min = npf["false_alarms_per_minute"]
+        console.print(f"video, {npf['n']} frames without a polyp: class call on {_pct(npf['class_call_share'])}"
+                      f"{_ci(npf['class_call_share_ci95'])}; {npf['false_alarms']} false alarms"
+                      f" ({'—' if per_min is None else f'{per_min:.2f}'} per minute; {npf['episode_rule']})",
+                      soft_wrap=True)
+    neg = video.get("negative_polyps_called")
+    if neg and neg["n_polyps"]:
+        console.print(f"non-positive polyps with a confident non-positive call on some frame: {neg['with_negative_call']} "
+                      f"of {neg['n_polyps']}", soft_wrap=True)
+    if video.get("image_test_note"):
+        console.print(f"image test: {video['image_test_note']}", soft_wrap=True)
+
+
 def _print_clinical(labels: dict) -> None:
     """Frame states and per-polyp decisions at the threshold (figures on this video, not a clinical validation)."""
     thr = labels.get("threshold")
     at = f"threshold {thr:.3f} ({labels.get('threshold_source')})" if thr is not None else "no threshold (argmax)"
     fs = labels["frame_states"]["raw"]
-    console.print(f"frame states at {at}: coverage {_pct(fs['coverage'])}, accuracy of calls {_pct(fs['accuracy'])}, "
-                  f"NPV {_pct(fs['npv'])} ({fs['n_negative_calls']} negative calls)", soft_wrap=True)
+    console.print(f"frame states at {at}: coverage {_pct(fs['coverage'])}{_ci(fs.get('coverage_ci95'))}, accuracy of "
+                  f"calls {_pct(fs['accuracy'])}, NPV {_pct(fs['npv'])}{_ci(fs.get('npv_ci95'))} "
+                  f"({fs['n_negative_calls']} negative calls), PPV {_pct(fs['ppv'])}{_ci(fs.get('ppv_ci95'))}",
+                  soft_wrap=True)
     pp = labels.get("per_polyp")
     if pp is None:
         console.print(f"per polyp: {labels.get('per_polyp_note')}", soft_wrap=True)
         return
-    console.print(f"per polyp ({pp['n_labelled']} polyps): accuracy at argmax {_pct(pp['accuracy_argmax'])} vs "
-                  f"frame-level {_pct(labels['raw']['accuracy'])}; coverage {_pct(pp['coverage'])}, accuracy of "
-                  f"calls {_pct(pp['accuracy'])}, NPV {_pct(pp['npv'])} ({pp['n_negative_calls']} negative calls)",
-                  soft_wrap=True)
+    console.print(f"per polyp ({pp['n_labelled']} polyps): accuracy at argmax {_pct(pp['accuracy_argmax'])}"
+                  f"{_ci(pp.get('accuracy_argmax_ci95'))} vs frame-level {_pct(labels['raw']['accuracy'])}; coverage "
+                  f"{_pct(pp['coverage'])}, accuracy of calls {_pct(pp['accuracy'])}, NPV {_pct(pp['npv'])}"
+                  f"{_ci(pp.get('npv_ci95'))} ({pp['n_negative_calls']} negative calls)", soft_wrap=True)

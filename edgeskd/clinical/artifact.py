@@ -6,6 +6,8 @@ From the artifact's raw outputs and its own metadata: ECE (15 bins) and NLL of t
 calibrated with the artifact's temperature(s), and at the artifact's threshold (None: at argmax,
 coverage 100 %) coverage, NPV and PPV with 95 % Wilson intervals. ``as_percent`` gives the units of
 bench.json and build reports (rates in percent, threshold and temperature as stored, NLL in nats).
+With a "no polyp" class these figures are on the cases that show a polyp, from the probabilities
+conditional on a polyp (``edgeskd.runtime.polyp_view``); presence figures are apart (``presence``).
 """
 
 from __future__ import annotations
@@ -27,13 +29,19 @@ def clinical_figures(logits: Any, meta: Any, labels: Any) -> dict[str, Any]:
     """Fractions: ``ece``, ``nll``, ``coverage``, ``npv`` (+ ``npv_ci95``, ``n_negative_calls``),
     ``ppv`` (+ ``ppv_ci95``, ``n_positive_calls``) at ``meta.threshold``; and the artifact's
     ``temperature``, ``subclass_temperatures`` and ``threshold``."""
+    from edgeskd.runtime.polyp_view import polyp_view
+
     y = np.asarray(labels, dtype=np.int64)
     if len(y) == 0:
         raise ValueError("no labelled cases for the clinical figures")
+    full_meta, view = meta, polyp_view(logits, meta, y)
+    logits, meta, y = view.logits, view.meta, view.labels
+    if len(y) == 0:
+        raise ValueError("no labelled case shows a polyp: no HP-vs-adenoma figures")
     probs = calibrated_probabilities(logits, meta)
     op = evaluate_operating_point(probs, y, meta.threshold, int(meta.positive_class))
     return {
-        "temperature": float(meta.temperature), "subclass_temperatures": meta.subclass_temperatures,
+        "temperature": float(meta.temperature), "subclass_temperatures": full_meta.subclass_temperatures,
         "threshold": meta.threshold,
         "ece": ece(probs, y), "nll": nll(class_logits(logits, meta), y, case_temperatures(logits, meta)),
         "coverage": op["coverage"], "npv": op["npv"], "npv_ci95": op["npv_ci95"],

@@ -31,6 +31,8 @@ MIN_CALLS = 10                   # a rate on fewer calls does not count as reach
 MIN_THRESHOLD_SAMPLES = 20       # fewer validation cases: no threshold
 LOW_CONFIDENCE = "low confidence"
 NO_CALL = -1                     # the decision code of a low-confidence case
+NO_POLYP = "no polyp"            # the state of a frame a model with a background class finds empty
+NO_POLYP_CALL = -2               # its decision code (no call, like NO_CALL, but for another reason)
 
 
 def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float] | None:
@@ -81,9 +83,15 @@ def decide(probs: Any, threshold: float | None) -> np.ndarray:
     return np.where(p.max(axis=1) >= float(threshold), pred, NO_CALL)
 
 
+def state_name(decision: int, class_names: Sequence[str]) -> str:
+    """One decision → its display state: a class name, ``LOW_CONFIDENCE`` or ``NO_POLYP``."""
+    d = int(decision)
+    return NO_POLYP if d == NO_POLYP_CALL else LOW_CONFIDENCE if d < 0 else class_names[d]
+
+
 def state_names(decisions: Sequence[int] | np.ndarray, class_names: Sequence[str]) -> list[str]:
-    """Decisions → display states: a class name, or ``LOW_CONFIDENCE``."""
-    return [LOW_CONFIDENCE if int(d) < 0 else class_names[int(d)] for d in decisions]
+    """Decisions → display states: a class name, ``LOW_CONFIDENCE`` or ``NO_POLYP``."""
+    return [state_name(d, class_names) for d in decisions]
 
 
 def _rate(k: int, n: int) -> float | None:

@@ -28,6 +28,7 @@ import numpy as np
 from edgeskd.clinical import (NPV_TARGET, calibrated_probabilities, class_logits, ece, ece_sampling_floor,
                               fit_subclass_temperatures, fit_temperature, nll, operating_point, paired_difference,
                               temperature_interval, wilson_interval)
+from edgeskd.runtime.polyp_view import polyp_view
 from edgeskd.runtime.postprocess import case_temperatures
 
 PCT_KEYS = ("coverage", "accuracy", "sensitivity", "specificity", "npv", "ppv")
@@ -37,34 +38,93 @@ LABELS = {"student-none": "plain", "student-kd": "KD", "student-skd": "SKD", "te
 
 
 # -- in the training loop -----------------------------------------------------------------------------
+def _polyp(logits: np.ndarray, meta, labels: np.ndarray):
+    """(logits, metadata, labels) of the cases that show a polyp, conditional on a polyp: the whole
+    input for a model without a "no polyp" class (``edgeskd.runtime.polyp_view``)."""
+    v = polyp_view(logits, meta, labels)
+    return v.logits, v.meta, v.labels
+
+
+def _full_subclass_temperatures(meta, polyp_temps: list[float] | None, t: float) -> list[float] | None:
+    """Per-subclass temperatures fitted on the polyp-only view, one per subclass of ``meta``: the
+    background subclasses (if any) get the global ``t`` (unused: presence is read at T = 1)."""
+    if polyp_temps is None or meta.background_class is None:
+        return polyp_temps
+    it = iter(polyp_temps)
+    return [t if c == meta.background_class else next(it) for c in meta.subclass_to_class]
+
+
 def calibrate_student(ctx, r) -> None:
     """Fit ``r``'s temperature (and, for a subclass-logit student, per-subclass temperatures when they
     beat it out of sample) and its threshold on validation, evaluate them on test, and store them in
     ``r.meta`` and in its saved checkpoint (rank 0 writes). Every rank calls this (the validation
-    logits are gathered over ranks)."""
+    logits are gathered over ranks). With a "no polyp" class: temperatures and threshold on the polyp
+    images (conditional probabilities), the presence threshold on all validation images
+    (``edgeskd.clinical.presence``); the checkpoint also carries the image-test figures
+    (``meta.extra["image_test"]``) that the stream shows beside its video figures."""
     from edgeskd.distill import ddp
 
     val, test = ctx.val_split, ctx.test_split
     val_logits = ctx.predict(r.model, "val", r.meta)
-    z_val = class_logits(val_logits, r.meta)
-    fit = fit_temperature(z_val, val.labels)
+    v_logits, v_meta, v_labels = _polyp(val_logits, r.meta, val.labels)
+    z_val = class_logits(v_logits, v_meta)
+    fit = fit_temperature(z_val, v_labels)
     t = fit.temperature if fit.ok else 1.0
-    fit_record = {**fit.to_dict(), "temperature_ci95": temperature_interval(z_val, val.labels) if fit.ok else None}
+    fit_record = {**fit.to_dict(), "temperature_ci95": temperature_interval(z_val, v_labels) if fit.ok else None}
     per_sub = None
     if fit.ok and r.meta.output == "subclass_logits":
-        sub = fit_subclass_temperatures(val_logits, val.labels, r.meta.subclass_to_class, t)
+        sub = fit_subclass_temperatures(v_logits, v_labels, v_meta.subclass_to_class, t)
         fit_record["subclass"] = sub.to_dict()
-        per_sub = sub.temperatures
+        per_sub = _full_subclass_temperatures(r.meta, sub.temperatures, t)
     r.meta = r.meta.replace(temperature=t, subclass_temperatures=per_sub)
-    op = operating_point(calibrated_probabilities(val_logits, r.meta), val.labels,
-                         calibrated_probabilities(r.test_logits, r.meta), test.labels,
-                         positive=int(r.meta.positive_class))
+    t_logits, t_meta, t_labels = _polyp(r.test_logits, r.meta, test.labels)
+    op = operating_point(calibrated_probabilities(v_logits, r.meta.polyp_only()), v_labels,
+                         calibrated_probabilities(t_logits, t_meta), t_labels, positive=int(t_meta.positive_class))
     r.meta = r.meta.replace(threshold=op["threshold"])
     r.extra["clinical"] = {"fit": fit_record, "operating_point": op}
+    if r.meta.background_class is not None:
+        _choose_presence(r, val_logits, val.labels, test.labels)
+    r.meta = r.meta.replace(extra={**r.meta.extra, "image_test": image_test_figures(r.test_logits, r.meta, test)})
     if ctx.dist.is_main and r.path is not None:
         rewrite_checkpoint_meta(r.path, r.meta, {"temperature_fit": fit_record, "threshold": op["threshold"],
-                                                 "threshold_reason": op["reason"]})
+                                                 "threshold_reason": op["reason"],
+                                                 "presence": r.extra["clinical"].get("presence")})
     ddp.barrier(ctx.dist)
+
+
+def _choose_presence(r, val_logits: np.ndarray, val_labels: np.ndarray, test_labels: np.ndarray) -> None:
+    """The presence threshold chosen on validation into ``r.meta``; its test figures into ``r.test``
+    (percent, as the rest of it) and ``r.extra["clinical"]["presence"]``."""
+    from edgeskd.clinical.presence import select_presence_threshold
+    from edgeskd.metrics import as_percent
+    from edgeskd.runtime.polyp_view import view_presence
+
+    v = polyp_view(val_logits, r.meta, val_labels)
+    choice = select_presence_threshold(v.p_background, v.mask)
+    r.meta = r.meta.replace(presence_threshold=choice.threshold)
+    on_test = view_presence(polyp_view(r.test_logits, r.meta, test_labels), r.meta)
+    r.test["presence"] = as_percent({"presence": on_test})["presence"]
+    r.extra["clinical"]["presence"] = {"validation": choice.to_dict(), "test": on_test}
+
+
+def image_test_figures(logits: np.ndarray, meta, test) -> dict[str, Any]:
+    """The figures of this model on the test images (fractions), which the stream shows beside the
+    same model's figures on video: accuracy, F1, AUC and per-subclass accuracy (on the images that
+    show a polyp), the calls at the artifact's threshold (coverage, NPV, PPV with intervals) and, with
+    a "no polyp" class, presence."""
+    from edgeskd.clinical.operating_point import evaluate_operating_point
+    from edgeskd.runtime.evaluate import evaluate_logits
+
+    m = evaluate_logits(logits, meta, test.labels, getattr(test, "subclasses", None),
+                        getattr(test, "subclass_names", None))
+    p_logits, p_meta, p_labels = _polyp(logits, meta, test.labels)
+    op = evaluate_operating_point(calibrated_probabilities(p_logits, p_meta), p_labels, meta.threshold,
+                                  int(p_meta.positive_class))
+    keep = ("n", "accuracy", "f1", "auc", "per_subclass_accuracy", "presence")
+    return {"split": "test", "model": meta.model_name, "precision": meta.precision,   # of the trained (FP32) model
+            **{k: m[k] for k in keep if k in m},
+            "calls": {k: op[k] for k in ("threshold", "coverage", "accuracy", "npv", "npv_ci95", "n_negative_calls",
+                                         "ppv", "ppv_ci95", "n_positive_calls")}}
 
 
 def rewrite_checkpoint_meta(path: Path, meta, clinical: dict[str, Any]) -> None:
@@ -110,20 +170,20 @@ def op_percent(op: dict[str, Any]) -> dict[str, Any]:
 def _calibration_of(r, labels: np.ndarray) -> dict[str, Any]:
     """ECE (percent) and NLL of one seed's model on test, before and (students) after its deployed
     calibration (its temperature, or its per-subclass temperatures), and after the one temperature."""
-    logits = r.test_logits
-    z = class_logits(logits, r.meta)
-    raw = calibrated_probabilities(logits, r.meta, 1.0)
-    out: dict[str, Any] = {"ece": _pct(ece(raw, labels)), "nll": round(nll(z, labels), 6)}
+    logits, meta, labels = _polyp(r.test_logits, r.meta, labels)
+    z = class_logits(logits, meta)
+    raw = calibrated_probabilities(logits, meta, 1.0)
+    out: dict[str, Any] = {"n": int(len(labels)), "ece": _pct(ece(raw, labels)), "nll": round(nll(z, labels), 6)}
     clin = r.extra.get("clinical")
     deployed = raw
     if clin is not None:
         fit = clin["fit"]
         t = fit["temperature"] if fit["temperature"] is not None else 1.0
-        deployed = calibrated_probabilities(logits, r.meta)
-        one_t = calibrated_probabilities(logits, r.meta, t)
+        deployed = calibrated_probabilities(logits, meta)
+        one_t = calibrated_probabilities(logits, meta, t)
         sub = fit.get("subclass") or {}
         out.update(ece_calibrated=_pct(ece(deployed, labels)),
-                   nll_calibrated=round(nll(z, labels, case_temperatures(logits, r.meta)), 6),
+                   nll_calibrated=round(nll(z, labels, case_temperatures(logits, meta)), 6),
                    ece_one_temperature=_pct(ece(one_t, labels)), nll_one_temperature=round(nll(z, labels, t), 6),
                    method="subclass_temperatures" if r.meta.subclass_temperatures is not None else "temperature",
                    temperature=fit["temperature"], subclass_temperatures=r.meta.subclass_temperatures,
@@ -156,7 +216,7 @@ def add_to_metrics(metrics: dict[str, Any], per_seed: dict[int, dict[str, Any]],
                                          "nll_one_temperature", "temperature")
                                if any(k in e for e in each)}
         cal["ece_sampling_floor"] = {k: _mean([e["ece_sampling_floor"][k] for e in each]) for k in ("mean", "p95")}
-        cal.update(n_bins=15, split="test", n=int(len(labels)))
+        cal.update(n_bins=15, split="test", n=each[0]["n"])
         if "temperature" in cal:
             cal["fitted_on"] = "val"
             cal["temperature_ci95"] = each[0].get("temperature_ci95") if len(each) == 1 else None   # see per_seed
@@ -173,20 +233,22 @@ def add_to_metrics(metrics: dict[str, Any], per_seed: dict[int, dict[str, Any]],
             op["seed"] = runs[0][0]
             op["per_seed"] = [_op_brief(s, r) for s, r in runs]
             m["operating_point"] = op
-    metrics["coverage_differences"] = coverage_differences(per_seed[seeds[0]])
+    metrics["coverage_differences"] = coverage_differences(per_seed[seeds[0]], labels)
     metrics["clinical_note"] = ("calibration and operating points describe this data set's test split, with "
                                 "temperature and threshold chosen on its validation split; not a clinical validation")
 
 
-def coverage_differences(models: dict[str, Any]) -> dict[str, Any]:
+def coverage_differences(models: dict[str, Any], labels: np.ndarray) -> dict[str, Any]:
     """Coverage (share of test images with a call at each student's own threshold) of each pair of
-    students, as a difference in points with a 95 % paired bootstrap interval over the test images."""
+    students, as a difference in points with a 95 % paired bootstrap interval over the test images
+    (with a "no polyp" class: those that show a polyp)."""
     called = {}
     for name in STUDENTS:
         r = models.get(name)
         if r is None or r.test_logits is None or r.meta.threshold is None:
             continue
-        called[name] = calibrated_probabilities(r.test_logits, r.meta).max(axis=1) >= r.meta.threshold
+        logits, meta, _ = _polyp(r.test_logits, r.meta, labels)
+        called[name] = calibrated_probabilities(logits, meta).max(axis=1) >= r.meta.threshold
     out = {}
     names = list(called)
     for i, a in enumerate(names):
@@ -215,16 +277,17 @@ def write_plots(out: Path, per_seed: dict[int, dict[str, Any]], dataset) -> list
         if clin is None or r.test_logits is None:
             continue
         t = clin["fit"]["temperature"]
-        before = calibrated_probabilities(r.test_logits, r.meta, 1.0)
-        after = calibrated_probabilities(r.test_logits, r.meta) if t is not None else None
+        logits, meta, y = _polyp(r.test_logits, r.meta, labels)
+        before = calibrated_probabilities(logits, meta, 1.0)
+        after = calibrated_probabilities(logits, meta) if t is not None else None
         how = None
         if r.meta.subclass_temperatures is not None:
             how = f"{sum(clin['fit']['subclass']['own'])} subclass temperatures"
         elif t is not None:
             how = f"temperature-scaled (T = {t:.3g})"
         fname = f"reliability_{name}.png"
-        write_reliability_diagram(Path(out) / fname, before, labels, calibrated=after, calibrated_label=how,
-                                  title=f"{name}: test split ({len(labels)} images)")
+        write_reliability_diagram(Path(out) / fname, before, y, calibrated=after, calibrated_label=how,
+                                  title=f"{name}: test split ({len(y)} images)")
         written.append(fname)
     return written
 
@@ -332,6 +395,25 @@ def _comparison(models: dict[str, Any], diffs: dict[str, Any]) -> list[str]:
     return out
 
 
+def _presence_lines(models: dict[str, Any]) -> list[str]:
+    """The presence figures ("no polyp" class) apart from the HP-vs-adenoma figures above."""
+    rows = [(n, m["presence"]) for n, m in models.items() if m.get("presence")]
+    if not rows:
+        return []
+    from edgeskd.clinical.presence import FALSE_PRESENCE_TARGET
+
+    lines = ["Presence (\"no polyp\" class): the figures above are on the test images that show a polyp, from the "
+             "probabilities conditional on a polyp. A frame is \"no polyp\" when P(no polyp) reaches the presence "
+             f"threshold, chosen on validation as the highest threshold (at most 0.5) that calls at most "
+             f"{100 * FALSE_PRESENCE_TARGET:g} % of the polyp-free validation images present.", "",
+             "| model | presence threshold | sensitivity on polyp images (%) | false presence on polyp-free images (%) "
+             "| presence AUC (%) |", "|---|---:|---:|---:|---:|"]
+    for name, p in rows:
+        lines.append(f"| {name} | {p['threshold']:.3f} | {_f(p.get('sensitivity'))} | {_f(p.get('false_presence'))} "
+                     f"| {_f(p.get('auc'))} |")
+    return lines + [""]
+
+
 def section(metrics: dict[str, Any]) -> list[str]:
     """The "Calibration and operating points" section of report.md (empty without the figures); the
     reliability diagrams are among the run's plots (``metrics["files"]``)."""
@@ -371,6 +453,7 @@ def section(metrics: dict[str, Any]) -> list[str]:
               "exported from it.", ""]
     lines += _operating_table(models) + [""]
     lines += [f"- {s}" for s in _comparison(models, metrics.get("coverage_differences") or {})] + [""]
+    lines += _presence_lines(models)
     plots = [f for f in metrics.get("files", []) if f.startswith("reliability_")]
     if plots:
         lines += ["Reliability diagrams (test split, before and after the deployed calibration, under Plots): "

@@ -27,6 +27,7 @@ def teacher_meta(dataset, cfg: TrainConfig) -> ModelMeta:
     return ModelMeta(class_names=list(dataset.class_names), subclass_names=names, subclass_to_class=idx,
                      input_size=(cfg.img_size, cfg.img_size), output="subclass_logits", arch=cfg.teacher,
                      model_name="teacher", positive_class=positive_class(dataset),
+                     background_class=getattr(dataset, "background_class", None),
                      extra={"subclasses": cfg.subclasses})
 
 
@@ -38,7 +39,7 @@ def student_meta(mode: str, tmeta: ModelMeta, dataset, cfg: TrainConfig) -> Mode
     return ModelMeta(class_names=list(dataset.class_names), subclass_names=names, subclass_to_class=idx,
                      input_size=tmeta.input_size, output=output, mean=tmeta.mean, std=tmeta.std,
                      arch=cfg.student, model_name=f"student-{mode}", positive_class=tmeta.positive_class,
-                     extra={"subclasses": cfg.subclasses, "distillation": mode})
+                     background_class=tmeta.background_class, extra={"subclasses": cfg.subclasses, "distillation": mode})
 
 
 def check_teacher_matches(tmeta: ModelMeta, dataset, cfg: TrainConfig, path: str) -> None:
@@ -46,6 +47,9 @@ def check_teacher_matches(tmeta: ModelMeta, dataset, cfg: TrainConfig, path: str
     if tmeta.output != "subclass_logits":
         raise ArtifactError(f"--teacher-checkpoint {path} is a {tmeta.output} model ({tmeta.model_name}); "
                             "give a teacher.pt (subclass logits)")
+    if tmeta.background_class != getattr(dataset, "background_class", None):
+        raise DataError(f"--teacher-checkpoint {path} has background class {tmeta.background_class}, the data has "
+                        f"{getattr(dataset, 'background_class', None)}; train a new teacher on this data")
     if list(tmeta.class_names) != list(dataset.class_names):
         raise DataError(f"--teacher-checkpoint {path} was trained on classes {tmeta.class_names}, the data has "
                         f"{list(dataset.class_names)}; train a new teacher on this data")

@@ -23,15 +23,21 @@ COMPARISONS = {"skd-kd": ("student-skd", "student-kd"), "skd-none": ("student-sk
 SHORT = {"student-skd": "SKD", "student-kd": "KD", "student-none": "plain", "teacher": "teacher"}
 
 
-def _predicted_classes(r) -> np.ndarray:
+def _predicted_classes(r, test_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """(labels, predicted classes, positive class) of the test images that show a polyp, in the
+    polyp-only indexing (all images, as they are, for a model without a background class): the
+    HP-vs-adenoma argmax of the probabilities conditional on a polyp."""
+    from edgeskd.runtime.polyp_view import polyp_view
     from edgeskd.runtime.postprocess import class_probabilities
 
-    return class_probabilities(np.asarray(r.test_logits, dtype=np.float32), r.meta).argmax(axis=1)
+    view = polyp_view(np.asarray(r.test_logits, dtype=np.float32), r.meta, test_labels)
+    return view.labels, class_probabilities(view.logits, view.meta).argmax(axis=1), int(view.meta.positive_class)
 
 
 def comparisons(per_seed: dict[int, dict[str, Any]], test_labels: np.ndarray, positive: int) -> dict[str, Any]:
     """Paired test-F1 differences SKD − KD, SKD − plain, KD − plain (those whose models ran): mean over
-    seeds, per seed, and a 95 % paired bootstrap interval over test images pooled over seeds."""
+    seeds, per seed, and a 95 % paired bootstrap interval over test images pooled over seeds (with a
+    "no polyp" class: over the test images that show a polyp, ``_predicted_classes``)."""
     from edgeskd.distill.stats import METHOD, paired_bootstrap_f1
 
     seeds = sorted(per_seed)
@@ -41,8 +47,10 @@ def comparisons(per_seed: dict[int, dict[str, Any]], test_labels: np.ndarray, po
         if not all(a in r and b in r and r[a].test_logits is not None and r[b].test_logits is not None
                    for r in runs):
             continue
-        res = paired_bootstrap_f1([test_labels] * len(runs), [_predicted_classes(r[a]) for r in runs],
-                                  [_predicted_classes(r[b]) for r in runs], positive=positive)
+        pa = [_predicted_classes(r[a], test_labels) for r in runs]
+        pb = [_predicted_classes(r[b], test_labels) for r in runs]
+        res = paired_bootstrap_f1([p[0] for p in pa], [p[1] for p in pa], [p[1] for p in pb],
+                                  positive=pa[0][2] if pa else positive)
         out[key] = {"a": a, "b": b, **res, "method": METHOD,
                     "seed_variance": "the interval resamples test images, not training seeds (see per_seed)"
                     if len(seeds) > 1 else "ignored: one seed, the interval covers test-image sampling only"}
@@ -97,6 +105,13 @@ def summarize(per_seed: dict[int, dict[str, Any]], ls, cfg, *, label_bits: float
         if "subclass_accuracy" in runs[0].test:
             m["subclass_accuracy"] = _mean_std([r.test.get("subclass_accuracy") for r in runs])[0]
         m["confusion"] = np.sum([np.asarray(r.test["confusion"]) for r in runs], axis=0).tolist()
+        if runs[0].test.get("presence") is not None:   # a "no polyp" class: presence figures apart
+            m["presence"] = {k: _mean_std([r.test["presence"].get(k) for r in runs])[0]
+                             for k in ("sensitivity", "false_presence", "auc")}
+            m["presence"].update(threshold=runs[0].test["presence"]["threshold"], split="test",
+                                 n_polyp=runs[0].test["presence"]["n_polyp"],
+                                 n_no_polyp=runs[0].test["presence"]["n_no_polyp"],
+                                 per_seed=[r.test["presence"] for r in runs])
         m["best_epoch"] = [int(r.best_epoch) + 1 for r in runs]
         m["per_seed_f1"] = [r.test.get("f1") for r in runs]
         m["per_seed_val_f1"] = [r.val.get("f1") for r in runs]

@@ -87,6 +87,10 @@ def evaluate_logits(logits: np.ndarray, meta: ModelMeta, labels: np.ndarray, sub
     The keys of ``probability_metrics`` (of the calibrated class probabilities: the argmax, hence
     F1 and accuracy, do not depend on ``meta.temperature``) with the positive class ``meta.positive_class``, and, for a
     model that predicts the data's own subclasses (same names), ``subclass_accuracy``.
+
+    A model with a background ("no polyp") class: those keys on the cases that show a polyp, from
+    the probabilities conditional on a polyp (``edgeskd.runtime.polyp_view``; ``confusion`` is over
+    the polyp classes), plus ``presence`` (``presence_figures`` at the artifact's presence threshold).
     """
     logits = np.asarray(logits, dtype=np.float32)
     labels = np.asarray(labels, dtype=np.int64)
@@ -94,11 +98,18 @@ def evaluate_logits(logits: np.ndarray, meta: ModelMeta, labels: np.ndarray, sub
         raise ValueError(f"logits {logits.shape} do not match {len(labels)} labels")
     if logits.shape[1] != meta.num_outputs:
         raise ValueError(f"logits have {logits.shape[1]} columns, the model's metadata says {meta.num_outputs}")
-    out = probability_metrics(labels, class_probabilities(logits, meta), positive=int(meta.positive_class),
-                              subclasses=subclasses, subclass_names=subclass_names)
+    from edgeskd.runtime.polyp_view import polyp_view, view_presence
+
+    view = polyp_view(logits, meta, labels)
+    subs = view.rows(subclasses)
+    out = probability_metrics(view.labels, class_probabilities(view.logits, view.meta),
+                              positive=int(view.meta.positive_class), subclasses=subs, subclass_names=subclass_names)
     if (subclasses is not None and meta.output == "subclass_logits" and subclass_names is not None
             and list(meta.subclass_names) == list(subclass_names)):
-        out["subclass_accuracy"] = subclass_accuracy(logits.argmax(axis=1), subclasses)
+        out["subclass_accuracy"] = subclass_accuracy(logits[view.mask].argmax(axis=1), subs)
+    if view.has_background:
+        out["presence"] = view_presence(view, meta)
+        out["n_no_polyp"] = int((~view.mask).sum())
     return out
 
 

@@ -1,11 +1,14 @@
 """Per-frame ground truth: ``frame,class[,subclass][,has_polyp][,visible][,polyp_id]`` CSV (what
 `synth-video` writes).
 
-``class`` is a class name of the model (or its index). Rows with an empty class (e.g. frames with
-no polyp when the model has no such class; ``has_polyp`` = 0) carry no ground truth and are left
-out of the metrics. ``polyp_id`` (optional) names the polyp a frame shows: an integer >= 0, the
-same for every frame of one polyp; empty or -1 for none. With it the stream also decides per polyp
-(``edgeskd.clinical.per_polyp``).
+``class`` is a class name of the model (or its index). A frame **without a polyp** is one with
+``has_polyp`` = 0, or whose class is the model's background class, or names no polyp (``no_polyp``
+/ ``no polyp``, whether or not the model has such a class): older label files leave the class empty
+with ``has_polyp`` = 0, newer ones write ``no_polyp``; both read the same. Other rows with an empty
+class carry no ground truth and are left out. ``polyp_id`` (optional) names the polyp a frame shows:
+an integer >= 0, the same for every frame of one polyp; empty or -1 for none. With it the stream
+also decides per polyp (``edgeskd.clinical.per_polyp``). ``subclass`` (optional) gives the
+per-subtype frame accuracy.
 """
 
 from __future__ import annotations
@@ -13,7 +16,32 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from dataclasses import dataclass
+
 from edgeskd.errors import DataError, UsageError
+
+NO_POLYP_NAMES = ("no_polyp", "no polyp", "no-polyp", "nopolyp")
+
+
+@dataclass
+class FrameTruth:
+    """The ground truth of a video: frame → class index for the frames that show a labelled polyp,
+    the frames without a polyp, frame → polyp id (None: no ``polyp_id`` column) and frame → subtype
+    name (None: no ``subclass`` column)."""
+
+    labels: dict[int, int]
+    no_polyp: set[int]
+    polyp_ids: dict[int, int] | None
+    subclasses: dict[int, str] | None
+
+
+def _is_no_polyp(row: dict[str, str], background: str | None) -> bool:
+    cls = row["class"].strip()
+    if row.get("has_polyp", "").strip() in ("0", "false", "False", "no"):
+        return True
+    if background is not None and cls.lower() == background.lower():
+        return True
+    return cls.lower() in NO_POLYP_NAMES
 
 
 def _rows(path: str | Path) -> tuple[Path, list[str], list[tuple[int, dict[str, str], int]]]:
@@ -43,28 +71,45 @@ def _rows(path: str | Path) -> tuple[Path, list[str], list[tuple[int, dict[str, 
 
 
 def read_frame_labels(path: str | Path, class_names: list[str]) -> dict[int, int]:
-    """frame index → class index."""
-    p, _, rows = _rows(path)
-    lookup = {n: i for i, n in enumerate(class_names)}
-    lookup_lower = {n.lower(): i for i, n in enumerate(class_names)}
+    """frame index → class index of the frames that show a labelled polyp."""
+    return read_truth(path, class_names).labels
+
+
+def read_truth(path: str | Path, class_names: list[str], background: int | None = None) -> FrameTruth:
+    """The whole ground truth of a labels file (``FrameTruth``); ``background``: the model's
+    background class, whose name also marks a frame without a polyp."""
+    p, fields, rows = _rows(path)
+    bg_name = class_names[background] if background is not None else None
+    lookup = {n: i for i, n in enumerate(class_names) if i != background}
+    lookup_lower = {n.lower(): i for n, i in lookup.items()}
     out: dict[int, int] = {}
+    empty: set[int] = set()
+    subs: dict[int, str] | None = {} if "subclass" in fields else None
     for lineno, row, frame in rows:
         cls = row["class"]
+        if _is_no_polyp(row, bg_name):
+            empty.add(frame)
+            continue
         if cls == "":
             continue
         if cls in lookup:
             out[frame] = lookup[cls]
         elif cls.lower() in lookup_lower:
             out[frame] = lookup_lower[cls.lower()]
-        elif cls.isdigit() and int(cls) < len(class_names):
+        elif cls.isdigit() and int(cls) < len(class_names) and int(cls) != background:
             out[frame] = int(cls)
         else:
             raise DataError(
                 f"{p}:{lineno}: class {cls!r} is not one of the model's classes ({', '.join(class_names)})"
             )
-    if not out:
+        if subs is not None and row.get("subclass"):
+            subs[frame] = row["subclass"]
+    if not out and not empty:
         raise DataError(f"labels file {p} has no labelled frames")
-    return out
+    ids = read_polyp_ids(path)
+    if ids is not None:
+        check_polyp_classes(ids, out, path)
+    return FrameTruth(out, empty, ids, subs)
 
 
 def read_polyp_ids(path: str | Path) -> dict[int, int] | None:

@@ -1,8 +1,9 @@
 """Annotation drawn on each output frame (PIL ImageDraw; no OpenCV).
 
 Top-left panel: the frame's state — smoothed class + probability, or "low confidence" (amber) when
-that probability is below the artifact's threshold — (raw in brackets), top subclass, a probability
-bar for the positive class, fps and latency. The content-area crop is outlined.
+that probability is below the artifact's threshold, or "no polyp" (grey; no class, no subclass) for a
+model with a background class — (raw in brackets), top subclass, a probability bar for the positive
+class, fps and latency. The content-area crop is outlined.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from functools import lru_cache
 
 import numpy as np
 
-from edgeskd.clinical.operating_point import LOW_CONFIDENCE
+from edgeskd.clinical.operating_point import LOW_CONFIDENCE, NO_POLYP
 
 LOW_CONFIDENCE_COLOUR = (255, 200, 60)   # amber: no call
+NO_POLYP_COLOUR = (190, 190, 190)        # grey: no polyp in view, nothing to call
 
 
 @dataclass
@@ -32,10 +34,14 @@ class Annotation:
     is_positive: bool = False
     low_confidence: bool = False   # prob below threshold: no call
     threshold: float | None = None
+    no_polyp: bool = False         # background-class model: no polyp in view (no class, no subclass)
+    presence: float | None = None  # smoothed 1 − P(background), background-class models
 
     def headline(self) -> str:
-        """The first line: the call, or "low confidence" with the probability that fell short."""
+        """The first line: the call, "low confidence" with the probability that fell short, or "no polyp"."""
         raw = f"(raw {self.raw_class_name} {self.raw_prob:.2f})"
+        if self.no_polyp:
+            return f"{NO_POLYP}  (presence {self.presence:.2f})" if self.presence is not None else NO_POLYP
         if self.low_confidence:
             below = f" < {self.threshold:.2f}" if self.threshold is not None else ""
             return f"{LOW_CONFIDENCE}: {self.class_name} {self.prob:.2f}{below}  {raw}"
@@ -99,7 +105,8 @@ def draw_annotation(rgb: np.ndarray, ann: Annotation) -> np.ndarray:
         _outline(out, ann.crop, (80, 200, 255), max(1, size // 10))
     lines = [
         ann.headline(),
-        f"subclass {ann.subclass} {ann.subclass_prob:.2f}" if ann.subclass is not None else "subclass -",
+        f"subclass {ann.subclass} {ann.subclass_prob:.2f}" if ann.subclass is not None and not ann.no_polyp
+        else "subclass -",
         f"{ann.fps:5.1f} fps  {ann.latency_ms:5.1f} ms",
     ]
     masks = [_text_mask(s, size) for s in lines]
@@ -109,7 +116,8 @@ def draw_annotation(rgb: np.ndarray, ann: Annotation) -> np.ndarray:
     box_h = min(h, line_h * len(lines) + 2 * pad + size // 2 + 1)
     panel = out[:box_h, :box_w]
     panel[...] = (panel.astype(np.uint16) * 66 >> 8).astype(np.uint8)       # darken to ~25 %
-    colour = LOW_CONFIDENCE_COLOUR if ann.low_confidence else (255, 90, 90) if ann.is_positive else (120, 255, 120)
+    colour = (NO_POLYP_COLOUR if ann.no_polyp else LOW_CONFIDENCE_COLOUR if ann.low_confidence
+              else (255, 90, 90) if ann.is_positive else (120, 255, 120))
     for i, m in enumerate(masks):
         _blit(out, m, pad, pad + i * line_h, colour if i == 0 else (235, 235, 235))
     bar_y = pad + len(lines) * line_h
@@ -117,6 +125,6 @@ def draw_annotation(rgb: np.ndarray, ann: Annotation) -> np.ndarray:
     bar_h = max(2, size // 3)
     if bar_y + bar_h < h and bar_w > 2:
         out[bar_y:bar_y + bar_h, pad:pad + bar_w] = (60, 60, 60)
-        fill = int(bar_w * float(np.clip(ann.positive_prob, 0, 1)))
+        fill = 0 if ann.no_polyp else int(bar_w * float(np.clip(ann.positive_prob, 0, 1)))
         out[bar_y:bar_y + bar_h, pad:pad + fill] = (255, 90, 90)
     return out

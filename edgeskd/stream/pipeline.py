@@ -6,11 +6,16 @@
 * ``FrameProcessor`` turns a batch into ``result.FrameResult``s: ``crop.FrameCrop`` observes the
   frames, ``predict.Predictor`` preprocesses and infers, ``smoothing.EmaSmoother`` smooths;
 * every result goes to each sink's ``write(result)``: ``stats.StreamStats``, ``sinks.JsonlSink`` and
-  ``sinks.VideoSink`` (which draws and encodes on its own thread).
+  ``sinks.VideoSink`` (which draws and encodes on its own thread, off the live path).
 
-Latency of a frame = from the moment it left the decoder to the moment its (smoothed) prediction
-is ready; it includes waiting in the queue. Output files are renamed into place only if the whole
-run succeeds.
+Live latency of a frame = from the moment the decoder handed it over to the moment its (smoothed)
+decision is ready; it includes waiting in the queue. The annotated video is recorded off this path:
+``write`` only enqueues; in file mode the recorder's back-pressure holds back the decoder (a token
+per frame, ``VideoSource.gate``) instead of letting decoded frames wait behind the encoder; in
+real-time mode it never blocks (a deep queue; a frame is skipped only when it is full). The stats
+report the live latency (``live_latency_ms``; ``latency_ms`` is the same figure under its old name)
+and the recording apart (``recording``: frames written / skipped, queue high-water mark, lag).
+Output files are renamed into place only if the whole run succeeds.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from typing import Any, Callable, Sequence
 from edgeskd.errors import ArtifactError, UsageError, VideoError
 from edgeskd.stream.crop import FrameCrop
 from edgeskd.stream.predict import Predictor
-from edgeskd.stream.result import FrameResult
+from edgeskd.stream.result import FrameResult, Presence
 from edgeskd.stream.smoothing import EmaSmoother
 from edgeskd.stream.source import DecodedFrame, VideoSource, frames_expected, measure_decode_fps, rate_fraction
 from edgeskd.stream.stats import FpsMonitor, StreamStats
@@ -106,6 +111,7 @@ class FrameProcessor:
                  threshold: float | None = None) -> None:
         self.predictor, self.crop, self.smoother = predictor, crop, smoother
         self.threshold = threshold
+        self.presence = Presence.of(predictor.meta)   # a model with a "no polyp" class
         self.fps = FpsMonitor()
         self.processed = 0
 
@@ -118,7 +124,7 @@ class FrameProcessor:
         results = [
             FrameResult(frame=it, ordinal=self.processed + k, probs=probs[k], smoothed=self.smoother.update(probs[k]),
                         subclass_probs=None if subs is None else subs[k], latency_s=t_done - it.t_decoded,
-                        fps=fps, crop=box, threshold=self.threshold)
+                        fps=fps, crop=box, threshold=self.threshold, presence=self.presence)
             for k, it in enumerate(items)
         ]
         self.processed += len(items)
@@ -185,17 +191,13 @@ def stream_threshold(cfg: StreamConfig, meta: Any) -> tuple[float | None, str]:
     return None, "none: the artifact carries no threshold; every frame and polyp gets its argmax class"
 
 
-def read_ground_truth(cfg: StreamConfig, meta: Any) -> tuple[dict[int, int] | None, dict[int, int] | None]:
-    """(frame → class, frame → polyp id or None without a polyp_id column) from ``--labels``."""
+def read_ground_truth(cfg: StreamConfig, meta: Any):
+    """The ``--labels`` ground truth (``labels.FrameTruth``), or None without it."""
     if cfg.labels is None:
-        return None, None
-    from edgeskd.stream.labels import check_polyp_classes, read_frame_labels, read_polyp_ids
+        return None
+    from edgeskd.stream.labels import read_truth
 
-    gt = read_frame_labels(cfg.labels, list(meta.class_names))
-    ids = read_polyp_ids(cfg.labels)
-    if ids is not None:
-        check_polyp_classes(ids, gt, cfg.labels)
-    return gt, ids
+    return read_truth(cfg.labels, list(meta.class_names), getattr(meta, "background_class", None))
 
 
 @dataclass
@@ -276,10 +278,15 @@ class _Progress:
         if now - self.last <= 0.25:
             return
         self.last = now
+        from edgeskd.clinical.operating_point import NO_POLYP, NO_POLYP_CALL
+
+        no_polyp = r.state == NO_POLYP_CALL
+        sm = r.smoothed if r.presence is None else r.presence.conditional_full(r.smoothed)
         self.callback({
             "processed": r.ordinal + 1, "decoded": self.source.frames_decoded, "dropped": self.source.frames_dropped,
             "fps": r.fps, "latency_ms": r.latency_s * 1000.0,
-            "class": self.names[r.smoothed_pred], "prob": float(r.smoothed.max()),
+            "class": NO_POLYP if no_polyp else self.names[r.smoothed_pred],
+            "prob": float(r.presence_probability(smoothed=True)) if no_polyp else float(sm.max()),
         })
 
 
@@ -398,7 +405,7 @@ def run_stream(
     own_runner = runner is None
     runner = _open_runner(cfg, runner)
     meta = runner.metadata
-    gt, polyp_ids = read_ground_truth(cfg, meta)
+    truth = read_ground_truth(cfg, meta)
     threshold, threshold_source = stream_threshold(cfg, meta)
 
     with contextlib.ExitStack() as stack:
@@ -416,9 +423,13 @@ def run_stream(
         process = FrameProcessor(predictor, FrameCrop(crop_opt, info.width, info.height, every=cfg.crop_every),
                                  smoother, threshold)
         outputs = _Outputs.open(cfg, stack, meta, info, source.realtime)
+        if outputs.video is not None and not source.realtime:
+            source.gate = outputs.video.tokens   # the recorder holds back decoding, not decoded frames
         ceiling = _Ceiling.measure(cfg, info)
-        stats = StreamStats(meta.class_names, meta.positive_class, gt, polyp_ids=polyp_ids, threshold=threshold,
-                            threshold_source=threshold_source)
+        stats = StreamStats(meta.class_names, meta.positive_class, truth.labels if truth else None,
+                            polyp_ids=truth.polyp_ids if truth else None, threshold=threshold,
+                            threshold_source=threshold_source, no_polyp=truth.no_polyp if truth else None,
+                            subclasses=truth.subclasses if truth else None, fps=info.fps, meta=meta)
         progress = _Progress(on_progress, source, meta) if on_progress is not None else None
         run = _pump(source, process, [stats, *outputs.sinks], cfg.batch, progress)
         source.close()
@@ -427,7 +438,7 @@ def run_stream(
 
         expected, lost = _frames_lost(cfg, source, stats.processed, run.interrupted, _warn,
                                       ended_by_server=run.lost is not None)
-        if gt is not None and not stats.y_true:
+        if truth is not None and not stats.y_true and not stats.empty_frames:
             _warn(f"no processed frame has a label in {cfg.labels}; check its frame numbers")
         if ceiling.fps is None and source.decode_busy_s > 0:
             ceiling.fps = source.frames_decoded / source.decode_busy_s
@@ -438,6 +449,13 @@ def run_stream(
         )
         if run.lost is not None:
             summary["source"]["server_lost"] = str(run.lost)
+        if outputs.video is not None:
+            outputs.video.close()   # flushed before the stats are written: the recording figures are final
+            summary["recording"] = outputs.video.recording_stats()
+            if summary["recording"]["frames_skipped"]:
+                _warn(f"the recorder fell more than {outputs.video.queue_size} frames behind and skipped "
+                      f"{summary['recording']['frames_skipped']} frames of the annotated video (the live path "
+                      "was not slowed)")
         outputs.finish(summary, cfg.stats)
     if run.lost is not None:
         return StreamResult(stats=summary, warnings=warnings, outputs=outputs.paths,

@@ -257,6 +257,9 @@ class VideoSource:
         self.t_start = 0.0
         self.t_end = 0.0
         self.decoder_cpu_s = 0.0      # CPU time of the decoder thread (its own + FFmpeg's on it)
+        # file mode: a semaphore the decoder takes one token from before handing each frame over (the
+        # recorder returns them), so a slower downstream stage holds back decoding, not decoded frames
+        self.gate: threading.Semaphore | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> "VideoSource":
@@ -365,6 +368,8 @@ class VideoSource:
                         t_c = time.perf_counter()
                         rgb = frame.to_ndarray(format="rgb24")
                         self.decode_busy_s += time.perf_counter() - t_c
+                    if self.gate is not None and not self._take_gate():
+                        break
                     self.frames_decoded += 1
                     item = DecodedFrame(idx, t_s, time.perf_counter(), frame, rgb)
                     if not self._chan.put(item, self._stop):
@@ -375,6 +380,13 @@ class VideoSource:
             self.t_end = time.perf_counter()
             self.decoder_cpu_s = time.thread_time() - cpu0
             self._chan.put(_END, threading.Event())
+
+    def _take_gate(self) -> bool:
+        """Wait for a token of ``gate``; False when the source is being stopped."""
+        while not self.gate.acquire(timeout=0.1):  # type: ignore[union-attr]
+            if self._stop.is_set():
+                return False
+        return True
 
     # -- consumer side --------------------------------------------------------------------
     def _raise_if_fatal(self) -> None:

@@ -11,7 +11,14 @@ confidence threshold and polyp ids in the labels, the clinical figures (``edgesk
 * ``per_polyp``: one decision per polyp (mean of its labelled frames' calibrated probabilities,
   "low confidence" below the threshold) and the same figures over polyps, plus ``accuracy_argmax``
   (every polyp, comparable with the frame-level ``raw.accuracy``) — or None and ``per_polyp_note``
-  saying why not (no ``polyp_id`` column, no frame with an id).
+  saying why not (no ``polyp_id`` column, no frame with an id);
+* ``video``: the video figures (``edgeskd.stream.video_figures``): polyp-frame accuracy with its
+  interval, per-subtype frame accuracy, class calls and false alarms per minute on frames without a
+  polyp (episode rule stated), non-adenoma calls per hyperplastic polyp, and the artifact's
+  image-test figures beside them.
+
+A model with a "no polyp" class: the frame class is the argmax of the probabilities conditional on
+a polyp; states may be "no polyp" (no call); per-polyp decisions use the conditional probabilities.
 
 Rates are fractions rounded to 6 decimals.
 """
@@ -26,6 +33,7 @@ import numpy as np
 
 from edgeskd.clinical.operating_point import binary_rates
 from edgeskd.metrics import label_metrics, present
+from edgeskd.stream.video_figures import rate_ci
 
 if TYPE_CHECKING:
     from edgeskd.stream.result import FrameResult
@@ -71,13 +79,16 @@ def stats_dict(
         "latency_ms": percentiles_ms(latencies_s),
         "decode_fps_ceiling": None if decode_fps_ceiling is None else round(float(decode_fps_ceiling), 3),
         "source": source,
+        # frame handed over by the decoder → decision ready; the annotated video is recorded off this path
+        "live_latency_ms": percentiles_ms(latencies_s),
     }
     if labels is not None:
         d["labels"] = labels
     return d
 
 
-STATS_KEYS = ("frames_decoded", "frames_processed", "frames_dropped", "fps", "latency_ms", "decode_fps_ceiling", "source")
+STATS_KEYS = ("frames_decoded", "frames_processed", "frames_dropped", "fps", "latency_ms", "decode_fps_ceiling",
+              "source", "live_latency_ms")
 
 
 def _round(v: Any, digits: int = 6) -> Any:
@@ -103,13 +114,19 @@ class StreamStats:
 
     def __init__(self, class_names: Sequence[str], positive: int, labels: dict[int, int] | None = None, *,
                  polyp_ids: dict[int, int] | None = None, threshold: float | None = None,
-                 threshold_source: str | None = None) -> None:
+                 threshold_source: str | None = None, no_polyp: set[int] | None = None,
+                 subclasses: dict[int, str] | None = None, fps: float | None = None, meta: Any = None) -> None:
         self.class_names = list(class_names)
         self.positive = int(positive)
         self.labels = labels
         self.polyp_ids = polyp_ids
         self.threshold = threshold
         self.threshold_source = threshold_source
+        self.no_polyp = no_polyp if no_polyp is not None else set()
+        self.subclasses = subclasses
+        self.fps = fps
+        self.meta = meta
+        self.background = getattr(meta, "background_class", None) is not None
         self.processed = 0
         self.latencies_s: list[float] = []
         self.y_true: list[int] = []
@@ -117,21 +134,35 @@ class StreamStats:
         self.y_smooth: list[int] = []
         self.state_raw: list[int] = []
         self.state_smooth: list[int] = []
+        self.present: list[bool] = []
+        self.subtypes: list[str | None] = []
+        self.empty_frames: list[tuple[int, int, int]] = []   # (ordinal, state, raw state) of frames without a polyp
+        self.index_range: list[int] = []                     # first and last processed frame index
         self.polyp_frames: list[tuple[int, int, int, np.ndarray]] = []   # (frame, polyp id, label or -1, probs)
+        self.polyp_states: dict[int, tuple[int, list[int]]] = {}        # polyp id → (label, displayed states)
 
     def write(self, result: "FrameResult") -> None:
         self.processed += 1
         self.latencies_s.append(result.latency_s)
-        if self.labels is not None and result.index in self.labels:
-            self.y_true.append(self.labels[result.index])
+        i = result.index
+        self.index_range = [i, i] if not self.index_range else [min(self.index_range[0], i), max(self.index_range[1], i)]
+        if self.labels is not None and i in self.labels:
+            self.y_true.append(self.labels[i])
             self.y_raw.append(result.pred)
             self.y_smooth.append(result.smoothed_pred)
             self.state_raw.append(result.raw_state)
             self.state_smooth.append(result.state)
-        if self.polyp_ids is not None and result.index in self.polyp_ids:
-            label = self.labels.get(result.index, -1) if self.labels is not None else -1
-            self.polyp_frames.append((result.index, self.polyp_ids[result.index], label,
-                                      np.asarray(result.probs, dtype=np.float64)))
+            self.present.append(result.present)
+            self.subtypes.append(None if self.subclasses is None else self.subclasses.get(i))
+        elif i in self.no_polyp:
+            self.empty_frames.append((result.ordinal, result.state, result.raw_state))
+        if self.polyp_ids is not None and i in self.polyp_ids and i not in self.no_polyp:
+            label = self.labels.get(i, -1) if self.labels is not None else -1
+            probs = np.asarray(result.probs, dtype=np.float64)
+            if result.presence is not None:   # conditional on a polyp, 0 at the background class
+                probs = result.presence.conditional_full(probs)
+            self.polyp_frames.append((i, self.polyp_ids[i], label, probs))
+            self.polyp_states.setdefault(self.polyp_ids[i], (label, []))[1].append(result.state)
 
     def _metrics(self, y_pred: list[int]) -> dict[str, Any]:
         # frame-level accuracy, positive-class F1 and macro F1 as the stats JSON shows them: 6-decimal fractions
@@ -140,7 +171,9 @@ class StreamStats:
 
     def _states(self, states: list[int]) -> dict[str, Any]:
         r = binary_rates(np.array(self.y_true, dtype=np.int64), np.array(states, dtype=np.int64), self.positive)
-        return _round({k: r[k] for k in STATE_KEYS})
+        out = {k: r[k] for k in STATE_KEYS}
+        out["coverage_ci95"] = rate_ci(r["n_called"], r["n"])[1]
+        return _round(out)
 
     def per_polyp(self) -> tuple[dict[str, Any] | None, str | None]:
         """(per-polyp figures and decisions, None) or (None, why there are none)."""
@@ -155,7 +188,41 @@ class StreamStats:
                                      labels=np.array(labels, dtype=np.int64), frames=np.array(frames))
         if not decisions:
             return None, "no polyp has a labelled frame among the processed frames: no per-polyp decisions"
-        return _round(polyp_summary(decisions, self.positive, class_names=self.class_names)), None
+        out = polyp_summary(decisions, self.positive, class_names=self.class_names)
+        lab = [d for d in decisions if d.label is not None]
+        out["accuracy_argmax_ci95"] = rate_ci(sum(d.argmax == d.label for d in lab), len(lab))[1]
+        n_called = sum(d.decision >= 0 for d in lab)
+        out["accuracy_ci95"] = rate_ci(sum(d.decision == d.label for d in lab), n_called)[1]
+        out["coverage_ci95"] = rate_ci(n_called, len(lab))[1]
+        return _round(out), None
+
+    def video_block(self) -> dict[str, Any]:
+        """The video figures (``edgeskd.stream.video_figures``), beside the artifact's image-test figures."""
+        from edgeskd.stream import video_figures as vf
+
+        image, image_note = vf.image_test_block(self.meta)
+        lo, hi = self.index_range or [0, -1]
+        n_empty_in_range = sum(1 for f in self.no_polyp if lo <= f <= hi)
+        block: dict[str, Any] = {
+            "fps": self.fps,
+            "polyp_frames": vf.polyp_frame_figures(self.y_true, self.y_raw, self.y_smooth,
+                                                   self.present if self.background else None),
+            "per_subtype": (vf.per_subtype(self.subtypes, self.y_true, self.y_raw,
+                                           (image or {}).get("per_subclass_accuracy"))
+                            if self.subclasses is not None else None),
+            "no_polyp_frames": vf.no_polyp_figures([e[0] for e in self.empty_frames],
+                                                   [e[1] for e in self.empty_frames],
+                                                   [e[2] for e in self.empty_frames], n_empty_in_range, self.fps,
+                                                   self.background),
+            "negative_polyps_called": (vf.negative_polyps_called(self.polyp_states, self.positive)
+                                       if self.polyp_states else None),
+            "image_test": image,
+        }
+        if self.subclasses is None:
+            block["per_subtype_note"] = "the labels have no subclass column: no per-subtype frame accuracy"
+        if image_note is not None:
+            block["image_test_note"] = image_note
+        return _round(block)
 
     def labels_block(self) -> dict[str, Any] | None:
         """Frame-level (and per-polyp) metrics against the ground truth (None without ``labels``)."""
@@ -172,6 +239,8 @@ class StreamStats:
             "threshold_source": self.threshold_source,
             "frame_states": {"raw": self._states(self.state_raw), "smoothed": self._states(self.state_smooth)},
             "per_polyp": per_polyp,
+            "frames_without_polyp": len(self.empty_frames),
+            "video": self.video_block(),
         }
         if note is not None:
             block["per_polyp_note"] = note

@@ -1,0 +1,184 @@
+"""The stream with a "no polyp" class and with labelled video: the "no polyp" state, the video
+figures (false alarms per minute, per-subtype and per-polyp accuracy), both labels styles, and the
+annotated video recorded off the live path."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("av")
+
+from helpers_stream import META, make_video  # noqa: E402
+
+from edgeskd.meta import ModelMeta  # noqa: E402
+from edgeskd.runtime.fake import FakeRunner  # noqa: E402
+
+IMAGE_TEST = {"split": "test", "n": 500, "accuracy": 0.8, "f1": 0.8,
+              "per_subclass_accuracy": {"hp_a": 0.9, "ad_a": 0.7}}
+BG = ModelMeta(class_names=["hyperplastic", "adenoma", "no_polyp"],
+               subclass_names=["hp_a", "hp_b", "ad_a", "ad_b", "mucosa_plain", "mucosa_fold"],
+               subclass_to_class=[0, 0, 1, 1, 2, 2], input_size=(32, 32), background_class=2,
+               presence_threshold=0.5, threshold=0.8, extra={"image_test": IMAGE_TEST})
+
+# frames 0-9 without a polyp (3-5: a confident adenoma on bare wall = one false alarm), 10-19 a
+# hyperplastic polyp (id 1, subtype hp_a), 20-29 an adenoma (id 2, subtype ad_a; 28-29 called hp)
+N = 30
+
+
+def _script(i: int) -> np.ndarray:
+    x = np.zeros(6, np.float32)
+    if i < 10:
+        x[2 if i in (3, 4, 5) else 4] = 8.0
+    elif i < 20:
+        x[0] = 8.0
+    else:
+        x[0 if i >= 28 else 2] = 8.0
+    return x
+
+
+def scripted_runner(meta: ModelMeta = BG) -> FakeRunner:
+    """Batch-1 calls in frame order (file mode) → the scripted logits of that frame."""
+    count = {"i": 0}
+
+    def fn(batch: np.ndarray) -> np.ndarray:
+        out = np.stack([_script(count["i"] + k) for k in range(len(batch))])
+        count["i"] += len(batch)
+        return out[:, :meta.num_outputs]
+
+    return FakeRunner(meta, fn)
+
+
+def _labels(path, *, style: str = "old", polyp_ids: bool = True):
+    rows = ["frame,class,subclass,has_polyp,visible" + (",polyp_id" if polyp_ids else "")]
+    for i in range(N):
+        if i < 10:
+            cls, sub, has, pid = ("" if style == "old" else "no_polyp"), "", 0, ""
+        elif i < 20:
+            cls, sub, has, pid = "hyperplastic", "hp_a", 1, 1
+        else:
+            cls, sub, has, pid = "adenoma", "ad_a", 1, 2
+        rows.append(f"{i},{cls},{sub},{has},1" + (f",{pid}" if polyp_ids else ""))
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def _run(tmp_path, runner, labels, **kw):
+    from edgeskd.stream import StreamConfig, run_stream
+
+    video = tmp_path / "in.mp4"
+    if not video.exists():
+        make_video(video, n=N, w=96, h=64)
+    cfg = StreamConfig(video=str(video), labels=labels, jsonl=tmp_path / "p.jsonl", smooth=1.0,
+                       measure_ceiling=False, crop="none", **kw)
+    return run_stream(cfg, runner=runner)
+
+
+@pytest.mark.parametrize("style", ["old", "new"])
+def test_no_polyp_state_and_video_figures(tmp_path, style):
+    res = _run(tmp_path, scripted_runner(), _labels(tmp_path / "gt.csv", style=style))
+    recs = [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert len(recs) == N
+    for k in ("frame", "probs", "class", "state", "presence", "polyp_probs"):
+        assert k in recs[0]
+    assert recs[0]["state"] == "no polyp" and recs[0]["class"] is None and "subclass" not in recs[0]
+    assert recs[0]["presence"] < 0.01 and len(recs[0]["probs"]) == 3
+    assert recs[3]["state"] == "adenoma" and recs[3]["subclass"] == "ad_a"
+    assert recs[12]["state"] == "hyperplastic" and recs[12]["subclass"] == "hp_a"
+    lab = res.stats["labels"]
+    v = lab["video"]
+    npf = v["no_polyp_frames"]
+    assert npf["n"] == 10 and npf["false_alarms"] == 1 and npf["class_call_share"] == pytest.approx(0.3)
+    assert npf["no_polyp_state_share"] == pytest.approx(0.7)
+    assert npf["false_alarms_per_minute"] == pytest.approx(1 / (10 / 30 / 60))
+    assert ">= 3 consecutive" in npf["episode_rule"]
+    pf = v["polyp_frames"]
+    assert pf["n"] == 20 and pf["accuracy"] == pytest.approx(18 / 20) and pf["presence_sensitivity"] == 1.0
+    lo, hi = pf["accuracy_ci95"]
+    assert lo < 0.9 < hi
+    assert v["per_subtype"]["hp_a"]["accuracy"] == 1.0 and v["per_subtype"]["ad_a"]["accuracy"] == pytest.approx(0.8)
+    assert v["per_subtype"]["hp_a"]["image_test_accuracy"] == 0.9
+    assert v["image_test"]["accuracy"] == 0.8
+    assert v["negative_polyps_called"] == {"n_polyps": 1, "with_negative_call": 1, "share": 1.0,
+                                           "share_ci95": pytest.approx(v["negative_polyps_called"]["share_ci95"])}
+    pp = lab["per_polyp"]
+    assert pp["n_labelled"] == 2 and pp["accuracy_argmax"] == 1.0 and pp["accuracy_argmax_ci95"][1] == 1.0
+    assert lab["frames_evaluated"] == 20 and lab["frames_without_polyp"] == 10
+
+
+def test_labels_without_polyp_ids_say_why(tmp_path):
+    res = _run(tmp_path, scripted_runner(), _labels(tmp_path / "gt.csv", polyp_ids=False))
+    lab = res.stats["labels"]
+    assert lab["per_polyp"] is None and "no polyp_id column" in lab["per_polyp_note"]
+    assert lab["video"]["polyp_frames"]["n"] == 20 and lab["video"]["no_polyp_frames"]["false_alarms"] == 1
+    assert lab["video"]["negative_polyps_called"] is None
+
+
+def test_a_model_without_background_reads_new_labels_and_counts_its_false_alarms(tmp_path):
+    res = _run(tmp_path, scripted_runner(META), _labels(tmp_path / "gt.csv", style="new"))
+    v = res.stats["labels"]["video"]
+    # no "no polyp" answer: every polyp-free frame gets a class (the failure the presence class removes)
+    assert v["no_polyp_frames"]["n"] == 10 and v["no_polyp_frames"]["class_call_share"] == 1.0
+    assert v["no_polyp_frames"]["false_alarms"] == 1 and "no_polyp_state_share" not in v["no_polyp_frames"]
+    assert "presence_sensitivity" not in v["polyp_frames"]
+    assert "image_test_note" in v
+    recs = [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert "presence" not in recs[0] and recs[0]["class"] in META.class_names
+
+
+def test_alarm_episode_rule():
+    from edgeskd.stream.video_figures import alarm_episodes
+
+    calls = [1, 1, 1, 0, 1, 1, 0, 1, 1, 1, 1]
+    assert alarm_episodes(range(len(calls)), [bool(c) for c in calls]) == 2
+    # a gap in the processed frames (another frame between them) ends a run
+    assert alarm_episodes([0, 1, 3, 4, 5], [True] * 5) == 1
+    assert alarm_episodes([], []) == 0
+
+
+def test_overlay_shows_no_polyp_without_class_or_subclass():
+    from edgeskd.stream.overlay import Annotation, draw_annotation
+
+    a = Annotation(class_name="adenoma", prob=0.9, raw_class_name="no polyp", raw_prob=0.9, subclass="ad_a",
+                   subclass_prob=0.8, positive_prob=0.9, fps=30, latency_ms=2, no_polyp=True, presence=0.03)
+    assert a.headline().startswith("no polyp") and "adenoma" not in a.headline()
+    img = np.zeros((64, 96, 3), np.uint8)
+    assert draw_annotation(img, a).shape == img.shape
+
+
+def test_recording_is_off_the_live_path_in_file_mode(tmp_path, monkeypatch):
+    """A recorder 10x slower than inference: in file mode every frame is still written, and frames do
+    not wait behind it (the decoder waits for a recorder token instead)."""
+    from edgeskd.stream import overlay
+
+    real = overlay.draw_annotation
+
+    def slow_draw(rgb, ann):
+        time.sleep(0.04)
+        return real(rgb, ann)
+
+    monkeypatch.setattr(overlay, "draw_annotation", slow_draw)
+    make_video(tmp_path / "in.mp4", n=60, w=96, h=64)   # more frames than the recorder's queue holds
+    out = tmp_path / "out.mp4"
+    runner = FakeRunner(BG, lambda b: np.tile(_script(0), (len(b), 1)))
+    res = _run(tmp_path, runner, None, out=out)
+    s = res.stats
+    rec = s["recording"]
+    assert rec["frames_written"] == 60 and rec["frames_skipped"] == 0 and rec["blocking"]
+    assert rec["queue_max"] <= rec["queue_size"] < 60
+    # without the gate, frames would queue behind a 40 ms-per-frame recorder (hundreds of ms)
+    assert s["live_latency_ms"]["p50"] < 30.0, s["live_latency_ms"]
+    assert s["live_latency_ms"] == s["latency_ms"]
+
+
+def test_realtime_recorder_never_blocks_the_live_path(tmp_path):
+    from edgeskd.stream.sinks import REALTIME_QUEUE, VideoSink
+
+    sink = VideoSink(tmp_path / "o.mp4", 96, 64, 30, BG, block=False)
+    try:
+        assert sink.queue_size == REALTIME_QUEUE and not sink.block
+    finally:
+        sink.close(ok=False)
