@@ -20,8 +20,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 # Keys of a metrics dict that hold rates (fractions); ``n`` and ``confusion`` are counts.
-RATE_KEYS = ("f1", "f1_macro", "accuracy", "precision", "recall", "auc", "subclass_accuracy",
-             "per_subclass_accuracy")
+RATE_KEYS = ("f1", "f1_macro", "accuracy", "balanced_accuracy", "precision", "recall", "specificity", "auc",
+             "subclass_accuracy", "per_subclass_accuracy")
 # ... and of the "presence" block of a model with a "no polyp" class (``edgeskd.runtime.polyp_view``)
 PRESENCE_RATE_KEYS = ("sensitivity", "false_presence", "auc")
 PRESENCE_CI_KEYS = ("sensitivity_ci95", "false_presence_ci95")
@@ -38,6 +38,20 @@ def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     """Share of equal labels; 0 for no samples."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     return float(np.mean(y_true == y_pred)) if len(y_true) else 0.0
+
+
+def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Mean per-class recall over the classes present in ``y_true`` (0.0 for no samples)."""
+    y_true = np.asarray(y_true)
+    classes = np.unique(y_true)
+    if not len(classes):
+        return 0.0
+    return float(np.mean([np.mean(y_pred[y_true == c] == c) for c in classes]))
+
+
+def _specificity(y_true: np.ndarray, y_pred: np.ndarray, positive: int) -> float | None:
+    neg = np.asarray(y_true) != positive
+    return float(np.mean(np.asarray(y_pred)[neg] != positive)) if neg.any() else None
 
 
 def precision_recall_f1(y_true: np.ndarray, y_pred: np.ndarray, positive: int = 1) -> tuple[float, float, float]:
@@ -114,8 +128,9 @@ def probability_metrics(y_true: np.ndarray, class_probs: np.ndarray, *, positive
                         subclasses: np.ndarray | None = None,
                         subclass_names: Sequence[str] | None = None) -> dict[str, Any]:
     """Metrics of (N, C) class probabilities: ``n``, ``f1``/``precision``/``recall`` of ``positive``,
-    ``accuracy``, ``auc`` (None with one class only), ``confusion`` (rows = true class) and, with
-    ``subclasses``, ``per_subclass_accuracy``."""
+    ``specificity`` (recall of the other classes as one), ``accuracy``, ``balanced_accuracy`` (mean recall
+    over the classes present: a model that leans to one class cannot hide behind F1), ``auc`` (None with
+    one class only), ``confusion`` (rows = true class) and, with ``subclasses``, ``per_subclass_accuracy``."""
     y_true = np.asarray(y_true, dtype=np.int64)
     probs = np.asarray(class_probs, dtype=np.float64)
     if probs.ndim != 2 or len(probs) != len(y_true):
@@ -126,8 +141,10 @@ def probability_metrics(y_true: np.ndarray, class_probs: np.ndarray, *, positive
         "n": int(len(y_true)),
         "f1": f1,
         "accuracy": accuracy(y_true, y_pred),
+        "balanced_accuracy": balanced_accuracy(y_true, y_pred),
         "precision": precision,
         "recall": recall,
+        "specificity": _specificity(y_true, y_pred, positive),
         "auc": roc_auc(y_true == positive, probs[:, positive]) if probs.shape[1] > positive else None,
         "confusion": confusion_matrix(y_true, y_pred, probs.shape[1]).tolist(),
     }

@@ -93,13 +93,15 @@ def predict_images(runner: Any, paths: Sequence[Path], *, threshold: float | Non
                    on_image: Callable[[int, Prediction, np.ndarray], None] | None = None) -> list[Prediction]:
     """Predictions for ``paths`` in order (images of different sizes batch fine: each is resized
     to the model's input). A file that does not decode is a DataError naming it."""
-    from edgeskd.clinical.operating_point import LOW_CONFIDENCE, decide
+    from edgeskd.clinical.operating_point import NO_POLYP_CALL, state_name
     from edgeskd.data.images import read_image
     from edgeskd.runtime.postprocess import class_probabilities, subclass_probabilities
     from edgeskd.runtime.preprocess import preprocess_for
+    from edgeskd.stream.result import Presence, frame_class, frame_state
 
     meta = runner.metadata
     thr = meta.threshold if threshold is None else threshold
+    presence = Presence.of(meta)
     preds: list[Prediction] = []
     for start in range(0, len(paths), batch_size):
         chunk = paths[start:start + batch_size]
@@ -108,15 +110,16 @@ def predict_images(runner: Any, paths: Sequence[Path], *, threshold: float | Non
         logits = runner.infer(x)
         probs = class_probabilities(logits, meta)
         subs = subclass_probabilities(logits, meta)
-        states = decide(probs, thr)
         for i, p in enumerate(chunk):
-            k = int(probs[i].argmax())
-            sub = None if subs is None else int(subs[i].argmax())
+            state = frame_state(probs[i], thr, presence)
+            k = frame_class(probs[i], presence)   # with a background class: the likelier polyp class
+            conf = probs[i] if presence is None else presence.conditional_full(probs[i])
+            sub = None if subs is None or state == NO_POLYP_CALL else int(subs[i].argmax())
             pred = Prediction(
-                path=str(p), cls=meta.class_names[k], prob=round(float(probs[i, k]), 6),
+                path=str(p), cls=meta.class_names[k], prob=round(float(conf[k]), 6),
                 subclass=None if sub is None else meta.subclass_names[sub],
                 subclass_prob=None if sub is None else round(float(subs[i, sub]), 6),
-                state=LOW_CONFIDENCE if int(states[i]) < 0 else meta.class_names[int(states[i])],
+                state=state_name(state, meta.class_names),
                 probs={c: round(float(v), 6) for c, v in zip(meta.class_names, probs[i])})
             preds.append(pred)
             if on_image is not None:
@@ -126,14 +129,17 @@ def predict_images(runner: Any, paths: Sequence[Path], *, threshold: float | Non
 
 def annotate(rgb: np.ndarray, pred: Prediction, meta: Any, threshold: float | None) -> np.ndarray:
     """The image with the call drawn on it (the stream's overlay panel)."""
-    from edgeskd.clinical.operating_point import LOW_CONFIDENCE
+    from edgeskd.clinical.operating_point import LOW_CONFIDENCE, NO_POLYP
     from edgeskd.stream.overlay import Annotation, draw_annotation
 
     pos = meta.class_names[meta.positive_class]
+    bg = getattr(meta, "background_class", None)
+    presence = None if bg is None else 1.0 - pred.probs.get(meta.class_names[bg], 0.0)
     ann = Annotation(class_name=pred.cls, prob=pred.prob, raw_class_name=pred.cls, raw_prob=pred.prob,
                      subclass=pred.subclass, subclass_prob=pred.subclass_prob,
                      positive_prob=pred.probs.get(pos, 0.0), fps=0.0, latency_ms=0.0,
-                     is_positive=pred.cls == pos, low_confidence=pred.state == LOW_CONFIDENCE, threshold=threshold)
+                     is_positive=pred.cls == pos, low_confidence=pred.state == LOW_CONFIDENCE, threshold=threshold,
+                     no_polyp=pred.state == NO_POLYP, presence=presence)
     scale = max(1, 256 // max(1, min(rgb.shape[:2])))   # small images are enlarged so the text is legible
     big = np.repeat(np.repeat(rgb, scale, axis=0), scale, axis=1) if scale > 1 else rgb
     return draw_annotation(big, ann)

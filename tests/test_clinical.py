@@ -709,10 +709,10 @@ def test_stream_bad_threshold_and_polyp_ids(tmp_path, cli, synth_video):
     lines[i] = lines[i][: -len("1")] + "first"
     bad_ids = tmp_path / "bad.csv"
     bad_ids.write_text("\n".join(lines) + "\n")
-    from edgeskd.data.synthetic import CLASS_NAMES
+    from edgeskd.data.synthetic import POLYP_CLASS_NAMES
     from helpers_stream import META
 
-    named = make_onnx(tmp_path / "named.onnx", meta=META.replace(class_names=list(CLASS_NAMES)))
+    named = make_onnx(tmp_path / "named.onnx", meta=META.replace(class_names=list(POLYP_CLASS_NAMES)))
     r = cli("stream", video, "--engine", named, "--labels", bad_ids, "--stats", out / "s.json",
             "--jsonl", out / "p.jsonl")
     assert r.exit_code != 0 and f"bad.csv:{i + 1}" in r.output and "not an integer" in r.output

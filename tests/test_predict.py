@@ -98,3 +98,31 @@ def test_predict_refuses_existing_output_and_writes_nothing_on_a_bad_image(cli, 
     assert not out2.exists() and not save.exists()
     assert cli("predict", images / "a0.png", "--engine", onnx_path, "--out", out, "--overwrite").exit_code == 0
     assert out.read_text().startswith("path,class")
+
+
+def test_predict_says_no_polyp_for_a_background_class_model(cli, tmp_path, images):
+    """A model with a "no polyp" class: its state is read as the stream reads a frame (no class call,
+    no subclass, when P(background) reaches the presence threshold)."""
+    from helpers_stream import META
+
+    from edgeskd.runtime.loader import load_runner
+    from edgeskd.runtime.postprocess import class_probabilities
+    from edgeskd.data.images import read_image
+    from edgeskd.runtime.preprocess import preprocess_for
+
+    meta = META.replace(class_names=["hyperplastic", "adenoma", "no_polyp"],
+                        subclass_names=["hp_a", "ad_a", "wall_a", "wall_b"], subclass_to_class=[0, 1, 2, 2],
+                        background_class=2, presence_threshold=0.3)
+    path = make_onnx(tmp_path / "bg.onnx", meta=meta)
+    out = tmp_path / "p.jsonl"
+    r = cli("predict", images, "--engine", path, "--out", out)
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    with load_runner(path) as runner:
+        for row in rows:
+            p = class_probabilities(runner.infer(preprocess_for(meta, read_image(row["path"])[None])), meta)[0]
+            empty = p[2] >= 0.3
+            assert (row["state"] == "no polyp") == empty
+            assert row["class"] in ("hyperplastic", "adenoma")           # the likelier polyp class
+            if empty:
+                assert row["subclass"] is None

@@ -207,6 +207,26 @@ def _video_summary(video: dict[str, Any], polyp: dict[str, Any]) -> dict[str, An
     }
 
 
+_STREAM_RATES = ("frame_f1_raw", "frame_f1_smoothed", "frame_accuracy_smoothed", "frame_accuracy_raw",
+                 "polyp_accuracy_argmax", "polyp_accuracy_called", "polyp_coverage", "polyp_frame_accuracy",
+                 "polyp_frame_accuracy_ci95", "presence_sensitivity", "image_test_accuracy", "per_polyp_accuracy",
+                 "per_polyp_accuracy_ci95", "class_call_share_no_polyp")
+
+
+def _stream_percent(d: dict[str, Any]) -> dict[str, Any]:
+    """The stream's rates (fractions in stream.json) in percent, as the training figures are: one unit
+    in quickstart.json."""
+    def pct(v: Any) -> Any:
+        if isinstance(v, (list, tuple)):
+            return [pct(x) for x in v]
+        return None if v is None else round(100.0 * float(v), 2)
+
+    out = {k: (pct(v) if k in _STREAM_RATES else v) for k, v in d.items()}
+    if isinstance(out.get("video"), dict):
+        out["video"] = {k: (pct(v) if k in _STREAM_RATES else v) for k, v in out["video"].items()}
+    return out
+
+
 def summarize(wd: Path, stream_engine: Path) -> dict[str, Any]:
     metrics = _load(wd / "run" / "metrics.json")
     bench = _load(wd / "bench.json")
@@ -214,7 +234,9 @@ def summarize(wd: Path, stream_engine: Path) -> dict[str, Any]:
     models = {}
     for name, m in (metrics.get("models") or {}).items():
         cal, op = m.get("calibration") or {}, m.get("operating_point") or {}
-        models[name] = {"f1": m.get("f1"), "params": m.get("params"), "ece": cal.get("ece"),
+        models[name] = {"f1": m.get("f1"), "accuracy": m.get("accuracy"), "balanced_accuracy": m.get("balanced_accuracy"),
+                        "sensitivity": m.get("recall"), "specificity": m.get("specificity"), "auc": m.get("auc"),
+                        "params": m.get("params"), "ece": cal.get("ece"),
                         "ece_calibrated": cal.get("ece_calibrated"), "ece_one_temperature": cal.get("ece_one_temperature"),
                         "calibration_method": cal.get("method"), "threshold": op.get("threshold"),
                         "coverage": op.get("coverage"), "npv": op.get("npv"), "npv_ci95": op.get("npv_ci95")}
@@ -228,10 +250,13 @@ def summarize(wd: Path, stream_engine: Path) -> dict[str, Any]:
     polyp = lab.get("per_polyp") or {}
     video = lab.get("video") or {}
     return {
+        "units": {"rates": "percent (F1, accuracy, AUC, ECE, NPV, coverage, shares; 95 % intervals too)",
+                  "latency": "ms", "false_alarms_per_minute": "per minute of polyp-free video",
+                  "threshold": "probability (0-1)", "seconds": "s"},
         "models": models,
         "comparisons": comparisons,
         "bench": bench_rows,
-        "stream": {
+        "stream": _stream_percent({
             "engine": str(stream_engine),
             "fps": stream.get("fps"),
             "decode_fps_ceiling": stream.get("decode_fps_ceiling"),
@@ -248,7 +273,7 @@ def summarize(wd: Path, stream_engine: Path) -> dict[str, Any]:
             "polyp_accuracy_called": polyp.get("accuracy"),
             "polyp_coverage": polyp.get("coverage"),
             "threshold": lab.get("threshold"),
-        },
+        }),
         "artifacts": {
             "data": str(wd / "data"), "run": str(wd / "run"), "engines": str(wd / "engines"),
             "bench": str(wd / "bench.json"), "video": str(wd / "video.mp4"),
@@ -276,7 +301,8 @@ def quickstart(
         return "—" if v is None else fmt.format(v)
 
     for name, m in s["models"].items():
-        table.add_row(f"{name} (test split)", f(m["f1"]), "", "")
+        table.add_row(f"{name} (test split; accuracy {f(m.get('accuracy'), '{:.1f}')}, balanced "
+                      f"{f(m.get('balanced_accuracy'), '{:.1f}')}, AUC {f(m.get('auc'), '{:.1f}')})", f(m["f1"]), "", "")
     for key, label in (("skd-kd", "SKD − KD"), ("skd-none", "SKD − plain")):
         c = s.get("comparisons", {}).get(key)
         if c and c.get("ci95"):
@@ -292,7 +318,7 @@ def quickstart(
     frame_f1 = st.get("frame_f1_smoothed")
     table.add_row(f"stream {Path(st['engine']).name} (frame F1 smoothed; live latency, the annotated video "
                   "recorded off the live path)",
-                  f(None if frame_f1 is None else 100.0 * frame_f1), f(lat), f(st["fps"], "{:.1f}"))
+                  f(frame_f1), f(lat), f(st["fps"], "{:.1f}"))
     console.print(table)
     _print_clinical(s)
     for note in res.notes:
@@ -304,11 +330,11 @@ def quickstart(
 
 def _print_video(st: dict) -> None:
     """Live latency apart from the recording, and the video figures beside the image test."""
-    def pct(v):
-        return "—" if v is None else f"{100 * v:.1f} %"
+    def pct(v):   # quickstart.json holds percent
+        return "—" if v is None else f"{v:.1f} %"
 
     def ci(c):
-        return "" if not c else f" [{100 * c[0]:.1f}, {100 * c[1]:.1f}]"
+        return "" if not c else f" [{c[0]:.1f}, {c[1]:.1f}]"
 
     lat, rec = st.get("live_latency_ms") or {}, st.get("recording") or {}
     if lat.get("p50") is not None:
@@ -345,6 +371,6 @@ def _print_clinical(s: dict) -> None:
     st = s["stream"]
     _print_video(st)
     if st.get("polyp_accuracy_argmax") is not None:
-        console.print(f"stream per polyp: accuracy {pct(st['polyp_accuracy_argmax'], 100)} (argmax) vs frame-level "
-                      f"{pct(st['frame_accuracy_raw'], 100)}; at the threshold: coverage {pct(st['polyp_coverage'], 100)}, "
-                      f"accuracy of calls {pct(st['polyp_accuracy_called'], 100)}", soft_wrap=True)
+        console.print(f"stream per polyp: accuracy {pct(st['polyp_accuracy_argmax'])} (argmax) vs frame-level "
+                      f"{pct(st['frame_accuracy_raw'])}; at the threshold: coverage {pct(st['polyp_coverage'])}, "
+                      f"accuracy of calls {pct(st['polyp_accuracy_called'])}", soft_wrap=True)

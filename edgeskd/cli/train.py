@@ -179,12 +179,16 @@ def _print_table(metrics: dict) -> None:
     multi = len(metrics["seeds"]) > 1
     table = Table(title=f"test split — {metrics['dataset']['name']} (label bits "
                         f"{metrics['dataset']['label_bits']:.3f})", title_justify="left")
-    for col in ("model", "arch", "params", "F1", "acc", "AUC"):
+    for col in ("model", "arch", "params", "F1", "acc", "bal acc", "sens", "spec", "AUC"):
         table.add_column(col, justify="left" if col in ("model", "arch") else "right")
+
+    def pct(v) -> str:
+        return "—" if v is None else f"{v:.2f}"
+
     for name, m in metrics["models"].items():
         f1 = f"{m['f1']:.2f}" + (f" ± {m['f1_std']:.2f}" if multi else "")
-        auc = "—" if m["auc"] is None else f"{m['auc']:.2f}"
-        table.add_row(name, m["arch"], f"{m['params']:,}", f1, f"{m['accuracy']:.2f}", auc)
+        table.add_row(name, m["arch"], f"{m['params']:,}", f1, pct(m["accuracy"]), pct(m.get("balanced_accuracy")),
+                      pct(m.get("recall")), pct(m.get("specificity")), pct(m["auc"]))
     console.print(table)
     console.print(f"wrote {len(metrics.get('files', []))} files to {metrics['out']} "
                   f"in {metrics['wall_time_s']:.0f} s", highlight=False)

@@ -316,6 +316,16 @@ def _calibration_table(models: dict[str, Any]) -> list[str]:
         lines.append(f"| {name} | {_f(c['ece'], 2)} | {_f(c.get('ece_one_temperature'), 2)} | "
                      f"{_f(c.get('ece_calibrated'), 2)} | {_f(floor.get('mean'), 2)} / {_f(floor.get('p95'), 2)} | "
                      f"{t} | {how} | {_f(c['nll'], 4)} | {_f(c.get('nll_calibrated'), 4)} |")
+    for name, m in models.items():   # fitted on validation, it need not help on test: say so when it does not
+        c = m.get("calibration") or {}
+        if c.get("ece_calibrated") is None or c.get("ece") is None or c["ece_calibrated"] <= c["ece"]:
+            continue
+        floor = (c.get("ece_sampling_floor") or {}).get("mean")
+        why = (f"the rise is within what sampling alone gives (mean {floor:.2f} %)"
+               if floor is not None and c["ece_calibrated"] - c["ece"] <= floor
+               else "validation and test disagree on its probability scale")
+        lines += ["", f"Note: {name}'s deployed calibration (fitted on validation) does not lower its test ECE "
+                      f"({c['ece']:.2f} → {c['ece_calibrated']:.2f} %): {why}."]
     return lines
 
 

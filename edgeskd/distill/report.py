@@ -14,7 +14,7 @@ from edgeskd.distill.checkpointing import link_or_copy
 from edgeskd.distill.config import AUGMENT_POLICIES, DEFAULT_TEMPERATURES, TEACHER_TARGETS
 from edgeskd.utils.io import atomic_path, write_json_atomic, write_text_atomic
 
-METRIC_KEYS = ("f1", "accuracy", "precision", "recall", "auc")
+METRIC_KEYS = ("f1", "accuracy", "balanced_accuracy", "precision", "recall", "specificity", "auc")
 MODEL_ORDER = ("teacher", "student-none", "student-kd", "student-skd")
 LABEL_BITS_FORMULA = "H(S) - H(C) = H(S | C), in bits, over the training split's labels"
 # paired comparisons of test F1: key → (model a, model b), reported as a − b
@@ -184,14 +184,18 @@ def _results(metrics: dict[str, Any]) -> list[str]:
     lines = [f"Test split, model selected on validation F1; {n_seeds} seed(s) {metrics['seeds']}"
              f"{' (mean ± sample std)' if n_seeds > 1 else ''}; metrics in percent; positive class "
              f"**{ds['positive_class']}**.", "",
-             "| model | arch | params | F1 | accuracy | precision | recall | AUC | val F1 |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| model | arch | params | F1 | accuracy | balanced acc. | precision | recall (sens.) | specificity "
+             "| AUC | val F1 |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, m in models.items():
         sd = (lambda k: m.get(f"{k}_std")) if n_seeds > 1 else (lambda k: None)
         lines.append(f"| {name} | {m['arch']} | {m['params']:,} | **{_fmt(m['f1'], sd('f1'))}** | "
-                     f"{_fmt(m['accuracy'], sd('accuracy'))} | {_fmt(m['precision'], sd('precision'))} | "
-                     f"{_fmt(m['recall'], sd('recall'))} | {_fmt(m['auc'], sd('auc'))} | "
+                     f"{_fmt(m['accuracy'], sd('accuracy'))} | {_fmt(m.get('balanced_accuracy'), sd('balanced_accuracy'))} | "
+                     f"{_fmt(m['precision'], sd('precision'))} | {_fmt(m['recall'], sd('recall'))} | "
+                     f"{_fmt(m.get('specificity'), sd('specificity'))} | {_fmt(m['auc'], sd('auc'))} | "
                      f"{_fmt(m['val_f1'], m.get('val_f1_std'))} |")
+    lines += ["", "F1 counts the positive class only: a model that leans to it (high recall, low specificity) can "
+              "gain F1 while its accuracy, balanced accuracy and AUC do not; read them together."]
     f1 = {n: m["f1"] for n, m in models.items() if m["f1"] is not None}
     lines.append("")
     if {"student-skd", "student-none"} <= set(f1):

@@ -53,7 +53,7 @@ class Presence:
         return out
 
 
-def _state(p: np.ndarray, threshold: float | None, presence: Presence | None = None) -> int:
+def frame_state(p: np.ndarray, threshold: float | None, presence: Presence | None = None) -> int:
     """The argmax class, or NO_CALL when the highest probability is below ``threshold`` — with a
     background class: NO_POLYP_CALL when P(background) reaches the presence threshold, else the
     same on the conditional probabilities."""
@@ -67,7 +67,7 @@ def _state(p: np.ndarray, threshold: float | None, presence: Presence | None = N
     return k if threshold is None or float(p[k]) >= threshold else NO_CALL
 
 
-def _pred(p: np.ndarray, presence: Presence | None) -> int:
+def frame_class(p: np.ndarray, presence: Presence | None) -> int:
     """The class: the argmax, or with a background class the argmax of the conditional probabilities."""
     if presence is None:
         return int(np.argmax(p))
@@ -94,8 +94,8 @@ class FrameResult:
 
     def __post_init__(self) -> None:
         pr = self.presence
-        self.pred = _pred(self.probs, pr)
-        self.smoothed_pred = _pred(self.smoothed, pr)
+        self.pred = frame_class(self.probs, pr)
+        self.smoothed_pred = frame_class(self.smoothed, pr)
         self.top_subclass = None
         if self.subclass_probs is not None:
             if pr is None or pr.polyp_subclasses is None:
@@ -103,8 +103,8 @@ class FrameResult:
             else:
                 subs = list(pr.polyp_subclasses)
                 self.top_subclass = subs[int(np.argmax(np.asarray(self.subclass_probs)[subs]))]
-        self.state = _state(self.smoothed, self.threshold, pr)
-        self.raw_state = _state(self.probs, self.threshold, pr)
+        self.state = frame_state(self.smoothed, self.threshold, pr)
+        self.raw_state = frame_state(self.probs, self.threshold, pr)
 
     @property
     def present(self) -> bool:
