@@ -51,18 +51,25 @@ class Tracker:
             self._start_mlflow(uri, config)
 
     def _start_mlflow(self, uri: str, config: dict[str, Any]) -> None:
+        """A run through an ``MlflowClient`` of its own (the fluent API's tracking URI and active run
+        are process-wide: they would leak into whatever runs next in this process)."""
         if importlib.util.find_spec("mlflow") is None:
             self.warn(f"MLflow tracking to {uri} is off: mlflow is not installed (pip install mlflow-skinny)")
             return
         try:
-            import mlflow
+            _check_reachable(uri)
+            from mlflow.entities import Param
+            from mlflow.tracking import MlflowClient
 
-            mlflow.set_tracking_uri(uri)
-            mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", "edgeskd"))
-            run = mlflow.start_run(run_name=self.out.name)
-            self.run_id = run.info.run_id
-            mlflow.log_params(_flat_params(config))
-            self.mlflow = mlflow
+            client = MlflowClient(tracking_uri=uri)
+            name = os.environ.get("MLFLOW_EXPERIMENT_NAME", "edgeskd")
+            exp = client.get_experiment_by_name(name)
+            exp_id = exp.experiment_id if exp is not None else client.create_experiment(name)
+            self.run_id = client.create_run(exp_id, run_name=self.out.name).info.run_id
+            params = [Param(k, v) for k, v in _flat_params(config).items()]
+            for i in range(0, len(params), 100):   # MLflow takes at most 100 params per batch
+                client.log_batch(self.run_id, params=params[i:i + 100])
+            self.mlflow = client
         except Exception as e:  # noqa: BLE001 - an unreachable server must not stop training
             self.warn(f"MLflow tracking to {uri} is off: {str(e).splitlines()[0][:160]}")
             self.mlflow = None
@@ -81,10 +88,7 @@ class Tracker:
                 self.tb.add_scalar(f"{prefix}/{k}", v, step)
             self.tb.flush()
         if self.mlflow is not None:
-            try:
-                self.mlflow.log_metrics({f"{prefix}.{k}": v for k, v in values.items()}, step=step)
-            except Exception as e:  # noqa: BLE001
-                self._mlflow_off(e)
+            self._log_metrics({f"{prefix}.{k}": v for k, v in values.items()}, step)
 
     def finish(self, out: Path, metrics: dict[str, Any]) -> None:
         """The test figures, and the run's report, metrics and plots as artifacts."""
@@ -96,16 +100,28 @@ class Tracker:
             self.tb.close()
             self.tb = None
         if self.mlflow is not None:
+            self._log_metrics(test, 0)
+        if self.mlflow is not None:
             try:
-                self.mlflow.log_metrics(test)
                 for name in metrics.get("files", []):
                     f = Path(out) / name
                     if f.is_file() and f.suffix in (".md", ".json", ".png", ".onnx"):
-                        self.mlflow.log_artifact(str(f))
-                self.mlflow.end_run()
+                        self.mlflow.log_artifact(self.run_id, str(f))
+                self.mlflow.set_terminated(self.run_id, "FINISHED")
             except Exception as e:  # noqa: BLE001
                 self._mlflow_off(e)
             self.mlflow = None
+
+    def _log_metrics(self, values: dict[str, float], step: int) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        try:
+            self.mlflow.log_batch(self.run_id, metrics=[Metric(k, v, now, step) for k, v in values.items()])
+        except Exception as e:  # noqa: BLE001
+            self._mlflow_off(e)
 
     def fail(self) -> None:
         if self.tb is not None:
@@ -113,7 +129,7 @@ class Tracker:
             self.tb = None
         if self.mlflow is not None:
             try:
-                self.mlflow.end_run(status="FAILED")
+                self.mlflow.set_terminated(self.run_id, "FAILED")
             except Exception:  # noqa: BLE001 - the run's own error is the one to report
                 pass
             self.mlflow = None
@@ -121,7 +137,21 @@ class Tracker:
     def _mlflow_off(self, e: Exception) -> None:
         self.warn(f"MLflow tracking stopped: {str(e).splitlines()[0][:160]}")
         try:
-            self.mlflow.end_run(status="FAILED")
+            self.mlflow.set_terminated(self.run_id, "FAILED")
         except Exception:  # noqa: BLE001
             pass
         self.mlflow = None
+
+
+def _check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """An HTTP tracking server must answer its health check within ``timeout_s`` (MLflow's own client
+    retries for minutes before it gives up); other URIs (file:, databricks) are left to MLflow."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s):
+            pass
+    except OSError as e:
+        raise ConnectionError(f"no answer from {uri} ({getattr(e, 'reason', e)})") from None
