@@ -30,7 +30,7 @@ def test_every_option_named_in_readme_exists():
     known |= {"--help", "--version", "--nproc-per-node", "--system-site-packages", "--model-repository"}
     named = set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]+)", README))
     # pip / docker / torchrun / pytest options in shell lines are not edgeskd's
-    foreign = {"--budget", "--only", "--upgrade", "--index-url", "--extra-index-url", "--no-deps", "--gpus", "--rm", "--net", "--shm-size"}
+    foreign = {"--budget", "--only", "--logdir", "--upgrade", "--index-url", "--extra-index-url", "--no-deps", "--gpus", "--rm", "--net", "--shm-size"}
     missing = sorted(named - known - foreign)
     assert not missing, f"README names options no command has: {missing}"
 

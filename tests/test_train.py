@@ -88,8 +88,8 @@ def test_checkpoints_load_weights_only_with_metadata(known_run):
         assert raw["config"]["train"]["img_size"] == 32 and "test" in raw["metrics"]
         model, meta, _ = model_from_checkpoint(out / f"{name}.pt")
         assert (meta.arch, meta.output, meta.model_name) == (arch, kind, name)
-        assert meta.input_size == (32, 32) and meta.class_names == ["hyperplastic", "adenoma"]
-        assert meta.subclass_to_class == [0, 0, 0, 0, 1, 1, 1, 1]
+        assert meta.input_size == (32, 32) and meta.class_names == ["hyperplastic", "adenoma", "no_polyp"]
+        assert meta.subclass_to_class == [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2] and meta.background_class == 2
         with torch.no_grad():
             assert model(torch.zeros(2, 3, 32, 32)).shape == (2, meta.num_outputs)
 
@@ -119,8 +119,8 @@ def test_invented_subclasses_run(cli, tmp_path):
 
     t = load_checkpoint(out / "teacher.pt")["meta"]
     s = load_checkpoint(out / "student-skd.pt")["meta"]
-    assert t.subclass_names == [f"{c}/inv{k}" for c in ("hyperplastic", "adenoma") for k in range(3)]
-    assert s.subclass_names == t.subclass_names and s.num_outputs == 6 and s.output == "subclass_logits"
+    assert t.subclass_names == [f"{c}/inv{k}" for c in ("hyperplastic", "adenoma", "no_polyp") for k in range(3)]
+    assert s.subclass_names == t.subclass_names and s.num_outputs == 9 and s.output == "subclass_logits"
     log = [json.loads(ln) for ln in (out / "log.jsonl").read_text().splitlines()]
     assert "train_aux" in log[0]  # CE on LSE class logits + β·L_aux
     m = json.loads((out / "metrics.json").read_text())
@@ -463,14 +463,14 @@ def test_console_script_passes_other_errors_through(monkeypatch, capsys):
         raise ZeroDivisionError("inner")
 
     monkeypatch.setattr(sys, "argv", ["edgeskd", "info"])
-    monkeypatch.setattr(app_module, "app", boom)
+    monkeypatch.setattr(app_module, "run", boom)
     with pytest.raises(ZeroDivisionError, match="inner"):
         app_module.main()
 
     def abort(**kw):
         raise typer.Abort()
 
-    monkeypatch.setattr(app_module, "app", abort)
+    monkeypatch.setattr(app_module, "run", abort)
     with pytest.raises(SystemExit) as e:
         app_module.main()
     assert e.value.code == 130 and capsys.readouterr().err.strip() == "error: interrupted"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -36,6 +36,11 @@ app.command("quickstart")(quickstart.quickstart)
 app.command("doctor")(doctor.doctor)
 
 
+def run() -> Any:
+    """The app as the console script runs it (its click command, flags shown as flags)."""
+    return tidy_help(typer.main.get_command(app)).main(prog_name="edgeskd", standalone_mode=False)
+
+
 def main() -> None:
     """The console script: click's usage errors (an unknown option, a value outside an option's
     choices or range) become one line on stderr with exit code 2, like edgeskd's own errors."""
@@ -49,7 +54,7 @@ def main() -> None:
         from click import exceptions as ex
 
     try:
-        rv = tidy_help(typer.main.get_command(app)).main(prog_name="edgeskd", standalone_mode=False)
+        rv = run()
     except ex.UsageError as e:
         message = e.format_message().replace("Value error, ", "")
         if message:   # (empty: no command given, the help was printed)
