@@ -43,10 +43,18 @@ def test_clip_set_counts_classes_and_groups(clip_set):
         assert rows.sum() <= FRAMES_PER_POLYP and str(g).endswith("/polyp0")
         assert len(set(ls.labels[rows])) == len(set(ls.subclasses[rows])) == len(set(ls.votes[rows])) == 1
     assert all(str(g).endswith("/wall0") for g in ls.groups[bg])
-    # the frames of one polyp are different views (camera moved), not copies
-    g = ls.groups[~bg][0]
-    imgs = ls.images[ls.groups == g].astype(int)
-    assert np.abs(imgs[0] - imgs[1]).mean() > 5
+    # several frames of one polyp would be different views (camera moved), not copies
+    from edgeskd.data import clips
+
+    monkey = clips.FRAMES_PER_POLYP
+    try:
+        clips.FRAMES_PER_POLYP = 3
+        d = clips.render_clip_set(60, 32, 0)
+    finally:
+        clips.FRAMES_PER_POLYP = monkey
+    g = d["groups"][d["labels"] != 2][0]
+    imgs = d["images"][d["groups"] == g].astype(int)
+    assert len(imgs) == 3 and np.abs(imgs[0] - imgs[1]).mean() > 5
 
 
 def test_clip_set_splits_keep_clips_whole(clip_set):

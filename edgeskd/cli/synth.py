@@ -40,7 +40,7 @@ def synth(
     ~70 % show a polyp (hyperplastic or adenoma, 4 subtypes each, 3 frames per polyp; 7 annotator
     votes), ~30 % bare wall (class no_polyp: plain, lumen, blurred; votes unknown). Every frame
     carries its group (clip/polyp); splits keep clips whole, 1/4 train : 1/4 val : 1/2 test of
-    the clips, stratified by subtype (--n 5200: 1,299 / 1,302 / 2,599 frames, 1,819 test polyp frames).
+    the clips, stratified by subtype (--n 5200: 1,297 / 1,308 / 2,595 frames, 1,819 test polyp frames).
 
     Written atomically (a temporary directory renamed to OUT when complete). Groups go to the
     manifest's group column (folder: dataset.json). MHIST is HP vs SSA: that layout holds the

@@ -84,7 +84,7 @@ from edgeskd.data.splits import stratified_split
 from edgeskd.errors import UsageError
 
 GENERATOR_VERSION = 3   # seeds the label model and per-sample textures
-RENDER_REVISION = 7     # bump whenever rendered bytes or splits change (it keys the on-disk cache)
+RENDER_REVISION = 8     # bump whenever rendered bytes or splits change (it keys the on-disk cache)
 POLYP_CLASS_NAMES = ("hyperplastic", "adenoma")
 CLASS_NAMES = POLYP_CLASS_NAMES + ("no_polyp",)   # the last class: no polyp in view (bare wall)
 BACKGROUND_CLASS = 2
@@ -626,7 +626,7 @@ def make_synthetic(n: int, size: int = 128, seed: int = 0) -> LabeledSet:
     """The synthetic endoscopy set: ``n`` frames of ``size``² px taken from synthetic clips
     (``edgeskd.data.clips``): about 70 % show a polyp (3 frames per polyp, spaced over the camera's
     visit), about 30 % bare wall (class ``no_polyp``). Split by clip, stratified by subclass,
-    1/2 test : 1/4 val : 1/4 train of the clips (a 5,200-frame set: 1,299 train frames, 1,819
+    1/2 test : 1/4 val : 1/4 train of the clips (a 5,200-frame set: 1,297 train frames, 1,819
     test polyp frames).
 
     Same (n, size, seed) ⇒ same bytes. ``groups`` holds each frame's clip and polyp id;
