@@ -225,3 +225,25 @@ def test_clinical_figures_of_an_artifact_are_those_of_its_polyp_only_view():
         assert full[k] == alone[k], k
     with pytest.raises(ValueError, match="no labelled case shows a polyp"):
         clinical_figures(x[~polyp], BG_META, y[~polyp])
+
+
+def test_presence_cap_counts_the_frames_that_would_be_class_calls():
+    """Polyp-free frames that would show "low confidence" when called present are no false alarm:
+    with ``confident`` the cap counts only those whose HP-vs-adenoma call is confident."""
+    import numpy as np
+
+    from edgeskd.clinical.presence import select_presence_threshold
+
+    rng = np.random.default_rng(0)
+    p_neg = rng.uniform(0.0, 1.0, 400)            # polyp-free frames: P(background) spread over [0, 1]
+    p_pos = rng.uniform(0.0, 0.2, 400)
+    p = np.concatenate([p_pos, p_neg])
+    truth = np.r_[np.ones(400, bool), np.zeros(400, bool)]
+    plain = select_presence_threshold(p, truth)
+    assert plain.threshold < 0.05                   # ≤ 1 % of 400 uniform negatives below t: t ≈ 0.01
+    confident = np.r_[np.ones(400, bool), p_neg > 0.3]   # the low-P(background) empty frames are unsure
+    chosen = select_presence_threshold(p, truth, confident=confident)
+    # the confident empty frames all lie above 0.3: t rises to just above the 4 allowed (1 % of 400)
+    assert 0.3 < chosen.threshold <= 0.5 and chosen.threshold > 10 * plain.threshold
+    calls = (p < chosen.threshold) & confident & ~truth
+    assert calls.sum() <= 0.01 * 400

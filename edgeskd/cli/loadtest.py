@@ -26,7 +26,7 @@ def loadtest(
     server_pid: Annotated[Optional[int], typer.Option("--server-pid", help="With --server on this machine: its process id, to count its CPU.")] = None,
     max_frames: Annotated[Optional[int], typer.Option("--max-frames", help="Stop each stream after this many decoded frames.")] = None,
     max_batch_size: Annotated[int, typer.Option("--max-batch-size", help="The started server's dynamic-batching limit.")] = 8,
-    queue_delay_us: Annotated[int, typer.Option("--queue-delay-us", help="The started server's batching delay (µs).")] = 4000,
+    queue_delay_us: Annotated[int, typer.Option("--queue-delay-us", help="The started server's batching delay (µs).")] = 10000,
     local: Annotated[bool, typer.Option("--local/--no-local", help="Run the N local processes (the baseline) too.")] = True,
     threads: ThreadsOpt = DEFAULT_THREADS,
     out: Annotated[Optional[Path], typer.Option("--out", help="Write the report as JSON here.")] = None,

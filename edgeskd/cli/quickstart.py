@@ -143,7 +143,7 @@ def run_quickstart(workdir: str | Path, *, profile: str = "fast",
     if code == 6:
         res.notes.append("the INT8 artifact failed the accuracy gate; streaming with the FP32 ONNX")
     step("benchmark", ["bench", str(run), str(eng), "--out", str(wd / "bench.json"), "--iters", str(p.bench_iters),
-                       "--batch-sizes", p.bench_batches, "--max-seconds", "3", "--overwrite"])
+                       "--batch-sizes", p.bench_batches, "--max-seconds", "3", "--threads", "2", "--overwrite"])
     step("synthetic endoscopy video", ["synth-video", str(video), "--seconds", str(p.video_seconds),
                                        "--resolution", p.video_size, "--seed", str(seed), "--overwrite",
                                        *p.video_extra])

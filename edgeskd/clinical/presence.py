@@ -5,7 +5,8 @@ threshold t. Lower t: more frames called "no polyp" — fewer false presences on
 but fewer polyp frames called present. The rule:
 
     t = min(0.5, the largest t at which at most ``FALSE_PRESENCE_TARGET`` (1 %) of the validation
-        frames without a polyp are called present)
+        frames without a polyp would get a class call: called present AND confident at the artifact's
+        call threshold (HP-vs-adenoma threshold; without one every present frame is a call))
 
 Why this rule: a false presence on bare mucosa is what turns into a false alarm (a confident class
 call where there is no polyp — the failure the stream showed minute after minute), while a polyp
@@ -49,8 +50,13 @@ class PresenceChoice:
 
 
 def select_presence_threshold(p_background: Any, has_polyp: Any, *, target: float = FALSE_PRESENCE_TARGET,
-                              min_no_polyp: int = MIN_NO_POLYP) -> PresenceChoice:
-    """The presence threshold by the rule above, from validation P(background) and the truth."""
+                              min_no_polyp: int = MIN_NO_POLYP, confident: Any | None = None) -> PresenceChoice:
+    """The presence threshold by the rule above, from validation P(background) and the truth.
+
+    ``confident`` (per frame, optional): the frame's HP-vs-adenoma probabilities reach the call
+    threshold, so it gets a class call whenever it is called present. Then the cap counts only
+    the polyp-free frames that would become a class call — what the stream shows as a false alarm —
+    not every false presence (a present frame below the call threshold shows "low confidence")."""
     p = np.asarray(p_background, dtype=np.float64)
     pos = np.asarray(has_polyp, dtype=bool)
     if p.shape != pos.shape or p.ndim != 1:
@@ -61,10 +67,11 @@ def select_presence_threshold(p_background: Any, has_polyp: Any, *, target: floa
         return PresenceChoice(None, f"validation has {n_neg} frames without a polyp, fewer than the {min_no_polyp} "
                                     f"a presence threshold needs; {DEFAULT_PRESENCE_THRESHOLD} is used",
                               n_pos, n_neg, target, fig["sensitivity"], fig["false_presence"])
-    neg = np.sort(p[~pos])
-    k = int(np.floor(target * n_neg))        # false presences allowed
+    calls = np.ones(len(p), bool) if confident is None else np.asarray(confident, dtype=bool)
+    neg = np.sort(p[~pos & calls])           # the polyp-free frames that would be a class call if present
+    k = int(np.floor(target * n_neg))        # false class calls allowed (a share of all polyp-free frames)
     # called present: p < t; the largest t with at most k negatives below it is the (k+1)-th smallest
-    t_cap = float(neg[k]) if k < n_neg else 1.0
+    t_cap = float(neg[k]) if k < len(neg) else 1.0
     t = min(DEFAULT_PRESENCE_THRESHOLD, t_cap)
     fig = presence_figures(p, pos, t)
     return PresenceChoice(t, None, n_pos, n_neg, target, fig["sensitivity"], fig["false_presence"],

@@ -99,8 +99,15 @@ def _choose_presence(r, val_logits: np.ndarray, val_labels: np.ndarray, test_lab
     from edgeskd.metrics import as_percent
     from edgeskd.runtime.polyp_view import view_presence
 
+    from edgeskd.runtime.postprocess import conditional_probabilities
+
     v = polyp_view(val_logits, r.meta, val_labels)
-    choice = select_presence_threshold(v.p_background, v.mask)
+    # a polyp-free frame becomes a false alarm only if it is called present AND its HP-vs-adenoma
+    # probabilities reach the call threshold: the cap counts those (clinical/presence.py)
+    thr = r.meta.threshold
+    confident = (None if thr is None else
+                 conditional_probabilities(val_logits, r.meta).max(axis=1) >= thr)
+    choice = select_presence_threshold(v.p_background, v.mask, confident=confident)
     r.meta = r.meta.replace(presence_threshold=choice.threshold)
     on_test = view_presence(polyp_view(r.test_logits, r.meta, test_labels), r.meta)
     r.test["presence"] = as_percent({"presence": on_test})["presence"]

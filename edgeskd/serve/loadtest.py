@@ -48,7 +48,7 @@ class LoadTestConfig:
     max_frames: int | None = None
     threads: int = 1
     max_batch_size: int = 8
-    queue_delay_us: int = 4000
+    queue_delay_us: int = 10_000
     local: bool = True                  # run the N local processes too
     timeout_s: float = 600.0
 
