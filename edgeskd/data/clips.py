@@ -27,8 +27,6 @@ test, val, ... in turn (1/2 : 1/4 : 1/4 of the clips).
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields, replace
 
 import numpy as np
@@ -191,14 +189,7 @@ def render_clip_set(n: int, size: int, seed: int) -> dict[str, np.ndarray]:
         s1 = min(n, s0 + sy.CHUNK)
         images[s0:s1] = render_plan(plan, size, seed, params, looks, s0, s1)
 
-    chunks = range(0, n, sy.CHUNK)
-    workers = min(2, os.cpu_count() or 1, len(chunks))
-    if workers > 1:  # numpy releases the GIL; chunks are independent, so the bytes do not change
-        with ThreadPoolExecutor(workers) as ex:
-            list(ex.map(work, chunks))
-    else:
-        for s0 in chunks:
-            work(s0)
+    sy.render_in_chunks(n, work)
     clip = plan.clip
     is_polyp = plan.polyp
     bg = sy.BACKGROUND_CLASS

@@ -585,6 +585,19 @@ def _stack_params(ps: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {k: np.concatenate([p[k] for p in ps]) for k in ps[0]}
 
 
+def render_in_chunks(n: int, work) -> None:
+    """``work(start)`` for every CHUNK of ``n`` frames, on up to two threads (numpy releases the GIL;
+    the chunks are independent, so the bytes do not depend on the threads)."""
+    starts = range(0, n, CHUNK)
+    workers = min(2, os.cpu_count() or 1, len(starts))
+    if workers > 1:
+        with ThreadPoolExecutor(workers) as ex:
+            list(ex.map(work, starts))
+    else:
+        for s0 in starts:
+            work(s0)
+
+
 def sample_seed(seed: int, i: int) -> int:
     """The per-sample texture seed of sample ``i`` of a set generated with ``seed``."""
     return int(np.random.SeedSequence([int(seed), int(i), GENERATOR_VERSION]).generate_state(1, np.uint32)[0])
@@ -686,14 +699,7 @@ def make_synthetic_images(n: int, size: int = 128, seed: int = 0) -> LabeledSet:
         s1 = min(n, s0 + CHUNK)
         images[s0:s1] = render_frames(lab["visual"][s0:s1], lab["ambiguity"][s0:s1], size, seed, start=s0)
 
-    starts = range(0, n, CHUNK)
-    workers = min(2, os.cpu_count() or 1, len(starts))
-    if workers > 1:  # numpy releases the GIL; chunks are independent, so the bytes do not change
-        with ThreadPoolExecutor(workers) as ex:
-            list(ex.map(work, starts))
-    else:
-        for s0 in starts:
-            work(s0)
+    render_in_chunks(n, work)
     splits = stratified_split(lab["subclasses"], seed, test=TEST_SHARE, val=VAL_SHARE)
     noise = float(np.mean(lab["labels"] != lab["true_labels"]))
     return LabeledSet(
