@@ -159,6 +159,12 @@ def _two_ranks(tmp_path, backend: str) -> list[dict]:
     store = tmp_path / "store"
     procs = [subprocess.Popen([sys.executable, "-c", _DIVERGE, str(r), str(store), backend], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    return _rank_results(procs, "a rank hung: the divergence did not reach every rank")
+
+
+def _rank_results(procs, hung: str) -> list[dict]:
+    """Each rank process's last stdout line as JSON; every rank is killed and the test fails with
+    ``hung`` if one does not finish in 120 s."""
     outs = []
     for p in procs:
         try:
@@ -166,7 +172,7 @@ def _two_ranks(tmp_path, backend: str) -> list[dict]:
         except subprocess.TimeoutExpired:
             for q in procs:
                 q.kill()
-            pytest.fail("a rank hung: the divergence did not reach every rank")
+            pytest.fail(hung)
         assert p.returncode == 0, se[-2000:]
         outs.append(json.loads(so.strip().splitlines()[-1]))
     return outs
@@ -242,17 +248,7 @@ def _two_ranks_on_one_gpu(mode: str) -> list[dict]:
                    WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         procs.append(subprocess.Popen([sys.executable, "-c", _SHARED_GPU, mode], env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True))
-    outs = []
-    for p in procs:
-        try:
-            so, se = p.communicate(timeout=120)
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            pytest.fail("a rank hung")
-        assert p.returncode == 0, se[-2000:]
-        outs.append(json.loads(so.strip().splitlines()[-1]))
-    return outs
+    return _rank_results(procs, "a rank hung")
 
 
 def test_two_ranks_reporting_one_gpu_are_refused_on_every_rank():

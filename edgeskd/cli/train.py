@@ -61,6 +61,16 @@ TuneAlphasOpt = Annotated[Optional[str], typer.Option(
     rich_help_panel=_T)]
 
 
+# the data's groups and experiment tracking
+GroupByOpt = Annotated[Optional[str], typer.Option(
+    "--group-by", metavar="COL", help="Manifest column holding each image's group (video + polyp, patient): "
+    "splits keep groups whole. \\[default: the 'group' column when present]", rich_help_panel=_R)]
+MlflowOpt = Annotated[Optional[str], typer.Option(
+    "--mlflow", help="Log params, per-epoch metrics, report and plots to this MLflow tracking URI "
+    "(default: $MLFLOW_TRACKING_URI; none: no MLflow). TensorBoard events go to OUT/tensorboard when "
+    "tensorboard is installed.", rich_help_panel=_R)]
+
+
 @cli_command
 def train(
     data: DataOpt = None,
@@ -142,13 +152,8 @@ def train(
         rich_help_panel=_R)] = False,
     skip_bad: Annotated[bool, typer.Option(
         "--skip-bad", help="Skip unreadable images instead of failing.", rich_help_panel=_R)] = False,
-    group_by: Annotated[Optional[str], typer.Option(
-        "--group-by", metavar="COL", help="Manifest column holding each image's group (video + polyp, patient): "
-        "splits keep groups whole. \\[default: the 'group' column when present]", rich_help_panel=_R)] = None,
-    mlflow: Annotated[Optional[str], typer.Option(
-        "--mlflow", help="Log params, per-epoch metrics, report and plots to this MLflow tracking URI "
-        "(default: $MLFLOW_TRACKING_URI; none: no MLflow). TensorBoard events go to OUT/tensorboard when "
-        "tensorboard is installed.", rich_help_panel=_R)] = None,
+    group_by: GroupByOpt = None,
+    mlflow: MlflowOpt = None,
 ) -> None:
     """Train the teacher on subclasses, then the plain, KD and SKD students; write checkpoints,
     metrics.json, report.md and plots to OUT."""
@@ -156,7 +161,17 @@ def train(
     from edgeskd.distill.config import resolve_config
     from edgeskd.distill.train import run_training
 
-    config_file, no_augment, mlflow_uri = options.pop("config"), options.pop("no_augment"), options.pop("mlflow")
+    config_file, mlflow_uri = options.pop("config"), options.pop("mlflow")
+    cfg = resolve_config(_config_values(options), config_file)
+    metrics = run_training(cfg, console=console, argv=["edgeskd", *sys.argv[1:]], mlflow_uri=mlflow_uri)
+    if os.environ.get("RANK", "0") == "0":   # under torchrun, rank 0 wrote the files and reports them
+        _print_table(metrics)
+
+
+def _config_values(options: dict) -> dict:
+    """The options as TrainConfig values: enums to their text, flags that are off to None (a config file
+    may set them), --no-augment folded into --augment, --device checked."""
+    no_augment = options.pop("no_augment")
     values = {k: (v.value if isinstance(v, Enum) else v) for k, v in options.items()}
     for flag in ("resume", "overwrite", "skip_bad", "tune"):   # off = not given (a config file may set it)
         values[flag] = values[flag] or None
@@ -167,10 +182,7 @@ def train(
     if values["device"] is not None:
         d = parse_device(values["device"])   # "cuda" stays "cuda": under torchrun each rank takes its own GPU
         values["device"] = "cuda" if values["device"].strip().lower() == "cuda" else d
-    cfg = resolve_config(values, config_file)
-    metrics = run_training(cfg, console=console, argv=["edgeskd", *sys.argv[1:]], mlflow_uri=mlflow_uri)
-    if os.environ.get("RANK", "0") == "0":   # under torchrun, rank 0 wrote the files and reports them
-        _print_table(metrics)
+    return values
 
 
 def _print_table(metrics: dict) -> None:

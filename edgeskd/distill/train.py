@@ -24,7 +24,6 @@ state), ``progress`` (bars and console lines), ``report`` (metrics.json, report.
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 import time
@@ -47,7 +46,7 @@ from edgeskd.distill.tracking import TB_DIR
 from edgeskd.distill.tasks import TeacherOutputs, make_task
 from edgeskd.distill.tune import cell_name
 from edgeskd.errors import TrainingDiverged, UsageError  # noqa: F401 (re-export)
-from edgeskd.utils.io import ensure_writable_dir, write_json_atomic
+from edgeskd.utils.io import ensure_writable_dir, probe_writable_dir, write_json_atomic
 
 
 # -- one seed ---------------------------------------------------------------------------------------
@@ -183,19 +182,6 @@ def settle_tuning(ctx: RunContext, per_seed: dict[int, dict[str, TrainedModel]],
 
 
 # -- the output folder -------------------------------------------------------------------------------
-def _probe_writable(out: Path) -> None:
-    """Fail early (before loading data or training) if OUT cannot be created/written; create nothing."""
-    p = out
-    while not p.exists():
-        if p.parent == p:
-            break
-        p = p.parent
-    if p.exists() and not p.is_dir():
-        raise UsageError(f"cannot create output directory {out}: {p} is a file; choose a writable path")
-    if not os.access(p, os.W_OK | os.X_OK):
-        raise UsageError(f"output directory {out} is not writable; choose a writable path")
-
-
 def _check_out(cfg: TrainConfig) -> Path:
     if cfg.resume and not cfg.out:
         raise UsageError("--resume needs --out DIR (the run to continue)")
@@ -209,7 +195,7 @@ def _check_out(cfg: TrainConfig) -> Path:
         # (settings alone = a run that stopped before its first result: nothing to protect)
         raise UsageError(f"{out} already holds a training run; --resume continues it, --overwrite "
                          "replaces it, or choose another --out")
-    _probe_writable(out)
+    probe_writable_dir(out)   # before loading data or training; creates nothing
     return out
 
 
