@@ -13,6 +13,7 @@ import pytest
 
 from edgeskd.clinical import (
     LOW_CONFIDENCE,
+    PPV_TARGET,
     aggregate_polyps,
     calibrated_probabilities,
     class_logits,
@@ -267,18 +268,19 @@ def test_threshold_search_constructed_case():
     # t = 0.60 or 0.65: NPV 24/30 = 0.80; t = 0.75: NPV 19/20 = 0.95, PPV 18/20 = 0.90, 40 of 60 called
     probs, y = _tiers(BASE)
     c = select_threshold(probs, y)
-    assert c.threshold == 0.75 and c.reason is None and c.ppv_target_met and c.note is None
+    assert c.threshold == 0.75 and c.reason is None and c.note is None and not c.ppv_target_met
     assert (c.npv, c.ppv, c.coverage) == (0.95, 0.9, pytest.approx(40 / 60))
     assert (c.n_negative_calls, c.n_positive_calls) == (20, 20)
-    # PPV 17/20 at 0.75: both targets first at 0.85 (NPV 19/20, PPV 10/10), coverage 30/60
+    # PPV 17/20 at 0.75: by default the NPV alone decides (PPV reported, 0.85), still 0.75 ...
     probs, y = _tiers(BASE[:4] + [(1, 0.75, 10, 7), BASE[5]])
     c = select_threshold(probs, y)
+    assert c.threshold == 0.75 and c.ppv == pytest.approx(17 / 20)
+    # ... asking for PPV >= 90 % too: both targets first at 0.85 (NPV 19/20, PPV 10/10), coverage 30/60
+    c = select_threshold(probs, y, ppv_target=PPV_TARGET)
     assert c.threshold == 0.85 and c.coverage == 0.5 and c.ppv_target_met
-    # without the PPV target the NPV alone decides: 0.75
-    assert select_threshold(probs, y, ppv_target=None).threshold == 0.75
     # PPV never reaches 90 %: the NPV target alone, said so
     probs, y = _tiers(BASE[:3] + [(1, 0.95, 10, 8), (1, 0.75, 10, 7), BASE[5]])
-    c = select_threshold(probs, y)
+    c = select_threshold(probs, y, ppv_target=PPV_TARGET)
     assert c.threshold == 0.75 and not c.ppv_target_met and "PPV >= 90 %" in c.note
     # NPV never reaches 90 %: no threshold, and why
     probs, y = _tiers([(0, 0.95, 10, 8), (0, 0.85, 10, 9)] + BASE[2:])

@@ -139,6 +139,28 @@ def test_alarm_episode_rule():
     assert alarm_episodes([], []) == 0
 
 
+def test_displayed_state_leaves_a_polyp_at_once():
+    """The moving average lags when a polyp leaves the view; a frame whose own probabilities say
+    "no polyp" is shown as "no polyp" although the smoothed ones still hold the polyp's class."""
+    from edgeskd.clinical.operating_point import NO_POLYP_CALL
+    from edgeskd.stream.result import FrameResult, Presence
+    from edgeskd.stream.source import DecodedFrame
+
+    pr = Presence.of(BG)
+    frame = DecodedFrame(index=0, time_s=0.0, frame=np.zeros((8, 8, 3), np.uint8), t_decoded=0.0)
+
+    def result(probs, smoothed):
+        return FrameResult(frame=frame, ordinal=0, probs=np.array(probs), smoothed=np.array(smoothed),
+                           subclass_probs=None, latency_s=0.0, fps=0.0, crop=None, threshold=0.8, presence=pr)
+
+    leaving = result([0.05, 0.05, 0.9], [0.7, 0.03, 0.27])        # frame: bare wall; average: still hp
+    assert leaving.raw_state == NO_POLYP_CALL and leaving.state == NO_POLYP_CALL and leaving.smoothed_pred == 0
+    entering = result([0.9, 0.05, 0.05], [0.3, 0.05, 0.65])       # frame: hp; average: still bare wall
+    assert entering.raw_state == 0 and entering.state == NO_POLYP_CALL
+    staying = result([0.9, 0.05, 0.05], [0.85, 0.05, 0.1])        # both see the polyp: the smoothed call
+    assert staying.state == 0
+
+
 def test_overlay_shows_no_polyp_without_class_or_subclass():
     from edgeskd.stream.overlay import Annotation, draw_annotation
 

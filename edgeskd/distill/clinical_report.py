@@ -4,7 +4,7 @@
 * every student: one temperature fitted on the validation split by NLL (for SKD students on the
   logsumexp class logits), ECE and NLL after it, a reliability diagram (``reliability_<model>.png``),
   and an operating point: the confidence threshold chosen on validation as the one with the highest
-  coverage that reaches NPV ≥ 90 % (and PPV ≥ 90 % where reachable), then on test NPV / PPV with
+  coverage that reaches NPV ≥ 90 % (PPV is reported, it does not move the threshold), then on test NPV / PPV with
   95 % Wilson intervals, coverage, and whether the lower NPV bound clears 90 %; plus sensitivity,
   specificity, PPV and NPV at argmax;
 * the student's checkpoint (and so every artifact exported from it) carries the temperature and
@@ -464,7 +464,8 @@ def section(metrics: dict[str, Any]) -> list[str]:
     notes += _subclass_notes(models)
     lines += [""] + ([f"- {s}" for s in notes] + [""] if notes else [])
     lines += [f"Operating point: the lowest confidence (highest calibrated class probability) in (0.5, 1) at which "
-              f"validation NPV ≥ {100 * NPV_TARGET:.0f} % (and PPV ≥ 90 % where some threshold reaches both); "
+              f"validation NPV ≥ {100 * NPV_TARGET:.0f} % (PIVI's bar for leaving a polyp in place; PPV is reported, "
+              "it does not move the threshold); "
               "below it a case is \"low confidence\" (no call). On test, with 95 % Wilson intervals; the "
               "threshold and the temperature are stored in each student's checkpoint and every artifact "
               "exported from it.", ""]
