@@ -104,3 +104,49 @@ def test_bench_warns_when_artifacts_come_from_different_data(cli, tiny, tmp_path
     r = cli("bench", a, c, "--data", data, "--batch-sizes", "1", "--warmup", "0", "--iters", "2", "--threads", "1",
             "--out", tmp_path / "bench2.json")
     assert r.exit_code == 0 and "different data sets" not in r.output
+
+
+def _labelled_video(tmp_path):
+    from helpers_stream import make_video
+
+    video = make_video(tmp_path / "v.mp4", n=24, w=96, h=64)
+    labels = tmp_path / "v.labels.csv"
+    rows = ["frame,class,subclass,polyp_id"] + [
+        f"{i},{'hyperplastic' if i < 12 else 'adenoma'},{'hp_nodular' if i < 12 else 'ad_tubular'},{i // 12}"
+        for i in range(24)]
+    labels.write_text("\n".join(rows) + "\n")
+    return video, labels
+
+
+def test_bench_video_rows_are_the_stream_figures(cli, tiny, tmp_path):
+    pytest.importorskip("av")
+    data, run = tiny
+    video, labels = _labelled_video(tmp_path)
+    out, stats = tmp_path / "b.json", tmp_path / "s.json"
+    r = cli("bench", run / "student-skd.pt", "--data", data, "--batch-sizes", "1", "--warmup", "1", "--iters", "2",
+            "--video", video, "--labels", labels, "--out", out)
+    assert r.exit_code == 0, r.output
+    assert "NPV % of calls" in r.output and "frame acc %" in r.output   # the video table
+    block = json.loads(out.read_text())["video"]
+    (row,) = block["rows"]
+    assert row["status"] == "ok" and row["n_polyps"] == 2 and "false alarm" in block["episode_rule"]
+    # the same artifact through `stream --labels`: the same figures
+    r = cli("stream", video, "--engine", run / "student-skd.pt", "--labels", labels, "--stats", stats)
+    assert r.exit_code == 0, r.output
+    vid = json.loads(stats.read_text())["labels"]["video"]
+    assert row["frame_accuracy"] == pytest.approx(100 * vid["polyp_frames"]["accuracy"], abs=0.01)
+    assert row["negative_polyps_called"] == (f"{vid['negative_polyps_called']['with_negative_call']}/"
+                                             f"{vid['negative_polyps_called']['n_polyps']}")
+
+
+def test_bench_video_inputs_are_checked_before_any_work(cli, tiny, tmp_path):
+    pytest.importorskip("av")
+    data, run = tiny
+    video, labels = _labelled_video(tmp_path)
+    out = tmp_path / "b.json"
+    for args, msg in [(["--video", video], "go together"), (["--labels", labels], "go together"),
+                      (["--video", video, "--labels", tmp_path / "none.csv"], "not found"),
+                      (["--video", tmp_path / "none.mp4", "--labels", labels], "not found")]:
+        r = cli("bench", run, "--data", data, "--out", out, *args)
+        assert r.exit_code != 0 and msg in r.output and "Traceback" not in r.output, r.output
+        assert not out.exists()

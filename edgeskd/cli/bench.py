@@ -44,15 +44,19 @@ def bench(
     plot_path: Annotated[Optional[Path], typer.Option("--plot", help="PNG plot (latency vs F1, throughput vs batch).")] = None,
     markdown: Annotated[bool, typer.Option("--markdown", help="Print a markdown table instead of a rich table.")] = False,
     wide: Annotated[bool, typer.Option("--wide", help="Every column (the default table fits 120 columns).")] = False,
+    video: Annotated[Optional[Path], typer.Option("--video", help="A labelled video: each artifact also streams it (every frame) for the video figures of `stream --labels`.")] = None,
+    labels: Annotated[Optional[Path], typer.Option("--labels", help="Its per-frame labels CSV (frame,class[,subclass],polyp_id); with --video.")] = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Bench every artifact: F1/accuracy/AUC through the runtime, latency p50/p99, throughput, size,
-    FLOPs vs this machine's measured GEMM peak, speed-up vs torch eager, F1 change vs FP32 (and per subclass)."""
+    FLOPs vs this machine's measured GEMM peak, speed-up vs torch eager, F1 change vs FP32 (and per subclass);
+    with --video/--labels also its figures on a labelled video beside its image-test figures."""
     from edgeskd.bench.discover import discover
     from edgeskd.bench.machine import machine_info
     from edgeskd.bench.measure import BenchOptions, run_bench
     from edgeskd.bench.report import markdown as to_markdown
     from edgeskd.bench.report import failures, plot, rich_table, subclass_rows, subclass_table
+    from edgeskd.bench.video import check_video_inputs, video_rows, video_table
     from edgeskd.data.artifact_data import data_refs, describe_data_ref, load_data
     from edgeskd.utils.io import check_output_file, write_json_atomic
 
@@ -65,6 +69,7 @@ def bench(
     check_output_file(out, overwrite=overwrite)
     if plot_path is not None:
         check_output_file(plot_path, overwrite=overwrite)
+    check_video_inputs(video, labels)
     arts = discover(artifacts)
     bad = [a for a in arts if a.error]
     if bad:   # before any data is prepared or cached
@@ -87,6 +92,11 @@ def bench(
                                                           + (f": {r.error}" if r.error else "")))
     result["split"] = split
     result["n_images"] = len(part)
+    if video is not None and labels is not None:
+        err_console.print(f"streaming {video} through {len(arts)} artifact(s) (every frame)…")
+        result["video"] = video_rows(arts, video, labels, threads=threads, device=None if dev == "cpu" else dev,
+                                     on_row=lambda r: err_console.print(f"  {r['name']:<28} {r['status']}"
+                                                                        + (f": {r['error']}" if r.get("error") else "")))
     write_json_atomic(out, result)
     if plot_path is not None:
         plot(result, plot_path)
@@ -98,7 +108,9 @@ def bench(
             console.print(subclass_table(result))
         for line in failures(result):
             console.print(f"failed: {line}", markup=False, soft_wrap=True)
+    if "video" in result:
+        console.print(video_table(result["video"]))
     console.print(f"wrote {out}" + (f" and {plot_path}" if plot_path else ""))
-    failed = [r for r in result["rows"] if r["status"] != "ok"]
+    failed = [r for r in result["rows"] + (result.get("video") or {}).get("rows", []) if r["status"] != "ok"]
     if failed:
         raise typer.Exit(1)

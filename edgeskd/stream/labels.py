@@ -70,6 +70,12 @@ def _rows(path: str | Path) -> tuple[Path, list[str], list[tuple[int, dict[str, 
     return p, fields, out
 
 
+def check_labels_file(path: str | Path) -> int:
+    """A labels file that reads (header with frame,class; integer frames): its number of rows,
+    else a one-line UsageError / DataError — for commands that check their inputs before working."""
+    return len(_rows(path)[2])
+
+
 def read_frame_labels(path: str | Path, class_names: list[str]) -> dict[int, int]:
     """frame index → class index of the frames that show a labelled polyp."""
     return read_truth(path, class_names).labels
