@@ -178,6 +178,25 @@ def test_ema_smoothing_by_hand():
             EmaSmoother(bad)
 
 
+def test_ema_smoothing_spans_the_same_time_at_any_frame_rate():
+    from edgeskd.stream.smoothing import EmaSmoother
+
+    p1, p2 = np.array([0.9, 0.1]), np.array([0.1, 0.9])
+    # one step of 1/15 s = two steps of 1/30 s with the same new probabilities
+    s15, s30 = EmaSmoother(0.3), EmaSmoother(0.3)
+    s15.update(p1, 0.0)
+    s30.update(p1, 0.0)
+    a = s15.update(p2, 1 / 15)
+    s30.update(p2, 1 / 30)
+    np.testing.assert_allclose(a, s30.update(p2, 2 / 30), rtol=1e-5)
+    assert s15.weight(1 / 15 + 1 / 15) == pytest.approx(1 - 0.7 ** 2)
+    # at 30 fps, and without times, the weight is alpha itself; off stays off
+    assert EmaSmoother(0.3).weight(None) == 0.3 and s30.weight(3 / 30) == pytest.approx(0.3)
+    off = EmaSmoother(1.0)
+    off.update(p1, 0.0)
+    np.testing.assert_allclose(off.update(p2, 0.5), p2)
+
+
 # -- stats, metrics, labels --------------------------------------------------------------------------------
 def test_stats_schema_and_percentiles():
     from edgeskd.stream.stats import STATS_KEYS, percentiles_ms, stats_dict

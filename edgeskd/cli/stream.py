@@ -36,7 +36,7 @@ def stream(
     ] = None,
     preprocess: Annotated[PreprocessMode, typer.Option("--preprocess", help="auto = CUDA kernel when the runner is on a GPU.")] = PreprocessMode.auto,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Frames per inference call (file mode).")] = 1,
-    smooth: Annotated[float, typer.Option("--smooth", help="EMA weight of the newest frame's probabilities, in (0, 1]; 1 = off.")] = 0.3,
+    smooth: Annotated[float, typer.Option("--smooth", help="EMA weight of the newest frame's probabilities at 30 fps, in (0, 1]; 1 = off. Scaled by the time between frames, so the average spans the same time at any frame rate (0.3 at 30 fps = 0.51 at 15 fps).")] = 0.3,
     crop: Annotated[str, typer.Option("--crop", help="Endoscope content area: auto (detect the lit field; black border and overlay text excluded), none, or x,y,w,h.")] = "auto",
     crop_every: Annotated[int, typer.Option("--crop-every", help="With --crop auto: frames between re-estimates.")] = 30,
     labels: Annotated[Optional[Path], typer.Option("--labels", help="Ground truth CSV (frame,class[,polyp_id]): adds accuracy/F1, NPV and coverage to the stats; with polyp_id also per-polyp decisions.")] = None,

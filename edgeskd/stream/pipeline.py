@@ -122,7 +122,7 @@ class FrameProcessor:
         self.fps.tick(len(items), t_done)
         fps = self.fps.fps
         results = [
-            FrameResult(frame=it, ordinal=self.processed + k, probs=probs[k], smoothed=self.smoother.update(probs[k]),
+            FrameResult(frame=it, ordinal=self.processed + k, probs=probs[k], smoothed=self.smoother.update(probs[k], it.time_s),
                         subclass_probs=None if subs is None else subs[k], latency_s=t_done - it.t_decoded,
                         fps=fps, crop=box, threshold=self.threshold, presence=self.presence)
             for k, it in enumerate(items)

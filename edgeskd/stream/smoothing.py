@@ -1,7 +1,11 @@
-"""Temporal smoothing of class probabilities: an exponential moving average.
+"""Temporal smoothing of class probabilities: an exponential moving average defined in time.
 
-``smoothed_t = alpha * p_t + (1 - alpha) * smoothed_{t-1}``, started at the first frame's
-probabilities. ``alpha = 1`` switches smoothing off; smaller alpha = smoother and slower. The result
+``smoothed_t = a * p_t + (1 - a) * smoothed_{t-1}``, started at the first frame's probabilities,
+with ``a = 1 - (1 - alpha) ** (dt * REFERENCE_FPS)`` for a frame ``dt`` seconds after the previous
+one: ``alpha`` is the weight of the newest frame at 30 fps, and the average spans the same time at
+any frame rate (a weight per frame would smooth a 15 fps video over twice as many seconds as a 30
+fps one, and a real-time stream that dropped frames over more). Without times, or for ``dt <= 0``,
+``a = alpha``. ``alpha = 1`` switches smoothing off; smaller alpha = smoother and slower. The result
 stays a probability vector (a convex combination of probability vectors). In real-time mode it runs
 over the processed frames (dropped frames never reach it).
 """
@@ -12,6 +16,8 @@ import numpy as np
 
 from edgeskd.errors import UsageError
 
+REFERENCE_FPS = 30.0
+
 
 class EmaSmoother:
     def __init__(self, alpha: float) -> None:
@@ -19,20 +25,33 @@ class EmaSmoother:
             raise UsageError(f"--smooth {alpha} must be in (0, 1]; 1 = no smoothing, 0.3 = moderate")
         self.alpha = float(alpha)
         self.state: np.ndarray | None = None
+        self.last_time: float | None = None
 
     def reset(self) -> None:
         self.state = None
+        self.last_time = None
 
-    def update(self, probs: np.ndarray) -> np.ndarray:
-        """Feed one frame's (C,) probabilities; returns the smoothed (C,) float32 vector (a copy)."""
+    def weight(self, time_s: float | None) -> float:
+        """The newest frame's weight for a frame at ``time_s`` (seconds)."""
+        if time_s is None or self.last_time is None or not time_s > self.last_time or self.alpha >= 1.0:
+            return self.alpha
+        return 1.0 - (1.0 - self.alpha) ** ((time_s - self.last_time) * REFERENCE_FPS)
+
+    def update(self, probs: np.ndarray, time_s: float | None = None) -> np.ndarray:
+        """Feed one frame's (C,) probabilities (and its time); returns the smoothed (C,) float32 vector (a copy)."""
         p = np.asarray(probs, dtype=np.float32)
         if self.state is None or self.state.shape != p.shape:
             self.state = p.copy()
         else:
-            self.state *= np.float32(1.0 - self.alpha)
-            self.state += np.float32(self.alpha) * p
+            a = np.float32(self.weight(time_s))
+            self.state *= np.float32(1.0) - a
+            self.state += a * p
+        if time_s is not None:
+            self.last_time = float(time_s)
         return self.state.copy()
 
-    def update_batch(self, probs: np.ndarray) -> np.ndarray:
-        """(N, C) probabilities in frame order → (N, C) smoothed."""
-        return np.stack([self.update(p) for p in probs]) if len(probs) else np.zeros_like(probs)
+    def update_batch(self, probs: np.ndarray, times: np.ndarray | None = None) -> np.ndarray:
+        """(N, C) probabilities in frame order (and their times) → (N, C) smoothed."""
+        if not len(probs):
+            return np.zeros_like(probs)
+        return np.stack([self.update(p, None if times is None else float(times[i])) for i, p in enumerate(probs)])
