@@ -165,9 +165,11 @@ def test_bad_requests_are_one_line_errors(server, artifact):
 def test_stream_on_the_server_equals_local(server, artifact, tmp_path, cli):
     video = make_video(tmp_path / "v.mp4", n=12)
     res = cli("stream", "--video", video, "--server", server["grpc"], "--model", "tiny", "--jsonl", tmp_path / "s.jsonl",
-              "--no-ceiling")
+              "--stats", tmp_path / "s.json", "--no-ceiling")
     assert res.exit_code == 0, res.output
     assert "triton" in res.output
+    # the remote stream keeps requests in flight (the two-stage loop of stream.inflight)
+    assert json.loads((tmp_path / "s.json").read_text())["source"]["pipeline_depth"] == 3
     res = cli("stream", "--video", video, "--engine", artifact, "--jsonl", tmp_path / "l.jsonl", "--no-ceiling")
     assert res.exit_code == 0, res.output
     a = [json.loads(x) for x in (tmp_path / "s.jsonl").read_text().splitlines()]
