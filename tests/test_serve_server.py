@@ -97,7 +97,7 @@ def test_grpc_and_http_inference_match_local_and_batch(server, artifact):
 
 
 def test_requests_in_flight_match_local_and_fail_like_the_synchronous_path(server, artifact):
-    """``infer_async`` (tritonclient's ``async_infer``): several requests in flight, each answer equal
+    """``infer_async``: several requests in flight (on the runner's threads), each answer equal
     to local inference; frames counted once; errors mapped as ``infer`` maps them."""
     from edgeskd.runtime.loader import load_runner
     from edgeskd.serve.remote import RemoteRunner
@@ -168,7 +168,7 @@ def test_stream_on_the_server_equals_local(server, artifact, tmp_path, cli):
               "--stats", tmp_path / "s.json", "--no-ceiling")
     assert res.exit_code == 0, res.output
     assert "triton" in res.output
-    # the remote stream keeps requests in flight (the two-stage loop of stream.inflight)
+    # the remote stream keeps requests in flight (the loop of stream.inflight)
     assert json.loads((tmp_path / "s.json").read_text())["source"]["pipeline_depth"] == 3
     res = cli("stream", "--video", video, "--engine", artifact, "--jsonl", tmp_path / "l.jsonl", "--no-ceiling")
     assert res.exit_code == 0, res.output

@@ -160,14 +160,20 @@ class _Process:
 
     depth = 3
 
-    def __init__(self, delay_s: float, burn_s: float = 0.0) -> None:
-        self.delay_s, self.burn_s = delay_s, burn_s
+    def __init__(self, delay_s: float, burn_s: float = 0.0, request_cpu_s: float = 0.0) -> None:
+        self.delay_s, self.burn_s, self.request_cpu_s = delay_s, burn_s, request_cpu_s
+        self.runner_cpu_s = 0.0      # what a runner's own threads report (Runner.async_cpu_s)
 
     def submit(self, items):
         from edgeskd.stream.pipeline import Submitted
 
         fut: Future = Future()
-        threading.Timer(self.delay_s, fut.set_result, [len(items)]).start()
+
+        def answer() -> None:
+            self.runner_cpu_s += self.request_cpu_s
+            fut.set_result(len(items))
+
+        threading.Timer(self.delay_s, answer).start()
         return Submitted(items, None, fut)
 
     def complete(self, sub):
@@ -189,11 +195,12 @@ class _ListSink:
 def test_ctrl_c_finishes_the_frames_in_flight_and_cpu_counts_both_stages():
     from edgeskd.stream.inflight import pump_in_flight
 
-    process, sink = _Process(delay_s=0.2, burn_s=0.05), _ListSink()
+    process, sink = _Process(delay_s=0.2, burn_s=0.05, request_cpu_s=1.0), _ListSink()
     wall, cpu, interrupted, lost = pump_in_flight(_Source(range(5)), process, [sink], 1, None)
     assert interrupted and lost is None
     assert sink.got == list(range(5))           # the frames in flight at Ctrl-C were completed and written
-    assert cpu >= 5 * 0.05 * 0.9                 # the completion thread's CPU is in the figure
+    # completing (5 x 50 ms of CPU, on the timer threads) and the runner's threads (5 x 1 s reported)
+    assert 5.0 + 5 * 0.05 * 0.9 <= cpu < 5.0 + 1.0
     assert wall >= 0.2
 
 

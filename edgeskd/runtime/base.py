@@ -10,7 +10,8 @@ For tests, ``edgeskd.runtime.fake.FakeRunner`` computes its output with a given 
 
 ``infer_async(batch)`` returns a ``concurrent.futures.Future`` of the logits. Here (every local
 backend) it runs ``infer`` at once and returns a completed future; a runner whose inference happens
-elsewhere (``serve.remote.RemoteRunner``) sends the request and returns while it is in flight.
+elsewhere (``serve.remote.RemoteRunner``) sends the request from a thread of its own and returns
+while it is in flight.
 ``pipeline_depth`` says how many requests a caller may keep in flight with profit: 1 for local
 runners (the stream then keeps its single-thread loop), more for a remote one.
 """
@@ -34,6 +35,8 @@ class Runner(abc.ABC):
     supports_cuda_preprocess: bool = False
     # requests worth keeping in flight through ``infer_async`` (1: inference runs in the caller's thread)
     pipeline_depth: int = 1
+    # CPU seconds the runner's own threads spent on ``infer_async`` requests (0: the caller's thread ran them)
+    async_cpu_s: float = 0.0
 
     def __init__(self, meta: ModelMeta, *, max_batch: int | None = None) -> None:
         self.meta = meta

@@ -9,9 +9,9 @@
   ``sinks.VideoSink`` (which draws and encodes on its own thread, off the live path).
 
 With a local runner all of it runs in one loop (``_pump``). A runner that keeps requests in flight
-(``pipeline_depth`` > 1: ``--server``) gets the two-stage loop of ``inflight``: the next frame is
-taken, preprocessed and sent while the previous one is on the server, and one completion thread
-hands the results to the sinks in frame order.
+(``pipeline_depth`` > 1: ``--server``) gets the loop of ``inflight``: the next frame is taken,
+preprocessed and sent while the previous one is on the server, and the answers are completed and
+handed to the sinks in frame order, in the thread that received them.
 
 Live latency of a frame = from the moment the decoder handed it over to the moment its (smoothed)
 decision is ready; it includes waiting in the queue. The annotated video is recorded off this path:
@@ -139,6 +139,11 @@ class FrameProcessor:
     @property
     def depth(self) -> int:
         return self.predictor.depth
+
+    @property
+    def runner_cpu_s(self) -> float:
+        """CPU seconds the runner's own threads spent on requests in flight (``Runner.async_cpu_s``)."""
+        return float(getattr(self.predictor.runner, "async_cpu_s", 0.0))
 
     def __call__(self, items: Sequence[DecodedFrame]) -> list[FrameResult]:
         return self.complete(self.submit(items))
@@ -293,7 +298,7 @@ class _Ceiling:
 @dataclass
 class _Run:
     wall_s: float
-    cpu_s: float          # CPU time of the stream's own threads (this one, and the completion thread)
+    cpu_s: float          # CPU time of the inference work: this thread (+ completing and requests elsewhere)
     interrupted: bool
     lost: Exception | None = None   # the runner's server stopped answering (ServerLost)
 
@@ -327,7 +332,7 @@ def _pump(source: VideoSource, process: FrameProcessor, sinks: list[Any], batch:
     """Decode → process → every sink, until the source ends. Ctrl-C is how a live stream (camera,
     RTSP) ends: the outputs are then finished for the frames processed so far (a second Ctrl-C
     while they are written aborts and removes them). A runner with requests in flight
-    (``pipeline_depth`` > 1, a remote one) gets the two-stage loop of ``stream.inflight``."""
+    (``pipeline_depth`` > 1, a remote one) gets the loop of ``stream.inflight``."""
     if process.depth > 1:
         from edgeskd.stream.inflight import pump_in_flight
 
@@ -414,8 +419,8 @@ def _source_summary(cfg: StreamConfig, runner: Any, source: VideoSource, process
         "video_frames_skipped": outputs.video.frames_skipped if outputs.video is not None else 0,
         # CPU time per frame of each thread: where the time goes, independent of machine load
         # (FFmpeg's own frame threads, with decode threading AUTO, are not included); the inference
-        # thread with requests in flight: the submitting and the completion thread together (gRPC's
-        # own threads, which receive the replies, are not included)
+        # thread with requests in flight: submitting, the requests on the runner's threads and
+        # completing, wherever they ran
         "cpu_ms_per_frame": {
             "decoder_thread": round(source.decoder_cpu_s * 1000.0 / max(source.frames_decoded, 1), 3),
             "inference_thread": round(run.cpu_s * 1000.0 / max(process.processed, 1), 3),

@@ -51,14 +51,13 @@ class Predictor:
         return self.runner.infer(x)
 
     def submit(self, items: Sequence[DecodedFrame], crop: tuple[int, int, int, int] | None) -> Future:
-        """Preprocess and send: a future of the batch's logits (completed at once on the CUDA path and
-        on every local runner)."""
-        if self.cuda is not None:
+        """Preprocess and send: a future of the batch's logits (``runner.infer_async`` where requests in
+        flight pay, else ``infer``, done at once, as on the CUDA path)."""
+        if self.depth == 1:   # local runners and the CUDA path: inference now, in this thread
             fut: Future = Future()
             fut.set_result(self.logits(items, crop))
             return fut
-        x = self.cpu([it.frame for it in items], crop, [it.rgb for it in items])
-        return self.runner.infer_async(x)
+        return self.runner.infer_async(self.cpu([it.frame for it in items], crop, [it.rgb for it in items]))
 
     @property
     def depth(self) -> int:
