@@ -156,11 +156,12 @@ class _Source:
 
 class _Process:
     """A FrameProcessor stand-in for ``pump_in_flight``: each batch's future completes ``delay_s``
-    after submission (on a timer thread); ``complete`` spends ``burn_s`` of CPU, returns the items."""
+    after submission (on a timer thread; None: at once); ``complete`` spends ``burn_s`` of CPU and
+    returns the items."""
 
     depth = 3
 
-    def __init__(self, delay_s: float, burn_s: float = 0.0, request_cpu_s: float = 0.0) -> None:
+    def __init__(self, delay_s: float | None, burn_s: float = 0.0, request_cpu_s: float = 0.0) -> None:
         self.delay_s, self.burn_s, self.request_cpu_s = delay_s, burn_s, request_cpu_s
         self.runner_cpu_s = 0.0      # what a runner's own threads report (Runner.async_cpu_s)
 
@@ -173,7 +174,10 @@ class _Process:
             self.runner_cpu_s += self.request_cpu_s
             fut.set_result(len(items))
 
-        threading.Timer(self.delay_s, answer).start()
+        if self.delay_s is None:    # answered at once: completed in the submitting thread
+            answer()
+        else:
+            threading.Timer(self.delay_s, answer).start()
         return Submitted(items, None, fut)
 
     def complete(self, sub):
@@ -202,6 +206,21 @@ def test_ctrl_c_finishes_the_frames_in_flight_and_cpu_counts_both_stages():
     # completing (5 x 50 ms of CPU, on the timer threads) and the runner's threads (5 x 1 s reported)
     assert 5.0 + 5 * 0.05 * 0.9 <= cpu < 5.0 + 1.0
     assert wall >= 0.2
+
+
+def test_ctrl_c_while_the_submitting_thread_completes_a_batch_ends_the_stream_cleanly():
+    from edgeskd.stream.inflight import pump_in_flight
+
+    class CtrlC(_ListSink):
+        def write(self, r) -> None:
+            if r == 3:
+                raise KeyboardInterrupt
+            super().write(r)
+
+    sink = CtrlC()
+    _, _, interrupted, lost = pump_in_flight(_Source(range(10), interrupt=False), _Process(delay_s=None), [sink], 1,
+                                             None)
+    assert interrupted and lost is None and sink.got == [0, 1, 2]
 
 
 def test_at_most_depth_batches_in_flight():

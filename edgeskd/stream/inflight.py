@@ -149,7 +149,9 @@ def pump_in_flight(source: Any, process: Any, sinks: list[Any], batch: int,
     except BaseException:
         order.abort()             # a second Ctrl-C, or an error of this thread
         raise
-    if order.failed is not None:   # an earlier frame than this thread's own failure
+    if isinstance(order.failed, KeyboardInterrupt):   # Ctrl-C while this thread completed a batch
+        interrupted = True
+    elif order.failed is not None:   # an earlier frame than this thread's own failure
         if not isinstance(order.failed, ServerLost):
             raise order.failed
         lost = order.failed
