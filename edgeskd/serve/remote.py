@@ -11,7 +11,7 @@ on one of ``pipeline_depth`` (3) threads of the runner's own, so a stream prepro
 next frame while the previous one is on the server; its errors are ``infer``'s, through the future.
 (tritonclient's callback ``async_infer`` was measured against it: gRPC starts a new channel-polling
 thread whenever no call is in flight, which at 30 fps with ~20 ms round trips is every request, and
-cost ~0.4 ms more CPU per request than a blocking call on a kept thread.)
+cost 0.2-0.3 ms more CPU per request than a blocking call on a kept thread, on a 2-core x86 box.)
 
 Failures are one-line ``ServerError``s: server unreachable, a model it does not serve, a server that
 stops answering mid-stream (``ServerLost``; the stream finishes its outputs up to that frame).
