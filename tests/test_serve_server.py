@@ -96,6 +96,46 @@ def test_grpc_and_http_inference_match_local_and_batch(server, artifact):
         server_statistics(server["grpc"], "tiny", "wrong")
 
 
+def test_requests_in_flight_match_local_and_fail_like_the_synchronous_path(server, artifact):
+    """``infer_async``: several requests in flight (on the runner's threads), each answer equal
+    to local inference; frames counted once; errors mapped as ``infer`` maps them."""
+    from edgeskd.runtime.loader import load_runner
+    from edgeskd.serve.remote import RemoteRunner
+
+    x = np.random.default_rng(1).normal(size=(6, 3, 32, 32)).astype(np.float32)
+    with load_runner(artifact) as local:
+        want = local.infer(x)
+    remote = RemoteRunner(server["grpc"], "tiny", depth=2)
+    assert remote.pipeline_depth == 2 and RemoteRunner(server["grpc"], "tiny").pipeline_depth == 3
+    futures = [remote.infer_async(x[i:i + 1]) for i in range(6)] + [remote.infer_async(x[:4])]
+    for i, f in enumerate(futures[:6]):
+        got = f.result(timeout=30)
+        assert got.dtype == np.float32 and got.shape == (1, 4)
+        np.testing.assert_allclose(got, want[i:i + 1], atol=1e-5)
+    np.testing.assert_allclose(futures[6].result(timeout=30), want[:4], atol=1e-5)
+    assert remote.frames_sent == 10
+    with pytest.raises(UsageError, match="does not match"):
+        remote.infer_async(np.zeros((1, 3, 16, 16), np.float32))   # bad input raises at the call
+    assert remote.frames_sent == 10
+    # a batch over the server's limit: refused before any frame went through (ServerError) ...
+    fresh = RemoteRunner(server["grpc"], "tiny")
+    fresh.max_batch = None          # skip the local check, so the server itself refuses
+    big = np.zeros((9, 3, 32, 32), np.float32)
+    err = fresh.infer_async(big).exception(timeout=30)
+    assert type(err) is ServerError and "refused" in str(err) and "\n" not in str(err)
+    with pytest.raises(ServerError, match="refused") as sync_err:
+        fresh.infer(big)
+    assert type(sync_err.value) is ServerError
+    # ... and after frames went through, the same failure means the server is going away (ServerLost)
+    remote.max_batch = None
+    err = remote.infer_async(big).exception(timeout=30)
+    assert type(err) is ServerLost and "after 10 frames" in str(err)
+    with pytest.raises(ServerLost):
+        remote.infer(big)
+    remote.close()
+    fresh.close()
+
+
 def test_bad_requests_are_one_line_errors(server, artifact):
     from edgeskd.serve.remote import RemoteRunner, parse_server_url
     from edgeskd.serve.server import free_port
@@ -125,9 +165,11 @@ def test_bad_requests_are_one_line_errors(server, artifact):
 def test_stream_on_the_server_equals_local(server, artifact, tmp_path, cli):
     video = make_video(tmp_path / "v.mp4", n=12)
     res = cli("stream", "--video", video, "--server", server["grpc"], "--model", "tiny", "--jsonl", tmp_path / "s.jsonl",
-              "--no-ceiling")
+              "--stats", tmp_path / "s.json", "--no-ceiling")
     assert res.exit_code == 0, res.output
     assert "triton" in res.output
+    # the remote stream keeps requests in flight (the loop of stream.inflight)
+    assert json.loads((tmp_path / "s.json").read_text())["source"]["pipeline_depth"] == 3
     res = cli("stream", "--video", video, "--engine", artifact, "--jsonl", tmp_path / "l.jsonl", "--no-ceiling")
     assert res.exit_code == 0, res.output
     a = [json.loads(x) for x in (tmp_path / "s.jsonl").read_text().splitlines()]

@@ -7,11 +7,19 @@ needs (an ONNX Runtime session, a TensorRT execution context and device buffers)
 runner that is not active yet. ``infer(batch)`` checks the input once here and then calls the
 backend's ``_infer_impl``. Backends import their libraries lazily so the package imports anywhere.
 For tests, ``edgeskd.runtime.fake.FakeRunner`` computes its output with a given function.
+
+``infer_async(batch)`` returns a ``concurrent.futures.Future`` of the logits. Here (every local
+backend) it runs ``infer`` at once and returns a completed future; a runner whose inference happens
+elsewhere (``serve.remote.RemoteRunner``) sends the request from a thread of its own and returns
+while it is in flight.
+``pipeline_depth`` says how many requests a caller may keep in flight with profit: 1 for local
+runners (the stream then keeps its single-thread loop), more for a remote one.
 """
 
 from __future__ import annotations
 
 import abc
+from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
@@ -25,6 +33,10 @@ class Runner(abc.ABC):
     # True where a CUDA preprocessor can write the input in place: the runner then has
     # ``input_buffer``, ``stream``, ``cu`` and ``infer_device(n)`` (the TensorRT runner)
     supports_cuda_preprocess: bool = False
+    # requests worth keeping in flight through ``infer_async`` (1: inference runs in the caller's thread)
+    pipeline_depth: int = 1
+    # CPU seconds the runner's own threads spent on ``infer_async`` requests (0: the caller's thread ran them)
+    async_cpu_s: float = 0.0
 
     def __init__(self, meta: ModelMeta, *, max_batch: int | None = None) -> None:
         self.meta = meta
@@ -69,11 +81,24 @@ class Runner(abc.ABC):
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """float32 (N, 3, H, W) preprocessed batch → (N, K) logits (K per ``meta.output``)."""
-        if not self._active:
-            self.activate()
-        batch = self.check_input(batch)
+        batch = self._ready(batch)
         out = self._infer_impl(batch)
         return np.asarray(out, dtype=np.float32)
+
+    def infer_async(self, batch: np.ndarray) -> Future:
+        """``infer`` as a future of the (N, K) float32 logits. Bad input raises here, as in ``infer``;
+        this default runs ``infer`` now (its errors raise here too) and returns a completed future.
+        A runner with ``pipeline_depth`` > 1 overrides it: the request's own failure is then the
+        future's exception."""
+        fut: Future = Future()
+        fut.set_result(self.infer(batch))
+        return fut
+
+    def _ready(self, batch: np.ndarray) -> np.ndarray:
+        """Activate if needed and check ``batch``: what every inference entry point does first."""
+        if not self._active:
+            self.activate()
+        return self.check_input(batch)
 
     # -- input checks in one place ----------------------------------------------------
     def check_input(self, batch: np.ndarray) -> np.ndarray:

@@ -8,6 +8,11 @@
 * every result goes to each sink's ``write(result)``: ``stats.StreamStats``, ``sinks.JsonlSink`` and
   ``sinks.VideoSink`` (which draws and encodes on its own thread, off the live path).
 
+With a local runner all of it runs in one loop (``_pump``). A runner that keeps requests in flight
+(``pipeline_depth`` > 1: ``--server``) gets the loop of ``inflight``: the next frame is taken,
+preprocessed and sent while the previous one is on the server, and the answers are completed and
+handed to the sinks in frame order, in the thread that received them.
+
 Live latency of a frame = from the moment the decoder handed it over to the moment its (smoothed)
 decision is ready; it includes waiting in the queue. The annotated video is recorded off this path:
 ``write`` only enqueues; in file mode the recorder's back-pressure holds back the decoder (a token
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -103,9 +109,24 @@ def load_stream_runner(engine: str | Path, threads: int | None, device: str | in
         raise ArtifactError(f"{e} (stream needs the model's class names, input size and normalisation)") from None
 
 
+@dataclass
+class Submitted:
+    """A batch handed to the runner: its frames, the crop it was preprocessed with and the future of
+    its logits (``FrameProcessor.submit``; ``complete`` turns it into results)."""
+
+    items: Sequence[DecodedFrame]
+    box: tuple[int, int, int, int] | None
+    logits: Future
+
+
 class FrameProcessor:
     """A batch of decoded frames → ``FrameResult``s: crop → preprocess + infer → probabilities →
-    smoothing, timed (latency, fps over a sliding window)."""
+    smoothing, timed (latency, fps over a sliding window).
+
+    ``processor(items)`` is ``complete(submit(items))``. Split, ``submit`` (crop, preprocess, send) and
+    ``complete`` (wait for the logits, probabilities, smoothing) may run on two threads with up to
+    ``depth`` batches in between, as long as batches are completed in the order they were submitted
+    (the smoother and the ordinals follow that order)."""
 
     def __init__(self, predictor: Predictor, crop: FrameCrop, smoother: EmaSmoother,
                  threshold: float | None = None) -> None:
@@ -115,19 +136,35 @@ class FrameProcessor:
         self.fps = FpsMonitor()
         self.processed = 0
 
+    @property
+    def depth(self) -> int:
+        return self.predictor.depth
+
+    @property
+    def runner_cpu_s(self) -> float:
+        """CPU seconds the runner's own threads spent on requests in flight (``Runner.async_cpu_s``)."""
+        return float(getattr(self.predictor.runner, "async_cpu_s", 0.0))
+
     def __call__(self, items: Sequence[DecodedFrame]) -> list[FrameResult]:
+        return self.complete(self.submit(items))
+
+    def submit(self, items: Sequence[DecodedFrame]) -> Submitted:
         box = self.crop.observe(items)
-        probs, subs = self.predictor(items, box)
+        return Submitted(items, box, self.predictor.submit(items, box))
+
+    def complete(self, sub: Submitted) -> list[FrameResult]:
+        """Wait for ``sub``'s logits (its error raises here) → the frames' results, latency stamped now."""
+        probs, subs = self.predictor.probabilities(sub.logits.result())
         t_done = time.perf_counter()
-        self.fps.tick(len(items), t_done)
+        self.fps.tick(len(sub.items), t_done)
         fps = self.fps.fps
         results = [
             FrameResult(frame=it, ordinal=self.processed + k, probs=probs[k], smoothed=self.smoother.update(probs[k], it.time_s),
                         subclass_probs=None if subs is None else subs[k], latency_s=t_done - it.t_decoded,
-                        fps=fps, crop=box, threshold=self.threshold, presence=self.presence)
-            for k, it in enumerate(items)
+                        fps=fps, crop=sub.box, threshold=self.threshold, presence=self.presence)
+            for k, it in enumerate(sub.items)
         ]
-        self.processed += len(items)
+        self.processed += len(sub.items)
         return results
 
 
@@ -261,7 +298,7 @@ class _Ceiling:
 @dataclass
 class _Run:
     wall_s: float
-    cpu_s: float          # CPU time of this (the inference) thread
+    cpu_s: float          # CPU time of the inference work: this thread (+ completing and requests elsewhere)
     interrupted: bool
     lost: Exception | None = None   # the runner's server stopped answering (ServerLost)
 
@@ -294,7 +331,12 @@ def _pump(source: VideoSource, process: FrameProcessor, sinks: list[Any], batch:
           progress: _Progress | None) -> _Run:
     """Decode → process → every sink, until the source ends. Ctrl-C is how a live stream (camera,
     RTSP) ends: the outputs are then finished for the frames processed so far (a second Ctrl-C
-    while they are written aborts and removes them)."""
+    while they are written aborts and removes them). A runner with requests in flight
+    (``pipeline_depth`` > 1, a remote one) gets the loop of ``stream.inflight``."""
+    if process.depth > 1:
+        from edgeskd.stream.inflight import pump_in_flight
+
+        return _Run(*pump_in_flight(source, process, sinks, batch, progress))
     t_start = time.perf_counter()
     cpu_start = time.thread_time()
     source.start()
@@ -365,6 +407,7 @@ def _source_summary(cfg: StreamConfig, runner: Any, source: VideoSource, process
         "decode_errors": source.decode_errors,
         "ceiling_method": ceiling.method or "decoder thread busy time",
         "preprocess": process.predictor.path,
+        "pipeline_depth": process.depth,   # batches in flight at most (1: infer in the loop thread)
         "batch": cfg.batch,
         "crop": list(crop.box) if crop.box is not None else None,
         "crop_mode": crop.mode,
@@ -375,7 +418,9 @@ def _source_summary(cfg: StreamConfig, runner: Any, source: VideoSource, process
         "wall_s": round(run.wall_s, 4),
         "video_frames_skipped": outputs.video.frames_skipped if outputs.video is not None else 0,
         # CPU time per frame of each thread: where the time goes, independent of machine load
-        # (FFmpeg's own frame threads, with decode threading AUTO, are not included)
+        # (FFmpeg's own frame threads, with decode threading AUTO, are not included); the inference
+        # thread with requests in flight: submitting, the requests on the runner's threads and
+        # completing, wherever they ran
         "cpu_ms_per_frame": {
             "decoder_thread": round(source.decoder_cpu_s * 1000.0 / max(source.frames_decoded, 1), 3),
             "inference_thread": round(run.cpu_s * 1000.0 / max(process.processed, 1), 3),

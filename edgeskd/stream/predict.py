@@ -7,10 +7,15 @@ TensorRT runner) can take it. 8-bit YUV frames go up as their planes and are con
 with the CPU path's coefficients and rounding. Under ``--preprocess auto`` a kernel that cannot be
 built or loaded (no NVRTC and no nvcc, a binding problem) falls back to the CPU path with one
 warning.
+
+``submit(frames, crop)`` is the same work split at the runner: it preprocesses and hands the batch
+to ``runner.infer_async`` (a future of the logits; a remote runner returns while the request is in
+flight), and ``probabilities(logits)`` finishes it. ``predictor(frames, crop)`` does both at once.
 """
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -45,10 +50,27 @@ class Predictor:
         x = self.cpu([it.frame for it in items], crop, [it.rgb for it in items])
         return self.runner.infer(x)
 
+    def submit(self, items: Sequence[DecodedFrame], crop: tuple[int, int, int, int] | None) -> Future:
+        """Preprocess and send: a future of the batch's logits (``runner.infer_async`` where requests in
+        flight pay, else ``infer``, done at once, as on the CUDA path)."""
+        if self.depth == 1:   # local runners and the CUDA path: inference now, in this thread
+            fut: Future = Future()
+            fut.set_result(self.logits(items, crop))
+            return fut
+        return self.runner.infer_async(self.cpu([it.frame for it in items], crop, [it.rgb for it in items]))
+
+    @property
+    def depth(self) -> int:
+        """Batches worth keeping in flight: the runner's ``pipeline_depth`` (1 on the CUDA path)."""
+        return 1 if self.cuda is not None else max(1, int(getattr(self.runner, "pipeline_depth", 1)))
+
+    def probabilities(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(N, K) logits → (class probabilities, subclass probabilities or None)."""
+        return class_probabilities(logits, self.meta), subclass_probabilities(logits, self.meta)
+
     def __call__(self, items: Sequence[DecodedFrame],
                  crop: tuple[int, int, int, int] | None) -> tuple[np.ndarray, np.ndarray | None]:
-        logits = self.logits(items, crop)
-        return class_probabilities(logits, self.meta), subclass_probabilities(logits, self.meta)
+        return self.probabilities(self.logits(items, crop))
 
     def close(self) -> None:
         if self.cuda is not None:
