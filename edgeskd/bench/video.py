@@ -79,9 +79,8 @@ def video_row(name: str, path: Path, video: Path, labels: Path, *, threads: int,
         res = run_stream(cfg)
     except EdgeSKDError as e:
         return {"name": name, "path": str(path), "status": "failed", "error": str(e)}
-    row = {"name": name, "path": str(path), "backend": (res.stats.get("source") or {}).get("backend"),
-           "status": "ok" if res.exit_code == 0 else "failed", "error": res.error, **figures_of(res.stats)}
-    return row
+    return {"name": name, "path": str(path), "backend": (res.stats.get("source") or {}).get("backend"),
+            "status": "ok" if res.exit_code == 0 else "failed", "error": res.error, **figures_of(res.stats)}
 
 
 def video_rows(artifacts: Sequence[Any], video: Path, labels: Path, *, threads: int, device: str | None,
@@ -101,12 +100,9 @@ def _cell(row: dict[str, Any], key: str) -> str:
     v = row.get(key)
     if v is None:
         return "—" if row.get("status") == "ok" else ("failed" if key == "frame_accuracy" else "")
-    if key == "frame_accuracy" and row.get("frame_accuracy_ci95"):
-        lo, hi = row["frame_accuracy_ci95"]
-        return f"{v:.1f} [{lo:.0f}–{hi:.0f}]"
-    if key == "npv" and row.get("npv_ci95"):
-        lo, hi = row["npv_ci95"]
-        return f"{v:.1f} [{lo:.0f}–{hi:.0f}]"
+    ci = row.get(f"{key}_ci95")   # frame_accuracy, npv
+    if ci:
+        return f"{v:.1f} [{ci[0]:.0f}–{ci[1]:.0f}]"
     if isinstance(v, float):
         return f"{v:.2f}" if key == "false_alarms_per_minute" else f"{v:.1f}"
     return str(v)

@@ -50,8 +50,6 @@ class EmaSmoother:
             self.last_time = float(time_s)
         return self.state.copy()
 
-    def update_batch(self, probs: np.ndarray, times: np.ndarray | None = None) -> np.ndarray:
-        """(N, C) probabilities in frame order (and their times) → (N, C) smoothed."""
-        if not len(probs):
-            return np.zeros_like(probs)
-        return np.stack([self.update(p, None if times is None else float(times[i])) for i, p in enumerate(probs)])
+    def update_batch(self, probs: np.ndarray) -> np.ndarray:
+        """(N, C) probabilities in frame order → (N, C) smoothed."""
+        return np.stack([self.update(p) for p in probs]) if len(probs) else np.zeros_like(probs)
