@@ -98,6 +98,19 @@ def test_temperature_recovers_known_value(t_true):
     assert ece(after, y) < 0.02 < ece(before, y)
 
 
+@pytest.mark.parametrize("scale,shift", [(0.7, 0.3), (2.0, 1.5), (4.0, 3.0), (0.3, 0.05)])
+def test_temperature_is_the_nll_minimum(scale, shift):
+    """The fitted T is where the validation NLL stops falling: a hair either side is worse."""
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 1300)
+    z = rng.normal(0.0, 1.0, (1300, 2)) * scale
+    z[np.arange(1300), y] += shift
+    fit = fit_temperature(z, y)
+    assert fit.ok
+    t = fit.temperature
+    assert nll(z, y, t) < nll(z, y, t * 1.001) and nll(z, y, t) < nll(z, y, t / 1.001)
+
+
 def test_temperature_interval_narrows_with_more_validation():
     from edgeskd.clinical import temperature_interval
 

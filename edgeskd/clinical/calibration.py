@@ -207,6 +207,15 @@ def _dnll_dbeta(z: np.ndarray, y: np.ndarray, beta: float) -> float:
     return float(np.mean(np.sum(p * z, axis=1) - z[np.arange(len(y)), y]))
 
 
+def _dnll_dbeta_curvature(z: np.ndarray, y: np.ndarray, beta: float) -> tuple[float, float]:
+    """(d/dβ, d²/dβ²) of mean NLL(softmax(β·z)): E_p[z] − z_label and Var_p[z], averaged over cases."""
+    p = softmax(beta * z, axis=1)
+    ez = np.sum(p * z, axis=1)
+    g = float(np.mean(ez - z[np.arange(len(y)), y]))
+    h = float(np.mean(np.sum(p * z * z, axis=1) - ez * ez))
+    return g, h
+
+
 def fit_temperature(class_logits_val: Any, labels: Any, *, min_samples: int = MIN_FIT_SAMPLES,
                     min_per_class: int = MIN_FIT_PER_CLASS, bounds: tuple[float, float] = T_BOUNDS,
                     iters: int = 100) -> TemperatureFit:
@@ -231,15 +240,21 @@ def fit_temperature(class_logits_val: Any, labels: Any, *, min_samples: int = MI
         why = (f"the validation NLL keeps falling down to T = {t_lo:g}: validation has too few errors "
                f"({int(np.sum(z.argmax(1) != y))} of {len(y)}) to fit a temperature")
         return TemperatureFit(None, why, len(y), nll(z, y), None)
+    u = min(max(0.0, lo), hi)          # start at T = 1
     for _ in range(iters):
-        mid = 0.5 * (lo + hi)
-        if _dnll_dbeta(z, y, math.exp(mid)) < 0:
-            lo = mid
+        # Newton on β (the NLL is convex in β: curvature = mean variance of z under p), kept
+        # inside the bracket that still holds the root; a step that leaves it bisects instead.
+        g, h = _dnll_dbeta_curvature(z, y, math.exp(u))
+        if g < 0:
+            lo = u
         else:
-            hi = mid
-        if hi - lo < 1e-12:
+            hi = u
+        beta = math.exp(u) - g / h if h > 0 else 0.0
+        nxt = math.log(beta) if beta > 0 else lo - 1.0
+        if abs(nxt - u) < 1e-12 or hi - lo < 1e-12:   # converged (a last step this small stays put)
             break
-    t = 1.0 / math.exp(0.5 * (lo + hi))
+        u = nxt if lo < nxt < hi else 0.5 * (lo + hi)
+    t = 1.0 / math.exp(u)
     return TemperatureFit(t, None, len(y), nll(z, y), nll(z, y, t))
 
 
