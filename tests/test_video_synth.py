@@ -135,3 +135,39 @@ def test_synth_video_streamed_with_its_labels(tmp_path, cli):
     # the field is the 128x128 square right of centre: the crop must find it, not the text
     assert abs(w - 128) <= 6 and abs(h - 128) <= 6 and x >= 30
     assert len(decode_all(tmp_path / "ann.mp4")) == 20
+
+
+def _flat_look(n: int):
+    """A look that adds nothing but the wet film's glints: one even slope (so the flat wall is not
+    one specular highlight), no light offset, blur, vignette or noise."""
+    from edgeskd.data.synthetic import EndoLook
+
+    one = np.ones(n, np.float32)
+    return EndoLook(fov_radius=2 * one, fov_cx=0 * one, fov_cy=0 * one, blur=0 * one, gain=one,
+                    white=np.ones((n, 3), np.float32), vignette=0 * one, tilt=np.tile(np.float32([[0.7, 0.0]]), (n, 1)),
+                    light=np.zeros((n, 2), np.float32), noise=0 * one)
+
+
+def test_wet_film_on_the_wall_moves_with_the_view():
+    """With ``surface`` the glints are the wall's: a view moved by k pixels shows them moved by k
+    pixels (as the textures move); without it they stay where they are on the screen."""
+    from edgeskd.data.synthetic import apply_endoscope_look
+
+    S, k = 96, 12
+    rgb = np.full((2, S, S, 3), 0.3, np.float32)
+    hgt = np.zeros((2, S, S), np.float32)
+    off = np.array([[0.2, -0.1], [0.2 + 2 * k / S, -0.1]], np.float32)   # second view k px to the right
+    seeds = np.array([1, 2])
+    wall = apply_endoscope_look(rgb, hgt, seeds, look=_flat_look(2), text=False, surface=(5, off, np.ones(2)))
+    glints = wall[..., 1].astype(int)
+    assert glints[0].std() > 5                                           # the film shows
+    assert np.abs(glints[0][:, k:] - glints[1][:, :-k]).max() <= 1       # ... and moved with the view
+    screen = apply_endoscope_look(rgb, hgt, np.array([1, 1]), look=_flat_look(2), text=False)
+    assert np.array_equal(screen[0], screen[1])                          # default: drawn per sample, on screen
+
+
+def test_video_sensor_noise_is_new_each_frame():
+    from edgeskd.data.synthvideo import SynthVideo
+
+    v = SynthVideo(128, 96, 15, 2, seed=3)
+    assert len({int(v.frame_seed(i)[0]) for i in range(20)}) == 20

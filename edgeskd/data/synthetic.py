@@ -493,11 +493,19 @@ def apply_endoscope_look(
     *,
     look: EndoLook | None = None,
     text: bool = True,
+    surface: tuple[int, np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """Scene (B,S,S,3) float + height (B,S,S) → uint8 endoscope frames: oblique lighting and
     shading, specular highlights, lens blur, vignetting, white balance and gain, sensor noise,
     circular field of view with a black border, and overlay text (ID, date, time, mode) in the
-    border corners. Per-sample randomness comes from ``seeds`` (and ``look`` if given)."""
+    border corners. Per-sample randomness comes from ``seeds`` (and ``look`` if given).
+
+    The glints of the wet mucus film are a random pattern; by default it is drawn per sample in
+    view coordinates (an image of its own). ``surface`` = (wall seed, offset (B, 2), zoom (B,))
+    lays it on the wall instead, drawn once from the wall seed over the wall's
+    [-WALL, WALL]^2 and seen through each sample's view (centre ``offset``, half-width
+    ``zoom``), so in a video the glints move with the tissue as the textures do, rather than
+    staying fixed on the screen over every polyp."""
     seeds = np.asarray(seeds, np.int64).ravel()
     B, S = rgb.shape[0], rgb.shape[1]
     rngs = _rngs(seeds, 3)
@@ -520,8 +528,19 @@ def apply_endoscope_look(
     hn = 1.0 / np.sqrt(hx * hx + hy * hy + hz * hz)
     ndoth = np.clip((nx * hx + ny * hy + hz) * hn * inv, 0.0, 1.0)
     spec = np.exp(400.0 * (ndoth - 1.0))     # ≈ ndoth ** 400 near 1, much cheaper
-    wet = _field(_noise(rngs, 30), _basis(np.broadcast_to(t, (B, S)), 30, 1.0),
-                 _basis(np.broadcast_to(t, (B, S)), 30, 1.0))
+    wet_noise = _noise(rngs, 30)   # drawn either way: the sensor noise below keeps its draws
+    if surface is None:
+        wet = _field(wet_noise, _basis(np.broadcast_to(t, (B, S)), 30, 1.0),
+                     _basis(np.broadcast_to(t, (B, S)), 30, 1.0))
+    else:
+        wall_seed, offset, zoom = surface
+        g = 30 * _WALL_FILM_EXTENT   # the view's density of film bumps, over the whole wall
+        film = np.random.default_rng([int(wall_seed), 3]).standard_normal((g, g), dtype=np.float32)
+        offset = np.asarray(offset, np.float32).reshape(B, 2)
+        zoom = np.asarray(zoom, np.float32).reshape(B, 1)
+        ext = float(_WALL_FILM_EXTENT)
+        wet = _field(np.broadcast_to(film, (B, g, g)), _basis(offset[:, 1:2] + t[None] * zoom, g, ext),
+                     _basis(offset[:, 0:1] + t[None] * zoom, g, ext))
     spec = np.clip(spec * 1.4 + _smoothstep(2.3, 2.8, wet) * 1.2, 0.0, 1.0)
 
     # Planar (B, 3, S, S) from here on: fast broadcasting and contiguous blur passes.
@@ -558,6 +577,9 @@ def apply_endoscope_look(
                 region = out[i, y0:y0 + hh, x0:x0 + ww]
                 region[st] = np.uint8(215)
     return out
+
+
+_WALL_FILM_EXTENT = 3   # ``surface`` films cover [-3, 3]^2 wall units (synthvideo.WALL_EXTENT; a view of half-width 1 = one image)
 
 
 def _stack_looks(looks: list[EndoLook]) -> EndoLook:

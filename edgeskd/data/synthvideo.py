@@ -15,7 +15,8 @@ the embedded default data set:
   it appears and goes while the camera rests on bare wall out of its reach, so a long video can
   reuse places without polyps overlapping;
 * then the endoscope look (lighting, specular highlights, blur, vignetting, circular field of
-  view: ``apply_endoscope_look``, one fixed camera look for the whole video) at ``render_size``
+  view: ``apply_endoscope_look``, one fixed camera look for the whole video, the glints of the
+  wet film lying on the wall and moving with it, sensor noise drawn anew each frame) at ``render_size``
   px; the field is scaled up to the frame height and put on a black frame with overlay text in
   the border (patient id, date, running clock) — as endoscopy monitors show it. The classes of
   successive polyps alternate, so even a short clip shows both.
@@ -47,6 +48,7 @@ import numpy as np
 from edgeskd.data import synthetic
 from edgeskd.errors import UsageError
 
+_FRAME_NOISE_OFFSET = 70_000_000   # sample_seed(seed, _FRAME_NOISE_OFFSET + i): frame i's sensor noise
 WALL_EXTENT = 3.0          # the synthetic wall spans [-3, 3]^2 wall units (a 128-px training image = [-1, 1]^2)
 
 
@@ -337,6 +339,10 @@ class SynthVideo:
         vis = float((mask * self.fov).sum()) / max(self.polyp_area[k] / half ** 2, 1e-9)
         return k, min(1.0, vis)
 
+    def frame_seed(self, i: int) -> np.ndarray:
+        """Seed of frame ``i``'s sensor noise: a new draw every frame, as a sensor's."""
+        return np.array([synthetic._sample_seed(self.seed, _FRAME_NOISE_OFFSET + i)], np.int64)
+
     def frame(self, i: int) -> np.ndarray:
         from PIL import Image
 
@@ -344,7 +350,10 @@ class SynthVideo:
 
         rgb, hgt, _, _ = self._render(i)
         look = replace(self.look, blur=self.look.blur + np.float32(self.blur[i]))
-        sq = synthetic.apply_endoscope_look(rgb, hgt, self.look_seed, look=look, text=False)[0]
+        cx, cy, half = self.plan.cam[i]
+        sq = synthetic.apply_endoscope_look(rgb, hgt, self.frame_seed(i), look=look, text=False,
+                                            surface=(int(self.look_seed[0]), np.array([cx, cy]), np.array([half]))
+                                            )[0]
         if self.side != self.render_size:   # the optics: PIL's filter is fine here (not the model's resize)
             sq = np.asarray(Image.fromarray(sq).resize((self.side, self.side), Image.BILINEAR))
         out = np.full((self.height, self.width, 3), 3, np.uint8)
