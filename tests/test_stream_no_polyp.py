@@ -115,6 +115,26 @@ def test_labels_without_polyp_ids_say_why(tmp_path):
     assert lab["per_polyp"] is None and "no polyp_id column" in lab["per_polyp_note"]
     assert lab["video"]["polyp_frames"]["n"] == 20 and lab["video"]["no_polyp_frames"]["false_alarms"] == 1
     assert lab["video"]["negative_polyps_called"] is None
+    assert "no polyp ids" in lab["video"]["polyp_frames"]["interval"]
+
+
+def test_frame_rates_get_their_interval_from_the_polyps():
+    """Frames of a polyp move together: 10 polyps of 50 frames, each all right or all wrong, is
+    10 cases, not 500 — the interval is as wide as 10 cases' (and the same hits spread over 500
+    independent frames keep the narrow Wilson interval)."""
+    from edgeskd.stream.video_figures import cluster_rate_ci, rate_ci, run_clusters
+
+    hits = np.repeat([1, 1, 1, 1, 1, 1, 1, 0, 0, 0], 50).astype(bool)
+    polyps = list(np.repeat(np.arange(10), 50))
+    rate, ci, how = cluster_rate_ci(hits, polyps)
+    assert rate == pytest.approx(0.7) and "10 clusters" in how
+    frames_ci = rate_ci(350, 500)[1]
+    assert ci[1] - ci[0] > 3 * (frames_ci[1] - frames_ci[0])
+    assert ci[0] < 0.5 and ci[1] > 0.9
+    mixed = np.tile([1, 1, 1, 1, 1, 1, 1, 0, 0, 0], 50).astype(bool)   # every polyp 70 % right
+    assert cluster_rate_ci(mixed, polyps)[1] == pytest.approx(frames_ci)  # never narrower than Wilson
+    assert cluster_rate_ci(hits, None)[1] == pytest.approx(frames_ci)
+    assert list(run_clusters([5, 6, 7, 20, 21, 3])) == [1, 1, 1, 2, 2, 0]
 
 
 def test_a_model_without_background_reads_new_labels_and_counts_its_false_alarms(tmp_path):

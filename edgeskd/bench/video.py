@@ -2,8 +2,8 @@
 labelled video, file mode (every frame, in order, no drops), with the figures of ``stream --labels``
 beside the same artifact's image-test figures.
 
-Per artifact: polyp-frame accuracy (95 % Wilson interval) beside the image-test accuracy it carries,
-per-polyp accuracy at argmax, the share of polyp-free frames with a class call and false alarms per
+Per artifact: polyp-frame accuracy (95 % interval by polyp, ``stream.video_figures.cluster_rate_ci``)
+beside the image-test accuracy it carries, per-polyp accuracy at argmax, the share of polyp-free frames with a class call and false alarms per
 minute (``stream.video_figures.EPISODE_RULE``), the share of non-positive polyps with a confident
 non-positive call, NPV of the displayed calls at the artifact's threshold (interval), and the
 processing rate. The stream's own code computes every figure; this module only runs it and
@@ -113,7 +113,7 @@ def video_table(block: dict[str, Any]):
     from rich.table import Table
 
     t = Table(title=f"on video {Path(block['video']).name} (labels {Path(block['labels']).name}, every frame)",
-              caption=("frame acc: polyp frames ([95 % interval]), image: the artifact's image test; polyp: per-polyp "
+              caption=("frame acc: polyp frames ([95 % interval, by polyp]), image: the artifact's image test; polyp: per-polyp "
                        "accuracy; no-polyp calls: polyp-free frames with a class call; neg. called: non-positive "
                        "polyps with a confident non-positive call; NPV of the displayed calls at the artifact's "
                        f"threshold. False alarm: {block['episode_rule']}"), box=box.SIMPLE_HEAD, padding=(0, 0, 0, 1),

@@ -7,7 +7,7 @@ confidence threshold and polyp ids in the labels, the clinical figures (``edgesk
 * ``raw`` / ``smoothed``: frame-level accuracy, F1 and macro F1 at argmax (every labelled frame);
 * ``frame_states``: the frames' states (class or "low confidence" below the threshold) against the
   ground truth: coverage (share of frames with a call), accuracy of the calls, NPV / PPV with 95 %
-  Wilson intervals, sensitivity, specificity;
+  intervals by polyp (``video_figures.cluster_rate_ci``), sensitivity, specificity;
 * ``per_polyp``: one decision per polyp (mean of its labelled frames' calibrated probabilities,
   "low confidence" below the threshold) and the same figures over polyps, plus ``accuracy_argmax``
   (every polyp, comparable with the frame-level ``raw.accuracy``) — or None and ``per_polyp_note``
@@ -33,7 +33,7 @@ import numpy as np
 
 from edgeskd.clinical.operating_point import binary_rates
 from edgeskd.metrics import label_metrics, present
-from edgeskd.stream.video_figures import rate_ci
+from edgeskd.stream.video_figures import cluster_rate_ci, rate_ci
 
 if TYPE_CHECKING:
     from edgeskd.stream.result import FrameResult
@@ -136,6 +136,7 @@ class StreamStats:
         self.state_smooth: list[int] = []
         self.present: list[bool] = []
         self.subtypes: list[str | None] = []
+        self.frame_polyps: list[int | None] = []             # polyp id of each labelled frame (None: unknown)
         self.empty_frames: list[tuple[int, int, int]] = []   # (ordinal, state, raw state) of frames without a polyp
         self.index_range: list[int] = []                     # first and last processed frame index
         self.polyp_frames: list[tuple[int, int, int, np.ndarray]] = []   # (frame, polyp id, label or -1, probs)
@@ -154,6 +155,7 @@ class StreamStats:
             self.state_smooth.append(result.state)
             self.present.append(result.present)
             self.subtypes.append(None if self.subclasses is None else self.subclasses.get(i))
+            self.frame_polyps.append(None if self.polyp_ids is None else self.polyp_ids.get(i))
         elif i in self.no_polyp:
             self.empty_frames.append((result.ordinal, result.state, result.raw_state))
         if self.polyp_ids is not None and i in self.polyp_ids and i not in self.no_polyp:
@@ -170,9 +172,15 @@ class StreamStats:
         return present(m, scale=1.0, digits=6)
 
     def _states(self, states: list[int]) -> dict[str, Any]:
-        r = binary_rates(np.array(self.y_true, dtype=np.int64), np.array(states, dtype=np.int64), self.positive)
+        y, d = np.array(self.y_true, dtype=np.int64), np.array(states, dtype=np.int64)
+        r = binary_rates(y, d, self.positive)
         out = {k: r[k] for k in STATE_KEYS}
-        out["coverage_ci95"] = rate_ci(r["n_called"], r["n"])[1]
+        ids = np.asarray(self.frame_polyps, dtype=object)
+        # NPV / PPV / coverage over frames, with intervals by polyp (video_figures.cluster_rate_ci)
+        neg, pos = (d >= 0) & (d != self.positive), d == self.positive
+        out["npv_ci95"] = cluster_rate_ci(y[neg] != self.positive, list(ids[neg]))[1]
+        out["ppv_ci95"] = cluster_rate_ci(y[pos] == self.positive, list(ids[pos]))[1]
+        out["coverage_ci95"], out["interval"] = cluster_rate_ci(d >= 0, list(ids))[1:]
         return _round(out)
 
     def per_polyp(self) -> tuple[dict[str, Any] | None, str | None]:
@@ -206,9 +214,9 @@ class StreamStats:
         block: dict[str, Any] = {
             "fps": self.fps,
             "polyp_frames": vf.polyp_frame_figures(self.y_true, self.y_raw, self.y_smooth,
-                                                   self.present if self.background else None),
+                                                   self.present if self.background else None, self.frame_polyps),
             "per_subtype": (vf.per_subtype(self.subtypes, self.y_true, self.y_raw,
-                                           (image or {}).get("per_subclass_accuracy"))
+                                           (image or {}).get("per_subclass_accuracy"), self.frame_polyps)
                             if self.subclasses is not None else None),
             "no_polyp_frames": vf.no_polyp_figures([e[0] for e in self.empty_frames],
                                                    [e[1] for e in self.empty_frames],

@@ -2,9 +2,9 @@
 same model's image-test figures.
 
 * polyp frames: frame accuracy of the class (argmax; with a "no polyp" class, of the probabilities
-  conditional on a polyp) with a 95 % Wilson interval, raw and smoothed; presence sensitivity
+  conditional on a polyp) with its interval, raw and smoothed; presence sensitivity
   (frames the model does not call "no polyp") for a model with a background class;
-* per subtype (the labels' ``subclass`` column): frame accuracy per subtype;
+* per subtype (the labels' ``subclass`` column): frame accuracy per subtype, and its polyps;
 * frames without a polyp: the share with a class call (a displayed class state — not "low
   confidence", not "no polyp"), with its interval, and **false alarms per minute** of polyp-free
   video. Episode rule (``ALARM_MIN_FRAMES``): a run of at least 3 consecutive processed frames
@@ -15,7 +15,12 @@ same model's image-test figures.
   non-positive call (displayed state) on at least one of their frames;
 * the image-test figures the artifact carries (``meta.extra["image_test"]``, written by training).
 
-Rates are fractions; intervals are 95 % Wilson intervals.
+Rates are fractions with 95 % intervals. The frames of one polyp are not independent cases (a
+polyp the model gets wrong is wrong on most of its frames), so a rate over frames gets its
+interval from the polyps: a bootstrap that resamples whole polyps (``cluster_rate_ci``; bare-wall
+frames: whole runs of consecutive polyp-free frames), never narrower than the frames' Wilson
+interval. Without polyp ids the interval is the frames' Wilson interval, and says so: it is too
+narrow for video.
 """
 
 from __future__ import annotations
@@ -40,6 +45,43 @@ def rate_ci(k: int, n: int) -> tuple[float | None, list[float] | None]:
     return k / n, [lo, hi]
 
 
+BOOTSTRAP_RESAMPLES = 2000
+
+
+def cluster_rate_ci(hits: Sequence[bool], clusters: Sequence[Any] | None, *, n_boot: int = BOOTSTRAP_RESAMPLES,
+                    seed: int = 0) -> tuple[float | None, list[float] | None, str]:
+    """(rate, 95 % interval, how the interval was made) of ``hits`` whose cases come in ``clusters``
+    (a polyp id per frame; None: no clusters known). Percentile bootstrap over clusters (seeded),
+    widened to the frame-level Wilson interval where that is wider (a bootstrap cannot leave 0 % or
+    100 % when every cluster is there)."""
+    h = np.asarray(hits, dtype=bool)
+    rate, wilson = rate_ci(int(h.sum()), len(h))
+    if rate is None:
+        return None, None, "no cases"
+    if clusters is None or any(c is None for c in clusters):
+        return rate, wilson, "frames as independent cases (no polyp ids): too narrow for video"
+    _, inv = np.unique(np.asarray([str(c) for c in clusters]), return_inverse=True)
+    k, n = np.bincount(inv, weights=h), np.bincount(inv).astype(np.float64)
+    m = len(n)
+    if m < 2:
+        return rate, wilson, "one polyp: frames as independent cases, too narrow"
+    rng = np.random.default_rng(seed)
+    pick = rng.integers(0, m, (int(n_boot), m))
+    boot = k[pick].sum(1) / n[pick].sum(1)
+    lo, hi = (float(x) for x in np.percentile(boot, [2.5, 97.5]))
+    assert wilson is not None
+    return rate, [min(lo, wilson[0]), max(hi, wilson[1])], f"bootstrap over {m} clusters"
+
+
+def run_clusters(ordinals: Sequence[int]) -> np.ndarray:
+    """Cluster id of each frame: runs of consecutive ordinals share one (a stretch of bare wall)."""
+    o = np.asarray(ordinals, dtype=np.int64)
+    order = np.argsort(o, kind="stable")
+    ids = np.empty(len(o), np.int64)
+    ids[order] = np.cumsum(np.concatenate([[0], np.diff(o[order]) != 1])) if len(o) else []
+    return ids
+
+
 def alarm_episodes(ordinals: Sequence[int], called: Sequence[bool], min_frames: int = ALARM_MIN_FRAMES) -> int:
     """Runs of >= ``min_frames`` consecutive ordinals (processed-frame positions) that all have a class call."""
     order = np.argsort(np.asarray(ordinals, dtype=np.int64), kind="stable")
@@ -58,27 +100,30 @@ def alarm_episodes(ordinals: Sequence[int], called: Sequence[bool], min_frames: 
 
 
 def polyp_frame_figures(y_true: Sequence[int], y_raw: Sequence[int], y_smooth: Sequence[int],
-                        present: Sequence[bool] | None) -> dict[str, Any]:
+                        present: Sequence[bool] | None, polyps: Sequence[Any] | None = None) -> dict[str, Any]:
+    """Frame accuracy on polyp frames; ``polyps``: each frame's polyp id (intervals by polyp)."""
     y, r, s = (np.asarray(v, dtype=np.int64) for v in (y_true, y_raw, y_smooth))
-    acc, acc_ci = rate_ci(int(np.sum(y == r)), len(y))
+    acc, acc_ci, how = cluster_rate_ci(y == r, polyps)
     out: dict[str, Any] = {"n": int(len(y)), "accuracy": acc, "accuracy_ci95": acc_ci,
-                           "accuracy_smoothed": rate_ci(int(np.sum(y == s)), len(y))[0]}
+                           "accuracy_smoothed": rate_ci(int(np.sum(y == s)), len(y))[0], "interval": how}
     if present is not None:
-        out["presence_sensitivity"], out["presence_sensitivity_ci95"] = rate_ci(int(np.sum(present)), len(y))
+        out["presence_sensitivity"], out["presence_sensitivity_ci95"], _ = cluster_rate_ci(np.asarray(present), polyps)
     return out
 
 
 def per_subtype(subtypes: Sequence[str | None], y_true: Sequence[int], y_raw: Sequence[int],
-                image: dict[str, float] | None) -> dict[str, Any]:
-    """Frame accuracy per subtype (and the image-test accuracy of the same subtype where known)."""
+                image: dict[str, float] | None, polyps: Sequence[Any] | None = None) -> dict[str, Any]:
+    """Frame accuracy per subtype, its interval by polyp (``polyps``: each frame's polyp id), the
+    number of polyps, and the image-test accuracy of the same subtype where known."""
     y, r = np.asarray(y_true, dtype=np.int64), np.asarray(y_raw, dtype=np.int64)
     names = np.asarray([s or "" for s in subtypes], dtype=object)
+    ids = None if polyps is None else np.asarray([str(p) if p is not None else None for p in polyps], dtype=object)
     out: dict[str, Any] = {}
     for name in sorted(set(names) - {""}):
         m = names == name
-        acc, ci = rate_ci(int(np.sum(y[m] == r[m])), int(m.sum()))
-        out[name] = {"n": int(m.sum()), "accuracy": acc, "accuracy_ci95": ci,
-                     "image_test_accuracy": (image or {}).get(name)}
+        acc, ci, _ = cluster_rate_ci(y[m] == r[m], None if ids is None else list(ids[m]))
+        out[name] = {"n": int(m.sum()), "polyps": None if ids is None else len(set(ids[m]) - {None}),
+                     "accuracy": acc, "accuracy_ci95": ci, "image_test_accuracy": (image or {}).get(name)}
     return out
 
 
@@ -87,7 +132,7 @@ def no_polyp_figures(ordinals: Sequence[int], states: Sequence[int], raw_states:
     """Class calls and false alarms on frames without a polyp (``states``: displayed decisions)."""
     st, raw = np.asarray(states, dtype=np.int64), np.asarray(raw_states, dtype=np.int64)
     n = int(len(st))
-    share, ci = rate_ci(int(np.sum(st >= 0)), n)
+    share, ci, _ = cluster_rate_ci(st >= 0, list(run_clusters(ordinals)))   # by stretch of bare wall
     alarms = alarm_episodes(ordinals, st >= 0)
     minutes = n_labelled_in_range / fps / 60.0 if fps and n_labelled_in_range else None
     out: dict[str, Any] = {
