@@ -118,11 +118,16 @@ def _labelled_video(tmp_path):
     return video, labels
 
 
-def test_bench_video_rows_are_the_stream_figures(cli, tiny, tmp_path):
+def test_bench_video_rows_are_the_stream_figures(cli, tiny, tmp_path, monkeypatch):
     pytest.importorskip("av")
+    import edgeskd.stream.pipeline as pipeline
+
     data, run = tiny
     video, labels = _labelled_video(tmp_path)
     out, stats = tmp_path / "b.json", tmp_path / "s.json"
+    devices = []
+    real = pipeline.load_stream_runner
+    monkeypatch.setattr(pipeline, "load_stream_runner", lambda e, t, d=None: devices.append(d) or real(e, t, d))
     r = cli("bench", run / "student-skd.pt", "--data", data, "--batch-sizes", "1", "--warmup", "1", "--iters", "2",
             "--video", video, "--labels", labels, "--out", out)
     assert r.exit_code == 0, r.output
@@ -130,6 +135,7 @@ def test_bench_video_rows_are_the_stream_figures(cli, tiny, tmp_path):
     block = json.loads(out.read_text())["video"]
     (row,) = block["rows"]
     assert row["status"] == "ok" and row["n_polyps"] == 2 and "false alarm" in block["episode_rule"]
+    assert devices == ["cpu"]   # the video rows run where the image rows ran (--device, default cpu)
     # the same artifact through `stream --labels`: the same figures
     r = cli("stream", video, "--engine", run / "student-skd.pt", "--labels", labels, "--stats", stats)
     assert r.exit_code == 0, r.output

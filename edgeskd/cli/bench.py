@@ -94,7 +94,7 @@ def bench(
     result["n_images"] = len(part)
     if video is not None and labels is not None:
         err_console.print(f"streaming {video} through {len(arts)} artifact(s) (every frame)…")
-        result["video"] = video_rows(arts, video, labels, threads=threads, device=None if dev == "cpu" else dev,
+        result["video"] = video_rows(arts, video, labels, threads=threads, device=dev,   # where the image rows ran
                                      on_row=lambda r: err_console.print(f"  {r['name']:<28} {r['status']}"
                                                                         + (f": {r['error']}" if r.get("error") else "")))
     write_json_atomic(out, result)
