@@ -402,3 +402,21 @@ def test_stream_rejects_bad_options(tmp_path, cli, onnx_path):
         assert r.exit_code == code, (args, r.output)
         assert msg in r.output, (args, r.output)
         assert "Traceback" not in r.output
+
+
+def test_call_hold_shows_a_call_once_it_has_held():
+    from edgeskd.clinical.operating_point import NO_CALL, NO_POLYP_CALL
+    from edgeskd.errors import UsageError
+    from edgeskd.stream.smoothing import CallHold
+
+    h = CallHold(0.1)
+    t = [i / 30 for i in range(12)]
+    seq = [NO_POLYP_CALL, 1, 1, NO_POLYP_CALL, 0, 0, 0, 0, 1, 1, 1, 1]   # a 2-frame flicker, then steady calls
+    shown = [h.update(s, ti) for s, ti in zip(seq, t)]
+    assert shown == [NO_POLYP_CALL, NO_CALL, NO_CALL, NO_POLYP_CALL, NO_CALL, NO_CALL, NO_CALL, 0,
+                     NO_CALL, NO_CALL, NO_CALL, 1]
+    at_15fps = CallHold(0.1)
+    assert [at_15fps.update(1, i / 15) for i in range(4)] == [NO_CALL, NO_CALL, 1, 1]   # held for time, not frames
+    assert [CallHold(0.0).update(s, ti) for s, ti in zip(seq, t)] == seq
+    with pytest.raises(UsageError, match="--hold"):
+        CallHold(-1)

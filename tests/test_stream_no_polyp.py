@@ -72,6 +72,7 @@ def _run(tmp_path, runner, labels, **kw):
     video = tmp_path / "in.mp4"
     if not video.exists():
         make_video(video, n=N, w=96, h=64)
+    kw.setdefault("hold_s", 0.0)   # each frame's own state (the hold has its test)
     cfg = StreamConfig(video=str(video), labels=labels, jsonl=tmp_path / "p.jsonl", smooth=1.0,
                        measure_ceiling=False, crop="none", **kw)
     return run_stream(cfg, runner=runner)
@@ -107,6 +108,20 @@ def test_no_polyp_state_and_video_figures(tmp_path, style):
     pp = lab["per_polyp"]
     assert pp["n_labelled"] == 2 and pp["accuracy_argmax"] == 1.0 and pp["accuracy_argmax_ci95"][1] == 1.0
     assert lab["frames_evaluated"] == 20 and lab["frames_without_polyp"] == 10
+
+
+def test_a_call_shows_once_it_has_held(tmp_path):
+    """Default hold (0.1 s): the 3-frame adenoma flicker on bare wall (frames 3-5 at 30 fps) never
+    shows, so it is no false alarm; the steady hyperplastic polyp (frames 10-19) shows from 0.1 s on."""
+    from edgeskd.stream.smoothing import DEFAULT_HOLD_S
+
+    res = _run(tmp_path, scripted_runner(), _labels(tmp_path / "gt.csv"), hold_s=DEFAULT_HOLD_S)
+    recs = [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert [r["state"] for r in recs[3:6]] == ["low confidence"] * 3
+    assert [r["raw_state"] for r in recs[3:6]] == ["adenoma"] * 3
+    assert [r["state"] for r in recs[10:15]] == ["low confidence"] * 3 + ["hyperplastic"] * 2
+    assert res.stats["labels"]["video"]["no_polyp_frames"]["false_alarms"] == 0
+    assert res.stats["source"]["hold_s"] == DEFAULT_HOLD_S
 
 
 def test_labels_without_polyp_ids_say_why(tmp_path):

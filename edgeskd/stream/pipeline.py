@@ -36,7 +36,7 @@ from edgeskd.errors import ArtifactError, UsageError, VideoError
 from edgeskd.stream.crop import FrameCrop
 from edgeskd.stream.predict import Predictor
 from edgeskd.stream.result import FrameResult, Presence
-from edgeskd.stream.smoothing import EmaSmoother
+from edgeskd.stream.smoothing import DEFAULT_HOLD_S, CallHold, EmaSmoother
 from edgeskd.stream.source import DecodedFrame, VideoSource, frames_expected, measure_decode_fps, rate_fraction
 from edgeskd.stream.stats import FpsMonitor, StreamStats
 
@@ -52,6 +52,7 @@ class StreamConfig:
     preprocess: str = "auto"                  # auto | cpu | cuda
     batch: int = 1
     smooth: float = 0.3                       # EMA weight of the newest frame; 1 = off
+    hold_s: float = DEFAULT_HOLD_S            # a class call shows once it has held this long (s); 0 = at once
     crop: str | Sequence[int] | None = "auto"  # "auto" | "none" | (x, y, w, h)
     crop_every: int = 30                      # frames between content-area estimates
     labels: Path | None = None
@@ -129,9 +130,10 @@ class FrameProcessor:
     (the smoother and the ordinals follow that order)."""
 
     def __init__(self, predictor: Predictor, crop: FrameCrop, smoother: EmaSmoother,
-                 threshold: float | None = None) -> None:
+                 threshold: float | None = None, hold: CallHold | None = None) -> None:
         self.predictor, self.crop, self.smoother = predictor, crop, smoother
         self.threshold = threshold
+        self.hold = hold if hold is not None else CallHold(0.0)
         self.presence = Presence.of(predictor.meta)   # a model with a "no polyp" class
         self.fps = FpsMonitor()
         self.processed = 0
@@ -164,12 +166,14 @@ class FrameProcessor:
                         fps=fps, crop=sub.box, threshold=self.threshold, presence=self.presence)
             for k, it in enumerate(sub.items)
         ]
+        for r in results:   # a class call shows once it has held (smoothing.CallHold)
+            r.state = self.hold.update(r.state, r.frame.time_s)
         self.processed += len(sub.items)
         return results
 
 
-def _check_config(cfg: StreamConfig) -> tuple[str | tuple[int, int, int, int] | None, EmaSmoother]:
-    """Validate the options before any heavy work; returns the parsed crop and the smoother."""
+def _check_config(cfg: StreamConfig) -> tuple[str | tuple[int, int, int, int] | None, EmaSmoother, CallHold]:
+    """Validate the options before any heavy work; returns the parsed crop, the smoother and the hold."""
     if cfg.batch < 1 or cfg.batch > 256:
         raise UsageError(f"--batch-size {cfg.batch} must be between 1 and 256")
     if cfg.preprocess not in ("auto", "cpu", "cuda"):
@@ -184,6 +188,7 @@ def _check_config(cfg: StreamConfig) -> tuple[str | tuple[int, int, int, int] | 
         cfg.threshold = validate_threshold(cfg.threshold)
     crop_opt = parse_crop(cfg.crop)
     smoother = EmaSmoother(cfg.smooth)
+    hold = CallHold(cfg.hold_s)
     if cfg.out is not None:
         from edgeskd.data.video_writer import check_video_path
 
@@ -197,7 +202,7 @@ def _check_config(cfg: StreamConfig) -> tuple[str | tuple[int, int, int, int] | 
         raise UsageError("--out, --jsonl and --stats must be different files")
     if Path(cfg.video).exists() and any(Path(p).resolve() == Path(cfg.video).resolve() for p in outs):
         raise UsageError("an output path is the input video; choose another output name")
-    return crop_opt, smoother
+    return crop_opt, smoother, hold
 
 
 def _open_runner(cfg: StreamConfig, runner: Any) -> Any:
@@ -412,6 +417,7 @@ def _source_summary(cfg: StreamConfig, runner: Any, source: VideoSource, process
         "crop": list(crop.box) if crop.box is not None else None,
         "crop_mode": crop.mode,
         "smooth_alpha": process.smoother.alpha,
+        "hold_s": process.hold.hold_s,
         "threshold": process.threshold,
         "engine": str(cfg.engine) if cfg.engine is not None else runner.backend,
         "backend": runner.backend,
@@ -446,7 +452,7 @@ def run_stream(
         if warn is not None:
             warn(msg)
 
-    crop_opt, smoother = _check_config(cfg)
+    crop_opt, smoother, hold = _check_config(cfg)
     own_runner = runner is None
     runner = _open_runner(cfg, runner)
     meta = runner.metadata
@@ -466,7 +472,7 @@ def run_stream(
         if source.realtime and cfg.batch > 1:
             raise UsageError("--batch-size > 1 needs --no-realtime: in real-time mode only the newest frame is processed")
         process = FrameProcessor(predictor, FrameCrop(crop_opt, info.width, info.height, every=cfg.crop_every),
-                                 smoother, threshold)
+                                 smoother, threshold, hold)
         outputs = _Outputs.open(cfg, stack, meta, info, source.realtime)
         if outputs.video is not None and not source.realtime:
             source.gate = outputs.video.tokens   # the recorder holds back decoding, not decoded frames

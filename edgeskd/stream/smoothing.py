@@ -53,3 +53,33 @@ class EmaSmoother:
     def update_batch(self, probs: np.ndarray) -> np.ndarray:
         """(N, C) probabilities in frame order → (N, C) smoothed."""
         return np.stack([self.update(p) for p in probs]) if len(probs) else np.zeros_like(probs)
+
+
+DEFAULT_HOLD_S = 0.1
+
+
+class CallHold:
+    """A class call is displayed once it has held for ``hold_s`` seconds of video.
+
+    The displayed state (after smoothing) of each frame goes in with the frame's time; while a class
+    call (state >= 0) is younger than ``hold_s`` — the candidate state changed less than ``hold_s``
+    ago — the frame shows "low confidence" (``NO_CALL``) instead. "No polyp" and "low confidence" are
+    shown at once. So a call that flickers (at 30 fps and 0.1 s: a run of 3 frames or fewer) is never
+    shown, and a steady one appears ``hold_s`` late. ``hold_s = 0`` shows every call at once."""
+
+    def __init__(self, hold_s: float = DEFAULT_HOLD_S) -> None:
+        if not 0.0 <= float(hold_s) <= 5.0:
+            raise UsageError(f"--hold {hold_s} must be between 0 and 5 seconds; 0 shows every call at once")
+        self.hold_s = float(hold_s)
+        self.state: int | None = None
+        self.since: float = 0.0
+
+    def update(self, state: int, time_s: float) -> int:
+        """The state to display for a frame whose candidate state is ``state`` at ``time_s``."""
+        from edgeskd.clinical.operating_point import NO_CALL
+
+        if state != self.state:
+            self.state, self.since = state, float(time_s)
+        if state >= 0 and float(time_s) - self.since < self.hold_s - 1e-9:
+            return NO_CALL
+        return state
