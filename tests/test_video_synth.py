@@ -135,6 +135,12 @@ def test_synth_video_streamed_with_its_labels(tmp_path, cli):
     # the field is the 128x128 square right of centre: the crop must find it, not the text
     assert abs(w - 128) <= 6 and abs(h - 128) <= 6 and x >= 30
     assert len(decode_all(tmp_path / "ann.mp4")) == 20
+    # per subtype: frames of how many polyps, and the interval by polyp
+    (name, sub), *_ = s["labels"]["video"]["per_subtype"].items()
+    lo, hi = sub["accuracy_ci95"]
+    assert f"  {name}: {sub['n']} frames of {sub['polyps']} polyp(s), accuracy " in r.output
+    assert f"[{100 * lo:.1f}, {100 * hi:.1f}]" in r.output
+    assert "(intervals: " in r.output
 
 
 def _flat_look(n: int):

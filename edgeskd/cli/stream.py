@@ -152,10 +152,12 @@ def _print_video(video: dict | None) -> None:
         pres = (f"; presence {_pct(pf['presence_sensitivity'])}{_ci(pf.get('presence_sensitivity_ci95'))} of them"
                 if "presence_sensitivity" in pf else "")
         console.print(f"video, {pf['n']} polyp frames: accuracy {_pct(pf['accuracy'])}{_ci(pf['accuracy_ci95'])}"
-                      f"{beside}{pres}", soft_wrap=True)
+                      f"{beside}{pres} (intervals: {pf.get('interval', 'Wilson over frames')})", soft_wrap=True)
     for name, sub in (video.get("per_subtype") or {}).items():
         beside = f" (image test {_pct(sub['image_test_accuracy'])})" if sub.get("image_test_accuracy") is not None else ""
-        console.print(f"  {name}: {sub['n']} frames, accuracy {_pct(sub['accuracy'])}{beside}", soft_wrap=True)
+        of = f" of {sub['polyps']} polyp(s)" if sub.get("polyps") else ""
+        console.print(f"  {name}: {sub['n']} frames{of}, accuracy {_pct(sub['accuracy'])}{_ci(sub.get('accuracy_ci95'))}"
+                      f"{beside}", soft_wrap=True)
     if video.get("per_subtype_note"):
         console.print(f"  per subtype: {video['per_subtype_note']}", soft_wrap=True)
     npf = video["no_polyp_frames"]

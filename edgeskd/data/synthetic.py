@@ -502,8 +502,8 @@ def apply_endoscope_look(
 
     The glints of the wet mucus film are a random pattern; by default it is drawn per sample in
     view coordinates (an image of its own). ``surface`` = (wall seed, offset (B, 2), zoom (B,))
-    lays it on the wall instead, drawn once from the wall seed over the wall's
-    [-WALL, WALL]^2 and seen through each sample's view (centre ``offset``, half-width
+    lays it on the wall instead, drawn from the wall seed over the wall's [-3, 3]^2
+    (``_WALL_FILM_EXTENT``, the video's wall) and seen through each sample's view (centre ``offset``, half-width
     ``zoom``), so in a video the glints move with the tissue as the textures do, rather than
     staying fixed on the screen over every polyp."""
     seeds = np.asarray(seeds, np.int64).ravel()

@@ -8,6 +8,8 @@ conditional on a polyp (the polyp columns renormalised). The smoothed (displayed
 smoothed distribution the same way, except that a frame whose own probabilities say "no polyp" is
 shown as "no polyp" at once: the moving average lags when a polyp leaves the view, and on a held-out
 3-minute video every class call on a polyp-free frame was one of the 1–8 frames after a polyp left.
+The stream then shows a class call only once it has held for ``--hold`` seconds
+(``smoothing.CallHold``, applied by ``pipeline.FrameProcessor``).
 """
 
 from __future__ import annotations
@@ -92,7 +94,8 @@ class FrameResult:
     smoothed_pred: int = field(init=False)        # the same of smoothed
     top_subclass: int | None = field(init=False)  # argmax of subclass_probs (among the polyp subclasses)
     state: int = field(init=False)                # smoothed_pred, NO_CALL (-1): "low confidence", NO_POLYP_CALL (-2)
-                                                  # (also when the frame's own probabilities say "no polyp")
+                                                  # (also when the frame's own probabilities say "no polyp";
+                                                  # NO_CALL while a new call has not held --hold s: smoothing.CallHold)
     raw_state: int = field(init=False)            # the same from the frame's own probs
 
     def __post_init__(self) -> None:
