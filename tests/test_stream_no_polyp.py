@@ -101,7 +101,8 @@ def test_no_polyp_state_and_video_figures(tmp_path, style):
     lo, hi = pf["accuracy_ci95"]
     assert lo < 0.9 < hi
     assert v["per_subtype"]["hp_a"]["accuracy"] == 1.0 and v["per_subtype"]["ad_a"]["accuracy"] == pytest.approx(0.8)
-    assert v["per_subtype"]["hp_a"]["image_test_accuracy"] == 0.9
+    assert v["per_subtype"]["hp_a"]["image_test_accuracy"] == 0.9 and v["per_subtype"]["hp_a"]["polyps"] == 1
+    assert pf["interval"] == "bootstrap over 2 clusters"
     assert v["image_test"]["accuracy"] == 0.8
     assert v["negative_polyps_called"] == {"n_polyps": 1, "with_negative_call": 1, "share": 1.0,
                                            "share_ci95": pytest.approx(v["negative_polyps_called"]["share_ci95"])}
@@ -131,6 +132,7 @@ def test_labels_without_polyp_ids_say_why(tmp_path):
     assert lab["video"]["polyp_frames"]["n"] == 20 and lab["video"]["no_polyp_frames"]["false_alarms"] == 1
     assert lab["video"]["negative_polyps_called"] is None
     assert "no polyp ids" in lab["video"]["polyp_frames"]["interval"]
+    assert lab["video"]["per_subtype"]["hp_a"]["polyps"] is None
 
 
 def test_frame_rates_get_their_interval_from_the_polyps():

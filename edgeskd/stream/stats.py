@@ -211,12 +211,13 @@ class StreamStats:
         image, image_note = vf.image_test_block(self.meta)
         lo, hi = self.index_range or [0, -1]
         n_empty_in_range = sum(1 for f in self.no_polyp if lo <= f <= hi)
+        polyps = self.frame_polyps if self.polyp_ids is not None else None   # intervals by polyp
         block: dict[str, Any] = {
             "fps": self.fps,
             "polyp_frames": vf.polyp_frame_figures(self.y_true, self.y_raw, self.y_smooth,
-                                                   self.present if self.background else None, self.frame_polyps),
+                                                   self.present if self.background else None, polyps),
             "per_subtype": (vf.per_subtype(self.subtypes, self.y_true, self.y_raw,
-                                           (image or {}).get("per_subclass_accuracy"), self.frame_polyps)
+                                           (image or {}).get("per_subclass_accuracy"), polyps)
                             if self.subclasses is not None else None),
             "no_polyp_frames": vf.no_polyp_figures([e[0] for e in self.empty_frames],
                                                    [e[1] for e in self.empty_frames],
