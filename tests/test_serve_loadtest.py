@@ -53,3 +53,27 @@ def test_loadtest_bad_input(cli, tmp_path):
     assert r.exit_code == 2 and "--streams" in r.output
     r = cli("loadtest", art, "--video", art, "--server", "http://h:8000")
     assert r.exit_code == 2 and "grpc://" in r.output
+
+
+def test_local_streams_start_together_at_the_gate(tmp_path):
+    """Two real `edgeskd stream` processes: both reach the start gate before either is let go, and
+    each reports its CPU from the first frame on (the start-up is counted apart)."""
+    from helpers_stream import make_onnx, make_video
+
+    from edgeskd.serve.loadtest import LoadTestConfig, run_streams
+
+    video = make_video(tmp_path / "v.mp4", n=12)
+    model = make_onnx(tmp_path / "m.onnx")
+    work = tmp_path / "w"
+    work.mkdir()
+    seen = {}
+
+    def on_go():   # the moment the gate opens: every stream is waiting there
+        seen["ready"] = len(list((work / "local-gate").glob("ready-*")))
+
+    cfg = LoadTestConfig(artifact=model, video=str(video), streams=2, max_frames=12)
+    phase = run_streams(cfg, "local", ["--engine", str(model), "--threads", "1"], work, on_go=on_go)
+    assert seen["ready"] == 2
+    assert [r.exit_code for r in phase.rows] == [0, 0], [r.error for r in phase.rows]
+    assert all(r.frames > 0 and 0 < r.cpu_s < r.cpu_total_s for r in phase.rows)
+    assert phase.to_dict()["totals"]["client_cpu_total_s"] > phase.to_dict()["totals"]["client_cpu_s"]

@@ -420,3 +420,35 @@ def test_call_hold_shows_a_call_once_it_has_held():
     assert [CallHold(0.0).update(s, ti) for s, ti in zip(seq, t)] == seq
     with pytest.raises(UsageError, match="--hold"):
         CallHold(-1)
+
+
+def test_start_gate_holds_the_stream_until_go(tmp_path, onnx_path):
+    """Load tests start N streams together: a stream with a start gate is set up (its ready file
+    written) but processes no frame until GATE/go exists."""
+    import threading
+    import time
+
+    from edgeskd.errors import UsageError
+    from edgeskd.stream import StreamConfig, run_stream
+
+    video = make_video(tmp_path / "v.mp4", n=10)
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    cfg = StreamConfig(video=str(video), engine=onnx_path, stats=tmp_path / "s.json", measure_ceiling=False,
+                       start_gate=gate)
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault("res", run_stream(cfg)))
+    t.start()
+    deadline = time.monotonic() + 60
+    while not list(gate.glob("ready-*")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert list(gate.glob("ready-*")) and t.is_alive()
+    time.sleep(0.2)
+    assert t.is_alive() and not (tmp_path / "s.json").exists()   # waiting at the gate
+    (gate / "go").touch()
+    t.join(60)
+    res = out["res"]
+    assert res.exit_code == 0 and res.stats["frames_processed"] == 10
+    assert res.stats["source"]["stream_cpu_s"] > 0
+    with pytest.raises(UsageError, match="--start-gate"):
+        run_stream(StreamConfig(video=str(video), engine=onnx_path, start_gate=tmp_path / "nope"))

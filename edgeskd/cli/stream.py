@@ -38,6 +38,7 @@ def stream(
     preprocess: Annotated[PreprocessMode, typer.Option("--preprocess", help="auto = CUDA kernel when the runner is on a GPU.")] = PreprocessMode.auto,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Frames per inference call (file mode).")] = 1,
     smooth: Annotated[float, typer.Option("--smooth", help="EMA weight of the newest frame's probabilities at 30 fps, in (0, 1]; 1 = off. Scaled by the time between frames, so the average spans the same time at any frame rate (0.3 at 30 fps = 0.51 at 15 fps).")] = 0.3,
+    start_gate: Annotated[Optional[Path], typer.Option("--start-gate", hidden=True, help="Load tests: after setup touch DIR/ready-<pid> and start when DIR/go exists.")] = None,
     hold: Annotated[float, typer.Option("--hold", metavar="SECONDS", help="A class call is shown once it has held this long (seconds of video); until then the frame shows low confidence. 0 = every call at once.")] = DEFAULT_HOLD_S,
     crop: Annotated[str, typer.Option("--crop", help="Endoscope content area: auto (detect the lit field; black border and overlay text excluded), none, or x,y,w,h.")] = "auto",
     crop_every: Annotated[int, typer.Option("--crop-every", help="With --crop auto: frames between re-estimates.")] = 30,
@@ -69,7 +70,7 @@ def stream(
         raise UsageError("--preprocess cuda needs a GPU; drop --device cpu or use --preprocess cpu")
     cfg = StreamConfig(
         video=src, engine=engine, out=out, jsonl=jsonl, stats=stats, realtime=realtime,
-        preprocess=preprocess.value, batch=batch_size, smooth=smooth, hold_s=hold, crop=crop, crop_every=crop_every,
+        preprocess=preprocess.value, batch=batch_size, smooth=smooth, hold_s=hold, start_gate=start_gate, crop=crop, crop_every=crop_every,
         labels=labels, threshold=threshold, max_frames=max_frames, timeout_s=timeout, threads=threads, measure_ceiling=ceiling,
         device=dev, overwrite=overwrite, server=server, model=model,
     )

@@ -5,10 +5,16 @@ Each stream is a real ``edgeskd stream SRC --realtime`` process (decode → prep
 smoothing → states → stats), as N endoscopy towers would be; a file source in real-time mode is
 played at its own frame rate, and a frame not taken before the next one is decoded is a drop.
 
+The N processes start together: each loads, opens its runner and its video and waits at a start
+gate (``stream --start-gate``) until all are ready, so the frames are paced from one instant and
+no stream drops frames while the others are still importing (towers run for hours; N start-ups at
+once on a small box are not what serving them costs).
+
 Reported, per stream and in all: frames processed, frames dropped, latency p50/p99 (decoded →
-prediction ready; "in all" pools every frame); CPU time per frame (user + system of each client
-process from ``wait4``; in the server phase plus the server's whole process tree, tritonserver and
-its python-backend stub included, read from ``/proc`` before and after); and from Triton's own
+prediction ready; "in all" pools every frame); CPU time per frame from the first frame on (each
+client's own figure in its stats; ``client_cpu_total_s`` adds the start-up, from ``wait4``; in the
+server phase plus the server's whole process tree, tritonserver and its python-backend stub
+included, read from ``/proc`` at the start and at the end); and from Triton's own
 statistics (deltas over the phase): the histogram of executed batch sizes, the mean batch size
 and the mean queue time of a request. Without ``--server`` the command starts ``edgeskd serve`` on
 free ports itself and stops it with SIGTERM at the end; with ``--server`` the statistics need
@@ -27,7 +33,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -61,9 +67,10 @@ class StreamRow:
     decoded: int
     p50_ms: float | None
     p99_ms: float | None
-    cpu_s: float
+    cpu_s: float                     # CPU from the first frame on (the stream's stats), else all of it
     exit_code: int
     error: str | None = None
+    cpu_total_s: float | None = None  # all of the process, start-up included (wait4)
 
     @property
     def cpu_ms_per_frame(self) -> float | None:
@@ -90,7 +97,10 @@ class Phase:
             "decoded": sum(r.decoded for r in self.rows), "failed_streams": sum(r.exit_code != 0 for r in self.rows),
             "latency_p50_ms": round(float(np.percentile(lat, 50)), 2) if lat.size else None,
             "latency_p99_ms": round(float(np.percentile(lat, 99)), 2) if lat.size else None,
-            "client_cpu_s": round(client_cpu, 3), "server_cpu_s": None if self.server_cpu_s is None else
+            "client_cpu_s": round(client_cpu, 3),
+            "client_cpu_total_s": round(sum(r.cpu_total_s if r.cpu_total_s is not None else r.cpu_s
+                                            for r in self.rows), 3),   # start-up included
+            "server_cpu_s": None if self.server_cpu_s is None else
             round(self.server_cpu_s, 3), "cpu_ms_per_frame": round(1000.0 * cpu / frames, 3) if frames else None,
             "cpu_ms_per_decoded_frame": round(1000.0 * cpu / decoded, 3) if (decoded := sum(r.decoded for r in
                                                                                               self.rows)) else None,
@@ -144,22 +154,37 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-def run_streams(cfg: LoadTestConfig, name: str, extra: list[str], work: Path) -> Phase:
-    """N ``edgeskd stream`` processes at once; their CPU from wait4, their stats and JSONL read back."""
+def run_streams(cfg: LoadTestConfig, name: str, extra: list[str], work: Path,
+                on_go: Callable[[], None] | None = None) -> Phase:
+    """N ``edgeskd stream`` processes; each loads, opens its runner and its video, says so at a
+    start gate, and all start pacing together when every one is ready (or has exited): towers run
+    for hours, so the N processes' start-up (several CPU-seconds each on a 2-core box) is not part
+    of serving them. Their CPU from wait4 (all of it) and from their stats (from the first frame
+    on), their stats and JSONL read back. ``on_go``: called just before the start."""
     phase = Phase(name)
     procs: dict[int, tuple[int, subprocess.Popen, Path]] = {}
-    t0 = time.perf_counter()
+    gate = work / f"{name}-gate"
+    gate.mkdir()
     for i in range(cfg.streams):
         d = work / f"{name}-{i}"
         d.mkdir()
         argv = _edgeskd("stream", cfg.video, *extra, "--realtime", "--no-ceiling", "--smooth", "0.3",
-                        "--stats", str(d / "stats.json"), "--jsonl", str(d / "frames.jsonl"))
+                        "--stats", str(d / "stats.json"), "--jsonl", str(d / "frames.jsonl"),
+                        "--start-gate", str(gate))
         if cfg.max_frames:
             argv += ["--max-frames", str(cfg.max_frames)]
         p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=open(d / "stderr.txt", "wb"),
                              env=_child_env())
         procs[p.pid] = (i, p, d)
     deadline = time.monotonic() + cfg.timeout_s
+    ready = 0
+    while ready < cfg.streams and time.monotonic() < deadline:
+        ready = len(list(gate.glob("ready-*"))) + sum(p.poll() is not None for _, p, _ in procs.values())
+        time.sleep(0.02)
+    if on_go is not None:
+        on_go()
+    t0 = time.perf_counter()
+    (gate / "go").touch()
     rows: dict[int, StreamRow] = {}
     while procs:
         pid, status, usage = os.wait4(-1, os.WNOHANG)
@@ -192,8 +217,9 @@ def _row(i: int, d: Path, rc: int, cpu_s: float, phase: Phase) -> StreamRow:
     with open(d / "frames.jsonl", encoding="utf-8") as f:
         phase.latencies_ms += [json.loads(line)["latency_ms"] for line in f if line.strip()]
     lat = st.get("latency_ms") or {}
+    streaming = (st.get("source") or {}).get("stream_cpu_s")
     return StreamRow(i, st["frames_processed"], st["frames_dropped"], st["frames_decoded"], lat.get("p50"),
-                     lat.get("p99"), cpu_s, rc, err)
+                     lat.get("p99"), streaming if streaming is not None else cpu_s, rc, err, cpu_s)
 
 
 def _start_server(cfg: LoadTestConfig, work: Path) -> tuple[subprocess.Popen, str, str]:
@@ -282,9 +308,10 @@ def _server_phase(cfg: LoadTestConfig, work: Path) -> Phase:
         except ServerError as e:
             before = None
             note = str(e)
-        cpu0 = tree_cpu_s(pid) if pid else None
-        phase = run_streams(cfg, "server", ["--server", url, "--model", model], work)
-        phase.server_cpu_s = (tree_cpu_s(pid) - cpu0) if pid and cpu0 is not None else None
+        cpu0: list[float] = []
+        phase = run_streams(cfg, "server", ["--server", url, "--model", model], work,
+                            on_go=lambda: cpu0.append(tree_cpu_s(pid)) if pid else None)
+        phase.server_cpu_s = (tree_cpu_s(pid) - cpu0[0]) if pid and cpu0 else None
         if before is not None:
             phase.triton = triton_delta(before, server_statistics(url, model, token))
         else:

@@ -26,6 +26,7 @@ Output files are renamed into place only if the whole run succeeds.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ class StreamConfig:
     batch: int = 1
     smooth: float = 0.3                       # EMA weight of the newest frame; 1 = off
     hold_s: float = DEFAULT_HOLD_S            # a class call shows once it has held this long (s); 0 = at once
+    start_gate: Path | None = None            # load tests: after setup touch GATE/ready-<pid>, start at GATE/go
     crop: str | Sequence[int] | None = "auto"  # "auto" | "none" | (x, y, w, h)
     crop_every: int = 30                      # frames between content-area estimates
     labels: Path | None = None
@@ -172,6 +174,23 @@ class FrameProcessor:
         return results
 
 
+GATE_TIMEOUT_S = 300.0
+
+
+def wait_at_gate(gate: Path | str | None, timeout_s: float = GATE_TIMEOUT_S) -> None:
+    """Load tests (``serve.loadtest``): say this stream is set up (``GATE/ready-<pid>``) and wait for
+    ``GATE/go``, so that N streams start pacing together, not while the others still load."""
+    if gate is None:
+        return
+    gate = Path(gate)
+    (gate / f"ready-{os.getpid()}").touch()
+    deadline = time.monotonic() + timeout_s
+    while not (gate / "go").exists():
+        if time.monotonic() > deadline:
+            raise UsageError(f"--start-gate {gate}: no 'go' file after {timeout_s:.0f} s")
+        time.sleep(0.005)
+
+
 def _check_config(cfg: StreamConfig) -> tuple[str | tuple[int, int, int, int] | None, EmaSmoother, CallHold]:
     """Validate the options before any heavy work; returns the parsed crop, the smoother and the hold."""
     if cfg.batch < 1 or cfg.batch > 256:
@@ -180,6 +199,8 @@ def _check_config(cfg: StreamConfig) -> tuple[str | tuple[int, int, int, int] | 
         raise UsageError(f"--preprocess {cfg.preprocess!r} must be auto, cpu or cuda")
     if cfg.max_frames is not None and cfg.max_frames < 1:
         raise UsageError(f"--max-frames {cfg.max_frames} must be >= 1")
+    if cfg.start_gate is not None and not Path(cfg.start_gate).is_dir():
+        raise UsageError(f"--start-gate {cfg.start_gate} is not a directory")
     if cfg.crop_every < 1:
         raise UsageError("--crop-every must be >= 1")
     if cfg.threshold is not None:
@@ -482,7 +503,10 @@ def run_stream(
                             threshold_source=threshold_source, no_polyp=truth.no_polyp if truth else None,
                             subclasses=truth.subclasses if truth else None, fps=info.fps, meta=meta)
         progress = _Progress(on_progress, source, meta) if on_progress is not None else None
+        wait_at_gate(cfg.start_gate)
+        cpu0 = time.process_time()
         run = _pump(source, process, [stats, *outputs.sinks], cfg.batch, progress)
+        stream_cpu_s = time.process_time() - cpu0
         source.close()
         if run.lost is not None and stats.processed == 0:
             raise run.lost
@@ -498,6 +522,7 @@ def run_stream(
             decode_fps_ceiling=ceiling.fps,
             source=_source_summary(cfg, runner, source, process, run, ceiling, outputs, expected, lost),
         )
+        summary["source"]["stream_cpu_s"] = round(stream_cpu_s, 4)   # this process, from the first frame on
         if run.lost is not None:
             summary["source"]["server_lost"] = str(run.lost)
         if outputs.video is not None:
