@@ -720,19 +720,33 @@ def test_stream_bad_threshold_and_polyp_ids(tmp_path, cli, synth_video):
     for bad in ("0.5", "1", "1.2", "0.3"):
         r = cli("stream", video, "--engine", onnx_path, "--threshold", bad, "--stats", out / "s.json")
         assert r.exit_code == 2 and "(0.5, 1)" in r.output and "Traceback" not in r.output, r.output
-    lines = labels_csv.read_text().splitlines()
-    i = next(k for k, line in enumerate(lines) if line.endswith(",1"))
-    lines[i] = lines[i][: -len("1")] + "first"
-    bad_ids = tmp_path / "bad.csv"
-    bad_ids.write_text("\n".join(lines) + "\n")
+    # polyp ids are names: "P3" is a polyp like 3, and "3.0" (a spreadsheet's 3) is polyp 3
     from edgeskd.data.synthetic import POLYP_CLASS_NAMES
     from helpers_stream import META
 
     named = make_onnx(tmp_path / "named.onnx", meta=META.replace(class_names=list(POLYP_CLASS_NAMES)))
-    r = cli("stream", video, "--engine", named, "--labels", bad_ids, "--stats", out / "s.json",
-            "--jsonl", out / "p.jsonl")
-    assert r.exit_code != 0 and f"bad.csv:{i + 1}" in r.output and "not an integer" in r.output
-    assert "Traceback" not in r.output and not list(out.iterdir())
+    lines = labels_csv.read_text().splitlines()
+    head = lines[0].split(",")
+    assert head[-1] == "polyp_id"
+
+    def with_ids(fmt: str, name: str):
+        rows = [lines[0]] + [",".join(r.split(",")[:-1] + [fmt.format(r.split(",")[-1]) if r.split(",")[-1] else ""])
+                             for r in lines[1:]]
+        path = tmp_path / name
+        path.write_text("\n".join(rows) + "\n")
+        return path
+
+    per_polyp = []
+    for path in (labels_csv, with_ids("P{}", "names.csv"), with_ids("{}.0", "floats.csv")):
+        r = cli("stream", video, "--engine", named, "--labels", path, "--stats", tmp_path / "s.json", "--overwrite")
+        assert r.exit_code == 0, r.output
+        pp = json.loads((tmp_path / "s.json").read_text())["labels"]["per_polyp"]
+        per_polyp.append((pp["n_labelled"], pp["accuracy_argmax"]))
+    assert per_polyp[0][0] >= 2 and per_polyp[1] == per_polyp[0] and per_polyp[2] == per_polyp[0]
+    dup = tmp_path / "dup.csv"
+    dup.write_text(lines[0] + "\n" + lines[1] + "\n" + lines[1] + "\n")
+    r = cli("stream", video, "--engine", named, "--labels", dup, "--stats", out / "s.json")
+    assert r.exit_code != 0 and "listed twice" in r.output and "dup.csv:3" in r.output and not list(out.iterdir())
     mixed = tmp_path / "mixed.csv"
     mixed.write_text("frame,class,polyp_id\n0,hyperplastic,4\n1,adenoma,4\n")
     r = cli("stream", video, "--engine", named, "--labels", mixed, "--stats", out / "s.json")

@@ -238,3 +238,68 @@ def test_frames_undecodable_video(video, tmp_path, cli):
     r = cli("frames", junk, "--labels", lab, "--out", tmp_path / "o")
     assert r.exit_code != 0 and "junk.mp4" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "o").exists()
+
+
+def test_frames_reads_user_names_and_picks_the_positive_class(video, tmp_path, cli):
+    """Labels as users write them: capitalised classes, "no polyp" with a space, ids a spreadsheet
+    wrote as floats. The positive class is the one named adenoma (not the last by name), or --positive."""
+    from edgeskd.distill.data import positive_class
+
+    vid, lab, _ = video
+
+    def user(rows):
+        out = [rows[0]]
+        for r in rows[1:]:
+            f = r.split(",")
+            f[1] = {"adenoma": "Adenoma", "hyperplastic": "Hyperplastic", "no_polyp": "no polyp"}[f[1]]
+            f[-1] = f"{f[-1]}.0" if f[-1] else ""
+            out.append(",".join(f))
+        return out
+
+    bad = _bad_labels(tmp_path, lab, user)
+    out = tmp_path / "o"
+    r = cli("frames", vid, "--labels", bad, "--every", "3", "--out", out)
+    assert r.exit_code == 0, r.output
+    assert "positive class: Adenoma (its name" in r.output
+    ls = load_dataset(out / "manifest.csv")
+    assert ls.class_names == ["Adenoma", "Hyperplastic", "no_polyp"]
+    assert ls.class_names[positive_class(ls)] == "Adenoma"
+    assert not any(".0" in g for g in ls.groups) and any(g.startswith("clip/polyp") for g in ls.groups)
+    r = cli("info", out / "manifest.csv", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output[r.output.index("{"):])["positive_class"] == "Adenoma", r.output
+    r = cli("frames", vid, "--labels", bad, "--every", "3", "--out", out, "--overwrite", "--positive", "Hyperplastic")
+    assert r.exit_code == 0 and json.loads((out / "dataset.json").read_text())["positive_class"] == "Hyperplastic"
+    r = cli("frames", vid, "--labels", bad, "--out", tmp_path / "o2", "--positive", "SSA")
+    assert r.exit_code == 2 and "--positive 'SSA' is not a polyp class" in r.output and not (tmp_path / "o2").exists()
+
+
+def test_frames_crops_a_video_that_starts_dark(video, tmp_path, cli):
+    """A black lead-in (the scope not yet lit) must not turn the crop off for the whole video."""
+    import av
+
+    vid, lab, info = video
+    lead = 20
+    dark = tmp_path / "dark.mp4"
+    with av.open(str(vid)) as src, av.open(str(dark), "w") as dst:
+        s = dst.add_stream("mpeg4", rate=5)
+        s.width, s.height, s.pix_fmt = 160, 96, "yuv420p"
+        frames = [f.to_ndarray(format="rgb24") for f in src.decode(video=0)]
+        for rgb in [np.zeros_like(frames[0])] * lead + frames:
+            for p in s.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                dst.mux(p)
+        for p in s.encode():
+            dst.mux(p)
+    rows = lab.read_text().splitlines()
+    shifted = [rows[0]] + [f"{i},no_polyp,mucosa_plain,0,0.000," for i in range(lead)]
+    head = rows[0].split(",")
+    assert head == ["frame", "class", "subclass", "has_polyp", "visible", "polyp_id"]
+    shifted += [",".join([str(int(r.split(",")[0]) + lead)] + r.split(",")[1:]) for r in rows[1:]]
+    dl = tmp_path / "dark.labels.csv"
+    dl.write_text("\n".join(shifted) + "\n")
+    out = tmp_path / "fr"
+    r = cli("frames", dark, "--labels", dl, "--every", "4", "--out", out)
+    assert r.exit_code == 0, r.output
+    ls = load_dataset(out / "manifest.csv")
+    img = ls.load_image(len(ls) - 1)
+    assert abs(img.shape[0] - img.shape[1]) <= 6 and img.shape[1] < 120   # the field, not the 160x96 frame

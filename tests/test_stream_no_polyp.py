@@ -102,7 +102,8 @@ def test_no_polyp_state_and_video_figures(tmp_path, style):
     assert lo < 0.9 < hi
     assert v["per_subtype"]["hp_a"]["accuracy"] == 1.0 and v["per_subtype"]["ad_a"]["accuracy"] == pytest.approx(0.8)
     assert v["per_subtype"]["hp_a"]["image_test_accuracy"] == 0.9 and v["per_subtype"]["hp_a"]["polyps"] == 1
-    assert pf["interval"] == "bootstrap over 2 clusters"
+    assert pf["interval"] == "2 cluster(s), fewer than 20: Wilson over the clusters as cases"
+    assert pf["accuracy_ci95"][0] < 0.35   # Wilson of 1.8 right out of 2 polyps: [0.28, 0.99]
     assert v["image_test"]["accuracy"] == 0.8
     assert v["negative_polyps_called"] == {"n_polyps": 1, "with_negative_call": 1, "share": 1.0,
                                            "share_ci95": pytest.approx(v["negative_polyps_called"]["share_ci95"])}
@@ -144,14 +145,34 @@ def test_frame_rates_get_their_interval_from_the_polyps():
     hits = np.repeat([1, 1, 1, 1, 1, 1, 1, 0, 0, 0], 50).astype(bool)
     polyps = list(np.repeat(np.arange(10), 50))
     rate, ci, how = cluster_rate_ci(hits, polyps)
-    assert rate == pytest.approx(0.7) and "10 clusters" in how
+    assert rate == pytest.approx(0.7) and "10 cluster(s)" in how
     frames_ci = rate_ci(350, 500)[1]
     assert ci[1] - ci[0] > 3 * (frames_ci[1] - frames_ci[0])
     assert ci[0] < 0.5 and ci[1] > 0.9
-    mixed = np.tile([1, 1, 1, 1, 1, 1, 1, 0, 0, 0], 50).astype(bool)   # every polyp 70 % right
-    assert cluster_rate_ci(mixed, polyps)[1] == pytest.approx(frames_ci)  # never narrower than Wilson
+    # 25 polyps of 20 frames, every polyp 70 % right: the bootstrap has no spread between polyps,
+    # and the interval is the frames' Wilson interval (never narrower)
+    mixed = np.tile([1, 1, 1, 1, 1, 1, 1, 0, 0, 0], 50).astype(bool)
+    many = list(np.repeat(np.arange(25), 20))
+    rate, ci, how = cluster_rate_ci(mixed, many)
+    assert ci == pytest.approx(frames_ci) and how == "bootstrap over 25 clusters"
     assert cluster_rate_ci(hits, None)[1] == pytest.approx(frames_ci)
     assert list(run_clusters([5, 6, 7, 20, 21, 3])) == [1, 1, 1, 2, 2, 0]
+
+
+def test_few_polyps_never_give_a_frame_level_interval():
+    """58 right negative calls that come from 2 polyps are 2 cases' worth, not 58: the bootstrap over
+    2 polyps has no spread (both all right), so the interval is Wilson over the 2 polyps."""
+    from edgeskd.stream.video_figures import cluster_rate_ci, rate_ci
+
+    hits = np.ones(58, bool)
+    polyps = [0] * 30 + [1] * 28
+    rate, ci, how = cluster_rate_ci(hits, polyps)
+    assert rate == 1.0 and ci[1] == 1.0
+    assert ci[0] == pytest.approx(rate_ci(2, 2)[1][0]) and ci[0] < 0.35   # [34.2, 100] %
+    assert rate_ci(58, 58)[1][0] > 0.9                                     # what the frames alone would claim
+    assert "2 cluster(s)" in how and "Wilson over the clusters" in how
+    one = cluster_rate_ci(np.ones(40, bool), [7] * 40)                    # one polyp: one case
+    assert one[1][0] == pytest.approx(rate_ci(1, 1)[1][0])
 
 
 def test_a_model_without_background_reads_new_labels_and_counts_its_false_alarms(tmp_path):

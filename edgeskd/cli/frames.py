@@ -39,6 +39,9 @@ def frames(
     crop: Annotated[CropChoice, typer.Option(
         "--crop", help="auto: keep the endoscope's content area (as `stream --crop auto`); none: whole frames.")]
         = CropChoice.auto,
+    positive: Annotated[Optional[str], typer.Option(
+        "--positive", help="The positive class (F1, AUC, NPV are about it), e.g. adenoma. Default: a class "
+        "named adenoma / SSA / SSL when there is one, else the last class by name.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty OUT.")] = False,
 ) -> None:
     """Write frames of annotated videos and a manifest (path,class,subclass,group[,split]) that
@@ -48,9 +51,12 @@ def frames(
 
     allowed = [c.strip() for c in classes.split(",") if c.strip()] if classes is not None else None
     info = write_frames(videos, labels, out, every=every, split=split.value if split else None,
-                        classes=allowed, crop=crop is CropChoice.auto, overwrite=overwrite)
+                        classes=allowed, positive=positive, crop=crop is CropChoice.auto, overwrite=overwrite)
     per = ", ".join(f"{c} {n}" for c, n in info["per_class"].items())
     console.print(f"wrote {info['frames']} frames of {info['videos']} video(s) to [bold]{out}[/] "
                   f"({per}; {info['groups']} groups)", soft_wrap=True)
+    console.print(f"positive class: {info['positive_class']} ({info['positive_reason']})", soft_wrap=True)
+    for note in info["notes"]:
+        console.print(f"note: {note}", soft_wrap=True)
     console.print(f"manifest: {info['manifest']} — train with: edgeskd train --data {info['manifest']}",
                   soft_wrap=True)

@@ -20,6 +20,21 @@ from edgeskd.clinical.operating_point import LOW_CONFIDENCE, NO_CALL, Z95, binar
 from edgeskd.errors import DataError
 
 
+def canonical_polyp_id(value: Any) -> str | None:
+    """A labels file's polyp id as one canonical string, or None for no polyp (empty, -1): integer
+    ids written as floats by a spreadsheet or pandas ("3.0") read as "3", so one polyp is not two."""
+    s = "" if value is None else str(value).strip()
+    if s == "":
+        return None
+    try:
+        f = float(s)
+    except ValueError:
+        return s
+    if f.is_integer():
+        return None if int(f) == -1 else str(int(f))
+    return s
+
+
 def parse_polyp_id(value: Any, where: str = "labels") -> int | None:
     """A label file's polyp id → int (>= 0), or None for no polyp (empty, None, -1). Anything that
     is not an integer is a one-line DataError naming ``where`` (e.g. "video.labels.csv:12")."""

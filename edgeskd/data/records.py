@@ -21,6 +21,19 @@ from edgeskd.errors import DataError
 SIDECAR = "dataset.json"
 SIDECAR_VERSION = 1
 BACKGROUND_NAME = "no_polyp"
+NO_POLYP_NAMES = ("no_polyp", "no polyp", "no-polyp", "nopolyp")   # what a labels file may call a polyp-free frame
+
+
+def positive_class_index(class_names: list[str], background: int | None, chosen: object = None) -> int:
+    """The positive class (F1, AUC, NPV): the data set's choice (``positive_class`` in its sidecar:
+    a name or an index), else the last class that is not the "no polyp" class. One rule for
+    `train`, `info` and `bench`."""
+    names = list(class_names)
+    if isinstance(chosen, str) and chosen in names:
+        return names.index(chosen)
+    if isinstance(chosen, int) and not isinstance(chosen, bool) and 0 <= chosen < len(names) and chosen != background:
+        return chosen
+    return [i for i in range(len(names)) if i != background][-1]
 
 
 def safe_relative(name: str, root: Path, *, what: str, where: str) -> Path:

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from edgeskd.data.base import SPLITS, LabeledSet
+from edgeskd.data.records import positive_class_index
 
 LABEL_BITS_FORMULA = "H(S) - H(C) = H(S|C) over the training labels, in bits (S subclass, C class)"
 
@@ -57,8 +58,8 @@ def dataset_summary(ls: LabeledSet) -> dict[str, Any]:
         "class_names": list(ls.class_names),
         "subclass_names": list(ls.subclass_names),
         "subclass_to_class": [int(v) for v in ls.subclass_to_class],
-        "positive_class": ls.info.get("positive_class", [c for i, c in enumerate(ls.class_names)
-                                                         if i != ls.background_class][-1]),
+        "positive_class": ls.class_names[positive_class_index(list(ls.class_names), ls.background_class,
+                                                              ls.info.get("positive_class"))],
         "background_class": None if ls.background_class is None else ls.class_names[ls.background_class],
         "subclass_definition": ls.info.get("subclass_definition", "as given (folder / manifest names)"),
         "split_source": ls.info.get("split_source", "given"),
@@ -80,7 +81,7 @@ def dataset_summary(ls: LabeledSet) -> dict[str, Any]:
             "unknown": int(np.sum(ls.votes < 0)),
         }
         known = ls.votes >= 0
-        pos = list(ls.class_names).index(out["positive_class"]) if out["positive_class"] in ls.class_names else 1
+        pos = list(ls.class_names).index(out["positive_class"])
         agree = (ls.votes[known] * 2 > n) == (ls.labels[known] == pos)   # votes count the positive class
         if ls.num_classes - (ls.background_class is not None) == 2:
             out["votes"]["disagree_with_label"] = int(np.sum(~agree))

@@ -28,7 +28,8 @@ from typing import Sequence
 
 import numpy as np
 
-from edgeskd.data.records import BACKGROUND_NAME, SIDECAR, SIDECAR_VERSION
+from edgeskd.data.records import BACKGROUND_NAME, NO_POLYP_NAMES, SIDECAR, SIDECAR_VERSION
+from edgeskd.clinical.per_polyp import canonical_polyp_id
 from edgeskd.errors import DataError, UsageError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
@@ -71,15 +72,20 @@ def read_video_labels(path: Path, *, classes: Sequence[str] | None = None) -> li
             raise DataError(f"{where}: frame {row['frame']!r} is not an integer") from None
         if frame < 0 or frame in rows:
             raise DataError(f"{where}: frame {frame} is " + ("negative" if frame < 0 else "listed twice"))
-        cls, sub, pid = row["class"], row.get("subclass", ""), row["polyp_id"]
-        if cls == "" or cls.lower() == BACKGROUND_NAME:
+        cls, sub = row["class"], row.get("subclass", "")
+        pid = canonical_polyp_id(row["polyp_id"])
+        has = row.get("has_polyp", "").lower()
+        if cls == "" and has in ("1", "true", "yes"):
+            raise DataError(f"{where}: a polyp frame (has_polyp {row['has_polyp']}) without a class; "
+                            "give its class, or leave the frame out of the video")
+        if cls == "" or cls.lower() in NO_POLYP_NAMES or has in ("0", "false", "no"):
             rows[frame] = FrameLabel(BACKGROUND_NAME, _check_name(sub, "subclass", where) if sub else BACKGROUND_NAME, "")
             continue
         _check_name(cls, "class", where)
         if classes is not None and cls not in classes:
             raise DataError(f"{where}: unknown class {cls!r}; --classes allows {', '.join(classes)} "
                             f"(and {BACKGROUND_NAME} / empty for frames with no polyp)")
-        if not pid or pid == "-1":
+        if pid is None:
             raise DataError(f"{where}: a {cls} frame without a polyp_id; give every polyp frame its polyp's id")
         _check_name(pid, "polyp_id", where)
         first = polyp_class.setdefault(pid, (cls, ln))
@@ -147,35 +153,66 @@ def _decode(video: Path):
 
 
 CROP_LOOKAHEAD = 15   # frames the content area is found on (their median box)
+CROP_MAX_SCAN = 1800  # frames looked at for a lit field at most (a minute at 30 fps of dark lead-in)
 
 
-def _frames_of(video: Path, crop: bool):
-    """(index, RGB frame) of every frame, cropped to the content area found on the first frames."""
-    it = _decode(video)
-    head = list(itertools.islice(it, CROP_LOOKAHEAD))
-    box = _content_box(head) if crop and head else None
-    for i, rgb in enumerate(itertools.chain(head, it)):
+def find_content_box(video: Path) -> tuple[tuple[int, int, int, int] | None, int]:
+    """(median content area of the first ``CROP_LOOKAHEAD`` frames that show a lit field, frames
+    looked at): dark frames at the start (the scope not yet lit, a black lead-in) are skipped, so
+    they do not turn cropping off for the whole video. (None, n) when no field is found."""
+    boxes, n = [], 0
+    frames = _decode(video)
+    try:
+        for rgb in itertools.islice(frames, CROP_MAX_SCAN):
+            n += 1
+            b = _content_box([rgb])
+            if b is not None:
+                boxes.append(b)
+                if len(boxes) >= CROP_LOOKAHEAD:
+                    break
+    finally:
+        frames.close()   # closes the container now, not at garbage collection
+    if not boxes:
+        return None, n
+    x, y, w, h = (int(v) for v in np.median(np.array(boxes), 0))
+    return (x, y, w, h), n
+
+
+def _frames_of(video: Path, box: tuple[int, int, int, int] | None):
+    """(index, RGB frame) of every frame, cropped to ``box`` (x, y, w, h) when given."""
+    for i, rgb in enumerate(_decode(video)):
         if box is not None:
             x, y, w, h = box
             rgb = rgb[y:y + h, x:x + w]
         yield i, rgb
 
 
-def _class_order(found: set[str]) -> tuple[list[str], dict]:
-    """Classes (the "no polyp" class last) and what the sidecar says beyond the order."""
+POSITIVE_NAMES = ("adenoma", "adenomatous", "ssa", "ssl", "sessile_serrated", "neoplastic")   # --positive's default
+
+
+def _class_order(found: set[str], positive: str | None = None) -> tuple[list[str], dict, str]:
+    """Classes (the "no polyp" class last), what the sidecar says beyond the order (the positive
+    class, the background class) and why that class is positive."""
     from edgeskd.data import synthetic as sy
 
     polyp = found - {BACKGROUND_NAME}
     extra: dict = {}
-    if polyp <= set(sy.POLYP_CLASS_NAMES):   # the synthetic video: its class order and positive class
-        order = [c for c in sy.POLYP_CLASS_NAMES]
-        extra["positive_class"] = sy.CLASS_NAMES[sy.POSITIVE_CLASS]
+    if polyp <= set(sy.POLYP_CLASS_NAMES):   # the synthetic video's names: its class order
+        order = [c for c in sy.POLYP_CLASS_NAMES if c in polyp]
     else:
         order = sorted(polyp)
+    named = [c for c in order if c.lower() in POSITIVE_NAMES]
+    if positive is not None:
+        pos, why = positive, "--positive"
+    elif len(named) == 1:
+        pos, why = named[0], "its name; --positive CLASS to choose another"
+    else:
+        pos, why = order[-1], "the last class by name; --positive CLASS to choose another"
+    extra["positive_class"] = pos
     if BACKGROUND_NAME in found:
         order.append(BACKGROUND_NAME)
         extra["background_class"] = BACKGROUND_NAME
-    return order, extra
+    return order, extra, why
 
 
 def _subclass_order(classes: list[str], pairs: set[tuple[str, str]]) -> dict:
@@ -194,8 +231,8 @@ def _subclass_order(classes: list[str], pairs: set[tuple[str, str]]) -> dict:
 
 
 def write_frames(videos: Sequence[Path], labels: Sequence[Path], out: Path, *, every: int = 1,
-                 split: str | None = None, classes: Sequence[str] | None = None, crop: bool = True,
-                 overwrite: bool = False, progress=None) -> dict:
+                 split: str | None = None, classes: Sequence[str] | None = None, positive: str | None = None,
+                 crop: bool = True, overwrite: bool = False, progress=None) -> dict:
     """Decode ``videos``, keep every ``every``-th frame, write them with their labels as a grouped
     manifest under ``out``. Returns a summary (frames, per class, groups)."""
     from edgeskd.data.writers import _csv_text, _png_bytes, atomic_dir, check_output_dir
@@ -212,14 +249,22 @@ def write_frames(videos: Sequence[Path], labels: Sequence[Path], out: Path, *, e
             raise UsageError(f"video {v} not found")
     check_output_dir(out, overwrite=overwrite)
     all_labels = [read_video_labels(Path(p), classes=classes) for p in labels]   # every input checked first
+    named = sorted({lab.cls for labs in all_labels for lab in labs} - {BACKGROUND_NAME})
+    if positive is not None and positive not in named:
+        raise UsageError(f"--positive {positive!r} is not a polyp class of the labels ({', '.join(named) or 'none'})")
     rows: list[list[str]] = []
     found: set[str] = set()
+    notes: list[str] = []
     with atomic_dir(out, overwrite=overwrite) as tmp:
         for video, stem, labs in zip(videos, stems, all_labels):
             groups = frame_groups(stem, labs)
             (tmp / "images" / stem).mkdir(parents=True)
             n = 0
-            for i, img in _frames_of(Path(video), crop):
+            box, scanned = find_content_box(Path(video)) if crop else (None, 0)
+            if crop and box is None and scanned:
+                notes.append(f"{video}: no lit field in its first {scanned} frames; frames written whole (--crop none "
+                             "says so on purpose)")
+            for i, img in _frames_of(Path(video), box):
                 n = i + 1
                 if i >= len(labs) or i % every:
                     continue
@@ -236,7 +281,10 @@ def write_frames(videos: Sequence[Path], labels: Sequence[Path], out: Path, *, e
                                 "give the labels of this video (one row per frame)")
         if len(found - {BACKGROUND_NAME}) == 0:
             raise DataError("no polyp frames among the kept frames; a training set needs polyp classes")
-        order, extra = _class_order(found)
+        if positive is not None and positive not in found:
+            raise DataError(f"--positive {positive!r} has no frame among the kept frames (every {every}-th); "
+                            "lower --every")
+        order, extra, why = _class_order(found, positive)
         extra.update(_subclass_order(order, {(r[1], r[2]) for r in rows}))
         (tmp / "manifest.csv").write_text(_csv_text([list(HEADER) + (["split"] if split else [])] + rows),
                                           encoding="utf-8")
@@ -244,6 +292,10 @@ def write_frames(videos: Sequence[Path], labels: Sequence[Path], out: Path, *, e
                 "source": {"videos": [str(v) for v in videos], "every": every}}
         (tmp / SIDECAR).write_text(json.dumps(side, indent=2) + "\n", encoding="utf-8")
     counts = {c: sum(r[1] == c for r in rows) for c in order}
+    if len(order) - (BACKGROUND_NAME in order) < 2:
+        notes.append(f"only one polyp class ({order[0]}) among the kept frames; a classifier needs two "
+                     "(add videos with the other class)")
     return {"out": str(out), "frames": len(rows), "videos": len(videos), "per_class": counts,
-            "groups": len({r[3] for r in rows}), "manifest": str(out / "manifest.csv")}
+            "groups": len({r[3] for r in rows}), "manifest": str(out / "manifest.csv"),
+            "positive_class": extra["positive_class"], "positive_reason": why, "notes": notes}
 

@@ -56,11 +56,12 @@ def check_trainable(dataset) -> None:
 
 
 def positive_class(dataset) -> int:
-    """Index of the positive class (F1/AUC): the data set's own choice, else class 1."""
-    pos = dataset.info.get("positive_class", 1) if isinstance(dataset.info, dict) else 1
-    if isinstance(pos, str):
-        pos = dataset.class_names.index(pos) if pos in dataset.class_names else 1
-    return int(pos) if 0 <= int(pos) < dataset.num_classes else 1
+    """Index of the positive class (F1/AUC): the data set's own choice, else the last class that is
+    not "no polyp" (``data.records.positive_class_index``, the rule `info` reports)."""
+    from edgeskd.data.records import positive_class_index
+
+    chosen = dataset.info.get("positive_class") if isinstance(dataset.info, dict) else None
+    return positive_class_index(list(dataset.class_names), dataset.background_class, chosen)
 
 
 def label_bits(dataset) -> float:

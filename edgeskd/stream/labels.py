@@ -1,14 +1,14 @@
 """Per-frame ground truth: ``frame,class[,subclass][,has_polyp][,visible][,polyp_id]`` CSV (what
-`synth-video` writes).
+`synth-video` writes, and what `edgeskd frames` reads: both read a labels file the same way).
 
 ``class`` is a class name of the model (or its index). A frame **without a polyp** is one with
-``has_polyp`` = 0, or whose class is the model's background class, or names no polyp (``no_polyp``
-/ ``no polyp``, whether or not the model has such a class): older label files leave the class empty
-with ``has_polyp`` = 0, newer ones write ``no_polyp``; both read the same. Other rows with an empty
-class carry no ground truth and are left out. ``polyp_id`` (optional) names the polyp a frame shows:
-an integer >= 0, the same for every frame of one polyp; empty or -1 for none. With it the stream
-also decides per polyp (``edgeskd.clinical.per_polyp``). ``subclass`` (optional) gives the
-per-subtype frame accuracy.
+``has_polyp`` = 0, or whose class is the model's background class, names no polyp (``no_polyp``
+/ ``no polyp``, whether or not the model has such a class), or is empty. A row with an empty class
+but ``has_polyp`` = 1 (a polyp in view, its class not known) carries no ground truth and is left
+out. Each frame has at most one row. ``polyp_id`` (optional) names the polyp a frame shows: any
+name or number, the same for every frame of one polyp (``3`` and ``3.0`` are one polyp); empty or
+-1 for none. With it the stream also decides per polyp (``edgeskd.clinical.per_polyp``).
+``subclass`` (optional) gives the per-subtype frame accuracy.
 """
 
 from __future__ import annotations
@@ -18,9 +18,11 @@ from pathlib import Path
 
 from dataclasses import dataclass
 
+from edgeskd.data.records import NO_POLYP_NAMES
 from edgeskd.errors import DataError, UsageError
 
-NO_POLYP_NAMES = ("no_polyp", "no polyp", "no-polyp", "nopolyp")
+__all__ = ["NO_POLYP_NAMES", "FrameTruth", "check_labels_file", "read_frame_labels", "read_truth", "read_polyp_ids"]
+
 
 
 @dataclass
@@ -35,10 +37,16 @@ class FrameTruth:
     subclasses: dict[int, str] | None
 
 
+_YES, _NO = ("1", "true", "yes"), ("0", "false", "no")
+
+
 def _is_no_polyp(row: dict[str, str], background: str | None) -> bool:
     cls = row["class"].strip()
-    if row.get("has_polyp", "").strip() in ("0", "false", "False", "no"):
+    has = row.get("has_polyp", "").strip().lower()
+    if has in _NO:
         return True
+    if cls == "":   # empty class: no polyp in view, unless the file says a polyp is there
+        return has not in _YES
     if background is not None and cls.lower() == background.lower():
         return True
     return cls.lower() in NO_POLYP_NAMES
@@ -58,6 +66,7 @@ def _rows(path: str | Path) -> tuple[Path, list[str], list[tuple[int, dict[str, 
     if "frame" not in fields or "class" not in fields:
         raise DataError(f"labels file {p} needs a header with columns frame,class (found: {', '.join(fields) or 'none'})")
     out = []
+    seen: dict[int, int] = {}
     for lineno, raw in enumerate(rows, start=2):
         row = {(k or "").strip().lower(): (v or "").strip() for k, v in raw.items()}
         try:
@@ -66,6 +75,10 @@ def _rows(path: str | Path) -> tuple[Path, list[str], list[tuple[int, dict[str, 
             raise DataError(f"{p}:{lineno}: frame {row['frame']!r} is not an integer") from None
         if frame < 0:
             raise DataError(f"{p}:{lineno}: frame index {frame} is negative")
+        if frame in seen:
+            raise DataError(f"{p}:{lineno}: frame {frame} is listed twice (also on line {seen[frame]}); "
+                            "give each frame one row")
+        seen[frame] = lineno
         out.append((lineno, row, frame))
     return p, fields, out
 
@@ -120,18 +133,20 @@ def read_truth(path: str | Path, class_names: list[str], background: int | None 
 
 def read_polyp_ids(path: str | Path) -> dict[int, int] | None:
     """frame index → polyp id for the frames that name one; None when the file has no ``polyp_id``
-    column. An id that is not an integer is a one-line DataError naming the line."""
-    from edgeskd.clinical.per_polyp import parse_polyp_id
+    column. Ids are read as names (``clinical.per_polyp.canonical_polyp_id``): integer ids >= 0 keep
+    their number, other names are numbered in order of first appearance."""
+    from edgeskd.clinical.per_polyp import canonical_polyp_id
 
     p, fields, rows = _rows(path)
     if "polyp_id" not in fields:
         return None
-    out: dict[int, int] = {}
-    for lineno, row, frame in rows:
-        pid = parse_polyp_id(row.get("polyp_id", ""), where=f"{p}:{lineno}")
-        if pid is not None:
-            out[frame] = pid
-    return out
+    names = {frame: pid for _, row, frame in rows if (pid := canonical_polyp_id(row.get("polyp_id", ""))) is not None}
+    if all(n.isdigit() for n in names.values()):
+        return {f: int(n) for f, n in names.items()}
+    number: dict[str, int] = {}
+    for f in sorted(names):
+        number.setdefault(names[f], len(number))
+    return {f: number[n] for f, n in names.items()}
 
 
 def check_polyp_classes(polyp_ids: dict[int, int], labels: dict[int, int], path: str | Path) -> None:

@@ -178,8 +178,8 @@ class StreamStats:
         ids = np.asarray(self.frame_polyps, dtype=object)
         # NPV / PPV / coverage over frames, with intervals by polyp (video_figures.cluster_rate_ci)
         neg, pos = (d >= 0) & (d != self.positive), d == self.positive
-        out["npv_ci95"] = cluster_rate_ci(y[neg] != self.positive, list(ids[neg]))[1]
-        out["ppv_ci95"] = cluster_rate_ci(y[pos] == self.positive, list(ids[pos]))[1]
+        out["npv_ci95"], out["npv_interval"] = cluster_rate_ci(y[neg] != self.positive, list(ids[neg]))[1:]
+        out["ppv_ci95"], out["ppv_interval"] = cluster_rate_ci(y[pos] == self.positive, list(ids[pos]))[1:]
         out["coverage_ci95"], out["interval"] = cluster_rate_ci(d >= 0, list(ids))[1:]
         return _round(out)
 
