@@ -186,3 +186,47 @@ def test_export_triton_cli_and_bad_inputs(tmp_path, onnx_path, cli):
     assert bad.exit_code == 2 and "is a file" in bad.output
     nameless = cli("export", onnx_path, "--format", "triton", "--out", tmp_path / "r2", "--model-name", "a/b")
     assert nameless.exit_code == 2 and not (tmp_path / "r2" / "a").exists()
+
+
+@pytest.mark.parametrize("classes,s2c,bg", [
+    (["hyperplastic", "adenoma", "no_polyp"], [0, 1, 2, 2], 2),
+    (["no_polyp", "hyperplastic", "adenoma"], [0, 0, 1, 2], 0),
+])
+def test_deepstream_graph_composes_presence_like_edgeskd(tmp_path, cli, classes, s2c, bg):
+    """A model with a "no polyp" class: the folded graph outputs P(no polyp) (T = 1) at its column and
+    the calibrated probabilities conditional on a polyp, times 1 − P(no polyp), at the others — what
+    ``class_probabilities`` (and so `edgeskd stream`) computes, not one softmax over all classes."""
+    import onnx
+    import onnxruntime as ort
+
+    from edgeskd.runtime.loader import load_runner
+    from edgeskd.runtime.postprocess import class_probabilities
+
+    meta = META.replace(class_names=classes, subclass_names=["s0", "s1", "s2", "s3"], subclass_to_class=s2c,
+                        background_class=bg, subclass_temperatures=[1.3, 0.7, 2.0, 1.1], positive_class=classes.index("adenoma"))
+    src = make_onnx(tmp_path / "m.onnx", meta=meta)
+    out = tmp_path / "ds"
+    res = cli("export", src, "--format", "deepstream", "--out", out)
+    assert res.exit_code == 0, res.output
+    model = onnx.load(str(out / "model.onnx"))
+    x = np.random.default_rng(1).integers(0, 256, (16, 3, 32, 32)).astype(np.float32)
+    got = ort.InferenceSession(str(out / "model.onnx")).run(None, {model.graph.input[0].name: x})[0]
+    mean, std = np.reshape(meta.mean, (1, 3, 1, 1)), np.reshape(meta.std, (1, 3, 1, 1))
+    with load_runner(src) as r:
+        logits = r.infer(((x / 255.0 - mean) / std).astype(np.float32))
+        want = class_probabilities(logits, r.metadata)
+    plain = class_probabilities(logits, r.metadata.replace(background_class=None))
+    assert np.abs(plain - want).max() > 1e-3          # the one-softmax reading differs: the check can fail
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_deepstream_export_keeps_other_files(tmp_path, onnx_path, cli):
+    out = tmp_path / "app"
+    (out / "sub").mkdir(parents=True)
+    (out / "notes.txt").write_text("mine")
+    res = cli("export", onnx_path, "--format", "deepstream", "--out", out)
+    assert res.exit_code == 0, res.output
+    again = cli("export", onnx_path, "--format", "deepstream", "--out", out, "--overwrite")
+    assert again.exit_code == 0, again.output
+    assert (out / "notes.txt").read_text() == "mine" and (out / "sub").is_dir()
+    assert sorted(p.name for p in out.iterdir()) == ["config_infer_edgeskd.txt", "labels.txt", "model.onnx", "notes.txt", "sub"]

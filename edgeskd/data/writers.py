@@ -40,6 +40,11 @@ def check_output_dir(out: str | Path, *, overwrite: bool) -> Path:
         raise UsageError(f"{out} exists and is not a directory; choose another output path")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise UsageError(f"{out} exists and is not empty; pass --overwrite to replace it, or choose another path")
+    if overwrite and out.is_dir():
+        here, target = Path.cwd().resolve(), out.resolve()
+        if target == here or target in here.parents or target == Path.home().resolve():
+            raise UsageError(f"--overwrite would replace {target} (the current folder, one above it, or home) "
+                             "with the output; give --out a folder of its own")
     from edgeskd.utils.io import probe_writable_dir
 
     probe_writable_dir(out.parent if str(out.parent) else ".")   # before any rendering

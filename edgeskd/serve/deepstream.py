@@ -69,6 +69,49 @@ def fold_graph(model: Any, meta: ModelMeta, input_name: str, output_name: str) -
 
 
 def _postprocess_nodes(meta: ModelMeta, logits: str) -> tuple[list[Any], list[Any]]:
+    """Nodes from the model's raw output to ``OUTPUT``: the class probabilities
+    ``runtime.postprocess.class_probabilities`` computes. With a background class that is
+    P(background) (softmax of the class logits, T = 1) at its column and (1 − P(background)) × the
+    calibrated probabilities conditional on a polyp at the polyp columns."""
+    from onnx import helper
+
+    bg = meta.background_class
+    if bg is None:
+        return _calibrated_softmax(meta, logits, OUTPUT, "edgeskd_")
+    raw_nodes, raw_consts = _calibrated_softmax(meta.replace(temperature=1.0, subclass_temperatures=None), logits,
+                                                "edgeskd_raw_p", "edgeskd_r_")
+    polyp_meta = meta.polyp_only()
+    cond_nodes, cond_consts = _calibrated_softmax(polyp_meta, "edgeskd_polyp_out", "edgeskd_cond", "edgeskd_c_")
+    c, cp = meta.num_classes, polyp_meta.num_classes
+    place = np.zeros((cp, c), np.float32)
+    place[np.arange(cp), meta.polyp_classes] = 1.0
+    bg_col = np.zeros((1, c), np.float32)
+    bg_col[0, bg] = 1.0
+    consts = raw_consts + cond_consts + [
+        _const_i64("edgeskd_polyp_idx", meta.polyp_outputs()), _const_i64("edgeskd_bg_idx", [bg]),
+        _const("edgeskd_one", np.ones(1)), _const("edgeskd_place", place), _const("edgeskd_bg_col", bg_col)]
+    nodes = raw_nodes + [
+        helper.make_node("Gather", ["edgeskd_raw_p", "edgeskd_bg_idx"], ["edgeskd_p_bg"], axis=1),
+        helper.make_node("Sub", ["edgeskd_one", "edgeskd_p_bg"], ["edgeskd_p_polyp"]),
+        helper.make_node("Gather", [logits, "edgeskd_polyp_idx"], ["edgeskd_polyp_out"], axis=1),
+    ] + cond_nodes + [
+        helper.make_node("Mul", ["edgeskd_cond", "edgeskd_p_polyp"], ["edgeskd_polyp_p"]),
+        helper.make_node("MatMul", ["edgeskd_polyp_p", "edgeskd_place"], ["edgeskd_polyp_cols"]),
+        helper.make_node("MatMul", ["edgeskd_p_bg", "edgeskd_bg_col"], ["edgeskd_bg_cols"]),
+        helper.make_node("Add", ["edgeskd_polyp_cols", "edgeskd_bg_cols"], [OUTPUT]),
+    ]
+    return nodes, consts
+
+
+def _const_i64(name: str, value: Any) -> Any:
+    from onnx import numpy_helper
+
+    return numpy_helper.from_array(np.asarray(value, dtype=np.int64), name)
+
+
+def _calibrated_softmax(meta: ModelMeta, logits: str, out: str, p: str) -> tuple[list[Any], list[Any]]:
+    """Nodes ``logits`` → ``out`` = softmax(class logits / T) of a model without a background class
+    (``p``: the prefix of every name made here)."""
     from onnx import helper
 
     s = meta.num_outputs
@@ -76,24 +119,24 @@ def _postprocess_nodes(meta: ModelMeta, logits: str) -> tuple[list[Any], list[An
     if meta.output == "subclass_logits":
         block = np.zeros((s, meta.num_classes), np.float32)
         block[np.arange(s), meta.subclass_to_class] = 1.0
-        consts.append(_const("edgeskd_blocks", block))
-        nodes += [helper.make_node("Softmax", [logits], ["edgeskd_q"], axis=1),
-                  helper.make_node("MatMul", ["edgeskd_q", "edgeskd_blocks"], ["edgeskd_class_p"]),
-                  helper.make_node("Log", ["edgeskd_class_p"], ["edgeskd_class_logits"])]
-        class_logits = "edgeskd_class_logits"
+        consts.append(_const(f"{p}blocks", block))
+        nodes += [helper.make_node("Softmax", [logits], [f"{p}q"], axis=1),
+                  helper.make_node("MatMul", [f"{p}q", f"{p}blocks"], [f"{p}class_p"]),
+                  helper.make_node("Log", [f"{p}class_p"], [f"{p}class_logits"])]
+        class_logits = f"{p}class_logits"
     else:
         class_logits = logits
     if meta.subclass_temperatures is not None and meta.output == "subclass_logits":
         inv = (1.0 / np.asarray(meta.subclass_temperatures, np.float64)).reshape(s, 1)
-        consts.append(_const("edgeskd_inv_t", inv))
-        nodes += [helper.make_node("MatMul", ["edgeskd_q", "edgeskd_inv_t"], ["edgeskd_case_inv_t"]),
-                  helper.make_node("Mul", [class_logits, "edgeskd_case_inv_t"], ["edgeskd_scaled_logits"])]
-        class_logits = "edgeskd_scaled_logits"
+        consts.append(_const(f"{p}inv_t", inv))
+        nodes += [helper.make_node("MatMul", [f"{p}q", f"{p}inv_t"], [f"{p}case_inv_t"]),
+                  helper.make_node("Mul", [class_logits, f"{p}case_inv_t"], [f"{p}scaled_logits"])]
+        class_logits = f"{p}scaled_logits"
     elif meta.temperature != 1.0:
-        consts.append(_const("edgeskd_inv_t", np.asarray([1.0 / meta.temperature])))
-        nodes.append(helper.make_node("Mul", [class_logits, "edgeskd_inv_t"], ["edgeskd_scaled_logits"]))
-        class_logits = "edgeskd_scaled_logits"
-    nodes.append(helper.make_node("Softmax", [class_logits], [OUTPUT], axis=1))
+        consts.append(_const(f"{p}inv_t", np.asarray([1.0 / meta.temperature])))
+        nodes.append(helper.make_node("Mul", [class_logits, f"{p}inv_t"], [f"{p}scaled_logits"]))
+        class_logits = f"{p}scaled_logits"
+    nodes.append(helper.make_node("Softmax", [class_logits], [out], axis=1))
     return nodes, consts
 
 
@@ -153,8 +196,13 @@ def write_deepstream(artifact: str | os.PathLike, out_dir: str | os.PathLike, *,
         raise ArtifactError(f"{src} has a fixed batch of {a.static_batch}; export it with a dynamic batch "
                             f"or give --max-batch-size {a.static_batch}")
     out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise UsageError(f"{out} exists; pass --overwrite to replace it, or choose another --out")
+    ours = ("model.onnx", "labels.txt", CONFIG_NAME)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out} exists and is not a folder; choose another --out")
+    present = [n for n in ours if (out / n).exists()] if out.is_dir() else []
+    if present and not overwrite:
+        raise UsageError(f"{out} already holds {', '.join(present)}; pass --overwrite to replace them, or choose "
+                         "another --out")
     model = fold_graph(onnx.load(str(src)), a.meta, a.input_name, a.output_name)
     props = {p.key: p.value for p in model.metadata_props}
     props["edgeskd.deepstream"] = '"0-255 input, normalisation folded in, class probabilities out"'
@@ -166,17 +214,22 @@ def write_deepstream(artifact: str | os.PathLike, out_dir: str | os.PathLike, *,
         onnx.checker.check_model(model, full_check=True)
     except Exception as e:  # noqa: BLE001 - onnx raises several checker / inference error types
         raise ArtifactError(f"the DeepStream graph built from {src} does not check: {e}") from None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    # only our three files are written (other files in --out stay): staged in --out, then each renamed
+    # into place once all are written
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".edgeskd-deepstream.", suffix=".tmp", dir=out))
     try:
         onnx.save(model, str(stage / "model.onnx"))
         (stage / "labels.txt").write_text(";".join(a.meta.class_names) + "\n", encoding="utf-8")
         (stage / CONFIG_NAME).write_text(config_ini(a.meta, batch_size=batch_size, gpu_id=gpu_id), encoding="utf-8")
-        os.chmod(stage, 0o755)
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        os.replace(stage, out)
+        for name in ours:
+            os.chmod(stage / name, 0o644)
+            os.replace(stage / name, out / name)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
         raise
+    shutil.rmtree(stage, ignore_errors=True)
     return DeepStreamResult(out, out / "model.onnx", out / CONFIG_NAME, out / "labels.txt")
