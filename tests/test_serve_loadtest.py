@@ -77,3 +77,22 @@ def test_local_streams_start_together_at_the_gate(tmp_path):
     assert [r.exit_code for r in phase.rows] == [0, 0], [r.error for r in phase.rows]
     assert all(r.frames > 0 and 0 < r.cpu_s < r.cpu_total_s for r in phase.rows)
     assert phase.to_dict()["totals"]["client_cpu_total_s"] > phase.to_dict()["totals"]["client_cpu_s"]
+
+
+def test_streams_that_fail_before_the_gate_end_the_load_test(tmp_path):
+    """Streams that exit before the start gate (here: no server at that port) are collected there, not
+    waited for until the time limit; every stream failing is one line, not a table of failures."""
+    from helpers_stream import make_onnx, make_video
+
+    from edgeskd.errors import ServerError
+    from edgeskd.serve.loadtest import LoadTestConfig, run_streams
+    from edgeskd.serve.server import free_port
+
+    video = make_video(tmp_path / "v.mp4", n=6)
+    model = make_onnx(tmp_path / "m.onnx")
+    work = tmp_path / "w"
+    work.mkdir()
+    cfg = LoadTestConfig(artifact=model, video=str(video), streams=2, max_frames=6, timeout_s=120.0)
+    url = f"grpc://127.0.0.1:{free_port()}"
+    with pytest.raises(ServerError, match="every server stream failed before its first frame: .*unreachable"):
+        run_streams(cfg, "server", ["--server", url, "--model", "m"], work)

@@ -23,6 +23,7 @@ that server's access token and its CPU is counted only with ``--server-pid``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -30,6 +31,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -176,32 +178,58 @@ def run_streams(cfg: LoadTestConfig, name: str, extra: list[str], work: Path,
         p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=open(d / "stderr.txt", "wb"),
                              env=_child_env())
         procs[p.pid] = (i, p, d)
+    rows: dict[int, StreamRow] = {}
+
+    def reap() -> None:
+        """Collect the streams that have exited (each by its own pid: the server, a child too, stays
+        unreaped, and Popen.poll, which would reap them without their CPU figures, is not used)."""
+        for pid in list(procs):
+            try:
+                done, status, usage = os.wait4(pid, os.WNOHANG)
+            except ChildProcessError:   # reaped elsewhere: no CPU figures, but not lost
+                done, status, usage = pid, None, None
+            if done == 0:
+                continue
+            i, p, d = procs.pop(pid)
+            p.returncode = os.waitstatus_to_exitcode(status) if status is not None else (p.returncode or 0)
+            cpu = usage.ru_utime + usage.ru_stime if usage is not None else 0.0
+            rows[i] = _row(i, d, p.returncode, cpu, phase)
+
+    try:
+        return _await_streams(cfg, name, phase, procs, gate, rows, reap, on_go)
+    except BaseException:   # Ctrl-C, SIGTERM (run_loadtest), a timeout: no stream outlives the load test
+        for _, p, _ in procs.values():
+            p.terminate()
+        for _, p, _ in procs.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(timeout=5)
+        raise
+
+
+def _await_streams(cfg: "LoadTestConfig", name: str, phase: "Phase", procs: dict, gate: Path, rows: dict,
+                   reap: Callable[[], None], on_go: Callable[[], None] | None) -> "Phase":
     deadline = time.monotonic() + cfg.timeout_s
-    ready = 0
-    while ready < cfg.streams and time.monotonic() < deadline:
-        ready = len(list(gate.glob("ready-*"))) + sum(p.poll() is not None for _, p, _ in procs.values())
+    while procs and len(list(gate.glob("ready-*"))) < len(procs) and time.monotonic() < deadline:
+        reap()   # a stream that fails before the gate (a bad video, no server) is done, not awaited
         time.sleep(0.02)
     if on_go is not None:
         on_go()
     t0 = time.perf_counter()
     (gate / "go").touch()
-    rows: dict[int, StreamRow] = {}
     while procs:
-        pid, status, usage = os.wait4(-1, os.WNOHANG)
-        if pid == 0:
-            if time.monotonic() > deadline:
-                for _, p, _ in procs.values():
-                    p.kill()
-                raise ServerError(f"the {name} streams did not finish in {cfg.timeout_s:.0f} s")
-            time.sleep(0.05)
-            continue
-        if pid not in procs:
-            continue
-        i, p, d = procs.pop(pid)
-        p.returncode = os.waitstatus_to_exitcode(status)
-        rows[i] = _row(i, d, p.returncode, usage.ru_utime + usage.ru_stime, phase)
+        reap()
+        if not procs:
+            break
+        if time.monotonic() > deadline:
+            for _, p, _ in procs.values():
+                p.kill()
+            raise ServerError(f"the {name} streams did not finish in {cfg.timeout_s:.0f} s")
+        time.sleep(0.05)
     phase.wall_s = time.perf_counter() - t0
     phase.rows = [rows[i] for i in sorted(rows)]
+    if phase.rows and all(r.exit_code != 0 and not r.frames for r in phase.rows):
+        err = (phase.rows[0].error or "").removeprefix("error: ")
+        raise ServerError(f"every {name} stream failed before its first frame: {err}")
     return phase
 
 
@@ -326,6 +354,24 @@ def _server_phase(cfg: LoadTestConfig, work: Path) -> Phase:
     return phase
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM stops the load test like Ctrl-C: its streams and the server it started are stopped and
+    its work folder removed (the server runs in a session of its own and would outlive it)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 def run_loadtest(cfg: LoadTestConfig) -> dict[str, Any]:
     """Both phases; returns the report (``phases`` and the CPU-per-frame ratio)."""
     if not 1 <= cfg.streams <= 64:
@@ -338,7 +384,7 @@ def run_loadtest(cfg: LoadTestConfig) -> dict[str, Any]:
         from edgeskd.serve.remote import parse_server_url
 
         parse_server_url(cfg.server)
-    with tempfile.TemporaryDirectory(prefix="edgeskd-loadtest-") as tmp:
+    with _sigterm_as_interrupt(), tempfile.TemporaryDirectory(prefix="edgeskd-loadtest-") as tmp:
         work = Path(tmp)
         phases = [_server_phase(cfg, work)]
         if cfg.local:
