@@ -230,3 +230,35 @@ def test_deepstream_export_keeps_other_files(tmp_path, onnx_path, cli):
     assert again.exit_code == 0, again.output
     assert (out / "notes.txt").read_text() == "mine" and (out / "sub").is_dir()
     assert sorted(p.name for p in out.iterdir()) == ["config_infer_edgeskd.txt", "labels.txt", "model.onnx", "notes.txt", "sub"]
+
+
+def test_uint8_activation_qdq_is_refused_for_tensorrt(tmp_path):
+    """The U8S8 CPU build (uint8 activations) cannot be a TensorRT engine: exporting it for a GPU
+    (Triton's TensorRT accelerator, DeepStream INT8) is one line naming the S8S8 file; int8 passes."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from edgeskd.errors import UsageError
+    from edgeskd.quantize.qdq_source import has_uint8_activations
+    from edgeskd.serve.repository import check_tensorrt_qdq
+
+    src = make_onnx(tmp_path / "m.onnx")
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            import onnx
+            name = onnx.load(str(src)).graph.input[0].name
+            self.it = iter([{name: np.random.default_rng(i).random((1, 3, 32, 32), np.float32)} for i in range(4)])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    built = {}
+    for tag, act in (("cpu", QuantType.QUInt8), ("qdq", QuantType.QInt8)):
+        built[tag] = tmp_path / f"m.int8.{tag}.onnx"
+        quantize_static(str(src), str(built[tag]), Reader(), quant_format=QuantFormat.QDQ, activation_type=act,
+                        weight_type=QuantType.QInt8)
+    assert has_uint8_activations(built["cpu"]) and not has_uint8_activations(built["qdq"])
+    assert not has_uint8_activations(src)
+    with pytest.raises(UsageError, match=r"uint8 .*give .*m\.int8\.qdq\.onnx"):
+        check_tensorrt_qdq(built["cpu"])
+    check_tensorrt_qdq(built["qdq"])

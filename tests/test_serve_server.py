@@ -247,3 +247,15 @@ def test_libpython_path_and_missing_repository_entries(tmp_path):
         load_models(ServeConfig(tmp_path / "repo2"), stack)
     with contextlib.ExitStack() as stack, pytest.raises(UsageError, match="not in"):
         load_models(ServeConfig(tmp_path / "repo2", model="other"), stack)
+    (tmp_path / "repo2" / "bare" / "config.pbtxt").write_text('name: "bare"\n')
+    with contextlib.ExitStack() as stack, pytest.raises(UsageError, match=r"one model's folder; .*serve .*repo2 --model bare"):
+        load_models(ServeConfig(tmp_path / "repo2" / "bare"), stack)
+
+
+def test_serve_refuses_what_it_cannot_start_with(tmp_path, cli, artifact):
+    """Checked before anything starts: an IPv6 --host (PyTriton's own client cannot reach it), a
+    --log-file in a folder that does not exist."""
+    r = cli("serve", artifact, "--host", "::1")
+    assert r.exit_code == 2 and "IPv6" in r.output and "Traceback" not in r.output
+    r = cli("serve", artifact, "--log-file", tmp_path / "nope" / "t.log")
+    assert r.exit_code == 2 and "does not exist" in r.output and not (tmp_path / "nope").exists()

@@ -51,7 +51,8 @@ def stream(
     overwrite: OverwriteOpt = False,
     ceiling: Annotated[bool, typer.Option("--ceiling/--no-ceiling", help="Measure decode-only fps of the file first (stats: decode_fps_ceiling).")] = True,
     server: Annotated[Optional[str], typer.Option("--server", help="Infer on a Triton server instead of --engine: grpc://HOST:PORT (`edgeskd serve`, or tritonserver on an exported repository).")] = None,
-    model: Annotated[Optional[str], typer.Option("--model", help="With --server: the model name on the server (default: its only model).")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="With --server: the model name on the server (`edgeskd serve` prints it). Default: the only model of "
+                                                      "a Triton server whose repository index it may read.")] = None,
 ) -> None:
     """Run a model on video: per-frame class, smoothed class, fps and latency."""
     from edgeskd.stream.pipeline import StreamConfig, run_stream

@@ -33,6 +33,20 @@ def has_qdq_nodes(path: str | Path) -> bool:
     return any(n.op_type in QDQ_OPS for n in model.graph.node)
 
 
+def has_uint8_activations(path: str | Path) -> bool:
+    """True if a QuantizeLinear of the ONNX at ``path`` quantizes to uint8 (the asymmetric U8S8 CPU
+    build); TensorRT takes int8 Q/DQ only (the S8S8 ``.int8.qdq.onnx``)."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - an unreadable file is reported by the loader that follows
+        return False
+    zero_points = {t.name: t.data_type for t in model.graph.initializer}
+    return any(n.op_type == "QuantizeLinear" and len(n.input) > 2 and zero_points.get(n.input[2]) == onnx.TensorProto.UINT8
+               for n in model.graph.node)
+
+
 def split_fingerprint(dataset, meta: ModelMeta) -> str:
     """Identity of a split's images as the model sees them (rows + preprocessing)."""
     from edgeskd.quantize.calibration import CalibrationSet

@@ -44,7 +44,7 @@ class ServerURL:
 
     @property
     def target(self) -> str:
-        return f"{self.host}:{self.port}"
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
     def __str__(self) -> str:
         return f"grpc://{self.target}"

@@ -281,6 +281,8 @@ def write_triton_repository(artifact: str | os.PathLike, repo: str | os.PathLike
         device = "cuda:0" if a.kind == "plan" else "cpu"
     if a.kind == "plan" and device == "cpu":
         raise UsageError("a TensorRT engine runs on a GPU only; give --device cuda (or export the ONNX for CPU)")
+    if a.kind == "onnx" and device != "cpu":
+        check_tensorrt_qdq(a.path)
     max_batch = _max_batch(a, max_batch_size)
     if not 1 <= queue_delay_us <= 1_000_000 or not 1 <= instances <= 64:
         raise UsageError("queue delay must be 1..1,000,000 µs and instances 1..64")
@@ -303,6 +305,17 @@ def write_triton_repository(artifact: str | os.PathLike, repo: str | os.PathLike
                             model_dir / "config.pbtxt", kept, text)
 
 
+def check_tensorrt_qdq(path: Path) -> None:
+    """A one-line UsageError for an ONNX whose INT8 is the U8S8 CPU build: TensorRT (Triton's GPU
+    accelerator, DeepStream) takes int8 Q/DQ only."""
+    from edgeskd.quantize.qdq_source import has_uint8_activations
+
+    if has_uint8_activations(path):
+        alt = Path(str(path).replace(".int8.cpu.onnx", ".int8.qdq.onnx"))
+        hint = f"give {alt}" if alt != path and alt.is_file() else "give the S8S8 .int8.qdq.onnx that build-engine writes"
+        raise UsageError(f"{path} quantizes activations to uint8 (the CPU build); TensorRT takes int8 Q/DQ only: {hint}")
+
+
 def _max_batch(a: Artifact, requested: int | None) -> int:
     sig = a.signature
     if sig.min_batch > 1:
@@ -311,8 +324,8 @@ def _max_batch(a: Artifact, requested: int | None) -> int:
     limit = sig.max_batch
     if requested is None:
         return min(DEFAULT_MAX_BATCH, limit) if limit else DEFAULT_MAX_BATCH
-    if requested < 1:
-        raise UsageError(f"--max-batch-size {requested} must be >= 1")
+    if not 1 <= requested <= 1024:
+        raise UsageError(f"--max-batch-size {requested} must be 1..1024")
     if limit and requested > limit:
         raise UsageError(f"--max-batch-size {requested} exceeds what {a.path.name} takes ({limit}: its optimization "
                          "profile / static batch); lower it or rebuild with a larger --max-batch")
@@ -378,12 +391,15 @@ class RepositoryEntry:
 def read_repository(repo: str | os.PathLike, model: str | None = None) -> list[RepositoryEntry]:
     """The newest version of each model in ``repo`` (only ``model`` if given)."""
     root = Path(repo)
+    if (root / "config.pbtxt").is_file():
+        raise UsageError(f"{root} is one model's folder; give the repository above it: edgeskd serve {root.parent}"
+                         + ("" if model else f" --model {root.name}"))
     dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if model is not None:
         dirs = [p for p in dirs if p.name == model]
         if not dirs:
             raise UsageError(f"model {model!r} is not in {root}; it holds: "
-                             f"{', '.join(p.name for p in sorted(root.iterdir()) if p.is_dir()) or 'nothing'}")
+                             f"{', '.join(p.name for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith('.')) or 'nothing'}")
     entries = []
     for d in dirs:
         vs = versions(d)
@@ -391,7 +407,8 @@ def read_repository(repo: str | os.PathLike, model: str | None = None) -> list[R
         found = [f for f in files if f.is_file()]
         if not found:
             raise ArtifactError(f"{d} is not an edgeskd Triton model (no <version>/model.onnx or model.plan); "
-                                "write it with `edgeskd export --format triton`")
+                                "write it with `edgeskd export --format triton`"
+                                + ("" if model else ", or serve the others with --model NAME"))
         entries.append(RepositoryEntry(d.name, vs[-1], found[0], read_sidecar(d / str(vs[-1]))))
     if not entries:
         raise UsageError(f"{root} holds no model folder; write one with `edgeskd export --format triton --out {root}`")

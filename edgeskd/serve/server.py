@@ -104,6 +104,9 @@ def libpython_env(environ: dict[str, str] | None = None) -> dict[str, str]:
 
 def check_ports(host: str, ports: dict[str, int]) -> None:
     """UsageError naming the option when a port is out of range, repeated, or already in use."""
+    if ":" in host:   # PyTriton builds http://HOST:PORT for its own client, which an IPv6 literal breaks
+        raise UsageError(f"--host {host}: IPv6 addresses are not supported by the Triton server PyTriton runs; "
+                         "give an IPv4 address (127.0.0.1, 0.0.0.0) or a host name")
     seen: dict[int, str] = {}
     for opt, port in ports.items():
         if not 0 < port < 65536:
@@ -111,7 +114,7 @@ def check_ports(host: str, ports: dict[str, int]) -> None:
         if port in seen:
             raise UsageError(f"{opt} and {seen[port]} are both {port}; give each its own port")
         seen[port] = opt
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind((host, port))
@@ -265,6 +268,9 @@ def serve(cfg: ServeConfig, *, on_ready: Callable[[ServerInfo], None] | None = N
         raise UsageError(f"--max-batch-size {cfg.max_batch_size} must be 1..1024")
     if not 0 <= cfg.queue_delay_us <= 1_000_000:
         raise UsageError(f"--queue-delay-us {cfg.queue_delay_us} must be 0..1,000,000")
+    if cfg.log_file is not None and not Path(cfg.log_file).parent.is_dir():
+        raise UsageError(f"--log-file {cfg.log_file}: folder {Path(cfg.log_file).parent} does not exist; create it "
+                         "or give another path")
     check_ports(cfg.host, {"--http-port": cfg.http_port, "--grpc-port": cfg.grpc_port,
                            "--metrics-port": cfg.metrics_port})
     pt = _import_pytriton()
@@ -296,6 +302,8 @@ def serve(cfg: ServeConfig, *, on_ready: Callable[[ServerInfo], None] | None = N
         for m in models:
             _bind(triton, m, cfg)
         _start(triton, stopper)
+        if stopper.event.is_set():   # Ctrl-C / SIGTERM while starting: stop, without announcing "ready"
+            return stopper.signal
         info.started_s = time.perf_counter() - t0
         if on_ready is not None:
             on_ready(info)

@@ -240,6 +240,9 @@ def _open_runner(cfg: StreamConfig, runner: Any) -> Any:
             raise UsageError("give --engine ARTIFACT (.onnx, .engine or .pt)")
         runner = load_stream_runner(cfg.engine, cfg.threads, cfg.device)
     if runner.max_batch and cfg.batch > int(runner.max_batch):
+        if cfg.server is not None:
+            raise UsageError(f"--batch-size {cfg.batch} exceeds the server model's max batch {runner.max_batch}; "
+                             "lower --batch-size or serve it with a larger --max-batch-size")
         raise UsageError(f"--batch-size {cfg.batch} exceeds this artifact's max batch {runner.max_batch}; "
                          "lower --batch-size or rebuild the engine with a larger --max-batch")
     return runner
