@@ -262,3 +262,17 @@ def test_realtime_recorder_never_blocks_the_live_path(tmp_path):
         assert sink.queue_size == REALTIME_QUEUE and not sink.block
     finally:
         sink.close(ok=False)
+
+
+def test_labels_that_are_not_this_videos_are_flagged():
+    from edgeskd.stream.labels import FrameTruth
+    from edgeskd.stream.pipeline import labels_range_warnings
+
+    truth = FrameTruth({f: 1 for f in range(1, 300)}, set(), None, None)
+    msgs = labels_range_warnings(truth, [0, 119], complete=True)
+    assert len(msgs) == 2 and "run to frame 299" in msgs[0] and "180 rows past" in msgs[0] and "count from 0" in msgs[1]
+    assert labels_range_warnings(truth, [0, 119], complete=False)[0].startswith("the labels have no row for frame 0")
+    fits = FrameTruth({f: 1 for f in range(0, 120)}, set(), None, None)
+    assert labels_range_warnings(fits, [0, 119], complete=True) == []
+    assert labels_range_warnings(FrameTruth({f: 1 for f in range(0, 125)}, set(), None, None), [0, 119],
+                                 complete=True, slack=30) == []

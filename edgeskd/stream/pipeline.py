@@ -248,6 +248,24 @@ def _open_runner(cfg: StreamConfig, runner: Any) -> Any:
     return runner
 
 
+def labels_range_warnings(truth: Any, index_range: list[int] | None, *, complete: bool, slack: int = 0) -> list[str]:
+    """Signs that a labels file is not this video's, or counts from 1: rows past the last frame of a
+    video that played to its end, or no row for frame 0 while frame 1 has one."""
+    frames = set(truth.labels) | set(truth.no_polyp)
+    if not frames or not index_range:
+        return []
+    out = []
+    last = max(frames)
+    if complete and last > index_range[1] + slack:
+        beyond = sum(1 for f in frames if f > index_range[1])
+        out.append(f"the labels run to frame {last} but the video ended at frame {index_range[1]} ({beyond} rows "
+                   "past its end): are they this video's labels?")
+    if index_range[0] == 0 and 0 not in frames and 1 in frames:
+        out.append("the labels have no row for frame 0 but one for frame 1: frame numbers count from 0 "
+                   "(the first frame is 0)")
+    return out
+
+
 def stream_threshold(cfg: StreamConfig, meta: Any) -> tuple[float | None, str]:
     """(the confidence threshold of the frame states and polyp decisions, where it comes from)."""
     if cfg.threshold is not None:
@@ -518,6 +536,12 @@ def run_stream(
                                       ended_by_server=run.lost is not None)
         if truth is not None and not stats.y_true and not stats.empty_frames:
             _warn(f"no processed frame has a label in {cfg.labels}; check its frame numbers")
+        elif truth is not None:
+            # real time: the last frames may be dropped, so a second of rows past the end is not a sign
+            slack = int(round(info.fps or 30)) if source.realtime else 0
+            complete = not (run.interrupted or cfg.max_frames or run.lost is not None)
+            for msg in labels_range_warnings(truth, stats.index_range, complete=complete, slack=slack):
+                _warn(msg)
         if ceiling.fps is None and source.decode_busy_s > 0:
             ceiling.fps = source.frames_decoded / source.decode_busy_s
         summary = stats.summary(
