@@ -276,3 +276,34 @@ def test_labels_that_are_not_this_videos_are_flagged():
     assert labels_range_warnings(fits, [0, 119], complete=True) == []
     assert labels_range_warnings(FrameTruth({f: 1 for f in range(0, 125)}, set(), None, None), [0, 119],
                                  complete=True, slack=30) == []
+
+
+def test_a_variable_rate_video_counts_its_frames_in_decode_order(tmp_path):
+    """A file whose frame rate changes (15 fps, then 30): frame numbers follow decode order, as the
+    labels file and `edgeskd frames` count them, not timestamp x average rate (which gave 118 of
+    120 frames another frame's label)."""
+    import fractions
+
+    import av
+
+    from edgeskd.stream.source import VideoSource
+
+    path = tmp_path / "vfr.mp4"
+    with av.open(str(path), "w") as out:
+        s = out.add_stream("libx264", rate=30)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        s.codec_context.time_base = fractions.Fraction(1, 90000)
+        t = 0
+        for i in range(60):
+            f = av.VideoFrame.from_ndarray(np.full((48, 64, 3), (i * 4) % 256, np.uint8), format="rgb24")
+            f.pts, f.time_base = t, fractions.Fraction(1, 90000)
+            t += 6000 if i < 30 else 3000
+            for p in s.encode(f):
+                out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+    src = VideoSource(str(path), realtime=False)
+    assert src.info.variable_rate
+    idx = [f.index for f in src]
+    src.close()
+    assert idx == list(range(60))

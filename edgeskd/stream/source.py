@@ -51,6 +51,7 @@ class VideoInfo:
     fps: float | None              # average frame rate, None if unknown
     frames: int | None             # frame count from the container, None if unknown
     duration_s: float | None
+    variable_rate: bool = False    # the container's frame rate varies (average ≠ base rate): frames count in decode order
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -131,6 +132,8 @@ def video_info(container, src: str) -> VideoInfo:
     cc = vs.codec_context
     rate = vs.average_rate or vs.guessed_rate or None
     fps = float(rate) if rate else None
+    base = vs.base_rate
+    variable = bool(fps and base and abs(fps / float(base) - 1.0) > 0.01)
     frames = int(vs.frames) if vs.frames else None
     duration = None
     if vs.duration is not None and vs.time_base is not None:
@@ -144,7 +147,7 @@ def video_info(container, src: str) -> VideoInfo:
     return VideoInfo(
         uri=src, kind=kind, live=live, codec=cc.name, width=int(cc.width), height=int(cc.height),
         pix_fmt=str(cc.pix_fmt or (cc.format.name if cc.format else "?")), fps=fps, frames=frames,
-        duration_s=duration,
+        duration_s=duration, variable_rate=variable,
     )
 
 
@@ -310,8 +313,9 @@ class VideoSource:
         t0_wall = None
         pts0 = None
         # frame numbers of a file follow its timestamps, so a damaged stretch that loses frames
-        # does not shift every later frame onto another frame's label (--labels)
-        by_time = not self.info.live and bool(self.info.fps) and tb is not None
+        # does not shift every later frame onto another frame's label (--labels); a variable-rate
+        # file has no one frame period, so its frames count in decode order (as `edgeskd frames` does)
+        by_time = not self.info.live and bool(self.info.fps) and tb is not None and not self.info.variable_rate
         t_first: float | None = float(vs.start_time * tb) if by_time and vs.start_time is not None else None
         last_idx = -1
         consecutive = 0
