@@ -303,3 +303,29 @@ def test_frames_crops_a_video_that_starts_dark(video, tmp_path, cli):
     ls = load_dataset(out / "manifest.csv")
     img = ls.load_image(len(ls) - 1)
     assert abs(img.shape[0] - img.shape[1]) <= 6 and img.shape[1] < 120   # the field, not the 160x96 frame
+
+
+def test_group_by_reaches_info_and_the_commands_that_reload_training_data(tmp_path, cli):
+    """A manifest grouped by a column of its own (patient): `info --group-by` reads it, and a model
+    trained with --group-by records it, so export / build-engine / bench split the data the same way."""
+    from PIL import Image
+
+    from edgeskd.data.artifact_data import data_ref_from_checkpoint, load_data
+
+    rows = ["path,class,subclass,group,patient"]
+    for i in range(24):
+        Image.fromarray(np.full((8, 8, 3), i * 10, np.uint8)).save(tmp_path / f"{i}.png")
+        cls = ("hp", "ad")[i % 2]
+        rows.append(f"{i}.png,{cls},{cls}_x,g{i},pt{i % 6}")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    r = cli("info", tmp_path / "m.csv")
+    assert r.exit_code != 0 and "--group-by" in r.output
+    r = cli("info", tmp_path / "m.csv", "--group-by", "patient", "--json")
+    assert r.exit_code == 0, r.output
+    ref = data_ref_from_checkpoint({"config": {"train": {"data": str(tmp_path / "m.csv"), "format": "manifest",
+                                                          "group_by": "patient"}}})
+    assert ref["group_by"] == "patient"
+    by_ref = load_data(ref)
+    again = load_data(ref, path=tmp_path / "m.csv")   # --data naming the training data again
+    assert list(by_ref.groups) == list(again.groups) and set(by_ref.groups) == {f"pt{k}" for k in range(6)}
+    assert straddling_groups(by_ref.groups, by_ref.splits) == {}

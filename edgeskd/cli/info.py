@@ -22,12 +22,16 @@ def info(
     skip_bad: Annotated[bool, typer.Option(
         "--skip-bad", help="Skip (and count) unreadable images instead of stopping at the first.")] = False,
     seed: SeedOpt = 0,
+    group_by: Annotated[Optional[str], typer.Option(
+        "--group-by", metavar="COL", help="Manifest column holding each image's group (as `train --group-by`): "
+        "splits keep groups whole. \\[default: the 'group' column when present]")] = None,
 ) -> None:
     """Describe a data set. Every image is decoded once, so a corrupt file is named here."""
     from edgeskd.data import load_dataset
     from edgeskd.data.stats import dataset_summary
 
-    ls = load_dataset(data, format.value, seed=seed, skip_bad=skip_bad, vote_bins=vote_bins, verify=True)
+    extra = {"group_by": group_by} if group_by is not None else {}
+    ls = load_dataset(data, format.value, seed=seed, skip_bad=skip_bad, vote_bins=vote_bins, verify=True, **extra)
     summary = dataset_summary(ls)
     for w in summary["warnings"]:
         warn(w)

@@ -31,6 +31,7 @@ def data_ref_from_checkpoint(ckpt: dict[str, Any]) -> dict[str, Any] | None:
         "synthetic_n": cfg.get("synthetic_n"),
         "img_size": cfg.get("img_size"),
         "skip_bad": bool(cfg.get("skip_bad", False)),
+        "group_by": cfg.get("group_by"),
     }
 
 
@@ -92,7 +93,7 @@ def _data_key(ref: dict[str, Any]) -> tuple:
     """What makes two references different images: a real data set is read at each model's own
     input size; the synthetic one is rendered at the training size, so that size counts too."""
     where = data_id(ref["data"]) if ref.get("data") else ref.get("data_id")
-    base = (where, ref.get("format"), ref.get("seed"), ref.get("skip_bad"))
+    base = (where, ref.get("format"), ref.get("seed"), ref.get("skip_bad"), ref.get("group_by"))
     return base if where else (*base, ref.get("synthetic_n"), ref.get("img_size"))
 
 
@@ -107,12 +108,16 @@ def describe_data_ref(ref: dict[str, Any]) -> str:
 def load_data(ref: dict[str, Any] | None = None, *, path: str | Path | None = None, fmt: str = "auto",
               seed: int | None = None):
     """A LabeledSet: ``path`` (user's choice) wins over ``ref`` (the artifact's training data)."""
+    ref = ref or {}
     if path is not None:
         p = Path(path)
         if not p.exists():
             raise DataError(f"data {p} does not exist; give an MHIST root, folder tree or manifest CSV")
-        return load_dataset(p, fmt, **({"seed": seed} if seed is not None else {}))
-    ref = ref or {}
+        kw_path: dict[str, Any] = {"seed": seed} if seed is not None else {}
+        trained_on = data_id(ref["data"]) if ref.get("data") else ref.get("data_id")
+        if ref.get("group_by") and trained_on == data_id(p):   # the training data again: split it the same way
+            kw_path["group_by"] = ref["group_by"]
+        return load_dataset(p, fmt, **kw_path)
     if ref.get("data_id") and not ref.get("data"):
         raise DataError(f"the model records its training data by hash only ({ref['data_id']}), not by path; "
                         "pass --data (or --calib-data) to point at it")
@@ -129,6 +134,8 @@ def load_data(ref: dict[str, Any] | None = None, *, path: str | Path | None = No
         kw["img_size"] = int(ref["img_size"])
     if ref.get("skip_bad"):
         kw["skip_bad"] = True
+    if ref.get("group_by"):
+        kw["group_by"] = ref["group_by"]
     return load_dataset(p, f, **kw)
 
 
