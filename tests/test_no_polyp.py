@@ -123,6 +123,23 @@ def test_evaluation_is_on_polyp_cases_with_presence_apart():
     assert as_percent(m)["presence"]["sensitivity"] == pytest.approx(100 * pres["sensitivity"], abs=1e-3)
 
 
+def test_int8_recovery_scores_plans_with_the_gates_f1():
+    """PTQ recovery ranks layers and passes plans by F1: for a model with a "no polyp" class that is
+    the gate's F1 (polyp images, conditional probabilities), not a 3-way argmax over every image."""
+    from edgeskd.metrics import precision_recall_f1
+    from edgeskd.quantize.sensitivity import f1_of
+    from edgeskd.runtime.evaluate import evaluate_logits
+    from edgeskd.runtime.postprocess import class_probabilities
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 3, 400)
+    x = _logits_for(y, rng, strength=1.5)
+    gate = 100 * evaluate_logits(x, BG_META, y)["f1"]
+    assert f1_of(x, BG_META, y) == pytest.approx(gate)
+    three_way = 100 * precision_recall_f1(y, class_probabilities(x, BG_META).argmax(1), 1)[2]
+    assert abs(three_way - gate) > 0.5   # what it computed before: another number
+
+
 def _p_bg(x: np.ndarray) -> np.ndarray:
     from edgeskd.runtime.postprocess import background_probability
 

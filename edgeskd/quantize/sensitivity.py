@@ -172,12 +172,16 @@ def _batches(ls, meta: ModelMeta, indices: np.ndarray, batch_size: int = 64) -> 
 
 
 def f1_of(logits: np.ndarray, meta: ModelMeta, labels: np.ndarray) -> float:
-    """F1 (percent) of the positive class from raw logits (class or subclass, as ``meta`` says)."""
+    """F1 (percent) of the positive class from raw logits (class or subclass, as ``meta`` says): the
+    accuracy gate's F1 (``runtime.evaluate``), so for a model with a "no polyp" class on the polyp
+    images only, from the probabilities conditional on a polyp."""
     from edgeskd.metrics import precision_recall_f1
+    from edgeskd.runtime.polyp_view import polyp_view
     from edgeskd.runtime.postprocess import class_probabilities
 
-    pred = class_probabilities(logits, meta).argmax(axis=1)
-    return 100.0 * precision_recall_f1(labels, pred, int(meta.positive_class))[2]
+    view = polyp_view(np.asarray(logits, dtype=np.float32), meta, np.asarray(labels, dtype=np.int64))
+    pred = class_probabilities(view.logits, view.meta).argmax(axis=1)
+    return 100.0 * precision_recall_f1(view.labels, pred, int(view.meta.positive_class))[2]
 
 
 def logit_error(logits: np.ndarray, ref: np.ndarray) -> float:
