@@ -114,7 +114,11 @@ def predict_images(runner: Any, paths: Sequence[Path], *, threshold: float | Non
             state = frame_state(probs[i], thr, presence)
             k = frame_class(probs[i], presence)   # with a background class: the likelier polyp class
             conf = probs[i] if presence is None else presence.conditional_full(probs[i])
-            sub = None if subs is None or state == NO_POLYP_CALL else int(subs[i].argmax())
+            sub = None
+            if subs is not None and state != NO_POLYP_CALL:   # among the polyp subclasses, as the stream shows it
+                cand = (list(presence.polyp_subclasses) if presence is not None and presence.polyp_subclasses
+                        else list(range(subs.shape[1])))
+                sub = cand[int(np.argmax(subs[i, cand]))]
             pred = Prediction(
                 path=str(p), cls=meta.class_names[k], prob=round(float(conf[k]), 6),
                 subclass=None if sub is None else meta.subclass_names[sub],

@@ -329,3 +329,16 @@ def test_group_by_reaches_info_and_the_commands_that_reload_training_data(tmp_pa
     again = load_data(ref, path=tmp_path / "m.csv")   # --data naming the training data again
     assert list(by_ref.groups) == list(again.groups) and set(by_ref.groups) == {f"pt{k}" for k in range(6)}
     assert straddling_groups(by_ref.groups, by_ref.splits) == {}
+
+
+def test_the_positive_class_is_found_by_name_by_every_command():
+    """Without a dataset.json: the one class named adenoma / SSA / SSL is positive (the last class by
+    name, hyperplastic, silently turned F1 and NPV around); no such class: the last one."""
+    from edgeskd.data.records import positive_class_index
+
+    assert positive_class_index(["Adenoma", "Hyperplastic"], None) == 0
+    assert positive_class_index(["HP", "SSA", "no_polyp"], 2) == 1
+    assert positive_class_index(["adenoma", "hyperplastic", "no_polyp"], 2) == 0
+    assert positive_class_index(["a", "b", "c"], None) == 2
+    assert positive_class_index(["adenoma", "ssl", "hp"], None) == 2          # two named: the rule's last class
+    assert positive_class_index(["Adenoma", "Hyperplastic"], None, "Hyperplastic") == 1   # the data set's choice wins

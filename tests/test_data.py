@@ -142,22 +142,27 @@ def test_mhist_default_bins_and_labels(tmp_path):
 
 
 def test_votes_count_the_positive_class_named_in_dataset_json(tmp_path):
-    """Manifest with votes for 'adenoma', whose name sorts first: without dataset.json the last
-    class ('normal') is positive and the votes contradict every label — info says so; naming the
-    positive class fixes the count and silences the warning."""
+    """Manifest with votes for 'lesion', whose name sorts first and is not a name the positive-class
+    rule knows: without dataset.json the last class ('normal') is positive and the votes contradict
+    every label — info says so; naming the positive class fixes the count and silences the warning.
+    Called 'adenoma', the class is found by its name."""
     from edgeskd.data.stats import dataset_summary
 
-    rows = [[f"i/{k}.png", "adenoma" if k % 2 else "normal", "a" if k % 2 else "n", "train", "6" if k % 2 else "1"]
+    rows = [[f"i/{k}.png", "lesion" if k % 2 else "normal", "a" if k % 2 else "n", "train", "6" if k % 2 else "1"]
             for k in range(12)]
     m = _manifest(tmp_path / "m", rows)
     s = dataset_summary(load_dataset(m))
     assert s["positive_class"] == "normal" and s["votes"]["disagree_with_label"] == 12
     assert any("votes disagree with the label on 100%" in w and "dataset.json" in w for w in s["warnings"])
-    (tmp_path / "m" / "dataset.json").write_text(json.dumps({"class_names": ["normal", "adenoma"],
-                                                            "positive_class": "adenoma"}))
+    (tmp_path / "m" / "dataset.json").write_text(json.dumps({"class_names": ["normal", "lesion"],
+                                                            "positive_class": "lesion"}))
     s = dataset_summary(load_dataset(m))
-    assert s["positive_class"] == "adenoma" and s["votes"]["disagree_with_label"] == 0
+    assert s["positive_class"] == "lesion" and s["votes"]["disagree_with_label"] == 0
     assert not any("votes disagree" in w for w in s["warnings"])
+    named = [[r[0], "adenoma" if r[1] == "lesion" else r[1], *r[2:]] for r in rows]
+    m2 = _manifest(tmp_path / "m2", named)
+    s = dataset_summary(load_dataset(m2))
+    assert s["positive_class"] == "adenoma" and s["votes"]["disagree_with_label"] == 0
 
 
 def test_mhist_custom_vote_bins(tmp_path):

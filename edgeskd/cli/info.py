@@ -46,7 +46,8 @@ def _print_tables(s: dict) -> None:
 
     splits = list(s["split_sizes"])
     console.print(f"[bold]{s['name']}[/]  format {s['format']}  ·  {s['num_images']} images  ·  "
-                  f"splits: {s['split_source']}")
+                  f"splits: {s['split_source']}  ·  positive class: {s['positive_class']} (F1, AUC, NPV; "
+                  "\"positive_class\" in dataset.json to change)")
     t = Table(title="images per split × class × subclass", title_justify="left")
     t.add_column("class")
     t.add_column("subclass")

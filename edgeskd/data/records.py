@@ -24,16 +24,22 @@ BACKGROUND_NAME = "no_polyp"
 NO_POLYP_NAMES = ("no_polyp", "no polyp", "no-polyp", "nopolyp")   # what a labels file may call a polyp-free frame
 
 
+POSITIVE_NAMES = ("adenoma", "adenomatous", "ssa", "ssl", "sessile_serrated", "neoplastic")   # positive by name
+
+
 def positive_class_index(class_names: list[str], background: int | None, chosen: object = None) -> int:
     """The positive class (F1, AUC, NPV): the data set's choice (``positive_class`` in its sidecar:
-    a name or an index), else the last class that is not the "no polyp" class. One rule for
-    `train`, `info` and `bench`."""
+    a name or an index), else the one class named like a lesion to resect (``POSITIVE_NAMES``,
+    any case: adenoma, SSA, SSL), else the last class that is not the "no polyp" class. One rule
+    for `frames`, `train`, `info` and `bench`."""
     names = list(class_names)
     if isinstance(chosen, str) and chosen in names:
         return names.index(chosen)
     if isinstance(chosen, int) and not isinstance(chosen, bool) and 0 <= chosen < len(names) and chosen != background:
         return chosen
-    return [i for i in range(len(names)) if i != background][-1]
+    polyp = [i for i in range(len(names)) if i != background]
+    named = [i for i in polyp if names[i].lower() in POSITIVE_NAMES]
+    return named[0] if len(named) == 1 else polyp[-1]
 
 
 def safe_relative(name: str, root: Path, *, what: str, where: str) -> Path:

@@ -28,7 +28,7 @@ from typing import Sequence
 
 import numpy as np
 
-from edgeskd.data.records import BACKGROUND_NAME, NO_POLYP_NAMES, SIDECAR, SIDECAR_VERSION
+from edgeskd.data.records import BACKGROUND_NAME, NO_POLYP_NAMES, POSITIVE_NAMES, SIDECAR, SIDECAR_VERSION
 from edgeskd.clinical.per_polyp import canonical_polyp_id
 from edgeskd.errors import DataError, UsageError
 
@@ -185,9 +185,6 @@ def _frames_of(video: Path, box: tuple[int, int, int, int] | None):
             x, y, w, h = box
             rgb = rgb[y:y + h, x:x + w]
         yield i, rgb
-
-
-POSITIVE_NAMES = ("adenoma", "adenomatous", "ssa", "ssl", "sessile_serrated", "neoplastic")   # --positive's default
 
 
 def _class_order(found: set[str], positive: str | None = None) -> tuple[list[str], dict, str]:

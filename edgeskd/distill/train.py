@@ -37,7 +37,7 @@ from edgeskd.distill import tune
 from edgeskd.distill.checkpointing import link_or_copy
 from edgeskd.distill.config import DISTILLED_MODES, RUN_CONFIG_FILE, TrainConfig
 from edgeskd.distill.context import RunContext
-from edgeskd.distill.data import label_bits, load_training_data, load_training_data_for  # noqa: F401 (re-export)
+from edgeskd.distill.data import label_bits, load_training_data, load_training_data_for, positive_class  # noqa: F401 (re-export)
 from edgeskd.distill.loop import ModelSpec, TrainedModel, train_group
 from edgeskd.distill.metas import check_teacher_matches, student_meta, teacher_meta
 from edgeskd.distill.prefetch import check_models
@@ -252,7 +252,8 @@ def _load_and_check(cfg: TrainConfig, dist: ddp.DistContext, out: Path, reporter
     tr = dataset.split("train")
     reporter.print(f"data: {dataset.name} ({dataset.format}) train {len(tr)} / val "
                    f"{int((dataset.splits == 'val').sum())} / test {int((dataset.splits == 'test').sum())}; "
-                   f"classes {dataset.class_names}; {dataset.num_subclasses} subclasses; device {dist.device}"
+                   f"classes {dataset.class_names} (positive: {dataset.class_names[positive_class(dataset)]}); "
+                   f"{dataset.num_subclasses} subclasses; device {dist.device}"
                    f"{f' x{dist.world_size} ({dist.backend})' if dist.distributed else ''}; out {out}")
     if teacher is not None:  # fail before any training if the teacher does not fit
         check_teacher_matches(teacher, dataset, cfg, cfg.teacher_checkpoint)
