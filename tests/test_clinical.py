@@ -742,6 +742,8 @@ def test_stream_bad_threshold_and_polyp_ids(tmp_path, cli, synth_video):
         assert r.exit_code == 0, r.output
         pp = json.loads((tmp_path / "s.json").read_text())["labels"]["per_polyp"]
         per_polyp.append((pp["n_labelled"], pp["accuracy_argmax"]))
+        if path.name == "names.csv":   # the stats name each polyp as the labels do
+            assert all(str(d["polyp_id"]).startswith("P") for d in pp["polyps"])
     assert per_polyp[0][0] >= 2 and per_polyp[1] == per_polyp[0] and per_polyp[2] == per_polyp[0]
     dup = tmp_path / "dup.csv"
     dup.write_text(lines[0] + "\n" + lines[1] + "\n" + lines[1] + "\n")

@@ -342,3 +342,17 @@ def test_the_positive_class_is_found_by_name_by_every_command():
     assert positive_class_index(["a", "b", "c"], None) == 2
     assert positive_class_index(["adenoma", "ssl", "hp"], None) == 2          # two named: the rule's last class
     assert positive_class_index(["Adenoma", "Hyperplastic"], None, "Hyperplastic") == 1   # the data set's choice wins
+
+
+def test_frames_refuses_one_class_written_two_ways_and_labels_given_as_videos(video, tmp_path, cli):
+    vid, lab, _ = video
+
+    def mixed(rows):   # the adenomas with polyp id 1, 5, 9 written "Adenoma" (3 and 7 stay "adenoma")
+        return [rows[0]] + [r.replace("adenoma", "Adenoma") if r.split(",")[-1] and int(r.split(",")[-1]) % 4 == 1 else r
+                            for r in rows[1:]]
+
+    bad = _bad_labels(tmp_path, lab, mixed)
+    r = cli("frames", vid, "--labels", bad, "--out", tmp_path / "o")
+    assert r.exit_code != 0 and "one class two ways" in r.output and not (tmp_path / "o").exists()
+    r = cli("frames", vid, vid, "--labels", lab, lab, "--out", tmp_path / "o")   # --labels A B: B read as a video
+    assert r.exit_code == 2 and "--labels once per video" in r.output and not (tmp_path / "o").exists()

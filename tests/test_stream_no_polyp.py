@@ -307,3 +307,14 @@ def test_a_variable_rate_video_counts_its_frames_in_decode_order(tmp_path):
     idx = [f.index for f in src]
     src.close()
     assert idx == list(range(60))
+
+
+def test_a_subtype_name_two_classes_share_is_read_as_training_named_it(tmp_path):
+    from edgeskd.stream.labels import read_truth
+
+    p = tmp_path / "l.csv"
+    p.write_text("frame,class,subclass,polyp_id\n0,Adenoma,flat,a1\n1,Hyperplastic,flat,h1\n2,Adenoma,raised,a2\n3,,,\n")
+    t = read_truth(p, ["Adenoma", "Hyperplastic", "no_polyp"], 2,
+                   ["Adenoma.flat", "raised", "Hyperplastic.flat", "no_polyp"])
+    assert t.subclasses == {0: "Adenoma.flat", 1: "Hyperplastic.flat", 2: "raised"} and t.no_polyp == {3}
+    assert t.polyp_names == {0: "a1", 1: "h1", 2: "a2"}

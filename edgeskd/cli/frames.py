@@ -1,4 +1,4 @@
-"""`edgeskd frames VIDEO... --labels CSV... --out DIR`: annotated videos → a grouped training set."""
+"""`edgeskd frames VIDEO... --labels CSV [--labels CSV ...] --out DIR`: annotated videos → a grouped training set."""
 
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ class CropChoice(str, Enum):
 def frames(
     videos: Annotated[list[Path], typer.Argument(help="Annotated videos (any format FFmpeg decodes).")],
     labels: Annotated[list[Path], typer.Option(
-        "--labels", help="Per-frame labels CSV of each video, in the order of the videos: "
+        "--labels", help="Per-frame labels CSV of each video: once per video, in the videos' order "
+        "(--labels A.csv --labels B.csv). Columns "
         "frame,class[,subclass],polyp_id (what synth-video writes). Class empty or no_polyp = no polyp in view.")],
     out: Annotated[Path, typer.Option("--out", help="Output directory (new or empty unless --overwrite).")],
     every: Annotated[int, typer.Option("--every", help="Keep every K-th frame (frames of one polyp are "

@@ -22,4 +22,5 @@ def read_image(path: str | Path) -> np.ndarray:
     except FileNotFoundError:
         raise DataError(f"image not found: {p}") from None
     except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise DataError(f"cannot decode image {p}: {e}; fix or remove it, or pass --skip-bad") from None
+        raise DataError(f"cannot decode image {p}: {e}; fix or remove it (`train` and `info` can skip unreadable "
+                        "images with --skip-bad)") from None

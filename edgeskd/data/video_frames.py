@@ -235,7 +235,12 @@ def write_frames(videos: Sequence[Path], labels: Sequence[Path], out: Path, *, e
     from edgeskd.data.writers import _csv_text, _png_bytes, atomic_dir, check_output_dir
 
     if len(videos) != len(labels):
-        raise UsageError(f"{len(videos)} video(s) but {len(labels)} --labels file(s); give one labels CSV per video")
+        csvs = [str(v) for v in videos if str(v).lower().endswith(".csv")]
+        if csvs:
+            raise UsageError(f"{csvs[0]} is a labels file read as a video: give --labels once per video, in the "
+                             "videos' order (--labels A.csv --labels B.csv)")
+        raise UsageError(f"{len(videos)} video(s) but {len(labels)} --labels file(s); give --labels once per video, "
+                         "in the videos' order (--labels A.csv --labels B.csv)")
     if every < 1:
         raise UsageError(f"--every must be >= 1, got {every}")
     stems = [Path(v).stem for v in videos]
@@ -247,6 +252,12 @@ def write_frames(videos: Sequence[Path], labels: Sequence[Path], out: Path, *, e
     check_output_dir(out, overwrite=overwrite)
     all_labels = [read_video_labels(Path(p), classes=classes) for p in labels]   # every input checked first
     named = sorted({lab.cls for labs in all_labels for lab in labs} - {BACKGROUND_NAME})
+    by_case: dict[str, str] = {}
+    for c in named:   # the stream matches class names in any case; a training set must not split them
+        other = by_case.setdefault(c.lower(), c)
+        if other != c:
+            raise DataError(f"the labels name one class two ways, {other!r} and {c!r}; write it one way in "
+                            "every labels file")
     if positive is not None and positive not in named:
         raise UsageError(f"--positive {positive!r} is not a polyp class of the labels ({', '.join(named) or 'none'})")
     rows: list[list[str]] = []

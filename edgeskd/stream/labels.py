@@ -35,6 +35,7 @@ class FrameTruth:
     no_polyp: set[int]
     polyp_ids: dict[int, int] | None
     subclasses: dict[int, str] | None
+    polyp_names: dict[int, str] | None = None   # polyp id → the labels' own name for it (when not a number)
 
 
 _YES, _NO = ("1", "true", "yes"), ("0", "false", "no")
@@ -94,9 +95,12 @@ def read_frame_labels(path: str | Path, class_names: list[str]) -> dict[int, int
     return read_truth(path, class_names).labels
 
 
-def read_truth(path: str | Path, class_names: list[str], background: int | None = None) -> FrameTruth:
+def read_truth(path: str | Path, class_names: list[str], background: int | None = None,
+               subclass_names: list[str] | None = None) -> FrameTruth:
     """The whole ground truth of a labels file (``FrameTruth``); ``background``: the model's
-    background class, whose name also marks a frame without a polyp."""
+    background class, whose name also marks a frame without a polyp. ``subclass_names``: the
+    model's; a subtype name two classes share is qualified there (``Adenoma.flat``, as training
+    names it), and the labels' ``flat`` of an adenoma frame is read as that."""
     p, fields, rows = _rows(path)
     bg_name = class_names[background] if background is not None else None
     lookup = {n: i for i, n in enumerate(class_names) if i != background}
@@ -104,6 +108,7 @@ def read_truth(path: str | Path, class_names: list[str], background: int | None 
     out: dict[int, int] = {}
     empty: set[int] = set()
     subs: dict[int, str] | None = {} if "subclass" in fields else None
+    known_subs = set(subclass_names or [])
     for lineno, row, frame in rows:
         cls = row["class"]
         if _is_no_polyp(row, bg_name):
@@ -122,31 +127,38 @@ def read_truth(path: str | Path, class_names: list[str], background: int | None 
                 f"{p}:{lineno}: class {cls!r} is not one of the model's classes ({', '.join(class_names)})"
             )
         if subs is not None and row.get("subclass"):
-            subs[frame] = row["subclass"]
+            sub = row["subclass"]
+            qualified = f"{class_names[out[frame]]}.{sub}"
+            subs[frame] = qualified if known_subs and sub not in known_subs and qualified in known_subs else sub
     if not out and not empty:
         raise DataError(f"labels file {p} has no labelled frames")
-    ids = read_polyp_ids(path)
+    ids, names = _polyp_ids(path)
     if ids is not None:
         check_polyp_classes(ids, out, path)
-    return FrameTruth(out, empty, ids, subs)
+    return FrameTruth(out, empty, ids, subs, names)
 
 
 def read_polyp_ids(path: str | Path) -> dict[int, int] | None:
     """frame index → polyp id for the frames that name one; None when the file has no ``polyp_id``
     column. Ids are read as names (``clinical.per_polyp.canonical_polyp_id``): integer ids >= 0 keep
     their number, other names are numbered in order of first appearance."""
+    return _polyp_ids(path)[0]
+
+
+def _polyp_ids(path: str | Path) -> tuple[dict[int, int] | None, dict[int, str] | None]:
+    """(frame → polyp id, polyp id → name for names that are not numbers) of a labels file."""
     from edgeskd.clinical.per_polyp import canonical_polyp_id
 
     p, fields, rows = _rows(path)
     if "polyp_id" not in fields:
-        return None
+        return None, None
     names = {frame: pid for _, row, frame in rows if (pid := canonical_polyp_id(row.get("polyp_id", ""))) is not None}
     if all(n.isdigit() for n in names.values()):
-        return {f: int(n) for f, n in names.items()}
+        return {f: int(n) for f, n in names.items()}, None
     number: dict[str, int] = {}
     for f in sorted(names):
         number.setdefault(names[f], len(number))
-    return {f: number[n] for f, n in names.items()}
+    return {f: number[n] for f, n in names.items()}, {i: n for n, i in number.items()}
 
 
 def check_polyp_classes(polyp_ids: dict[int, int], labels: dict[int, int], path: str | Path) -> None:

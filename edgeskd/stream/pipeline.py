@@ -281,7 +281,8 @@ def read_ground_truth(cfg: StreamConfig, meta: Any):
         return None
     from edgeskd.stream.labels import read_truth
 
-    return read_truth(cfg.labels, list(meta.class_names), getattr(meta, "background_class", None))
+    return read_truth(cfg.labels, list(meta.class_names), getattr(meta, "background_class", None),
+                      list(getattr(meta, "subclass_names", None) or []))
 
 
 @dataclass
@@ -520,7 +521,8 @@ def run_stream(
             source.gate = outputs.video.tokens   # the recorder holds back decoding, not decoded frames
         ceiling = _Ceiling.measure(cfg, info)
         stats = StreamStats(meta.class_names, meta.positive_class, truth.labels if truth else None,
-                            polyp_ids=truth.polyp_ids if truth else None, threshold=threshold,
+                            polyp_ids=truth.polyp_ids if truth else None,
+                            polyp_names=truth.polyp_names if truth else None, threshold=threshold,
                             threshold_source=threshold_source, no_polyp=truth.no_polyp if truth else None,
                             subclasses=truth.subclasses if truth else None, fps=info.fps, meta=meta)
         progress = _Progress(on_progress, source, meta) if on_progress is not None else None

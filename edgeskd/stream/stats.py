@@ -115,11 +115,13 @@ class StreamStats:
     def __init__(self, class_names: Sequence[str], positive: int, labels: dict[int, int] | None = None, *,
                  polyp_ids: dict[int, int] | None = None, threshold: float | None = None,
                  threshold_source: str | None = None, no_polyp: set[int] | None = None,
-                 subclasses: dict[int, str] | None = None, fps: float | None = None, meta: Any = None) -> None:
+                 subclasses: dict[int, str] | None = None, fps: float | None = None, meta: Any = None,
+                 polyp_names: dict[int, str] | None = None) -> None:
         self.class_names = list(class_names)
         self.positive = int(positive)
         self.labels = labels
         self.polyp_ids = polyp_ids
+        self.polyp_names = polyp_names or {}   # polyp id → the labels' name for it (per_polyp shows the name)
         self.threshold = threshold
         self.threshold_source = threshold_source
         self.no_polyp = no_polyp if no_polyp is not None else set()
@@ -197,6 +199,8 @@ class StreamStats:
         if not decisions:
             return None, "no polyp has a labelled frame among the processed frames: no per-polyp decisions"
         out = polyp_summary(decisions, self.positive, class_names=self.class_names)
+        for d in out.get("polyps", []):
+            d["polyp_id"] = self.polyp_names.get(d["polyp_id"], d["polyp_id"])
         lab = [d for d in decisions if d.label is not None]
         out["accuracy_argmax_ci95"] = rate_ci(sum(d.argmax == d.label for d in lab), len(lab))[1]
         n_called = sum(d.decision >= 0 for d in lab)
