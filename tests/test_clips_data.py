@@ -356,3 +356,16 @@ def test_frames_refuses_one_class_written_two_ways_and_labels_given_as_videos(vi
     assert r.exit_code != 0 and "one class two ways" in r.output and not (tmp_path / "o").exists()
     r = cli("frames", vid, vid, "--labels", lab, lab, "--out", tmp_path / "o")   # --labels A B: B read as a video
     assert r.exit_code == 2 and "--labels once per video" in r.output and not (tmp_path / "o").exists()
+
+
+def test_frames_notes_a_polyp_name_in_two_videos_and_a_missing_subclass_column(tmp_path):
+    from edgeskd.data.video_frames import _label_notes, read_video_labels
+
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    a.write_text("frame,class,subclass,polyp_id\n0,adenoma,tub,case1\n1,,,\n2,hyperplastic,inf,7\n")
+    b.write_text("frame,class,polyp_id\n0,adenoma,case1\n1,hyperplastic,7\n")
+    labs = [read_video_labels(a), read_video_labels(b)]
+    notes = _label_notes([tmp_path / "v1.mp4", tmp_path / "v2.mp4"], [a, b], labs)
+    assert len(notes) == 2 and "'case1' in v1, v2" in notes[0] and "1 labels file(s) have no subclass column" in notes[1]
+    assert "7" not in notes[0].split("e.g.")[1]   # numbered polyps restart in every video: no note for them
+    assert _label_notes([tmp_path / "v1.mp4"], [a], labs[:1]) == []

@@ -264,3 +264,15 @@ def test_presence_cap_counts_the_frames_that_would_be_class_calls():
     assert 0.3 < chosen.threshold <= 0.5 and chosen.threshold > 10 * plain.threshold
     calls = (p < chosen.threshold) & confident & ~truth
     assert calls.sum() <= 0.01 * 400
+
+
+def test_report_says_when_the_presence_threshold_was_not_chosen_on_validation():
+    from edgeskd.distill.clinical_report import _presence_lines
+
+    why = "validation has 15 frames without a polyp, fewer than the 20 a presence threshold needs; 0.5 is used"
+    lines = _presence_lines({"student-skd": {"presence": {"threshold": 0.5, "sensitivity": 90.0, "false_presence": 100.0,
+                                                          "auc": 60.0, "note": why}}})
+    assert any("0.500 (default)" in ln for ln in lines) and any(ln == f"student-skd: {why}." for ln in lines)
+    chosen = _presence_lines({"student-skd": {"presence": {"threshold": 0.31, "sensitivity": 90.0,
+                                                           "false_presence": 1.0, "auc": 95.0}}})
+    assert not any("default" in ln for ln in chosen)

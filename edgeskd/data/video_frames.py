@@ -227,6 +227,34 @@ def _subclass_order(classes: list[str], pairs: set[tuple[str, str]]) -> dict:
     return {"subclass_names": names, "subclass_to_class": owners}
 
 
+def _label_notes(videos: Sequence[Path], labels: Sequence[Path], all_labels: list[list[FrameLabel]]) -> list[str]:
+    """What the user should know about their labels before training on them: a polyp name (not a
+    number) used in two videos (the same polyp filmed twice would be two groups, and could land in
+    train and test), and labels files with and without a subclass column (the class then stands in
+    as the subtype of the frames without one)."""
+    notes = []
+    where: dict[str, list[str]] = {}
+    for v, labs in zip(videos, all_labels):
+        for pid in sorted({lab.polyp for lab in labs if lab.polyp and not lab.polyp.isdigit()}):
+            where.setdefault(pid, []).append(Path(v).stem)
+    shared = {pid: vs for pid, vs in where.items() if len(vs) > 1}
+    if shared:
+        pid, vs = next(iter(shared.items()))
+        notes.append(f"{len(shared)} polyp id(s) appear in more than one video (e.g. {pid!r} in {', '.join(vs)}); groups "
+                     "are per video, so if they are the same polyp, give their rows one group in the manifest's "
+                     "group column, or train and test may both hold it")
+    with_sub = [Path(p).name for p in labels if "subclass" in _header(Path(p))]
+    if with_sub and len(with_sub) < len(labels):
+        notes.append(f"{len(labels) - len(with_sub)} labels file(s) have no subclass column: their frames take the "
+                     "class as the subtype, beside the subtypes of the others")
+    return notes
+
+
+def _header(path: Path) -> list[str]:
+    first = path.read_text(encoding="utf-8-sig").splitlines()[:1]
+    return [c.strip().lower() for c in first[0].split(",")] if first else []
+
+
 def write_frames(videos: Sequence[Path], labels: Sequence[Path], out: Path, *, every: int = 1,
                  split: str | None = None, classes: Sequence[str] | None = None, positive: str | None = None,
                  crop: bool = True, overwrite: bool = False, progress=None) -> dict:
@@ -262,7 +290,7 @@ def write_frames(videos: Sequence[Path], labels: Sequence[Path], out: Path, *, e
         raise UsageError(f"--positive {positive!r} is not a polyp class of the labels ({', '.join(named) or 'none'})")
     rows: list[list[str]] = []
     found: set[str] = set()
-    notes: list[str] = []
+    notes = _label_notes(videos, labels, all_labels)
     with atomic_dir(out, overwrite=overwrite) as tmp:
         for video, stem, labs in zip(videos, stems, all_labels):
             groups = frame_groups(stem, labs)

@@ -111,6 +111,8 @@ def _choose_presence(r, val_logits: np.ndarray, val_labels: np.ndarray, test_lab
     r.meta = r.meta.replace(presence_threshold=choice.threshold)
     on_test = view_presence(polyp_view(r.test_logits, r.meta, test_labels), r.meta)
     r.test["presence"] = as_percent({"presence": on_test})["presence"]
+    if choice.reason:   # not chosen on validation (too few polyp-free images): the report says so
+        r.test["presence"]["note"] = choice.reason
     r.extra["clinical"]["presence"] = {"validation": choice.to_dict(), "test": on_test}
 
 
@@ -426,9 +428,10 @@ def _presence_lines(models: dict[str, Any]) -> list[str]:
              "| model | presence threshold | sensitivity on polyp images (%) | false presence on polyp-free images (%) "
              "| presence AUC (%) |", "|---|---:|---:|---:|---:|"]
     for name, p in rows:
-        lines.append(f"| {name} | {p['threshold']:.3f} | {_f(p.get('sensitivity'))} | {_f(p.get('false_presence'))} "
-                     f"| {_f(p.get('auc'))} |")
-    return lines + [""]
+        lines.append(f"| {name} | {p['threshold']:.3f}{' (default)' if p.get('note') else ''} | "
+                     f"{_f(p.get('sensitivity'))} | {_f(p.get('false_presence'))} | {_f(p.get('auc'))} |")
+    notes = [f"{name}: {p['note']}." for name, p in rows if p.get("note")]
+    return lines + ([""] + notes if notes else []) + [""]
 
 
 def section(metrics: dict[str, Any]) -> list[str]:
