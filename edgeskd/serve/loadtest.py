@@ -209,8 +209,10 @@ def run_streams(cfg: LoadTestConfig, name: str, extra: list[str], work: Path,
 def _await_streams(cfg: "LoadTestConfig", name: str, phase: "Phase", procs: dict, gate: Path, rows: dict,
                    reap: Callable[[], None], on_go: Callable[[], None] | None) -> "Phase":
     deadline = time.monotonic() + cfg.timeout_s
-    def ready() -> int:   # the streams still running that wait at the gate
-        return sum(1 for f in gate.glob("ready-*") if f.name.split("-", 1)[1].isdigit() and int(f.name.split("-", 1)[1]) in procs)
+
+    def ready() -> int:   # the streams still running that wait at the gate (GATE/ready-<pid>)
+        pids = (f.name.split("-", 1)[1] for f in gate.glob("ready-*"))
+        return sum(1 for pid in pids if pid.isdigit() and int(pid) in procs)
 
     while procs and ready() < len(procs) and time.monotonic() < deadline:
         reap()   # a stream that fails before the gate (a bad video, no server) is done, not awaited
