@@ -139,8 +139,52 @@ def test_comparisons_pick_the_right_sources():
     assert rows[2].gflops_achieved == 2.0 and rows[2].pct_of_gemm_peak == 2.0
 
 
+def test_two_runs_of_one_model_name_are_compared_within_their_own_checkpoint():
+    """Two runs' `student-skd`: the ONNX exported from run A is compared with run A's checkpoint (the
+    lineage export records), not with whichever row carries the name last."""
+    from edgeskd.bench.measure import Row
+
+    rows = [
+        Row("a", "runA/student-skd.pt", backend="torch", precision="fp32", model_name="student-skd", f1=71.0,
+            latency_p50_ms=10.0, lineage="aaaa"),
+        Row("b", "runB/student-skd.pt", backend="torch", precision="fp32", model_name="student-skd", f1=67.0,
+            latency_p50_ms=5.0, lineage="bbbb"),
+        Row("a.onnx", "a.onnx", backend="onnxruntime", precision="fp32", model_name="student-skd", f1=71.0,
+            latency_p50_ms=2.0, lineage="aaaa"),
+        Row("c.onnx", "c.onnx", backend="onnxruntime", precision="fp32", model_name="student-skd", f1=60.0,
+            latency_p50_ms=2.0, lineage="cccc"),
+    ]
+    add_comparisons(rows, gemm_peak_gflops=None)
+    assert rows[2].f1_change_vs_fp32 == 0.0 and rows[2].speedup_vs_torch_student == 5.0
+    assert rows[3].f1_change_vs_fp32 is None   # its checkpoint is not in this bench: no comparison, not a wrong one
+
+
 def test_bad_batch_sizes():
     from edgeskd.errors import UsageError
 
     with pytest.raises(UsageError):
         BenchOptions(batch_sizes=(1, 0))
+
+
+def test_markdown_names_the_machine_and_the_caption_the_polyp_images():
+    from edgeskd.bench.report import markdown
+
+    res = {"machine": {"cpu": "AMD EPYC", "cpu_flags": ["avx2", "fma"], "threads": 1}, "rows": [], "split": "test",
+           "n_images": 2595, "n_polyp_images": 1819}
+    md = markdown(res)
+    assert md.startswith("Measured on AMD EPYC (avx2 fma) · 1 threads.")
+    assert "split test (n=2595); F1, acc, AUC, ECE, NPV and cover on its 1819 polyp images" in md
+
+
+def test_bench_takes_the_models_classes_in_another_order_and_refuses_others():
+    from edgeskd.bench.measure import _check_matches_data
+    from edgeskd.data.base import LabeledSet
+    from edgeskd.errors import ArtifactError
+    from helpers_stream import META
+
+    ls = LabeledSet("x", "manifest", ["adenoma", "hyperplastic"], ["a", "h"], [0, 1], np.array([0, 1, 1]),
+                    np.array([0, 1, 1]), np.array(["test"] * 3), images=np.zeros((3, 2, 2, 3), np.uint8))
+    got = _check_matches_data(META, ls)   # META: hyperplastic, adenoma
+    assert got.class_names == ["hyperplastic", "adenoma"] and list(got.labels) == [1, 0, 0]
+    with pytest.raises(ArtifactError, match="do not match"):
+        _check_matches_data(META.replace(class_names=["cat", "dog"]), ls)

@@ -91,6 +91,7 @@ class Row:
     presence: dict[str, Any] | None = None
     model_name: str = ""
     fp32_source_model: str = ""    # a QAT model's FP32 student (the model_name its FP32 source has)
+    lineage: str = ""              # the training checkpoint it comes from (sha256 prefix): rows compare within one
     status: str = "ok"
     error: str | None = None
 
@@ -131,14 +132,29 @@ def _static_info(fmt: Format, path: Path, runner) -> tuple[float | None, int | N
     return extra.get("flops_per_image"), extra.get("params")
 
 
-def _check_matches_data(meta, dataset) -> None:
-    if list(meta.class_names) != list(dataset.class_names):
+def _lineage(fmt: Format, path: Path, meta) -> str:
+    """The checkpoint an artifact comes from: its own hash for a checkpoint, the one `export` recorded
+    (``extra.checkpoint_sha256``, carried on by build-engine) for the rest; "" when unknown."""
+    if fmt is Format.torch:
+        from edgeskd.export.onnx_export import _sha256
+
+        return _sha256(path)
+    return str((meta.extra or {}).get("checkpoint_sha256") or "")
+
+
+def _check_matches_data(meta, dataset):
+    """``dataset`` in the model's class order (the same names in another order are renumbered, as
+    build-engine and export do); ArtifactError when the names differ."""
+    from edgeskd.data.artifact_data import align_classes
+
+    if sorted(meta.class_names) != sorted(dataset.class_names):
         raise ArtifactError(
             f"its classes {list(meta.class_names)} do not match the data's {list(dataset.class_names)}; "
             "bench it on the data it was trained for (--data)"
         )
     if meta.output == "subclass_logits" and len(meta.subclass_names) < 2:
         raise ArtifactError("its metadata lists no subclasses for a subclass-logit model")
+    return align_classes(dataset, meta)
 
 
 def _input_batch(dataset, meta, n: int, cache: dict) -> np.ndarray:
@@ -199,9 +215,10 @@ def bench_artifact(art: Artifact, dataset, opts: BenchOptions, *, input_cache: d
                 row.backend = runner.backend
                 row.precision = meta.precision
                 row.model_name = meta.model_name or art.name
+                row.lineage = _lineage(fmt, art.path, meta)
                 qat = ((meta.extra or {}).get("quant") or {}).get("qat") or {}
                 row.fp32_source_model = str(qat.get("source_model") or "") if isinstance(qat, dict) else ""
-                _check_matches_data(meta, dataset)
+                dataset = _check_matches_data(meta, dataset)
                 raw = evaluate_runner(runner, dataset, batch_size=opts.eval_batch)
                 m = as_percent(raw)
                 row.f1, row.accuracy, row.auc = m["f1"], m["accuracy"], m["auc"]
@@ -226,11 +243,26 @@ def bench_artifact(art: Artifact, dataset, opts: BenchOptions, *, input_cache: d
 def add_comparisons(rows: list[Row], gemm_peak_gflops: float | None) -> None:
     """Fill speed-up vs the torch-eager student, F1 change vs the FP32 source, achieved GFLOP/s."""
     ok = [r for r in rows if r.status == "ok"]
-    torch_rows = {r.model_name: r for r in ok if r.backend == "torch"}
+    torch_pool = [r for r in ok if r.backend == "torch"]
     torch_students = [r for r in ok if r.backend == "torch" and r.model_name.startswith("student")]
-    fp32_onnx = {r.model_name: r for r in ok if r.backend == "onnxruntime" and r.precision == "fp32"}
+    onnx_pool = [r for r in ok if r.backend == "onnxruntime" and r.precision == "fp32"]
+
+    def same_model(pool: list[Row], name: str, lineage: str) -> Row | None:
+        """The row of ``pool`` named ``name`` from the same checkpoint (two runs' `student-skd` are
+        two models); by name alone only when the rows do not say where they come from."""
+        named = [x for x in pool if x.model_name == name]
+        if lineage and any(x.lineage for x in named):
+            return next((x for x in named if x.lineage == lineage), None)
+        return named[-1] if named else None
+
+    def torch_rows_get(name: str, lineage: str = "") -> Row | None:
+        return same_model(torch_pool, name, lineage)
+
+    def fp32_onnx_get(name: str, lineage: str = "") -> Row | None:
+        return same_model(onnx_pool, name, lineage)
+
     for r in ok:
-        ref = torch_rows.get(r.model_name)
+        ref = torch_rows_get(r.model_name, r.lineage)
         if ref is None or not ref.model_name.startswith("student"):
             ref = next((t for t in torch_students if t.model_name == "student-skd"), None) or \
                 (torch_students[0] if torch_students else None)
@@ -241,11 +273,11 @@ def add_comparisons(rows: list[Row], gemm_peak_gflops: float | None) -> None:
         if r.backend == "torch":
             source = None
         elif r.fp32_source_model:
-            source = fp32_onnx.get(r.fp32_source_model) or torch_rows.get(r.fp32_source_model)
+            source = fp32_onnx_get(r.fp32_source_model) or torch_rows_get(r.fp32_source_model)
         elif r.precision == "fp32" and r.backend == "onnxruntime":
-            source = torch_rows.get(r.model_name)
+            source = torch_rows_get(r.model_name, r.lineage)
         else:
-            source = fp32_onnx.get(r.model_name) or torch_rows.get(r.model_name)
+            source = fp32_onnx_get(r.model_name, r.lineage) or torch_rows_get(r.model_name, r.lineage)
         if source is not None and r.f1 is not None and source.f1 is not None:
             r.f1_change_vs_fp32 = round(r.f1 - source.f1, 4)
             _subclass_change(r, source)

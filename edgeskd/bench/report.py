@@ -83,6 +83,9 @@ def failures(result: dict[str, Any]) -> list[str]:
 def _caption(result: dict[str, Any], wide: bool = True) -> str:
     m = result["machine"]
     parts = [f"split {result.get('split', '?')} (n={result.get('n_images', '?')})"]
+    if result.get("n_polyp_images") is not None:
+        parts[0] += (f"; F1, acc, AUC, ECE, NPV and cover on its {result['n_polyp_images']} polyp images (probabilities "
+                     "conditional on a polyp, no presence gate), presence apart")
     if m.get("gemm_peak_gflops"):
         parts.append(f"measured fp32 GEMM peak {m['gemm_peak_gflops']:.1f} GFLOP/s (best of "
                      + ", ".join(f"{k} {v:.0f}" for k, v in (m.get("gemm_peaks_gflops") or {}).items()) + ")")
@@ -90,7 +93,7 @@ def _caption(result: dict[str, Any], wide: bool = True) -> str:
         parts.append("best img/s over the batch sizes (--wide: each, latency p99, size, memory, FLOPs, per-subclass Δ)")
     parts.append("img/s per batch size; × torch = batch-1 p50 speed-up vs the torch-eager student")
     parts.append("ECE (%) of the probabilities calibrated with the artifact's temperature(s); NPV and cover (% of "
-                 "images with a call) at the artifact's threshold (argmax without one); Δ = change vs the FP32 "
+                 "those images with a call) at the artifact's threshold (argmax without one); Δ = change vs the FP32 "
                  "source in points")
     return "; ".join(parts)
 
@@ -120,9 +123,17 @@ def subclass_table(result: dict[str, Any]):
     return t
 
 
+def machine_line(m: dict[str, Any]) -> str:
+    """Where the figures were measured: CPU, its SIMD flags, threads (and the GPU)."""
+    flags = " ".join(m.get("cpu_flags") or []) or "no AVX2/AVX-512 flags found"
+    return f"{m.get('cpu')} ({flags}) · {m.get('threads')} threads" + (f" · {m['gpu']}" if m.get("gpu") else "")
+
+
 def markdown(result: dict[str, Any]) -> str:
     heads = [h for _, h in COLUMNS]
-    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+    m = result.get("machine") or {}
+    lines = ([f"Measured on {machine_line(m)}.", ""] if m.get("cpu") else []) + [
+        "| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in cells(r)) + " |" for r in result["rows"]]
     out = "\n".join(lines) + "\n\n" + _caption(result) + "\n"
     head, body = subclass_rows(result)

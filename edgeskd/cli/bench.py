@@ -92,6 +92,8 @@ def bench(
                                                           + (f": {r.error}" if r.error else "")))
     result["split"] = split
     result["n_images"] = len(part)
+    if getattr(part, "background_class", None) is not None:   # F1, NPV, cover: on the polyp images only
+        result["n_polyp_images"] = int(sum(int(y) != part.background_class for y in part.labels))
     if video is not None and labels is not None:
         err_console.print(f"streaming {video} through {len(arts)} artifact(s) (every frame)…")
         result["video"] = video_rows(arts, video, labels, threads=threads, device=dev,   # where the image rows ran

@@ -150,7 +150,8 @@ def _print_video(video: dict | None) -> None:
     img = video.get("image_test") or {}
     pf = video["polyp_frames"]
     if pf["n"]:
-        beside = f" (image test {_pct(img.get('accuracy'))})" if img else ""
+        of = f", its {str(img['precision']).upper()} checkpoint" if img.get("precision") else ""
+        beside = f" (image test {_pct(img.get('accuracy'))}{of})" if img else ""
         pres = (f"; presence {_pct(pf['presence_sensitivity'])}{_ci(pf.get('presence_sensitivity_ci95'))} of them"
                 if "presence_sensitivity" in pf else "")
         console.print(f"video, {pf['n']} polyp frames: accuracy {_pct(pf['accuracy'])}{_ci(pf['accuracy_ci95'])}"

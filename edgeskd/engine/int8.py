@@ -80,4 +80,5 @@ def record(report, plan) -> None:
         return
     report.int8_plan = {**plan.to_dict(), "summary": plan.summary()}
     if not plan.passed:
-        report.warnings.append("--force: PTQ recovery found no plan within the gate; built the closest one")
+        report.warnings.append("--force: PTQ recovery found no plan within the gate; built the closest one"
+                               if plan.recovery else "--force: plain PTQ failed the gate (recovery off); built it")

@@ -77,8 +77,10 @@ class Int8Plan:
         first = self.searches[0].full_int8 if self.searches else None
         lines = []
         if first is not None and not self.recovered:
-            lines.append(f"INT8 ({self.method}, all layers): F1 {first.f1:.2f} (drop {first.f1_drop:+.2f}) — "
-                         "no recovery needed")
+            verdict = ("no recovery needed" if first.passed else
+                       "failed the gate; recovery off (--no-recovery)" if not self.recovery else
+                       "failed the gate; recovery found no plan")
+            lines.append(f"INT8 ({self.method}, all layers): F1 {first.f1:.2f} (drop {first.f1_drop:+.2f}) — {verdict}")
             return lines + self._size_lines()
         if first is not None:
             lines.append(f"INT8 ({self.requested_method}, all layers) F1 {first.f1:.2f} (drop {first.f1_drop:+.2f}) "
