@@ -163,3 +163,23 @@ def test_bench_reports_int8_vs_fp32_per_subclass():
     assert plain.f1_change_vs_fp32 == 1.0
     md = markdown({"machine": {}, "rows": [fp32.to_dict(), q.to_dict()]})
     assert "b -7.5" in md and "| b | 72.5 (-7.5) |" in md
+
+
+def test_the_calibration_cache_key_follows_the_images_bytes(tmp_path):
+    """Images rewritten in place (same names) must not reuse ranges calibrated on the old ones."""
+    from PIL import Image
+
+    from edgeskd.data import load_dataset
+    from edgeskd.quantize.calibration import CalibrationSet
+    from helpers_stream import META
+
+    rows = ["path,class,subclass,split"]
+    for i in range(8):
+        Image.fromarray(np.full((8, 8, 3), i * 20, np.uint8)).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,{('hyperplastic', 'adenoma')[i % 2]},{('hp_a', 'ad_a')[i % 2]},train")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    ls = load_dataset(tmp_path / "m.csv")
+    calib = CalibrationSet(ls, META, np.arange(len(ls)), "train")
+    before, by_path = calib.fingerprint(contents=True), calib.fingerprint()
+    Image.fromarray(np.full((8, 8, 3), 255, np.uint8)).save(tmp_path / "3.png")
+    assert calib.fingerprint(contents=True) != before and calib.fingerprint() == by_path

@@ -61,8 +61,10 @@ class CalibrationSet:
     def __len__(self) -> int:
         return len(self.indices)
 
-    def fingerprint(self) -> str:
-        """Identity of the exact calibration inputs (data rows + preprocessing)."""
+    def fingerprint(self, contents: bool = False) -> str:
+        """Identity of the exact calibration inputs (data rows + preprocessing). Image files count by
+        path, and with ``contents`` also by their bytes (the calibration cache's key: images rewritten
+        in place must not reuse ranges calibrated on the old ones)."""
         h = hashlib.sha256()
         h.update(json.dumps({"name": self.dataset.name, "format": self.dataset.format, "n": len(self.dataset),
                              "pre": [list(self.meta.input_size), list(self.meta.mean), list(self.meta.std),
@@ -70,6 +72,12 @@ class CalibrationSet:
         h.update(np.asarray(self.indices, np.int64).tobytes())
         if self.dataset.paths is not None:
             h.update("\n".join(str(self.dataset.paths[i]) for i in self.indices).encode())
+            for i in self.indices if contents else ():
+                try:
+                    with open(self.dataset.paths[i], "rb") as f:
+                        h.update(hashlib.sha256(f.read()).digest())
+                except OSError:   # a missing file is reported when the images are read
+                    pass
         else:
             for i in self.indices:
                 h.update(np.ascontiguousarray(self.dataset.images[i]).tobytes())
@@ -178,7 +186,7 @@ def cache_path(onnx_bytes: bytes, calib: CalibrationSet, method: str, directory:
     ``entropy-b2048q128``, keeps ranges computed with other histogram settings from being reused)."""
 
     mh = hashlib.sha256(onnx_bytes).hexdigest()[:12]
-    return Path(directory) / f"{stem}-{mh}-{calib.fingerprint()}-{calib_tag(method)}.json"
+    return Path(directory) / f"{stem}-{mh}-{calib.fingerprint(contents=True)}-{calib_tag(method)}.json"
 
 
 def entropy_amax(hist: np.ndarray, edges: np.ndarray, *, num_quant_bins: int = 128, start_bin: int = 128) -> float:
