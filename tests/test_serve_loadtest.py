@@ -53,6 +53,10 @@ def test_loadtest_bad_input(cli, tmp_path):
     assert r.exit_code == 2 and "--streams" in r.output
     r = cli("loadtest", art, "--video", art, "--server", "http://h:8000")
     assert r.exit_code == 2 and "grpc://" in r.output
+    report = tmp_path / "report.json"
+    report.write_text("{}")
+    r = cli("loadtest", art, "--video", art, "--out", report)   # one overwrite policy: refused without --overwrite
+    assert r.exit_code == 2 and "--overwrite" in r.output and report.read_text() == "{}"
 
 
 def test_local_streams_start_together_at_the_gate(tmp_path):

@@ -124,3 +124,13 @@ def test_quickstart_reuses_only_its_own_matching_data(tmp_path, monkeypatch):
     (data / "mine.png").write_bytes(b"x")
     with pytest.raises(UsageError, match="not a synthetic set"):
         qs.run_quickstart(tmp_path / "w", profile="fast", say=lambda s: None)
+
+
+def test_quickstart_refuses_a_folder_that_is_not_its_own(tmp_path, cli):
+    """A non-empty --workdir that no quickstart wrote (a user's own run) is refused before anything runs."""
+    own = tmp_path / "mine"
+    (own / "run").mkdir(parents=True)
+    (own / "run" / "teacher.pt").write_bytes(b"weights")
+    r = cli("quickstart", "--workdir", own)
+    assert r.exit_code == 2 and "not a quickstart folder" in r.output
+    assert sorted(p.name for p in own.rglob("*")) == ["run", "teacher.pt"]

@@ -56,7 +56,7 @@ def build_engine(
     data: Annotated[Path | None, typer.Option("--data", help="Data set for the accuracy gate (default: the model's training data).")] = None,
     calib_data: Annotated[Path | None, typer.Option("--calib-data", help="Calibration images (default: the training split).")] = None,
     calib_size: Annotated[int, typer.Option("--calib-size", help="Calibration images (stratified, seeded).")] = 512,
-    calib_seed: Annotated[int, typer.Option("--calib-seed", help="Seed of the calibration pick.")] = 0,
+    calib_seed: Annotated[int, typer.Option("--calib-seed", min=0, help="Seed of the calibration pick.")] = 0,
     calib_method: Annotated[CalibMethod, typer.Option("--calib-method", help="Range calibration.")] = CalibMethod.minmax,
     calib_dir: Annotated[Path, typer.Option("--calib-dir", help="Where calibrated ranges and the TensorRT timing cache live.")] = Path("calibration"),
     max_f1_drop: Annotated[float, typer.Option("--max-f1-drop", help="Largest allowed F1 drop (points) vs FP32.")] = 1.0,
@@ -82,6 +82,8 @@ def build_engine(
         raise UsageError("--backend tensorrt runs on a GPU; drop --device cpu or choose --backend onnxruntime")
     if dev == "cpu":
         backend = Backend.onnxruntime
+    elif dev.startswith("cuda") and backend == Backend.auto:   # a GPU asked for by name: TensorRT or one line
+        backend = Backend.tensorrt
     status = err_console.status("building…") if err_console.is_terminal and not as_json else None
 
     def log(line: str) -> None:   # each step on the console; on a terminal also the spinner's text

@@ -36,14 +36,15 @@ def export(
 ) -> None:
     """Export a checkpoint to ONNX (dynamic batch, onnxsim, onnx.checker, metadata, parity vs torch), or
     package a model for Triton / DeepStream."""
+    from edgeskd.cli.common import parse_device
     from edgeskd.export.onnx_export import export_onnx
 
+    dev = parse_device(device)   # checked for every format (the plain ONNX export runs on the CPU)
     if fmt is not ExportFormat.onnx:
-        from edgeskd.cli.common import parse_device
         from edgeskd.serve.packaging import package
 
         res = package(checkpoint, fmt.value, out, model_name=model_name, max_batch_size=max_batch_size,
-                      device=parse_device(device), overwrite=overwrite, opset=opset, simplify=simplify, data=data,
+                      device=dev, overwrite=overwrite, opset=opset, simplify=simplify, data=data,
                       parity_samples=parity_samples)
         for n in res.notes:
             warn(n)

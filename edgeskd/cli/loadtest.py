@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from edgeskd.cli.common import DEFAULT_THREADS, JsonOpt, ThreadsOpt, cli_command, console
+from edgeskd.cli.common import DEFAULT_THREADS, JsonOpt, OverwriteOpt, ThreadsOpt, cli_command, console
 
 
 def _ms(v) -> str:
@@ -31,6 +31,7 @@ def loadtest(
     threads: ThreadsOpt = DEFAULT_THREADS,
     out: Annotated[Optional[Path], typer.Option("--out", help="Write the report as JSON here.")] = None,
     as_json: JsonOpt = False,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Load test: N concurrent real-time streams on one Triton server (frames, drops, latency, batch sizes,
     queue time, CPU per frame), and the same N streams as N local processes."""
@@ -38,7 +39,7 @@ def loadtest(
     from edgeskd.utils.io import check_output_file, write_json_atomic
 
     if out is not None:
-        check_output_file(out)
+        check_output_file(out, overwrite=overwrite)
     report = run_loadtest(LoadTestConfig(
         artifact=artifact, video=video, streams=streams, server=server, model=model, access_token=access_token,
         server_pid=server_pid, max_frames=max_frames, threads=threads, max_batch_size=max_batch_size,

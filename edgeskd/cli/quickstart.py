@@ -100,7 +100,13 @@ def run_quickstart(workdir: str | Path, *, profile: str = "fast",
     wd = Path(workdir)
     from edgeskd.utils.io import ensure_writable_dir
 
+    marker = wd / ".edgeskd-quickstart"   # written first: a stopped or failed quickstart's folder is ours too
+    others = [e for e in wd.iterdir() if e.name != "data"] if wd.is_dir() else []   # data/ has a check of its own
+    if others and not (marker.is_file() or (wd / "quickstart.json").is_file()):
+        raise UsageError(f"{wd} holds files and is not a quickstart folder; quickstart writes and replaces data/, "
+                         "run/, engines/ and more there: give a new --workdir")
     ensure_writable_dir(wd)
+    marker.write_text("a folder edgeskd quickstart writes and replaces\n", encoding="utf-8")
     res = QuickstartResult(workdir=wd)
     data, run, eng = wd / "data", wd / "run", wd / "engines"
     onnx = eng / "student-skd.onnx"
@@ -111,6 +117,8 @@ def run_quickstart(workdir: str | Path, *, profile: str = "fast",
         t0 = time.perf_counter()
         code = _invoke(argv)
         res.steps.append(StepRecord(name, argv, time.perf_counter() - t0, code))
+        if code == 130:   # the step was stopped with Ctrl-C: stop here too, as an interruption
+            raise KeyboardInterrupt
         if code not in ok_codes:
             raise StepFailed(f"quickstart step '{name}' failed (exit {code}); fix the problem above and "
                              f"re-run it with: edgeskd {' '.join(shlex.quote(a) for a in argv)}")

@@ -37,7 +37,7 @@ def synth(
         "still images (one centred polyp each, no polyp-free frames; for comparison).")] = Layout.clips,
 ) -> None:
     """Write the synthetic endoscopy set: frames of synthetic clips (the camera of synth-video) —
-    ~70 % show a polyp (hyperplastic or adenoma, 4 subtypes each, 3 frames per polyp; 7 annotator
+    ~70 % show a polyp (hyperplastic or adenoma, 4 subtypes each, 1 frame per polyp; 7 annotator
     votes), ~30 % bare wall (class no_polyp: plain, lumen, blurred; votes unknown). Every frame
     carries its group (clip/polyp); splits keep clips whole, 1/4 train : 1/4 val : 1/2 test of
     the clips, stratified by subtype (--n 5200: 1,297 / 1,308 / 2,595 frames, 1,819 test polyp frames).

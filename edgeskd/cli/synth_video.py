@@ -25,7 +25,7 @@ def synth_video(
     seconds: Annotated[float, typer.Option("--seconds", help="Length in seconds.")] = 10.0,
     fps: Annotated[float, typer.Option("--fps", help="Frame rate.")] = 30.0,
     resolution: Annotated[str, typer.Option("--resolution", help="Video frame size WIDTHxHEIGHT (as video tools write it).")] = "1280x720",
-    seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed = same video).")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Random seed (same seed = same video).")] = 0,
     render_size: Annotated[int, typer.Option("--render-size", help="Pixels across the rendered field before scaling to the frame.")] = 192,
     overwrite: OverwriteOpt = False,
 ) -> None:

@@ -1,7 +1,7 @@
 """Synthetic endoscopy frames: the embedded default data set (numpy only, vectorised, seeded).
 
 The default set is frames of synthetic clips (``edgeskd.data.clips``: the camera of the synthetic
-video, 3 frames per polyp, ~30 % bare-wall frames of the ``no_polyp`` class with three kinds of wall,
+video, 1 frame per polyp, ~30 % bare-wall frames of the ``no_polyp`` class with three kinds of wall,
 split by clip); ``make_synthetic_images`` keeps the earlier still images (one centred polyp each).
 
 The generative story (what the labels mean)
@@ -659,8 +659,8 @@ def _check_size(n: int, size: int) -> None:
 
 def make_synthetic(n: int, size: int = 128, seed: int = 0) -> LabeledSet:
     """The synthetic endoscopy set: ``n`` frames of ``size``² px taken from synthetic clips
-    (``edgeskd.data.clips``): about 70 % show a polyp (3 frames per polyp, spaced over the camera's
-    visit), about 30 % bare wall (class ``no_polyp``). Split by clip, stratified by subclass,
+    (``edgeskd.data.clips``): about 70 % show a polyp (1 frame per polyp, taken anywhere in the
+    camera's visit), about 30 % bare wall (class ``no_polyp``). Split by clip, stratified by subclass,
     1/2 test : 1/4 val : 1/4 train of the clips (a 5,200-frame set: 1,297 train frames, 1,819
     test polyp frames).
 

@@ -51,10 +51,13 @@ def _check_name(value: str, what: str, where: str) -> str:
 
 def read_video_labels(path: Path, *, classes: Sequence[str] | None = None) -> list[FrameLabel]:
     """Rows of a labels CSV, indexed by frame (frames 0..N-1, each once)."""
+    if not Path(path).is_file():
+        raise UsageError(f"labels file {path} " + ("is a directory; give the CSV file" if Path(path).is_dir()
+                                                    else "not found; check the path"))
     try:
         text = Path(path).read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read labels file {path}: {e}") from None
+        raise DataError(f"cannot read labels file {path}: {getattr(e, 'strerror', None) or e}") from None
     reader = csv.DictReader(text.splitlines())
     fields = [(f or "").strip().lower() for f in (reader.fieldnames or [])]
     missing = [c for c in ("frame", "class", "polyp_id") if c not in fields]
@@ -149,7 +152,8 @@ def _decode(video: Path):
     except DataError:
         raise
     except Exception as e:  # av.error.* and friends: one line, no library text dump
-        raise DataError(f"cannot decode {video}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        text = getattr(e, "strerror", None) or (str(e).splitlines()[0] if str(e) else type(e).__name__)
+        raise DataError(f"cannot decode {video}: {text} (is it a complete video file?)") from None
 
 
 CROP_LOOKAHEAD = 15   # frames the content area is found on (their median box)

@@ -59,6 +59,11 @@ def torch_to_onnx_model(model, meta: ModelMeta, *, opset: int = 17, batch: int |
 
     if opset < 13:
         raise UsageError(f"--opset {opset} is too old; Q/DQ INT8 needs opset >= 13 (17 recommended)")
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    if opset > newest:
+        raise UsageError(f"--opset {opset} is newer than this onnx knows ({newest}); 17 is recommended")
     h, w = meta.input_size
     dummy = torch.zeros(batch or 2, 3, h, w)
     out_name = meta.output
@@ -67,10 +72,16 @@ def torch_to_onnx_model(model, meta: ModelMeta, *, opset: int = 17, batch: int |
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")   # the legacy exporter's deprecation notice
         with torch.inference_mode(False), torch.no_grad():
-            torch.onnx.export(
-                model.eval(), (dummy,), buf, dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
-                output_names=[out_name], dynamic_axes=dyn, do_constant_folding=True,
-            )
+            try:
+                torch.onnx.export(
+                    model.eval(), (dummy,), buf, dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
+                    output_names=[out_name], dynamic_axes=dyn, do_constant_folding=True,
+                )
+            except (RuntimeError, ValueError) as e:
+                if "opset" in str(e).lower():   # torch's exporter supports fewer opsets than onnx knows
+                    raise UsageError(f"--opset {opset}: torch's ONNX exporter does not support it; 17 is "
+                                     "recommended") from None
+                raise
     return onnx.load_from_string(buf.getvalue())
 
 

@@ -41,6 +41,12 @@ class TorchRunner(Runner):
         if threads is not None and threads < 1:
             raise UsageError(f"threads must be >= 1, got {threads}")
         self.device = torch.device(device)
+        if self.device.type == "cuda":   # one line, not torch's driver traceback
+            if not torch.cuda.is_available():
+                raise BackendUnavailable(f"--device {device}: no CUDA device is visible to torch; use --device cpu")
+            if self.device.index is not None and self.device.index >= torch.cuda.device_count():
+                raise BackendUnavailable(f"--device {device}: torch sees {torch.cuda.device_count()} GPU(s) "
+                                         f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
         self.model = model.eval().to(self.device)
         self.threads = threads
         self._saved_threads: int | None = None
