@@ -247,7 +247,7 @@ def add_comparisons(rows: list[Row], gemm_peak_gflops: float | None) -> None:
     torch_students = [r for r in ok if r.backend == "torch" and r.model_name.startswith("student")]
     onnx_pool = [r for r in ok if r.backend == "onnxruntime" and r.precision == "fp32"]
 
-    def same_model(pool: list[Row], name: str, lineage: str) -> Row | None:
+    def same_model(pool: list[Row], name: str, lineage: str = "") -> Row | None:
         """The row of ``pool`` named ``name`` from the same checkpoint (two runs' `student-skd` are
         two models); by name alone only when the rows do not say where they come from."""
         named = [x for x in pool if x.model_name == name]
@@ -255,14 +255,8 @@ def add_comparisons(rows: list[Row], gemm_peak_gflops: float | None) -> None:
             return next((x for x in named if x.lineage == lineage), None)
         return named[-1] if named else None
 
-    def torch_rows_get(name: str, lineage: str = "") -> Row | None:
-        return same_model(torch_pool, name, lineage)
-
-    def fp32_onnx_get(name: str, lineage: str = "") -> Row | None:
-        return same_model(onnx_pool, name, lineage)
-
     for r in ok:
-        ref = torch_rows_get(r.model_name, r.lineage)
+        ref = same_model(torch_pool, r.model_name, r.lineage)
         if ref is None or not ref.model_name.startswith("student"):
             ref = next((t for t in torch_students if t.model_name == "student-skd"), None) or \
                 (torch_students[0] if torch_students else None)
@@ -273,11 +267,11 @@ def add_comparisons(rows: list[Row], gemm_peak_gflops: float | None) -> None:
         if r.backend == "torch":
             source = None
         elif r.fp32_source_model:
-            source = fp32_onnx_get(r.fp32_source_model) or torch_rows_get(r.fp32_source_model)
+            source = same_model(onnx_pool, r.fp32_source_model) or same_model(torch_pool, r.fp32_source_model)
         elif r.precision == "fp32" and r.backend == "onnxruntime":
-            source = torch_rows_get(r.model_name, r.lineage)
+            source = same_model(torch_pool, r.model_name, r.lineage)
         else:
-            source = fp32_onnx_get(r.model_name, r.lineage) or torch_rows_get(r.model_name, r.lineage)
+            source = same_model(onnx_pool, r.model_name, r.lineage) or same_model(torch_pool, r.model_name, r.lineage)
         if source is not None and r.f1 is not None and source.f1 is not None:
             r.f1_change_vs_fp32 = round(r.f1 - source.f1, 4)
             _subclass_change(r, source)

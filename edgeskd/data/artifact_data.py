@@ -92,9 +92,14 @@ def data_refs(paths: Iterable[Path]) -> list[dict[str, Any]]:
 def _data_key(ref: dict[str, Any]) -> tuple:
     """What makes two references different images: a real data set is read at each model's own
     input size; the synthetic one is rendered at the training size, so that size counts too."""
-    where = data_id(ref["data"]) if ref.get("data") else ref.get("data_id")
+    where = _trained_on(ref)
     base = (where, ref.get("format"), ref.get("seed"), ref.get("skip_bad"), ref.get("group_by"))
     return base if where else (*base, ref.get("synthetic_n"), ref.get("img_size"))
+
+
+def _trained_on(ref: dict[str, Any]) -> str | None:
+    """The id of the real data set ``ref`` names (its path's hash, or the hash it carries); None: synthetic."""
+    return data_id(ref["data"]) if ref.get("data") else ref.get("data_id")
 
 
 def describe_data_ref(ref: dict[str, Any]) -> str:
@@ -114,8 +119,7 @@ def load_data(ref: dict[str, Any] | None = None, *, path: str | Path | None = No
         if not p.exists():
             raise DataError(f"data {p} does not exist; give an MHIST root, folder tree or manifest CSV")
         kw_path: dict[str, Any] = {"seed": seed} if seed is not None else {}
-        trained_on = data_id(ref["data"]) if ref.get("data") else ref.get("data_id")
-        if ref.get("group_by") and trained_on == data_id(p):   # the training data again: split it the same way
+        if ref.get("group_by") and _trained_on(ref) == data_id(p):   # the training data again: split it the same way
             kw_path["group_by"] = ref["group_by"]
         return load_dataset(p, fmt, **kw_path)
     if ref.get("data_id") and not ref.get("data"):

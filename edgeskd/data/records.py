@@ -22,6 +22,7 @@ SIDECAR = "dataset.json"
 SIDECAR_VERSION = 1
 BACKGROUND_NAME = "no_polyp"
 NO_POLYP_NAMES = ("no_polyp", "no polyp", "no-polyp", "nopolyp")   # what a labels file may call a polyp-free frame
+HAS_POLYP_YES, HAS_POLYP_NO = ("1", "true", "yes"), ("0", "false", "no")   # a labels file's has_polyp values
 
 
 POSITIVE_NAMES = ("adenoma", "adenomatous", "ssa", "ssl", "sessile_serrated", "neoplastic")   # positive by name

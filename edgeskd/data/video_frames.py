@@ -28,7 +28,8 @@ from typing import Sequence
 
 import numpy as np
 
-from edgeskd.data.records import BACKGROUND_NAME, NO_POLYP_NAMES, POSITIVE_NAMES, SIDECAR, SIDECAR_VERSION
+from edgeskd.data.records import (BACKGROUND_NAME, HAS_POLYP_NO, HAS_POLYP_YES, NO_POLYP_NAMES, POSITIVE_NAMES, SIDECAR,
+                                   SIDECAR_VERSION, positive_class_index)
 from edgeskd.clinical.per_polyp import canonical_polyp_id
 from edgeskd.errors import DataError, UsageError
 
@@ -78,10 +79,10 @@ def read_video_labels(path: Path, *, classes: Sequence[str] | None = None) -> li
         cls, sub = row["class"], row.get("subclass", "")
         pid = canonical_polyp_id(row["polyp_id"])
         has = row.get("has_polyp", "").lower()
-        if cls == "" and has in ("1", "true", "yes"):
+        if cls == "" and has in HAS_POLYP_YES:
             raise DataError(f"{where}: a polyp frame (has_polyp {row['has_polyp']}) without a class; "
                             "give its class, or leave the frame out of the video")
-        if cls == "" or cls.lower() in NO_POLYP_NAMES or has in ("0", "false", "no"):
+        if cls == "" or cls.lower() in NO_POLYP_NAMES or has in HAS_POLYP_NO:
             rows[frame] = FrameLabel(BACKGROUND_NAME, _check_name(sub, "subclass", where) if sub else BACKGROUND_NAME, "")
             continue
         _check_name(cls, "class", where)
@@ -202,13 +203,10 @@ def _class_order(found: set[str], positive: str | None = None) -> tuple[list[str
         order = [c for c in sy.POLYP_CLASS_NAMES if c in polyp]
     else:
         order = sorted(polyp)
-    named = [c for c in order if c.lower() in POSITIVE_NAMES]
-    if positive is not None:
-        pos, why = positive, "--positive"
-    elif len(named) == 1:
-        pos, why = named[0], "its name; --positive CLASS to choose another"
-    else:
-        pos, why = order[-1], "the last class by name; --positive CLASS to choose another"
+    pos = order[positive_class_index(order, None, positive)]   # the rule train and info use
+    why = ("--positive" if positive is not None else
+           "its name; --positive CLASS to choose another" if [c for c in order if c.lower() in POSITIVE_NAMES] == [pos] else
+           "the last class by name; --positive CLASS to choose another")
     extra["positive_class"] = pos
     if BACKGROUND_NAME in found:
         order.append(BACKGROUND_NAME)

@@ -21,16 +21,22 @@ from edgeskd.meta import ModelMeta
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 
 
-def has_qdq_nodes(path: str | Path) -> bool:
-    """True if the ONNX at ``path`` has QuantizeLinear/DequantizeLinear nodes (an explicitly
-    quantized model)."""
+def _graph(path: str | Path):
+    """The ONNX graph at ``path`` (no external data), or None when it does not load (an unreadable
+    file is reported by the loader that follows)."""
     import onnx
 
     try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception:  # noqa: BLE001 - an unreadable file is reported by the loader that follows
-        return False
-    return any(n.op_type in QDQ_OPS for n in model.graph.node)
+        return onnx.load(str(path), load_external_data=False).graph
+    except Exception:  # noqa: BLE001 - onnx raises several error types for a bad file
+        return None
+
+
+def has_qdq_nodes(path: str | Path) -> bool:
+    """True if the ONNX at ``path`` has QuantizeLinear/DequantizeLinear nodes (an explicitly
+    quantized model)."""
+    g = _graph(path)
+    return g is not None and any(n.op_type in QDQ_OPS for n in g.node)
 
 
 def has_uint8_activations(path: str | Path) -> bool:
@@ -38,13 +44,12 @@ def has_uint8_activations(path: str | Path) -> bool:
     build); TensorRT takes int8 Q/DQ only (the S8S8 ``.int8.qdq.onnx``)."""
     import onnx
 
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception:  # noqa: BLE001 - an unreadable file is reported by the loader that follows
+    g = _graph(path)
+    if g is None:
         return False
-    zero_points = {t.name: t.data_type for t in model.graph.initializer}
+    zero_points = {t.name: t.data_type for t in g.initializer}
     return any(n.op_type == "QuantizeLinear" and len(n.input) > 2 and zero_points.get(n.input[2]) == onnx.TensorProto.UINT8
-               for n in model.graph.node)
+               for n in g.node)
 
 
 def split_fingerprint(dataset, meta: ModelMeta) -> str:

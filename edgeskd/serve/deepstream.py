@@ -189,12 +189,11 @@ def write_deepstream(artifact: str | os.PathLike, out_dir: str | os.PathLike, *,
     src = Path(artifact)
     if src.suffix.lower() != ".onnx":
         raise UsageError(f"--format deepstream takes an .onnx artifact (DeepStream builds its own engine), got {src}")
-    if not 1 <= batch_size <= 1024:
-        raise UsageError(f"--max-batch-size {batch_size} must be 1..1024")
+    from edgeskd.serve.repository import check_max_batch_size, check_tensorrt_qdq
+
+    check_max_batch_size(batch_size)
     a = load_onnx(src)
     if NETWORK_MODE.get(a.meta.precision, 0) == 1:   # DeepStream builds a TensorRT engine from the Q/DQ graph
-        from edgeskd.serve.repository import check_tensorrt_qdq
-
         check_tensorrt_qdq(src)
     if a.static_batch is not None and a.static_batch != batch_size:
         raise ArtifactError(f"{src} has a fixed batch of {a.static_batch}; export it with a dynamic batch "

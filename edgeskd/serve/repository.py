@@ -305,6 +305,16 @@ def write_triton_repository(artifact: str | os.PathLike, repo: str | os.PathLike
                             model_dir / "config.pbtxt", kept, text)
 
 
+MAX_BATCH_SIZE = 1024   # the largest --max-batch-size a served or exported model takes
+
+
+def check_max_batch_size(n: int) -> int:
+    """``--max-batch-size``: 1..MAX_BATCH_SIZE, else a one-line UsageError (Triton export, serve, DeepStream)."""
+    if not 1 <= n <= MAX_BATCH_SIZE:
+        raise UsageError(f"--max-batch-size {n} must be 1..{MAX_BATCH_SIZE}")
+    return n
+
+
 def check_tensorrt_qdq(path: Path) -> None:
     """A one-line UsageError for an ONNX whose INT8 is the U8S8 CPU build: TensorRT (Triton's GPU
     accelerator, DeepStream) takes int8 Q/DQ only."""
@@ -324,8 +334,7 @@ def _max_batch(a: Artifact, requested: int | None) -> int:
     limit = sig.max_batch
     if requested is None:
         return min(DEFAULT_MAX_BATCH, limit) if limit else DEFAULT_MAX_BATCH
-    if not 1 <= requested <= 1024:
-        raise UsageError(f"--max-batch-size {requested} must be 1..1024")
+    check_max_batch_size(requested)
     if limit and requested > limit:
         raise UsageError(f"--max-batch-size {requested} exceeds what {a.path.name} takes ({limit}: its optimization "
                          "profile / static batch); lower it or rebuild with a larger --max-batch")

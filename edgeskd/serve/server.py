@@ -41,7 +41,7 @@ import numpy as np
 
 from edgeskd.errors import ArtifactError, ServerError, UsageError
 from edgeskd.serve.remote import TOKEN_ENV
-from edgeskd.serve.repository import meta_parameters, read_repository
+from edgeskd.serve.repository import check_max_batch_size, meta_parameters, read_repository
 
 WORKSPACE_PREFIX = "edgeskd-serve-"
 
@@ -264,8 +264,7 @@ def _shm_names() -> set[str]:
 def serve(cfg: ServeConfig, *, on_ready: Callable[[ServerInfo], None] | None = None,
           stop: threading.Event | None = None) -> int | None:
     """Serve until SIGINT/SIGTERM (or ``stop`` is set); returns the signal number that stopped it."""
-    if not 1 <= cfg.max_batch_size <= 1024:
-        raise UsageError(f"--max-batch-size {cfg.max_batch_size} must be 1..1024")
+    check_max_batch_size(cfg.max_batch_size)
     if not 0 <= cfg.queue_delay_us <= 1_000_000:
         raise UsageError(f"--queue-delay-us {cfg.queue_delay_us} must be 0..1,000,000")
     if cfg.log_file is not None and not Path(cfg.log_file).parent.is_dir():

@@ -18,12 +18,10 @@ from pathlib import Path
 
 from dataclasses import dataclass
 
-from edgeskd.data.records import NO_POLYP_NAMES
+from edgeskd.data.records import HAS_POLYP_NO, HAS_POLYP_YES, NO_POLYP_NAMES
 from edgeskd.errors import DataError, UsageError
 
 __all__ = ["NO_POLYP_NAMES", "FrameTruth", "check_labels_file", "read_frame_labels", "read_truth", "read_polyp_ids"]
-
-
 
 @dataclass
 class FrameTruth:
@@ -38,16 +36,13 @@ class FrameTruth:
     polyp_names: dict[int, str] | None = None   # polyp id → the labels' own name for it (when not a number)
 
 
-_YES, _NO = ("1", "true", "yes"), ("0", "false", "no")
-
-
 def _is_no_polyp(row: dict[str, str], background: str | None) -> bool:
     cls = row["class"].strip()
     has = row.get("has_polyp", "").strip().lower()
-    if has in _NO:
+    if has in HAS_POLYP_NO:
         return True
     if cls == "":   # empty class: no polyp in view, unless the file says a polyp is there
-        return has not in _YES
+        return has not in HAS_POLYP_YES
     if background is not None and cls.lower() == background.lower():
         return True
     return cls.lower() in NO_POLYP_NAMES
@@ -132,7 +127,7 @@ def read_truth(path: str | Path, class_names: list[str], background: int | None 
             subs[frame] = qualified if known_subs and sub not in known_subs and qualified in known_subs else sub
     if not out and not empty:
         raise DataError(f"labels file {p} has no labelled frames")
-    ids, names = _polyp_ids(path)
+    ids, names = _polyp_ids(fields, rows)
     if ids is not None:
         check_polyp_classes(ids, out, path)
     return FrameTruth(out, empty, ids, subs, names)
@@ -142,14 +137,15 @@ def read_polyp_ids(path: str | Path) -> dict[int, int] | None:
     """frame index → polyp id for the frames that name one; None when the file has no ``polyp_id``
     column. Ids are read as names (``clinical.per_polyp.canonical_polyp_id``): integer ids >= 0 keep
     their number, other names are numbered in order of first appearance."""
-    return _polyp_ids(path)[0]
+    _, fields, rows = _rows(path)
+    return _polyp_ids(fields, rows)[0]
 
 
-def _polyp_ids(path: str | Path) -> tuple[dict[int, int] | None, dict[int, str] | None]:
-    """(frame → polyp id, polyp id → name for names that are not numbers) of a labels file."""
+def _polyp_ids(fields: list[str], rows: list[tuple[int, dict[str, str], int]]
+               ) -> tuple[dict[int, int] | None, dict[int, str] | None]:
+    """(frame → polyp id, polyp id → name for names that are not numbers) of a labels file's rows."""
     from edgeskd.clinical.per_polyp import canonical_polyp_id
 
-    p, fields, rows = _rows(path)
     if "polyp_id" not in fields:
         return None, None
     names = {frame: pid for _, row, frame in rows if (pid := canonical_polyp_id(row.get("polyp_id", ""))) is not None}
