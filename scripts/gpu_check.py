@@ -15,7 +15,7 @@ Sections (each timed, each "passed" / "failed" / "skipped" with the reason):
   stream_1080p  a 1080p synthetic video streamed with --preprocess cuda vs cpu on the FP16 engine
                 (fps, p50/p99 latency), and ONNX Runtime + CPU preprocessing as the reference
   triton_plan   the FP16 engine as a Triton repository (tensorrt_plan), served by `edgeskd serve --device
-                cuda` (PyTriton + the TensorRT runner), streamed with `stream --server`: probabilities vs
+                cuda` (Triton + the TensorRT runner), streamed with `stream --server`: probabilities vs
                 the same engine run locally (needs the serve extra)
   gpu_timings   fp16/bf16 matmul TFLOP/s and pinned host→device GB/s (torch)
 

@@ -1,11 +1,13 @@
-"""`edgeskd serve` on Triton (PyTriton) and `stream --server`: a real server on free ports, requests
-over gRPC and HTTP, statistics behind the token, bad input, a clean stop on SIGTERM (no workspace,
-no shared memory left) and a server that dies mid-stream. Skipped without the `serve` extra."""
+"""`edgeskd serve` on Triton (PyTriton's bundled tritonserver, the runner in its python backend) and
+`stream --server`: a real server on free ports, requests over gRPC and HTTP, statistics behind the
+token, bad input, a clean stop on SIGTERM (no workspace, no shared memory left), a server that dies
+mid-stream, and no server left when `serve` itself is killed. Skipped without the `serve` extra."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -94,6 +96,31 @@ def test_grpc_and_http_inference_match_local_and_batch(server, artifact):
     assert int(stats["inference_count"]) >= 23 and max(sizes) >= 2, stats["batch_stats"]
     with pytest.raises(ServerError, match="access token"):
         server_statistics(server["grpc"], "tiny", "wrong")
+
+
+def test_the_runtime_repository_is_a_python_backend_triton_parses(server, artifact):
+    """What `serve` hands Triton: per model a config Triton's own schema parses (the python backend,
+    the batcher, the metadata), the stub's model.py and its serve.json; and the model is listed in
+    the repository index for a client with the token (`stream --server` without --model)."""
+    from edgeskd.serve.remote import RemoteRunner
+    from edgeskd.serve.repository import parse_config
+    from edgeskd.serve.server import MODEL_PY
+
+    d = server["info"].workspace / "repository" / "tiny"
+    cfg = parse_config((d / "config.pbtxt").read_text())
+    assert cfg.backend == "python" and cfg.max_batch_size == 8
+    assert cfg.dynamic_batching.max_queue_delay_microseconds == 20000
+    assert list(cfg.input[0].dims) == [3, 32, 32] and cfg.input[0].name == "input"
+    assert cfg.output[0].name == "subclass_logits" and list(cfg.output[0].dims) == [4]
+    assert json.loads(cfg.parameters["edgeskd.threshold"].string_value) == 0.6
+    assert (d / "1" / "model.py").read_bytes() == MODEL_PY.read_bytes()
+    sj = json.loads((d / "1" / "serve.json").read_text())
+    assert sj["artifact"] == str(artifact.resolve()) and (sj["input"], sj["output"]) == ("input", "subclass_logits")
+    os.environ["EDGESKD_SERVE_TOKEN"] = "tok"
+    try:
+        assert RemoteRunner(server["grpc"]).model == "tiny"
+    finally:
+        del os.environ["EDGESKD_SERVE_TOKEN"]
 
 
 def test_requests_in_flight_match_local_and_fail_like_the_synchronous_path(server, artifact):
@@ -221,6 +248,59 @@ def test_serve_stops_cleanly_on_sigterm_and_a_stream_ends_with_the_server(artifa
     assert json.loads((tmp_path / "s.json").read_text())["source"]["server_lost"]
 
 
+def test_a_killed_serve_leaves_no_triton_running(artifact, tmp_path):
+    """SIGKILL to `serve` (no handler runs): its tritonserver, in a session of its own, still gets
+    SIGTERM from the kernel (PR_SET_PDEATHSIG) and exits with its stub."""
+    from edgeskd.serve.server import free_port
+
+    ports = [str(free_port()) for _ in range(3)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "edgeskd", "serve", str(artifact), "--model", "tiny", "--http-port",
+                             ports[0], "--grpc-port", ports[1], "--metrics-port", ports[2], "--access-token", "t"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        if line.startswith("ready"):
+            break
+    kids = [int(x) for x in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+    assert kids, "serve started no tritonserver"
+    argv = Path(f"/proc/{kids[0]}/cmdline").read_text().split("\0")
+    ws = Path(argv[argv.index("--model-repository") + 1]).parent
+    assert ws.name.startswith("edgeskd-serve-")
+    proc.kill()
+    proc.wait(10)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(Path(f"/proc/{k}").exists() and "Z" not in _state(k) for k in kids):
+        time.sleep(0.2)
+    assert not any(Path(f"/proc/{k}").exists() and "Z" not in _state(k) for k in kids)
+    shutil.rmtree(ws, ignore_errors=True)   # a killed serve cannot remove its workspace; the test does
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
+
+
+def test_triton_environment_and_its_first_error_line(tmp_path):
+    """The stub imports this interpreter's packages (PATH, PYTHONPATH) and the bundled libraries
+    (LD_LIBRARY_PATH); a Triton that fails to start is reported by its first error line."""
+    from edgeskd.serve.server import _failure, child_env
+
+    env = child_env(tmp_path / "libs", {"PATH": "/usr/bin", "PYTHONPATH": "/x"})
+    assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
+    assert env["LD_LIBRARY_PATH"].split(os.pathsep)[-1] == str(tmp_path / "libs")
+    pp = env["PYTHONPATH"].split(os.pathsep)
+    assert pp[0] == str(ROOT) and "/x" in pp and any(p.endswith("site-packages") for p in pp)
+    log = tmp_path / "t.log"
+    log.write_text('I1207 14:46:57.94 1 server.cc:1] "starting"\n'
+                   "E1207 14:46:57.942527 25003 model_lifecycle.cc:642] \"failed to load 'm' version 1: Internal: "
+                   "ModuleNotFoundError: No module named 'numpy'\\n\\nAt:\\n  model.py(1)\"\n")
+    assert _failure(log, tmp_path / "none") == ("failed to load 'm' version 1: Internal: ModuleNotFoundError: "
+                                                "No module named 'numpy'")
+    assert _failure(tmp_path / "none", tmp_path / "none2") == "no error in its log"
+
+
 def test_libpython_path_and_missing_repository_entries(tmp_path):
     import sysconfig
 
@@ -253,7 +333,7 @@ def test_libpython_path_and_missing_repository_entries(tmp_path):
 
 
 def test_serve_refuses_what_it_cannot_start_with(tmp_path, cli, artifact):
-    """Checked before anything starts: an IPv6 --host (PyTriton's own client cannot reach it), a
+    """Checked before anything starts: an IPv6 --host, a
     --log-file in a folder that does not exist."""
     r = cli("serve", artifact, "--host", "::1")
     assert r.exit_code == 2 and "IPv6" in r.output and "Traceback" not in r.output

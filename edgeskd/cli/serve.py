@@ -1,4 +1,4 @@
-"""`edgeskd serve` — serve a Triton repository or an artifact on Triton (PyTriton), until Ctrl-C / SIGTERM."""
+"""`edgeskd serve` — serve a Triton repository or an artifact on Triton (the server PyTriton bundles), until Ctrl-C / SIGTERM."""
 
 from __future__ import annotations
 
@@ -21,12 +21,12 @@ def serve(
     metrics_port: Annotated[int, typer.Option("--metrics-port", help="Prometheus metrics port.")] = 8002,
     access_token: Annotated[Optional[str], typer.Option("--access-token", envvar="EDGESKD_SERVE_TOKEN", show_envvar=True, help="Token for the restricted endpoints (statistics, model repository, shared memory, logging, trace). Default: a new one, printed once.")] = None,
     max_batch_size: Annotated[int, typer.Option("--max-batch-size", help="Largest batch Triton's dynamic batcher forms from concurrent requests.")] = 8,
-    queue_delay_us: Annotated[int, typer.Option("--queue-delay-us", help="How long (µs) a request may wait for others to batch with (10 ms: on a CPU server each execution costs ~3 ms of Python, so fewer, larger batches keep up with more streams).")] = 10000,
+    queue_delay_us: Annotated[int, typer.Option("--queue-delay-us", help="How long (µs) a request may wait for others to batch with (10 ms: on a CPU server each execution costs ~2 ms of CPU, so fewer, larger batches keep up with more streams).")] = 10000,
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = DEFAULT_THREADS,
     log_file: Annotated[Optional[Path], typer.Option("--log-file", help="Keep tritonserver's log here (default: removed at the stop).")] = None,
 ) -> None:
-    """Serve models on NVIDIA Triton (PyTriton) with dynamic batching, until Ctrl-C or SIGTERM."""
+    """Serve models on NVIDIA Triton (the server PyTriton bundles) with dynamic batching, until Ctrl-C or SIGTERM."""
     from edgeskd.serve.server import ServeConfig, ServerInfo
     from edgeskd.serve.server import serve as run_server
 

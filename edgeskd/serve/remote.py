@@ -212,8 +212,8 @@ class RemoteRunner(Runner):
 
 
 def server_statistics(url: str | ServerURL, model: str, token: str | None = None, timeout_s: float = 10.0) -> dict:
-    """Triton's inference statistics of ``model`` as a dict (needs the access token of a PyTriton
-    server: ``token`` or $EDGESKD_SERVE_TOKEN)."""
+    """Triton's inference statistics of ``model`` as a dict (needs the access token of an ``edgeskd
+    serve`` server: ``token`` or $EDGESKD_SERVE_TOKEN)."""
     from google.protobuf.json_format import MessageToDict
     from tritonclient.utils import InferenceServerException
 
@@ -224,7 +224,7 @@ def server_statistics(url: str | ServerURL, model: str, token: str | None = None
     try:
         stats = client.get_inference_statistics(model, headers=headers, client_timeout=timeout_s)
     except InferenceServerException as e:
-        raise ServerError(f"cannot read the statistics of {model!r} from {u}: {_message(e)} (a PyTriton server "
+        raise ServerError(f"cannot read the statistics of {model!r} from {u}: {_message(e)} (`edgeskd serve` "
                           f"needs its access token: --access-token or ${TOKEN_ENV})") from None
     finally:
         client.close()

@@ -137,6 +137,7 @@ class ConfigSpec:
     queue_delay_us: int = DEFAULT_QUEUE_DELAY_US
     instances: int = 1
     extra_parameters: dict[str, str] = field(default_factory=dict)
+    python_backend: bool = False           # edgeskd serve: the runner in Triton's python backend (triton_model.py)
 
 
 def _accelerator(precision: str) -> list[str]:
@@ -157,7 +158,9 @@ def _accelerator(precision: str) -> list[str]:
 def config_text(spec: ConfigSpec) -> str:
     a, sig = spec.artifact, spec.artifact.signature
     lines = [f"name: {_q(spec.name)}"]
-    if a.kind == "plan":
+    if spec.python_backend:
+        lines.append('backend: "python"')
+    elif a.kind == "plan":
         lines.append('platform: "tensorrt_plan"')
     else:
         lines.append('backend: "onnxruntime"')
@@ -175,7 +178,7 @@ def config_text(spec: ConfigSpec) -> str:
         f"  max_queue_delay_microseconds: {spec.queue_delay_us}",
         "}",
     ]
-    if spec.device == "cpu":
+    if spec.device == "cpu" or spec.python_backend:   # the python backend's runner picks its own device
         lines.append(f"instance_group [ {{ count: {spec.instances} kind: KIND_CPU }} ]")
     else:
         gpu = int(spec.device.split(":")[1])

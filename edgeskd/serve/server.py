@@ -1,19 +1,28 @@
-"""``edgeskd serve REPO|ARTIFACT``: Triton Inference Server (through PyTriton) running edgeskd's own
-runners (ONNX Runtime on CPU, TensorRT on GPU) with dynamic batching.
+"""``edgeskd serve REPO|ARTIFACT``: NVIDIA Triton Inference Server running edgeskd's own runners
+(ONNX Runtime on CPU, TensorRT on GPU) with dynamic batching.
 
-PyTriton 0.7 bundles a real ``tritonserver`` with the python backend only: Triton receives the
-requests, batches them across clients (``max_batch_size``, ``max_queue_delay_microseconds``) and
-hands each batch to an inference function in this process, which calls the runner. The model config
-carries the artifact's metadata as ``parameters`` (as ``edgeskd export --format triton`` writes
-them), so ``RemoteRunner`` / ``edgeskd stream --server`` need nothing else.
+The server is the ``tritonserver`` that PyTriton 0.7 bundles (python backend only). ``serve`` writes a
+runtime model repository in its workspace: per model a ``config.pbtxt`` (the python backend, the
+dynamic batcher, the artifact's metadata as ``parameters``, as ``edgeskd export --format triton``
+writes them) and ``1/model.py`` (``edgeskd.serve.triton_model``), which loads the runner inside
+Triton's python-backend stub. Triton receives the requests, batches them across clients
+(``max_batch_size``, ``max_queue_delay_microseconds``) and hands each batch to the runner in that
+process. ``RemoteRunner`` / ``edgeskd stream --server`` read the metadata from the model config.
 
-What this module handles around PyTriton:
+Why not PyTriton's ``Triton.bind``: its inference function runs in a third process that the stub
+reaches through ZeroMQ and a shared-memory tensor store. On a 2-core CPU that hop cost 6.0 ms of CPU
+per batch (the stub 2.6, the proxy 2.5, tritonserver 0.9) against 1.9 ms with the runner in the
+stub, and 8 paced 720p streams dropped frames behind it.
 
-* a Python whose ``libpython`` is not the system's (pyenv): the python backend's stub then loads the
-  wrong one and fails (``'_thread.RLock' object has no attribute '_recursion_count'``); the stub's
-  ``LD_LIBRARY_PATH`` gets ``sysconfig``'s ``LIBDIR`` first (``libpython_env``);
-* SIGINT *and* SIGTERM stop the server cleanly: the workspace (a folder this module owns) and the
-  python backend's shared memory are removed;
+What this module handles around Triton:
+
+* a Python whose ``libpython`` is not the system's (pyenv): the stub would load the wrong one and
+  fail (``'_thread.RLock' object has no attribute '_recursion_count'``, pytriton #51); its
+  ``LD_LIBRARY_PATH`` gets ``sysconfig``'s ``LIBDIR`` first (``libpython_env``), its ``PATH`` and
+  ``PYTHONPATH`` this interpreter's, so it imports the same packages;
+* SIGINT *and* SIGTERM stop the server cleanly: tritonserver runs in a session of its own (a
+  terminal's Ctrl-C reaches only ``serve``) and dies with ``serve``; the workspace (a folder this
+  module owns) and the python backend's shared memory are removed;
 * ports: each is checked free before the start (one line naming the option to change);
 * the statistics / model-repository endpoints are restricted to an access token (``--access-token``
   or $EDGESKD_SERVE_TOKEN; generated when neither is given and printed once).
@@ -23,12 +32,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import logging
+import json
 import os
 import secrets
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 import sysconfig
 import tempfile
 import threading
@@ -41,9 +52,12 @@ import numpy as np
 
 from edgeskd.errors import ArtifactError, ServerError, UsageError
 from edgeskd.serve.remote import TOKEN_ENV
-from edgeskd.serve.repository import check_max_batch_size, meta_parameters, read_repository
+from edgeskd.serve.repository import check_max_batch_size, read_repository
 
 WORKSPACE_PREFIX = "edgeskd-serve-"
+MODEL_PY = Path(__file__).with_name("triton_model.py")   # imported only inside Triton's stub
+SERVE_FILE = "serve.json"                                 # triton_model.SERVE_FILE
+ACCESS_TOKEN_HEADER = "triton-access-token"   # Triton's restricted-endpoint header (gRPC: "triton-grpc-protocol-" + it)
 
 
 @dataclass
@@ -56,7 +70,7 @@ class ServeConfig:
     metrics_port: int = 8002
     access_token: str | None = None
     max_batch_size: int = 8
-    queue_delay_us: int = 10_000   # CPU python backend: ~3 ms per execution; fewer, larger batches
+    queue_delay_us: int = 10_000   # CPU python backend: ~2 ms per execution; fewer, larger batches
     device: str = "auto"                # auto | cpu | cuda:N
     threads: int = 1
     log_file: Path | None = None        # tritonserver's log (default: in the workspace, removed at the stop)
@@ -65,11 +79,12 @@ class ServeConfig:
 @dataclass
 class ServedModel:
     name: str
-    runner: Any
+    runner: Any                         # loaded once here to check the model (closed; the stub runs its own)
     source: Path
     input_name: str
     output_name: str
     max_batch_size: int
+    artifact: Path | None = None        # what the stub loads (a .plan's engine file lives in the workspace)
 
 
 @dataclass
@@ -104,9 +119,9 @@ def libpython_env(environ: dict[str, str] | None = None) -> dict[str, str]:
 
 def check_ports(host: str, ports: dict[str, int]) -> None:
     """UsageError naming the option when a port is out of range, repeated, or already in use."""
-    if ":" in host:   # PyTriton builds http://HOST:PORT for its own client, which an IPv6 literal breaks
-        raise UsageError(f"--host {host}: IPv6 addresses are not supported by the Triton server PyTriton runs; "
-                         "give an IPv4 address (127.0.0.1, 0.0.0.0) or a host name")
+    if ":" in host:   # the readiness probe and the printed URLs take HOST:PORT, which an IPv6 literal breaks
+        raise UsageError(f"--host {host}: IPv6 addresses are not supported by edgeskd serve; give an IPv4 address "
+                         "(127.0.0.1, 0.0.0.0) or a host name")
     seen: dict[int, str] = {}
     for opt, port in ports.items():
         if not 0 < port < 65536:
@@ -131,16 +146,6 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def _import_pytriton() -> Any:
-    try:
-        import pytriton.triton as pt
-    except ImportError:
-        raise UsageError("edgeskd serve needs PyTriton: pip install 'edgeskd[serve]' (Linux x86-64/arm64)") from None
-    for name in ("pytriton", "tritonclient"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    return pt
-
-
 # -- models ---------------------------------------------------------------------------------------------------
 def _runner_for(path: Path, sidecar: dict[str, Any] | None, device: str, threads: int, stack: contextlib.ExitStack):
     from edgeskd.runtime.loader import load_runner
@@ -157,11 +162,13 @@ def _runner_for(path: Path, sidecar: dict[str, Any] | None, device: str, threads
     if path.suffix == ".onnx" and device.startswith("cuda"):
         raise UsageError("edgeskd serve runs ONNX on the CPU; for a GPU serve a TensorRT engine "
                          "(`edgeskd build-engine`), or the repository in NVIDIA's Triton container")
-    return load_runner(path, threads=threads, device=device if device.startswith("cuda") else None)
+    return load_runner(path, threads=threads, device=device if device.startswith("cuda") else None), path
 
 
 def load_models(cfg: ServeConfig, stack: contextlib.ExitStack) -> list[ServedModel]:
-    """The runners to serve: every model of a repository (its newest version) or the one artifact."""
+    """The models to serve: every model of a repository (its newest version) or the one artifact. Each
+    runner is loaded and run once here (a model that cannot load is one line before the server
+    starts), then closed."""
     src = Path(cfg.source)
     if not src.exists():
         raise UsageError(f"{src} does not exist; give a Triton repository (`edgeskd export --format triton`) or "
@@ -175,14 +182,15 @@ def load_models(cfg: ServeConfig, stack: contextlib.ExitStack) -> list[ServedMod
     models = []
     for name, path, sidecar in items:
         try:
-            runner = _runner_for(path, sidecar, cfg.device, cfg.threads, stack)
+            runner, runtime_path = _runner_for(path, sidecar, cfg.device, cfg.threads, stack)
+            with runner:
+                runner.infer(np.zeros((1, 3, *runner.metadata.input_size), np.float32))
         except ArtifactError as e:
             raise ArtifactError(f"model {name!r}: {e}") from None
-        stack.enter_context(runner)
         limit = runner.max_batch or cfg.max_batch_size
         mb = min(cfg.max_batch_size, int(limit))
         inp, out = _io_names(runner, path)
-        models.append(ServedModel(name, runner, path, inp, out, mb))
+        models.append(ServedModel(name, runner, path, inp, out, mb, runtime_path))
     return models
 
 
@@ -194,41 +202,6 @@ def _io_names(runner: Any, path: Path) -> tuple[str, str]:
     if header is not None:
         return header.input_name, header.output_name
     return "input", runner.metadata.output
-
-
-def infer_function(runner: Any, input_name: str, output_name: str) -> Callable[..., dict[str, np.ndarray]]:
-    """The batched inference callable PyTriton calls: {input: (N,3,H,W)} → {output: (N,K) logits}."""
-    from pytriton.decorators import batch
-
-    lock = threading.Lock()
-
-    @batch
-    def infer(**inputs: np.ndarray) -> dict[str, np.ndarray]:
-        with lock:
-            return {output_name: runner.infer(inputs[input_name])}
-
-    return infer
-
-
-def _bind(triton: Any, m: ServedModel, cfg: ServeConfig) -> None:
-    from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
-
-    meta = m.runner.metadata
-    triton.bind(
-        model_name=m.name,
-        infer_func=infer_function(m.runner, m.input_name, m.output_name),
-        inputs=[Tensor(name=m.input_name, dtype=np.float32, shape=(3, *meta.input_size))],
-        outputs=[Tensor(name=m.output_name, dtype=np.float32, shape=(meta.num_outputs,))],
-        config=ModelConfig(max_batch_size=m.max_batch_size,
-                           batcher=DynamicBatcher(max_queue_delay_microseconds=cfg.queue_delay_us)),
-        strict=True,
-    )
-    # the artifact's metadata into the model config's parameters (where RemoteRunner reads it): PyTriton
-    # 0.7 has no public option for it, its model config's backend_parameters become `parameters`
-    model = next((x for x in triton._model_manager.models if x.model_name == m.name), None)
-    if model is None or not hasattr(model, "_get_triton_model_config"):
-        raise ServerError("this PyTriton version cannot carry model parameters; install nvidia-pytriton 0.7")
-    model._get_triton_model_config().backend_parameters.update(meta_parameters(meta))
 
 
 # -- the server -----------------------------------------------------------------------------------------------
@@ -255,6 +228,94 @@ class _Stop:
             signal.signal(sig, old)
 
 
+def _triton_dist() -> dict[str, Path]:
+    """The bundled server's files: the tritonserver binary, the python backend, the stub built for
+    this Python, the libraries they link."""
+    try:
+        from pytriton.utils.distribution import get_libs_path, get_root_module_path, get_stub_path
+    except ImportError:
+        raise UsageError("edgeskd serve needs PyTriton: pip install 'edgeskd[serve]' (Linux x86-64/arm64)") from None
+    dist = get_root_module_path() / "tritonserver"
+    version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    files = {"bin": dist / "bin" / "tritonserver", "backend": dist / "backends" / "python",
+             "stub": get_stub_path(version), "caches": dist / "caches", "libs": Path(get_libs_path())}
+    if not files["bin"].is_file() or not files["backend"].is_dir():
+        raise UsageError(f"PyTriton's bundled Triton server is missing from {dist}; reinstall: "
+                         "pip install --force-reinstall 'edgeskd[serve]'")
+    if not files["stub"].is_file():
+        raise UsageError(f"PyTriton has no Triton python-backend stub for Python {version}; run edgeskd on a "
+                         "Python it supports (3.8-3.13)")
+    return files
+
+
+def _backend_dir(ws: Path, dist: dict[str, Path]) -> Path:
+    """``ws/backends/python``: the bundled python backend with the stub for this Python (links)."""
+    d = ws / "backends" / "python"
+    d.mkdir(parents=True)
+    for f in dist["backend"].iterdir():
+        if f.is_file():
+            (d / f.name).symlink_to(f)
+    (d / "triton_python_backend_stub").symlink_to(dist["stub"])
+    return ws / "backends"
+
+
+def _write_model(repo: Path, m: ServedModel, cfg: ServeConfig) -> None:
+    """``repo/<name>/config.pbtxt``, ``labels.txt`` and ``1/model.py`` + ``1/serve.json``."""
+    from edgeskd.serve.repository import ConfigSpec, config_text, read_artifact
+
+    a = read_artifact(m.artifact or m.source)
+    d = repo / m.name
+    (d / "1").mkdir(parents=True)
+    meta = m.runner.metadata
+    (d / "config.pbtxt").write_text(config_text(ConfigSpec(m.name, a, m.max_batch_size, queue_delay_us=cfg.queue_delay_us,
+                                                           python_backend=True)), encoding="utf-8")
+    names = meta.subclass_names if meta.output == "subclass_logits" else meta.class_names
+    (d / "labels.txt").write_text("\n".join(names) + "\n", encoding="utf-8")
+    shutil.copyfile(MODEL_PY, d / "1" / "model.py")
+    (d / "1" / SERVE_FILE).write_text(json.dumps(
+        {"artifact": str(Path(m.artifact or m.source).resolve()), "device": cfg.device, "threads": cfg.threads,
+         "input": m.input_name, "output": m.output_name}), encoding="utf-8")
+
+
+def child_env(dist_libs: Path, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """tritonserver's and the stub's environment: libpython and the bundled libraries on
+    LD_LIBRARY_PATH, this interpreter first on PATH and its import path on PYTHONPATH (the stub's
+    embedded Python finds its packages through them)."""
+    env = libpython_env(environ)
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in [env.get("LD_LIBRARY_PATH", ""), str(dist_libs)] if p)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    import edgeskd
+
+    paths = [str(Path(edgeskd.__file__).resolve().parents[1])] + [p for p in sys.path if p and os.path.isdir(p)]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    return env
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A preexec function: the child gets SIGTERM when ``serve`` dies (Linux prctl PR_SET_PDEATHSIG),
+    so a killed ``serve`` leaves no server behind. None where there is no prctl."""
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    return lambda: prctl(1, signal.SIGTERM)
+
+
+def _triton_args(cfg: ServeConfig, dist: dict[str, Path], ws: Path, backends: Path, token: str, shm_prefix: str,
+                 log: Path) -> list[str]:
+    restricted = f"shared-memory,model-repository,statistics,trace,logging:{ACCESS_TOKEN_HEADER}={token}"
+    return [str(dist["bin"]), "--model-repository", str(ws / "repository"), "--backend-directory", str(backends),
+            "--cache-directory", str(dist["caches"]), "--http-address", cfg.host, "--http-port", str(cfg.http_port),
+            "--grpc-address", cfg.host, "--grpc-port", str(cfg.grpc_port), "--metrics-address", cfg.host,
+            "--metrics-port", str(cfg.metrics_port), "--log-file", str(log), "--exit-timeout-secs", "5",
+            "--strict-readiness", "true", "--backend-config", f"python,shm-region-prefix-name={shm_prefix}",
+            "--backend-config", "python,shm-default-byte-size=4194304",
+            "--backend-config", "python,shm-growth-byte-size=1048576",
+            "--grpc-restricted-protocol", restricted, "--http-restricted-api", restricted]
+
+
 def _shm_names() -> set[str]:
     with contextlib.suppress(OSError):
         return set(os.listdir("/dev/shm"))
@@ -272,35 +333,29 @@ def serve(cfg: ServeConfig, *, on_ready: Callable[[ServerInfo], None] | None = N
                          "or give another path")
     check_ports(cfg.host, {"--http-port": cfg.http_port, "--grpc-port": cfg.grpc_port,
                            "--metrics-port": cfg.metrics_port})
-    pt = _import_pytriton()
+    dist = _triton_dist()
     token = cfg.access_token or os.environ.get(TOKEN_ENV) or ""
     generated = not token
     token = token or secrets.token_urlsafe(24)
     with contextlib.ExitStack() as stack, _Stop() as stopper:
         models = load_models(cfg, stack)
-        for m in models:             # warm the runners before the server takes requests
-            m.runner.infer(np.zeros((1, 3, *m.runner.metadata.input_size), np.float32))
-        _set_child_env(stack)
         ws = Path(tempfile.mkdtemp(prefix=WORKSPACE_PREFIX))
         stack.callback(shutil.rmtree, ws, True)
-        shm_before = _shm_names()
-        stack.callback(_remove_new_shm, shm_before)
+        for m in models:
+            _write_model(ws / "repository", m, cfg)
+        backends = _backend_dir(ws, dist)
+        shm_prefix = f"edgeskd{os.getpid()}-{secrets.token_hex(4)}"
+        stack.callback(_remove_shm, shm_prefix)
+        log = Path(cfg.log_file) if cfg.log_file else ws / "tritonserver.log"
         info = ServerInfo(models, f"grpc://{cfg.host}:{cfg.grpc_port}", f"http://{cfg.host}:{cfg.http_port}",
                           f"http://{cfg.host}:{cfg.metrics_port}/metrics", token, generated, ws)
         t0 = time.perf_counter()
-        triton = pt.Triton(
-            config=pt.TritonConfig(http_address=cfg.host, http_port=cfg.http_port, grpc_address=cfg.host,
-                                   grpc_port=cfg.grpc_port, metrics_address=cfg.host, metrics_port=cfg.metrics_port,
-                                   exit_timeout_secs=5, strict_readiness=True,
-                                   log_file=cfg.log_file or (ws / "tritonserver.log")),
-            workspace=ws / "pytriton",
-            security_config=pt.TritonSecurityConfig(access_token=token),
-        )
-        stack.callback(triton.stop)
-        _quiet(triton)
-        for m in models:
-            _bind(triton, m, cfg)
-        _start(triton, stopper)
+        with open(ws / "tritonserver.out", "wb") as out:
+            proc = subprocess.Popen(_triton_args(cfg, dist, ws, backends, token, shm_prefix, log),
+                                    env=child_env(dist["libs"]), stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent())
+        stack.callback(_stop_triton, proc)
+        _wait_ready(proc, cfg, [m.name for m in models], stopper, log, ws / "tritonserver.out")
         if stopper.event.is_set():   # Ctrl-C / SIGTERM while starting: stop, without announcing "ready"
             return stopper.signal
         info.started_s = time.perf_counter() - t0
@@ -308,53 +363,79 @@ def serve(cfg: ServeConfig, *, on_ready: Callable[[ServerInfo], None] | None = N
             on_ready(info)
         wait = stop if stop is not None else stopper.event
         while not (wait.wait(0.5) or stopper.event.is_set()):
-            if not triton.is_alive():
-                raise ServerError("the Triton server process exited unexpectedly; run again (a port taken after "
-                                  "the check, or out of memory?)")
+            if proc.poll() is not None:
+                raise ServerError(f"the Triton server process exited unexpectedly ({_failure(log, ws / 'tritonserver.out')}); "
+                                  "run again")
         return stopper.signal
 
 
-def _set_child_env(stack: contextlib.ExitStack) -> None:
-    """LD_LIBRARY_PATH for tritonserver and the python backend stub (inherited from this process);
-    the previous value comes back when the server stops."""
-    env = libpython_env()
-    old = os.environ.get("LD_LIBRARY_PATH")
-    if env.get("LD_LIBRARY_PATH", old) == old:
+def _failure(log: Path, out: Path) -> str:
+    """The first error line tritonserver wrote (its log, else its console), one line."""
+    for f in (log, out):
+        with contextlib.suppress(OSError):
+            for line in f.read_text(errors="replace").splitlines():
+                if line.startswith("E") and "] " in line:
+                    text = line.split("] ", 1)[1].strip().strip('"').split("\\n")[0]
+                    return " ".join(text.split())
+                if line.startswith("error:") or "Error:" in line and "NVML" not in line:
+                    return " ".join(line.split())
+    return "no error in its log"
+
+
+def _probe_host(host: str) -> str:
+    return "127.0.0.1" if host in ("", "0.0.0.0") else host
+
+
+def _wait_ready(proc: subprocess.Popen, cfg: ServeConfig, names: list[str], stopper: _Stop, log: Path, out: Path,
+                timeout_s: float = 180.0) -> None:
+    """Until every model answers ``/v2/models/NAME/ready`` (ServerError when the server exits first or
+    takes longer than ``timeout_s``)."""
+    import urllib.error
+    import urllib.request
+
+    base = f"http://{_probe_host(cfg.host)}:{cfg.http_port}/v2/models/"
+    deadline = time.monotonic() + timeout_s
+    pending = list(names)
+    while pending and not stopper.event.is_set():
+        if proc.poll() is not None:
+            raise ServerError(f"Triton did not start: {_failure(log, out)}")
+        try:
+            with urllib.request.urlopen(base + pending[0] + "/ready", timeout=2.0) as r:
+                if r.status == 200:
+                    pending.pop(0)
+                    continue
+        except (urllib.error.URLError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            raise ServerError(f"Triton was not ready after {timeout_s:.0f} s ({_failure(log, out)}); see --log-file")
+        stopper.event.wait(0.1)
+
+
+def _stop_triton(proc: subprocess.Popen) -> None:
+    """SIGTERM (Triton unloads the models and exits), SIGKILL after 30 s, the stubs with it."""
+    if proc.poll() is not None:
         return
-    os.environ["LD_LIBRARY_PATH"] = env["LD_LIBRARY_PATH"]
-
-    def restore() -> None:
-        if old is None:
-            os.environ.pop("LD_LIBRARY_PATH", None)
-        else:
-            os.environ["LD_LIBRARY_PATH"] = old
-
-    stack.callback(restore)
-
-
-def _quiet(triton: Any) -> None:
-    """tritonserver's own console output (it echoes every line to stdout) off: its log goes to the
-    log file; the lines stay readable for error messages."""
-    with contextlib.suppress(Exception):
-        triton._initialize_server()
-        triton._triton_server._verbose = False
-
-
-def _start(triton: Any, stopper: _Stop) -> None:
+    proc.send_signal(signal.SIGTERM)
     try:
-        triton.run()
-    except Exception as e:  # noqa: BLE001 - PyTriton raises bare exceptions (TimeoutError, RuntimeError...)
-        raise ServerError(f"Triton did not start: {' '.join(str(e).split()) or type(e).__name__}") from None
-    if stopper.event.is_set():
-        return
-    if not triton.is_alive():
-        raise ServerError("Triton started but exited at once; check the ports and run again")
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        children = _children(proc.pid)
+        proc.kill()
+        proc.wait()
+        for pid in children:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
 
 
-def _remove_new_shm(before: set[str]) -> None:
+def _children(pid: int) -> list[int]:
+    with contextlib.suppress(OSError):
+        return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    return []
+
+
+def _remove_shm(prefix: str) -> None:
     """Shared memory segments of this server's python backend left by an unclean stop."""
-    pid_tag = f"pytrtion{os.getpid()}-"
-    for name in _shm_names() - before:
-        if name.startswith(pid_tag):
+    for name in _shm_names():
+        if name.startswith(prefix):
             with contextlib.suppress(OSError):
                 os.unlink(f"/dev/shm/{name}")
