@@ -346,7 +346,7 @@ def section_tensorrt(ctx: dict[str, Any], deadline: Deadline) -> dict[str, Any]:
         t0 = time.perf_counter()
         # --no-recovery: PTQ recovery (its own 600 s default budget) cannot fit in this section's cap
         p = _cli(["build-engine", str(onnx), "--backend", "tensorrt", "--precision", prec, "--out", str(engine),
-                  "--calib-size", "256", "--max-batch", "8", "--force", "--no-recovery", "--overwrite", "--json",
+                  "--calib-size", "256", "--max-batch-size", "8", "--force", "--no-recovery", "--overwrite", "--json",
                   "--calib-dir", str(Path(ctx["work"]) / "calib")], deadline.left())
         rep = json.loads(p.stdout)
         out[prec] = {"build_s": round(time.perf_counter() - t0, 1), "winner": rep.get("winner"),

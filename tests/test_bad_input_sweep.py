@@ -139,7 +139,7 @@ CASES: list[tuple[str, list[str]]] = [
     ("build tensorrt without gpu", ["build-engine", "{onnx}", "--backend", "tensorrt", "--out", "{tmp}/a.engine"]),
     ("build bad device", ["build-engine", "{onnx}", "--device", "banana"]),
     ("build bad img size", ["build-engine", "{onnx}", "--img-size", "3x3"]),
-    ("build zero max batch", ["build-engine", "{onnx}", "--max-batch", "0", "--out", "{tmp}/a.onnx"]),
+    ("build zero max batch", ["build-engine", "{onnx}", "--max-batch-size", "0", "--out", "{tmp}/a.onnx"]),
     # bench
     ("bench missing", ["bench", "{tmp}/none.onnx", "--out", "{tmp}/b.json"]),
     ("bench unknown file", ["bench", "{txt}", "--out", "{tmp}/b.json"]),

@@ -156,3 +156,14 @@ def test_bench_video_inputs_are_checked_before_any_work(cli, tiny, tmp_path):
         r = cli("bench", run, "--data", data, "--out", out, *args)
         assert r.exit_code != 0 and msg in r.output and "Traceback" not in r.output, r.output
         assert not out.exists()
+
+
+def test_bench_refuses_output_names_of_another_type_up_front(cli, tiny, tmp_path):
+    """`--out` is JSON and `--plot` PNG: another suffix is one line before any measuring, nothing written."""
+    data, run = tiny
+    for args, opt in ((["--out", tmp_path / "b.txt"], "--out"),
+                      (["--out", tmp_path / "b.json", "--plot", tmp_path / "p.txt"], "--plot")):
+        r = cli("bench", run, "--data", data, *args)
+        assert r.exit_code == 2 and opt in r.output and "Traceback" not in r.output, r.output
+        assert len(r.output.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "run"]   # the fixture's folders only

@@ -11,6 +11,8 @@ from edgeskd.cli.common import (DEFAULT_THREADS, DataFormat, DeviceOpt, Overwrit
                                 err_console, parse_device, warn)
 from edgeskd.errors import ArtifactError, UsageError
 
+PLOT_SUFFIXES = (".png",)   # the plot is saved as PNG (bench.report.plot)
+
 
 def _parse_batches(text: str) -> tuple[int, ...]:
     try:
@@ -66,9 +68,9 @@ def bench(
     dev = "cpu" if dev == "auto" else dev
     opts = BenchOptions(batch_sizes=_parse_batches(batch_sizes), threads=threads, warmup=warmup, iters=iters,
                         device=dev, max_seconds_per_timing=max_seconds)
-    check_output_file(out, overwrite=overwrite)
+    check_output_file(out, overwrite=overwrite, suffixes=(".json",), option="--out")
     if plot_path is not None:
-        check_output_file(plot_path, overwrite=overwrite)
+        check_output_file(plot_path, overwrite=overwrite, suffixes=PLOT_SUFFIXES, option="--plot")
     check_video_inputs(video, labels)
     arts = discover(artifacts)
     bad = [a for a in arts if a.error]

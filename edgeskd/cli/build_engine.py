@@ -64,7 +64,7 @@ def build_engine(
     overwrite: OverwriteOpt = False,
     device: DeviceOpt = "auto",
     workspace: Annotated[float, typer.Option("--workspace", help="TensorRT workspace limit, GiB.")] = 1.0,
-    max_batch: Annotated[int, typer.Option("--max-batch", help="TensorRT profile: batch 1..N.")] = 8,
+    max_batch: Annotated[int, typer.Option("--max-batch-size", "--max-batch", help="TensorRT profile: batch 1..N (the largest batch the engine takes; --max-batch is the older name).")] = 8,
     threads: ThreadsOpt = DEFAULT_THREADS,
     weight_qdq_pair: Annotated[bool, typer.Option("--weight-qdq-pair", help="Float weights with Q→DQ pairs instead of INT8 weights.")] = False,
     img_size: Annotated[str | None, typer.Option("--img-size", help="N or HxW, for an ONNX without edgeskd metadata.")] = None,

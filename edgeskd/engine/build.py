@@ -168,7 +168,7 @@ def check_options(*, precision: str, calib_method: str, max_f1_drop: float, max_
     if max_f1_drop < 0:
         raise UsageError(f"--max-f1-drop {max_f1_drop} must be >= 0")
     if max_batch < 1 or workspace_gib <= 0:
-        raise UsageError("--max-batch must be >= 1 and --workspace > 0")
+        raise UsageError("--max-batch-size must be >= 1 and --workspace > 0")
 
 
 def fp32_source_meta(onnx_path: Path, meta_overrides: dict[str, Any] | None, *, qdq_source: bool = False) -> ModelMeta:

@@ -62,7 +62,7 @@ def batch_range(onnx_batch: int, max_batch: int, opt_batch: int | None, onnx_pat
         return 1, min(max(opt_batch or max_batch, 1), max_batch), max_batch
     if max_batch != onnx_batch:
         raise UsageError(f"{onnx_path} has a fixed batch of {onnx_batch}; export with --batch dynamic for "
-                         f"--max-batch {max_batch}")
+                         f"--max-batch-size {max_batch}")
     return onnx_batch, onnx_batch, onnx_batch
 
 
@@ -87,7 +87,7 @@ def build_tensorrt_engine(
     if precision not in ("fp32", "fp16", "int8"):
         raise UsageError(f"precision {precision!r} must be fp32, fp16 or int8")
     if max_batch < 1 or workspace_gib <= 0:
-        raise UsageError("--max-batch must be >= 1 and --workspace > 0")
+        raise UsageError("--max-batch-size must be >= 1 and --workspace > 0")
     warn = warn or (lambda msg: None)
     trt = import_tensorrt()
     from edgeskd.runtime.cuda_binding import get_binding

@@ -340,7 +340,7 @@ def _max_batch(a: Artifact, requested: int | None) -> int:
     check_max_batch_size(requested)
     if limit and requested > limit:
         raise UsageError(f"--max-batch-size {requested} exceeds what {a.path.name} takes ({limit}: its optimization "
-                         "profile / static batch); lower it or rebuild with a larger --max-batch")
+                         "profile / static batch); lower it or rebuild with a larger --max-batch-size")
     return requested
 
 

@@ -244,7 +244,7 @@ def _open_runner(cfg: StreamConfig, runner: Any) -> Any:
             raise UsageError(f"--batch-size {cfg.batch} exceeds the server model's max batch {runner.max_batch}; "
                              "lower --batch-size or serve it with a larger --max-batch-size")
         raise UsageError(f"--batch-size {cfg.batch} exceeds this artifact's max batch {runner.max_batch}; "
-                         "lower --batch-size or rebuild the engine with a larger --max-batch")
+                         "lower --batch-size or rebuild the engine with a larger --max-batch-size")
     return runner
 
 

@@ -35,12 +35,17 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
     return p
 
 
-def check_output_file(path: str | os.PathLike, *, overwrite: bool | None = None) -> Path:
+def check_output_file(path: str | os.PathLike, *, overwrite: bool | None = None,
+                      suffixes: tuple[str, ...] | None = None, option: str = "output") -> Path:
     """Fail early (UsageError) if ``path`` cannot become an output file: a directory, or an
     unwritable/uncreatable parent, or (``overwrite=False``) a file that already exists — every
     command's one overwrite policy: refuse, ``--overwrite`` replaces. ``overwrite=None``: no
-    existence check (internal writes). Call before the work whose result goes there."""
+    existence check (internal writes). Call before the work whose result goes there. ``suffixes``: the file types the writer
+    makes (``option`` names the flag in the message)."""
     final = Path(path)
+    if suffixes and final.suffix.lower() not in suffixes:
+        raise UsageError(f"{option} {final}: this writes {' / '.join(s.lstrip('.').upper() for s in suffixes)}; "
+                         f"give a file name ending in {' or '.join(suffixes)}")
     if final.is_dir():
         raise UsageError(f"output {final} is a directory; give a file name")
     if overwrite is False and final.exists():
