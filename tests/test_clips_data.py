@@ -236,8 +236,10 @@ def test_frames_undecodable_video(video, tmp_path, cli):
     junk = tmp_path / "junk.mp4"
     junk.write_bytes(b"not a video at all" * 100)
     r = cli("frames", junk, "--labels", lab, "--out", tmp_path / "o")
-    assert r.exit_code != 0 and "junk.mp4" in r.output and "Traceback" not in r.output
+    assert r.exit_code == 7 and "junk.mp4" in r.output and "Traceback" not in r.output   # as `stream` says it
     assert not (tmp_path / "o").exists()
+    r = cli("frames", tmp_path / "gone.mp4", "--labels", lab, "--out", tmp_path / "o")
+    assert r.exit_code == 7 and "not found" in r.output and not (tmp_path / "o").exists()
 
 
 def test_frames_reads_user_names_and_picks_the_positive_class(video, tmp_path, cli):

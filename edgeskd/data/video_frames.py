@@ -31,7 +31,7 @@ import numpy as np
 from edgeskd.data.records import (BACKGROUND_NAME, HAS_POLYP_NO, HAS_POLYP_YES, NO_POLYP_NAMES, POSITIVE_NAMES, SIDECAR,
                                    SIDECAR_VERSION, positive_class_index)
 from edgeskd.clinical.per_polyp import canonical_polyp_id
-from edgeskd.errors import DataError, UsageError
+from edgeskd.errors import DataError, UsageError, VideoError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 HEADER = ("path", "class", "subclass", "group")
@@ -139,7 +139,7 @@ def _content_box(frames: list[np.ndarray]) -> tuple[int, int, int, int] | None:
 
 
 def _decode(video: Path):
-    """Iterator of RGB uint8 frames; a video that does not decode is a one-line DataError."""
+    """Iterator of RGB uint8 frames; a video that does not decode is a one-line VideoError."""
     try:
         import av
     except ImportError:
@@ -147,14 +147,14 @@ def _decode(video: Path):
     try:
         with av.open(str(video)) as container:
             if not container.streams.video:
-                raise DataError(f"{video} has no video stream")
+                raise VideoError(f"{video} has no video stream")
             for frame in container.decode(video=0):
                 yield frame.to_ndarray(format="rgb24")
-    except DataError:
+    except VideoError:
         raise
     except Exception as e:  # av.error.* and friends: one line, no library text dump
         text = getattr(e, "strerror", None) or (str(e).splitlines()[0] if str(e) else type(e).__name__)
-        raise DataError(f"cannot decode {video}: {text} (is it a complete video file?)") from None
+        raise VideoError(f"cannot decode {video}: {text} (is it a complete video file?)") from None
 
 
 CROP_LOOKAHEAD = 15   # frames the content area is found on (their median box)
@@ -278,7 +278,7 @@ def write_frames(videos: Sequence[Path], labels: Sequence[Path], out: Path, *, e
         raise UsageError("two videos have the same file name stem; groups are named by it — rename one")
     for v in videos:
         if not Path(v).is_file():
-            raise UsageError(f"video {v} not found")
+            raise VideoError(f"video file {v} not found; check the path")
     check_output_dir(out, overwrite=overwrite)
     all_labels = [read_video_labels(Path(p), classes=classes) for p in labels]   # every input checked first
     named = sorted({lab.cls for labs in all_labels for lab in labs} - {BACKGROUND_NAME})
@@ -313,7 +313,7 @@ def write_frames(videos: Sequence[Path], labels: Sequence[Path], out: Path, *, e
                 if progress is not None:
                     progress(video, i, len(labs))
             if n == 0:
-                raise DataError(f"{video}: no frames decoded; is it a video?")
+                raise VideoError(f"{video}: no frames decoded; is it a video?")
             if n != len(labs):
                 raise DataError(f"{video} has {n} frames but its labels file has {len(labs)} rows; "
                                 "give the labels of this video (one row per frame)")
