@@ -55,12 +55,6 @@ class TrainingDiverged(EdgeSKDError):
     exit_code = 8
 
 
-class NotAvailableYet(EdgeSKDError):
-    """A command that a later release fills in."""
-
-    exit_code = 9
-
-
 class ServerError(EdgeSKDError):
     """A model server (Triton) cannot be reached, does not serve the model, refuses a request, or
     cannot start (a port in use)."""
