@@ -318,3 +318,17 @@ def test_a_subtype_name_two_classes_share_is_read_as_training_named_it(tmp_path)
                    ["Adenoma.flat", "raised", "Hyperplastic.flat", "no_polyp"])
     assert t.subclasses == {0: "Adenoma.flat", 1: "Hyperplastic.flat", 2: "raised"} and t.no_polyp == {3}
     assert t.polyp_names == {0: "a1", 1: "h1", 2: "a2"}
+
+
+def test_polyp_frames_without_an_id_count_as_one_polyp_per_run(tmp_path):
+    """The adenoma's frames (20-29) lack their polyp id: the intervals still come from polyps (the
+    hyperplastic one and one run of id-less frames), not from 20 independent frames; a note says so."""
+    path = _labels(tmp_path / "gt.csv")
+    rows = path.read_text().splitlines()
+    path.write_text("\n".join(rows[:21] + [r.rsplit(",", 1)[0] + "," for r in rows[21:]]) + "\n")
+    res = _run(tmp_path, scripted_runner(), path)
+    v = res.stats["labels"]["video"]
+    assert v["polyp_frames"]["interval"] == "2 cluster(s), fewer than 20: Wilson over the clusters as cases"
+    assert v["polyp_frames"]["accuracy_ci95"][0] < 0.35
+    assert "10 polyp frame(s) have no polyp id" in v["polyp_id_note"]
+    assert res.stats["labels"]["per_polyp"]["n_labelled"] == 1   # per-polyp decisions: the named polyp only

@@ -138,7 +138,8 @@ class StreamStats:
         self.state_smooth: list[int] = []
         self.present: list[bool] = []
         self.subtypes: list[str | None] = []
-        self.frame_polyps: list[int | None] = []             # polyp id of each labelled frame (None: unknown)
+        self.frame_polyps: list[int | str | None] = []       # polyp id of each labelled frame (None: unknown)
+        self.label_frames: list[int] = []                     # the frame index of each labelled frame
         self.empty_frames: list[tuple[int, int, int]] = []   # (ordinal, state, raw state) of frames without a polyp
         self.index_range: list[int] = []                     # first and last processed frame index
         self.polyp_frames: list[tuple[int, int, int, np.ndarray]] = []   # (frame, polyp id, label or -1, probs)
@@ -158,6 +159,7 @@ class StreamStats:
             self.present.append(result.present)
             self.subtypes.append(None if self.subclasses is None else self.subclasses.get(i))
             self.frame_polyps.append(None if self.polyp_ids is None else self.polyp_ids.get(i))
+            self.label_frames.append(i)
         elif i in self.no_polyp:
             self.empty_frames.append((result.ordinal, result.state, result.raw_state))
         if self.polyp_ids is not None and i in self.polyp_ids and i not in self.no_polyp:
@@ -177,13 +179,33 @@ class StreamStats:
         y, d = np.array(self.y_true, dtype=np.int64), np.array(states, dtype=np.int64)
         r = binary_rates(y, d, self.positive)
         out = {k: r[k] for k in STATE_KEYS}
-        ids = np.asarray(self.frame_polyps, dtype=object)
+        ids = np.asarray(self._clusters() or [None] * len(y), dtype=object)
         # NPV / PPV / coverage over frames, with intervals by polyp (video_figures.cluster_rate_ci)
         neg, pos = (d >= 0) & (d != self.positive), d == self.positive
         out["npv_ci95"], out["npv_interval"] = cluster_rate_ci(y[neg] != self.positive, list(ids[neg]))[1:]
         out["ppv_ci95"], out["ppv_interval"] = cluster_rate_ci(y[pos] == self.positive, list(ids[pos]))[1:]
         out["coverage_ci95"], out["interval"] = cluster_rate_ci(d >= 0, list(ids))[1:]
         return _round(out)
+
+    def _clusters(self) -> list[int | str] | None:
+        """The cluster of each labelled frame for intervals: its polyp id; a polyp frame the labels give
+        no id is grouped with the id-less frames next to it (one run of consecutive frames, most likely
+        one polyp), so one missing id no longer turns every interval frame-level. None without ids."""
+        if self.polyp_ids is None:
+            return None
+        missing = [k for k, c in enumerate(self.frame_polyps) if c is None]
+        if not missing:
+            return list(self.frame_polyps)   # type: ignore[arg-type]
+        from edgeskd.stream.video_figures import run_clusters
+
+        runs = run_clusters([self.label_frames[k] for k in missing])
+        out: list[int | str] = list(self.frame_polyps)   # type: ignore[arg-type]
+        for k, r in zip(missing, runs):
+            out[k] = f"frames without a polyp id, run {int(r)}"
+        return out
+
+    def n_frames_without_polyp_id(self) -> int:
+        return sum(c is None for c in self.frame_polyps) if self.polyp_ids is not None else 0
 
     def per_polyp(self) -> tuple[dict[str, Any] | None, str | None]:
         """(per-polyp figures and decisions, None) or (None, why there are none)."""
@@ -215,7 +237,7 @@ class StreamStats:
         image, image_note = vf.image_test_block(self.meta)
         lo, hi = self.index_range or [0, -1]
         n_empty_in_range = sum(1 for f in self.no_polyp if lo <= f <= hi)
-        polyps = self.frame_polyps if self.polyp_ids is not None else None   # intervals by polyp
+        polyps = self._clusters()   # intervals by polyp
         block: dict[str, Any] = {
             "fps": self.fps,
             "polyp_frames": vf.polyp_frame_figures(self.y_true, self.y_raw, self.y_smooth,
@@ -233,6 +255,9 @@ class StreamStats:
         }
         if self.subclasses is None:
             block["per_subtype_note"] = "the labels have no subclass column: no per-subtype frame accuracy"
+        if self.n_frames_without_polyp_id():
+            block["polyp_id_note"] = (f"{self.n_frames_without_polyp_id()} polyp frame(s) have no polyp id: the "
+                                      "intervals count each run of consecutive such frames as one polyp")
         if image_note is not None:
             block["image_test_note"] = image_note
         return _round(block)

@@ -21,7 +21,8 @@ interval from the polyps: a bootstrap that resamples whole polyps (``cluster_rat
 frames: whole runs of consecutive polyp-free frames), never narrower than the frames' Wilson
 interval, and with fewer than 20 polyps never narrower than the Wilson interval of the polyps as
 cases. Without polyp ids the interval is the frames' Wilson interval, and says so: it is too
-narrow for video.
+narrow for video. Where only some polyp frames lack an id, each run of consecutive id-less frames
+counts as one polyp (``StreamStats._clusters``).
 """
 
 from __future__ import annotations
