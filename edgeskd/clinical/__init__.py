@@ -39,12 +39,12 @@ from edgeskd.clinical.operating_point import (
     validate_threshold,
     wilson_interval,
 )
-from edgeskd.clinical.per_polyp import PolypDecision, aggregate_polyps, parse_polyp_id, polyp_ids, polyp_summary
+from edgeskd.clinical.per_polyp import PolypDecision, aggregate_polyps, canonical_polyp_id, polyp_summary
 
 __all__ = [
     "LOW_CONFIDENCE", "NPV_TARGET", "PPV_TARGET", "PolypDecision", "SubclassTemperatureFit", "TemperatureFit",
-    "ThresholdChoice", "aggregate_polyps", "binary_rates", "calibrated_probabilities", "class_logits", "decide",
+    "ThresholdChoice", "aggregate_polyps", "binary_rates", "calibrated_probabilities", "canonical_polyp_id", "class_logits", "decide",
     "ece", "ece_sampling_floor", "evaluate_operating_point", "fit_subclass_temperatures", "fit_temperature", "nll",
-    "operating_point", "paired_difference", "parse_polyp_id", "polyp_ids", "polyp_summary", "reliability_bins", "select_threshold",
+    "operating_point", "paired_difference", "polyp_summary", "reliability_bins", "select_threshold",
     "state_names", "temperature_interval", "validate_threshold", "wilson_interval",
 ]

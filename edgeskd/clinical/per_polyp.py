@@ -35,38 +35,6 @@ def canonical_polyp_id(value: Any) -> str | None:
     return s
 
 
-def parse_polyp_id(value: Any, where: str = "labels") -> int | None:
-    """A label file's polyp id → int (>= 0), or None for no polyp (empty, None, -1). Anything that
-    is not an integer is a one-line DataError naming ``where`` (e.g. "video.labels.csv:12")."""
-    if value is None:
-        return None
-    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
-        v = int(value)
-    elif isinstance(value, str):
-        s = value.strip()
-        if s == "":
-            return None
-        try:
-            v = int(s)
-        except ValueError:
-            v = None
-    else:
-        v = None
-    if v is None or v < -1:
-        raise DataError(f"{where}: polyp_id {value!r} is not an integer id; give each polyp an integer "
-                        f"id >= 0, and -1 or nothing for frames without a polyp")
-    return None if v == -1 else v
-
-
-def polyp_ids(values: Sequence[Any], where: str = "labels") -> np.ndarray:
-    """Polyp ids of frames → (N,) int64 array with -1 for frames without a polyp."""
-    out = np.empty(len(values), dtype=np.int64)
-    for i, v in enumerate(values):
-        pid = parse_polyp_id(v, where=f"{where} row {i}")
-        out[i] = -1 if pid is None else pid
-    return out
-
-
 @dataclass(frozen=True)
 class PolypDecision:
     polyp_id: int
