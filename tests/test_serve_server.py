@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -293,12 +294,84 @@ def test_triton_environment_and_its_first_error_line(tmp_path):
     pp = env["PYTHONPATH"].split(os.pathsep)
     assert pp[0] == str(ROOT) and "/x" in pp and any(p.endswith("site-packages") for p in pp)
     log = tmp_path / "t.log"
-    log.write_text('I1207 14:46:57.94 1 server.cc:1] "starting"\n'
+    stale = 'E0101 00:00:00.000 1 x.cc:1] "stale failure from an earlier run"\n'
+    log.write_text(stale + 'I1207 14:46:57.94 1 server.cc:1] "starting"\n'
+                   'E1207 14:46:57.9 25003 cuda_driver.cc:1] "CudaDriverHelper has not been initialized."\n'
                    "E1207 14:46:57.942527 25003 model_lifecycle.cc:642] \"failed to load 'm' version 1: Internal: "
                    "ModuleNotFoundError: No module named 'numpy'\\n\\nAt:\\n  model.py(1)\"\n")
-    assert _failure(log, tmp_path / "none") == ("failed to load 'm' version 1: Internal: ModuleNotFoundError: "
-                                                "No module named 'numpy'")
+    # only this run's lines (tritonserver appends to --log-file), the reason, not the CPU-only CUDA noise
+    assert _failure(log, tmp_path / "none", len(stale)) == ("failed to load 'm' version 1: Internal: "
+                                                            "ModuleNotFoundError: No module named 'numpy'")
+    log.write_text(stale + 'E1207 14:46:57.9 25003 cuda_driver.cc:1] "CudaDriverHelper has not been initialized."\n')
+    assert _failure(log, tmp_path / "none") == "stale failure from an earlier run"
+    assert _failure(log, tmp_path / "none", len(stale)) == "no error in its log"
     assert _failure(tmp_path / "none", tmp_path / "none2") == "no error in its log"
+
+
+def test_stopping_triton_takes_its_whole_session(tmp_path):
+    """A stub still starting when Triton stops outlives it and ignores SIGTERM: the stop SIGKILLs
+    what is left of tritonserver's session (here: a shell and a child that ignores SIGTERM)."""
+    from edgeskd.serve.server import _stop_triton
+
+    proc = subprocess.Popen(["sh", "-c", "(trap '' TERM; sleep 60) & sleep 60"], start_new_session=True)
+    time.sleep(0.3)
+    _stop_triton(proc)
+    time.sleep(0.3)
+    assert proc.poll() is not None and _live_members(proc.pid) == []
+
+
+def _live_members(pgid: int) -> list[int]:
+    """Processes of process group ``pgid`` that are not zombies (a container's pid 1 may not reap)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                out.append(int(d.name))
+    return out
+
+
+def test_a_killed_serves_workspace_is_swept_at_the_next_start(tmp_path, monkeypatch):
+    from edgeskd.serve.server import WORKSPACE_PREFIX, _sweep_workspaces
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    for name, pid in (("dead", str(dead.pid)), ("alive", str(os.getpid())), ("starting", None)):
+        d = tmp_path / f"{WORKSPACE_PREFIX}{name}"
+        d.mkdir()
+        if pid:
+            (d / "serve.pid").write_text(pid)
+    (tmp_path / "other").mkdir()
+    _sweep_workspaces()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["other", f"{WORKSPACE_PREFIX}alive",
+                                                                 f"{WORKSPACE_PREFIX}starting"])
+
+
+def test_a_plan_without_tensorrt_names_its_model(tmp_path):
+    import contextlib
+
+    from edgeskd.errors import BackendUnavailable
+    from edgeskd.runtime.engine_file import EngineHeader, write_engine
+    from edgeskd.serve.repository import write_triton_repository
+    from edgeskd.serve.server import ServeConfig, load_models
+
+    pytest.importorskip("edgeskd.runtime.tensorrt_runner")
+    try:
+        import tensorrt  # noqa: F401
+        pytest.skip("TensorRT is installed here")
+    except (ImportError, OSError):
+        pass
+    header = EngineHeader(meta=META, trt_version="10.3.0", compute_capability=(8, 7), input_name="input",
+                          output_name="subclass_logits", min_batch=1, max_batch=16)
+    write_triton_repository(write_engine(tmp_path / "m.engine", b"PLAN", header), tmp_path / "repo", name="trt")
+    with contextlib.ExitStack() as stack, pytest.raises(BackendUnavailable) as e:
+        load_models(ServeConfig(tmp_path / "repo"), stack)
+    msg = str(e.value)
+    assert "model 'trt'" in msg and "--model NAME" in msg and "--backend" not in msg and "\n" not in msg
 
 
 def test_libpython_path_and_missing_repository_entries(tmp_path):

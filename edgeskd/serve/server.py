@@ -50,7 +50,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from edgeskd.errors import ArtifactError, ServerError, UsageError
+from edgeskd.errors import ArtifactError, BackendUnavailable, ServerError, UsageError
 from edgeskd.serve.remote import TOKEN_ENV
 from edgeskd.serve.repository import check_max_batch_size, read_repository
 
@@ -187,6 +187,10 @@ def load_models(cfg: ServeConfig, stack: contextlib.ExitStack) -> list[ServedMod
                 runner.infer(np.zeros((1, 3, *runner.metadata.input_size), np.float32))
         except ArtifactError as e:
             raise ArtifactError(f"model {name!r}: {e}") from None
+        except BackendUnavailable as e:   # a .plan / .engine where TensorRT or its GPU is missing
+            raise BackendUnavailable(f"model {name!r} needs TensorRT on a GPU, which this machine lacks "
+                                     f"({str(e).split(';')[0]}); serve it on a GPU machine, or serve only the ONNX "
+                                     "models with --model NAME") from None
         limit = runner.max_batch or cfg.max_batch_size
         mb = min(cfg.max_batch_size, int(limit))
         inp, out = _io_names(runner, path)
@@ -274,7 +278,16 @@ def _write_model(repo: Path, m: ServedModel, cfg: ServeConfig) -> None:
     shutil.copyfile(MODEL_PY, d / "1" / "model.py")
     (d / "1" / SERVE_FILE).write_text(json.dumps(
         {"artifact": str(Path(m.artifact or m.source).resolve()), "device": cfg.device, "threads": cfg.threads,
-         "input": m.input_name, "output": m.output_name}), encoding="utf-8")
+         "input": m.input_name, "output": m.output_name, "site_dirs": _site_dirs()}), encoding="utf-8")
+
+
+def _site_dirs() -> list[str]:
+    """This interpreter's site-packages folders: the stub's embedded Python runs no ``site``, so it
+    processes their .pth files itself (editable installs, path hooks)."""
+    import site
+
+    dirs = site.getsitepackages() + ([site.getusersitepackages()] if site.ENABLE_USER_SITE else [])
+    return [d for d in dict.fromkeys(dirs) if os.path.isdir(d)]
 
 
 def child_env(dist_libs: Path, environ: dict[str, str] | None = None) -> dict[str, str]:
@@ -339,6 +352,7 @@ def serve(cfg: ServeConfig, *, on_ready: Callable[[ServerInfo], None] | None = N
     token = token or secrets.token_urlsafe(24)
     with contextlib.ExitStack() as stack, _Stop() as stopper:
         models = load_models(cfg, stack)
+        _sweep_workspaces()
         ws = Path(tempfile.mkdtemp(prefix=WORKSPACE_PREFIX))
         stack.callback(shutil.rmtree, ws, True)
         for m in models:
@@ -347,6 +361,8 @@ def serve(cfg: ServeConfig, *, on_ready: Callable[[ServerInfo], None] | None = N
         shm_prefix = f"edgeskd{os.getpid()}-{secrets.token_hex(4)}"
         stack.callback(_remove_shm, shm_prefix)
         log = Path(cfg.log_file) if cfg.log_file else ws / "tritonserver.log"
+        log_offset = log.stat().st_size if log.is_file() else 0   # tritonserver appends to --log-file
+        (ws / "serve.pid").write_text(str(os.getpid()))
         info = ServerInfo(models, f"grpc://{cfg.host}:{cfg.grpc_port}", f"http://{cfg.host}:{cfg.http_port}",
                           f"http://{cfg.host}:{cfg.metrics_port}/metrics", token, generated, ws)
         t0 = time.perf_counter()
@@ -355,7 +371,8 @@ def serve(cfg: ServeConfig, *, on_ready: Callable[[ServerInfo], None] | None = N
                                     env=child_env(dist["libs"]), stdout=out, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent())
         stack.callback(_stop_triton, proc)
-        _wait_ready(proc, cfg, [m.name for m in models], stopper, log, ws / "tritonserver.out")
+        _wait_ready(proc, cfg, [m.name for m in models], stopper,
+                    lambda: _failure(log, ws / "tritonserver.out", log_offset))
         if stopper.event.is_set():   # Ctrl-C / SIGTERM while starting: stop, without announcing "ready"
             return stopper.signal
         info.started_s = time.perf_counter() - t0
@@ -364,29 +381,48 @@ def serve(cfg: ServeConfig, *, on_ready: Callable[[ServerInfo], None] | None = N
         wait = stop if stop is not None else stopper.event
         while not (wait.wait(0.5) or stopper.event.is_set()):
             if proc.poll() is not None:
-                raise ServerError(f"the Triton server process exited unexpectedly ({_failure(log, ws / 'tritonserver.out')}); "
+                raise ServerError(f"the Triton server process exited unexpectedly "
+                                  f"({_failure(log, ws / 'tritonserver.out', log_offset)}); "
                                   "run again")
         return stopper.signal
 
 
-def _failure(log: Path, out: Path) -> str:
-    """The first error line tritonserver wrote (its log, else its console), one line."""
-    for f in (log, out):
-        with contextlib.suppress(OSError):
-            for line in f.read_text(errors="replace").splitlines():
-                if line.startswith("E") and "] " in line:
-                    text = line.split("] ", 1)[1].strip().strip('"').split("\\n")[0]
-                    return " ".join(text.split())
-                if line.startswith("error:") or "Error:" in line and "NVML" not in line:
-                    return " ".join(line.split())
-    return "no error in its log"
+# lines tritonserver writes on every machine without a GPU: never the reason it failed
+_NOISE = ("CudaDriverHelper", "NVML", "DCGM", "cuda", "CUDA", "GPU")
+_REASONS = ("failed to load", "Failed to initialize Python stub", "failed to start", "already in use", "error:")
+
+
+def _failure(log: Path, out: Path, log_offset: int = 0) -> str:
+    """Why tritonserver failed, in one line: the first error line of this run (its log from
+    ``log_offset`` on, else its console) that names a reason, else the first that is not the
+    CPU-only noise about CUDA and NVML."""
+    lines: list[str] = []
+    for f, start in ((log, log_offset), (out, 0)):
+        with contextlib.suppress(OSError), open(f, "rb") as fh:
+            fh.seek(start)
+            lines += fh.read().decode(errors="replace").splitlines()
+    errors = []
+    for line in lines:
+        if line.startswith("E") and "] " in line:
+            text = line.split("] ", 1)[1].strip().strip('"').split("\\n")[0]
+        elif line.lower().startswith("error"):
+            text = line
+        else:
+            continue
+        text = " ".join(text.split())
+        if text and not any(n in text for n in _NOISE):
+            errors.append(text)
+    for text in errors:
+        if any(r in text for r in _REASONS):
+            return text
+    return errors[0] if errors else "no error in its log"
 
 
 def _probe_host(host: str) -> str:
     return "127.0.0.1" if host in ("", "0.0.0.0") else host
 
 
-def _wait_ready(proc: subprocess.Popen, cfg: ServeConfig, names: list[str], stopper: _Stop, log: Path, out: Path,
+def _wait_ready(proc: subprocess.Popen, cfg: ServeConfig, names: list[str], stopper: _Stop, why: Callable[[], str],
                 timeout_s: float = 180.0) -> None:
     """Until every model answers ``/v2/models/NAME/ready`` (ServerError when the server exits first or
     takes longer than ``timeout_s``)."""
@@ -398,7 +434,7 @@ def _wait_ready(proc: subprocess.Popen, cfg: ServeConfig, names: list[str], stop
     pending = list(names)
     while pending and not stopper.event.is_set():
         if proc.poll() is not None:
-            raise ServerError(f"Triton did not start: {_failure(log, out)}")
+            raise ServerError(f"Triton did not start: {why()}")
         try:
             with urllib.request.urlopen(base + pending[0] + "/ready", timeout=2.0) as r:
                 if r.status == 200:
@@ -407,30 +443,35 @@ def _wait_ready(proc: subprocess.Popen, cfg: ServeConfig, names: list[str], stop
         except (urllib.error.URLError, OSError):
             pass
         if time.monotonic() > deadline:
-            raise ServerError(f"Triton was not ready after {timeout_s:.0f} s ({_failure(log, out)}); see --log-file")
+            raise ServerError(f"Triton was not ready after {timeout_s:.0f} s ({why()}); see --log-file")
         stopper.event.wait(0.1)
 
 
 def _stop_triton(proc: subprocess.Popen) -> None:
-    """SIGTERM (Triton unloads the models and exits), SIGKILL after 30 s, the stubs with it."""
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        children = _children(proc.pid)
-        proc.kill()
-        proc.wait()
-        for pid in children:
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
+    """SIGTERM (Triton unloads the models and exits; SIGKILL after 30 s), then SIGKILL to whatever of
+    its session is left: a python-backend stub still starting when Triton stopped outlives it and
+    ignores SIGTERM."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    with contextlib.suppress(OSError):   # tritonserver leads its own session: the group id is its pid
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
-def _children(pid: int) -> list[int]:
-    with contextlib.suppress(OSError):
-        return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    return []
+def _sweep_workspaces() -> None:
+    """Remove the workspaces of ``serve`` processes that were killed (their pid is gone)."""
+    for d in Path(tempfile.gettempdir()).glob(WORKSPACE_PREFIX + "*"):
+        try:
+            pid = int((d / "serve.pid").read_text())
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except (OSError, ValueError):   # not ours to judge: no pid file yet, another user's, unreadable
+            continue
 
 
 def _remove_shm(prefix: str) -> None:

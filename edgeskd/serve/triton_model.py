@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import site
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -20,11 +21,13 @@ SERVE_FILE = "serve.json"
 
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
-        from edgeskd.runtime.loader import load_runner
-
         version_dir = os.path.join(args["model_repository"], args["model_version"])
         with open(os.path.join(version_dir, SERVE_FILE), encoding="utf-8") as f:
             cfg = json.load(f)
+        for d in cfg.get("site_dirs", []):   # the stub's Python runs no `site`: the .pth files of serve's
+            site.addsitedir(d)               # interpreter (editable installs) are processed here
+        from edgeskd.runtime.loader import load_runner
+
         device = cfg["device"]
         self.runner = load_runner(cfg["artifact"], threads=int(cfg["threads"]),
                                   device=device if device.startswith("cuda") else None)
