@@ -1,4 +1,4 @@
-from edgeskd.cli.app import main
+from edgeskd.cli.entry import main
 
 if __name__ == "__main__":
     main()

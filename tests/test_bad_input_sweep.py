@@ -232,3 +232,22 @@ def test_bad_input(name, argv, inputs, tmp_path, monkeypatch, capsys):
 
 def test_sweep_has_at_least_80_cases():
     assert len(CASES) >= 80
+
+
+
+def test_ctrl_c_while_the_app_is_imported_is_one_line(monkeypatch, capsys):
+    """The console script catches an interruption that comes while typer, rich and numpy are still
+    being imported (before the app's own handler exists): one line, exit 130, no traceback."""
+    import sys
+    import types
+
+    from edgeskd.cli import entry
+
+    class Importing(types.ModuleType):
+        def __getattr__(self, name):
+            raise KeyboardInterrupt
+
+    monkeypatch.setitem(sys.modules, "edgeskd.cli.app", Importing("edgeskd.cli.app"))
+    with pytest.raises(SystemExit) as e:
+        entry.main()
+    assert e.value.code == 130 and capsys.readouterr().err == "error: interrupted\n"
