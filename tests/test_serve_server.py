@@ -306,6 +306,8 @@ def test_triton_environment_and_its_first_error_line(tmp_path):
     assert _failure(log, tmp_path / "none") == "stale failure from an earlier run"
     assert _failure(log, tmp_path / "none", len(stale)) == "no error in its log"
     assert _failure(tmp_path / "none", tmp_path / "none2") == "no error in its log"
+    log.write_text('E1 1 m.cc:1] "failed to load \'m\' version 1: Internal: CUDA error: out of memory"\n')
+    assert _failure(log, tmp_path / "none") == "failed to load 'm' version 1: Internal: CUDA error: out of memory"
 
 
 def test_stopping_triton_takes_its_whole_session(tmp_path):

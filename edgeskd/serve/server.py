@@ -350,7 +350,7 @@ def serve(cfg: ServeConfig, *, on_ready: Callable[[ServerInfo], None] | None = N
     token = cfg.access_token or os.environ.get(TOKEN_ENV) or ""
     generated = not token
     token = token or secrets.token_urlsafe(24)
-    with contextlib.ExitStack() as stack, _Stop() as stopper:
+    with _Stop() as stopper, contextlib.ExitStack() as stack:   # a second signal cannot cut the cleanup short
         models = load_models(cfg, stack)
         _sweep_workspaces()
         ws = Path(tempfile.mkdtemp(prefix=WORKSPACE_PREFIX))
@@ -410,12 +410,11 @@ def _failure(log: Path, out: Path, log_offset: int = 0) -> str:
         else:
             continue
         text = " ".join(text.split())
-        if text and not any(n in text for n in _NOISE):
+        if text:
             errors.append(text)
-    for text in errors:
-        if any(r in text for r in _REASONS):
-            return text
-    return errors[0] if errors else "no error in its log"
+    reasons = [t for t in errors if any(r in t for r in _REASONS)]   # "failed to load ...: CUDA out of memory" counts
+    rest = [t for t in errors if not any(n in t for n in _NOISE)]
+    return (reasons or rest or ["no error in its log"])[0]
 
 
 def _probe_host(host: str) -> str:
@@ -430,13 +429,14 @@ def _wait_ready(proc: subprocess.Popen, cfg: ServeConfig, names: list[str], stop
     import urllib.request
 
     base = f"http://{_probe_host(cfg.host)}:{cfg.http_port}/v2/models/"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))   # this machine: never a proxy
     deadline = time.monotonic() + timeout_s
     pending = list(names)
     while pending and not stopper.event.is_set():
         if proc.poll() is not None:
             raise ServerError(f"Triton did not start: {why()}")
         try:
-            with urllib.request.urlopen(base + pending[0] + "/ready", timeout=2.0) as r:
+            with opener.open(base + pending[0] + "/ready", timeout=2.0) as r:
                 if r.status == 200:
                     pending.pop(0)
                     continue
