@@ -414,3 +414,59 @@ def test_serve_refuses_what_it_cannot_start_with(tmp_path, cli, artifact):
     assert r.exit_code == 2 and "IPv6" in r.output and "Traceback" not in r.output
     r = cli("serve", artifact, "--log-file", tmp_path / "nope" / "t.log")
     assert r.exit_code == 2 and "does not exist" in r.output and not (tmp_path / "nope").exists()
+
+
+def test_the_stub_model_processes_pth_files_splits_batches_and_answers_errors_per_request(artifact, tmp_path,
+                                                                                          monkeypatch):
+    """`triton_model.py` as Triton's stub runs it, with a stand-in for `triton_python_backend_utils`:
+    the serving interpreter's .pth files are processed (the stub runs no `site`), the requests of one
+    execution run as one batch and each gets its own rows back, a failing batch is an error response
+    per request."""
+    import importlib
+    import types
+
+    from edgeskd.runtime.loader import load_runner
+
+    pb = types.ModuleType("triton_python_backend_utils")
+
+    class Tensor:
+        def __init__(self, name, data):
+            self.name, self.data = name, data
+
+        def as_numpy(self):
+            return self.data
+
+    class Response:
+        def __init__(self, output_tensors=None, error=None):
+            self.output_tensors, self.error = output_tensors, error
+
+    pb.Tensor, pb.InferenceResponse, pb.TritonError = Tensor, Response, str
+    pb.get_input_tensor_by_name = lambda request, name: request[name]
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", pb)
+    tm = importlib.import_module("edgeskd.serve.triton_model")
+
+    site_dir, extra = tmp_path / "site", tmp_path / "from-pth"
+    site_dir.mkdir()
+    extra.mkdir()
+    (site_dir / "extra.pth").write_text(str(extra) + "\n")
+    (tmp_path / "m" / "1").mkdir(parents=True)
+    (tmp_path / "m" / "1" / "serve.json").write_text(json.dumps(
+        {"artifact": str(artifact), "device": "auto", "threads": 1, "input": "input", "output": "subclass_logits",
+         "site_dirs": [str(site_dir)]}))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    model = tm.TritonPythonModel()
+    model.initialize({"model_repository": str(tmp_path / "m"), "model_version": "1"})
+    assert str(extra) in sys.path
+    x = np.random.default_rng(2).normal(size=(6, 3, 32, 32)).astype(np.float32)
+    with load_runner(artifact) as local:
+        want = local.infer(x)
+    out = model.execute([{"input": Tensor("input", x[:1])}, {"input": Tensor("input", x[1:4])},
+                         {"input": Tensor("input", x[4:])}])
+    assert [r.error for r in out] == [None] * 3
+    got = [r.output_tensors[0] for r in out]
+    assert [t.name for t in got] == ["subclass_logits"] * 3 and [len(t.data) for t in got] == [1, 3, 2]
+    np.testing.assert_allclose(np.concatenate([t.data for t in got]), want, atol=1e-5)
+    bad = model.execute([{"input": Tensor("input", x[:1])}, {"input": Tensor("input", np.zeros((1, 3, 8, 8), np.float32))}])
+    assert all(r.error and r.error.startswith("edgeskd runner:") and "\n" not in r.error for r in bad)
+    model.finalize()
+    sys.modules.pop("edgeskd.serve.triton_model", None)   # imported against the stand-in
