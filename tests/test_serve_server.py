@@ -99,7 +99,7 @@ def test_grpc_and_http_inference_match_local_and_batch(server, artifact):
         server_statistics(server["grpc"], "tiny", "wrong")
 
 
-def test_the_runtime_repository_is_a_python_backend_triton_parses(server, artifact):
+def test_the_runtime_repository_is_a_python_backend_triton_parses(server, artifact, monkeypatch):
     """What `serve` hands Triton: per model a config Triton's own schema parses (the python backend,
     the batcher, the metadata), the stub's model.py and its serve.json; and the model is listed in
     the repository index for a client with the token (`stream --server` without --model)."""
@@ -117,11 +117,8 @@ def test_the_runtime_repository_is_a_python_backend_triton_parses(server, artifa
     assert (d / "1" / "model.py").read_bytes() == MODEL_PY.read_bytes()
     sj = json.loads((d / "1" / "serve.json").read_text())
     assert sj["artifact"] == str(artifact.resolve()) and (sj["input"], sj["output"]) == ("input", "subclass_logits")
-    os.environ["EDGESKD_SERVE_TOKEN"] = "tok"
-    try:
-        assert RemoteRunner(server["grpc"]).model == "tiny"
-    finally:
-        del os.environ["EDGESKD_SERVE_TOKEN"]
+    monkeypatch.setenv("EDGESKD_SERVE_TOKEN", "tok")
+    assert RemoteRunner(server["grpc"]).model == "tiny"
 
 
 def test_requests_in_flight_match_local_and_fail_like_the_synchronous_path(server, artifact):
