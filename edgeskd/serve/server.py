@@ -329,12 +329,6 @@ def _triton_args(cfg: ServeConfig, dist: dict[str, Path], ws: Path, backends: Pa
             "--grpc-restricted-protocol", restricted, "--http-restricted-api", restricted]
 
 
-def _shm_names() -> set[str]:
-    with contextlib.suppress(OSError):
-        return set(os.listdir("/dev/shm"))
-    return set()
-
-
 def serve(cfg: ServeConfig, *, on_ready: Callable[[ServerInfo], None] | None = None,
           stop: threading.Event | None = None) -> int | None:
     """Serve until SIGINT/SIGTERM (or ``stop`` is set); returns the signal number that stopped it."""
@@ -476,7 +470,6 @@ def _sweep_workspaces() -> None:
 
 def _remove_shm(prefix: str) -> None:
     """Shared memory segments of this server's python backend left by an unclean stop."""
-    for name in _shm_names():
-        if name.startswith(prefix):
-            with contextlib.suppress(OSError):
-                os.unlink(f"/dev/shm/{name}")
+    for seg in Path("/dev/shm").glob(prefix + "*"):
+        with contextlib.suppress(OSError):
+            seg.unlink()

@@ -204,9 +204,6 @@ class StreamStats:
             out[k] = f"frames without a polyp id, run {int(r)}"
         return out
 
-    def n_frames_without_polyp_id(self) -> int:
-        return sum(c is None for c in self.frame_polyps) if self.polyp_ids is not None else 0
-
     def per_polyp(self) -> tuple[dict[str, Any] | None, str | None]:
         """(per-polyp figures and decisions, None) or (None, why there are none)."""
         from edgeskd.clinical.per_polyp import aggregate_polyps, polyp_summary
@@ -255,8 +252,9 @@ class StreamStats:
         }
         if self.subclasses is None:
             block["per_subtype_note"] = "the labels have no subclass column: no per-subtype frame accuracy"
-        if self.n_frames_without_polyp_id():
-            block["polyp_id_note"] = (f"{self.n_frames_without_polyp_id()} polyp frame(s) have no polyp id: the "
+        n_no_id = sum(c is None for c in self.frame_polyps) if self.polyp_ids is not None else 0
+        if n_no_id:
+            block["polyp_id_note"] = (f"{n_no_id} polyp frame(s) have no polyp id: the "
                                       "intervals count each run of consecutive such frames as one polyp")
         if image_note is not None:
             block["image_test_note"] = image_note
