@@ -428,3 +428,17 @@ def test_data_layer_imports_without_torch():
             "edgeskd.data.folder, edgeskd.data.mhist, edgeskd.data.manifest; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_in_memory_decodes_files_of_one_shape_within_the_cap(tmp_path):
+    root = _folder(tmp_path / "d", {"neg": {"a": 4}, "pos": {"c": 4}})
+    ls = load_dataset(root).split("train")
+    mem = ls.in_memory(1 << 20)
+    assert mem.paths is None and mem.images.shape == (len(ls), 8, 8, 3)
+    assert all(np.array_equal(mem.load_image(i), ls.load_image(i)) for i in range(len(ls)))
+    assert np.array_equal(mem.labels, ls.labels) and np.array_equal(mem.splits, ls.splits)
+    # over the cap, or images of different sizes: left as files
+    assert ls.in_memory(8 * 8 * 3 * len(ls) - 1) is ls
+    _png(Path(ls.paths[-1]), size=9)
+    assert ls.in_memory(1 << 20) is ls
+    assert mem.in_memory(0) is mem   # already in memory

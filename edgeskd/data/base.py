@@ -100,6 +100,24 @@ class LabeledSet:
     def split(self, name: str) -> "LabeledSet":
         return self.subset(name)
 
+    def in_memory(self, max_bytes: int) -> "LabeledSet":
+        """This set with its images decoded into one uint8 array, when they are files of one shape
+        that fit in ``max_bytes``; otherwise itself. A training loop reads every image once per
+        epoch: decoding a small PNG costs about as much as augmenting it."""
+        if self.images is not None or not len(self):
+            return self
+        first = self.load_image(0)
+        if first.nbytes * len(self) > max_bytes:
+            return self
+        images = np.empty((len(self), *first.shape), np.uint8)
+        images[0] = first
+        for i in range(1, len(self)):
+            img = self.load_image(i)
+            if img.shape != first.shape:
+                return self
+            images[i] = img
+        return replace(self, paths=None, images=images)
+
     def load_image(self, i: int) -> np.ndarray:
         """uint8 (H, W, 3) RGB image i."""
         if self.images is not None:

@@ -59,12 +59,13 @@ def augment_view(img: np.ndarray, rng: np.random.Generator, *, jitter: float = 0
     img = _dihedral(img, h, v, k)
     if jitter > 0:
         b, c, s = 1.0 + rng.uniform(-jitter, jitter, 3)
+        # saturation s about each pixel's grey, contrast c about the image mean (which saturation
+        # keeps), brightness b, as one affine map: b·(c·(grey + s·(x − grey)) + (1 − c)·mean)
         x = img.astype(np.float32)
         grey = x.mean(axis=2, keepdims=True)
-        x = grey + (x - grey) * s                       # saturation
-        x = (x - x.mean()) * c + x.mean()               # contrast
-        x = x * b                                       # brightness
-        img = np.clip(x + 0.5, 0, 255).astype(np.uint8)
+        x *= b * c * s
+        x += grey * (b * c * (1.0 - s)) + (b * (1.0 - c) * float(grey.mean()) + 0.5)
+        img = np.clip(x, 0, 255).astype(np.uint8)
     return np.ascontiguousarray(img), _VIEWS[(h, v, k)]
 
 
