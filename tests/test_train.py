@@ -244,7 +244,7 @@ def test_resume_continues_after_interrupt(tmp_path, monkeypatch, cli, uninterrup
 
         def wrapped(*a):
             calls["n"] += 1
-            if calls["n"] > 4:  # batch 2 of the second epoch (30 training images: 3 batches of 8, last dropped)
+            if calls["n"] > 7:  # batch 2 of the second epoch (54 training images: 6 batches of 8, last dropped)
                 raise KeyboardInterrupt
             return loss(*a)
 

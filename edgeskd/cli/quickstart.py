@@ -47,7 +47,7 @@ class Profile:
 
 
 PROFILES = {
-    "fast": Profile(synth_n=5200, synth_size=48, train_preset="fast", calib_size=300, bench_iters=50,
+    "fast": Profile(synth_n=7800, synth_size=48, train_preset="fast", calib_size=300, bench_iters=50,
                     bench_batches="1,8", video_seconds=55.0, video_size="640x360",
                     video_extra=("--fps", "15")),  # 22 polyps (figures with an interval worth reading), 825 frames
     "full": Profile(synth_n=3000, synth_size=128, train_preset="default", calib_size=512, bench_iters=200,

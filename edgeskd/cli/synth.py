@@ -39,8 +39,8 @@ def synth(
     """Write the synthetic endoscopy set: frames of synthetic clips (the camera of synth-video) —
     ~70 % show a polyp (hyperplastic or adenoma, 4 subtypes each, 1 frame per polyp; 7 annotator
     votes), ~30 % bare wall (class no_polyp: plain, lumen, blurred; votes unknown). Every frame
-    carries its group (clip/polyp); splits keep clips whole, 1/4 train : 1/4 val : 1/2 test of
-    the clips, stratified by subtype (--n 5200: 1,297 / 1,308 / 2,595 frames, 1,819 test polyp frames).
+    carries its group (clip/polyp); splits keep clips whole, 1/2 train : 1/6 val : 1/3 test of
+    the clips, stratified by subtype (--n 7800: 3,923 / 1,284 / 2,593 frames, 1,820 test polyp frames).
 
     Written atomically (a temporary directory renamed to OUT when complete). Groups go to the
     manifest's group column (folder: dataset.json). MHIST is HP vs SSA: that layout holds the

@@ -132,7 +132,7 @@ def train(
     tune_temperatures: TuneTemperaturesOpt = None,
     tune_alphas: TuneAlphasOpt = None,
     synthetic_n: Annotated[Optional[int], typer.Option(
-        help="Images in the synthetic set when --data is not given. \\[default: 3000; fast: 5200]",
+        help="Images in the synthetic set when --data is not given. \\[default: 3000; fast: 7800]",
         rich_help_panel=_T)] = None,
     seeds: Annotated[Optional[int], typer.Option(
         help="Number of seeds; the report gives mean ± std. \\[default: 1]", rich_help_panel=_R)] = None,

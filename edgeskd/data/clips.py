@@ -21,8 +21,8 @@ camera, as in the video), one camera look per clip, motion blur from the camera'
 
 Every frame carries its group: ``clipNNNNN/polyp0`` for the polyp frames of clip N,
 ``clipNNNNN/wall0`` for its wall frames. Splits keep clips whole (so no polyp and no wall is in
-two splits), stratified by the polyp's subclass: clips ordered by subclass go to test, train,
-test, val, ... in turn (1/2 : 1/4 : 1/4 of the clips).
+two splits), stratified by the polyp's subclass: clips ordered by subclass go to train, test,
+val, train, test, train in turn (1/2 : 1/6 : 1/3 of the clips).
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ BACKGROUND_SHARE = 0.30          # share of polyp-free frames in the set
 MIN_VISIBLE = 0.6                # a polyp frame shows at least this share of the polyp (the video's rule is 0.5)
 CLIP_FRAMES = 75                 # one visit = 2.5 s at 30 fps, as in the video
 CLIP_FPS = 30.0
-SPLIT_CYCLE = ("train", "test", "val", "test")   # each class's clips in subclass order → 1/4 train, 1/4 val, 1/2 test
+# each class's clips in subclass order → 1/2 train, 1/6 val, 1/3 test (the first three in all three)
+SPLIT_CYCLE = ("train", "test", "val", "train", "test", "train")
 BACKGROUND_PRIOR = (0.4, 0.3, 0.3)               # plain, lumen, blurred
 _CLIP_OFFSET = 40_000_000        # per-clip seeds: sample_seed(seed, _CLIP_OFFSET + c) (the video uses other ranges)
 _FRAME_OFFSET = 60_000_000
@@ -158,7 +159,7 @@ def clip_counts(n: int) -> np.ndarray:
 
 def clip_splits(subclass_of_clip: np.ndarray, seed: int) -> np.ndarray:
     """Split of each clip: each class's clips, ordered by subclass (seeded order inside), take
-    SPLIT_CYCLE in turn, so every subclass gets 1/4 : 1/4 : 1/2 of its clips and a class with
+    SPLIT_CYCLE in turn, so every subclass gets 1/2 : 1/6 : 1/3 of its clips and a class with
     three clips is already in all three splits."""
     sub = np.asarray(subclass_of_clip)
     owner = np.asarray(sy.SUBCLASS_TO_CLASS)[sub]

@@ -84,7 +84,7 @@ from edgeskd.data.splits import stratified_split
 from edgeskd.errors import UsageError
 
 GENERATOR_VERSION = 3   # seeds the label model and per-sample textures
-RENDER_REVISION = 8     # bump whenever rendered bytes or splits change (it keys the on-disk cache)
+RENDER_REVISION = 9     # bump whenever rendered bytes or splits change (it keys the on-disk cache)
 POLYP_CLASS_NAMES = ("hyperplastic", "adenoma")
 CLASS_NAMES = POLYP_CLASS_NAMES + ("no_polyp",)   # the last class: no polyp in view (bare wall)
 BACKGROUND_CLASS = 2
@@ -97,7 +97,7 @@ MHIST_BINS = ((0,), (1, 2), (3,), (4,), (5, 6), (7,))   # the default vote bins 
 # Latent ambiguity m = AMBIGUITY_MAX · u ** AMBIGUITY_POWER, u ~ U(0, 1), the same in every subtype.
 AMBIGUITY_MAX = 0.6
 AMBIGUITY_POWER = 3.0
-TEST_SHARE = 1 / 2      # make_synthetic's split: half test (rendering is cheap; n = 5,200 → 2,600 test) ...
+TEST_SHARE = 1 / 2      # make_synthetic_images' split: half test (rendering is cheap; n = 5,200 → 2,600 test) ...
 VAL_SHARE = 1 / 4       # ... a quarter val (epoch selection, temperature, threshold), a quarter train
 
 
@@ -661,7 +661,7 @@ def make_synthetic(n: int, size: int = 128, seed: int = 0) -> LabeledSet:
     """The synthetic endoscopy set: ``n`` frames of ``size``² px taken from synthetic clips
     (``edgeskd.data.clips``): about 70 % show a polyp (1 frame per polyp, taken anywhere in the
     camera's visit), about 30 % bare wall (class ``no_polyp``). Split by clip, stratified by subclass,
-    1/2 test : 1/4 val : 1/4 train of the clips (a 5,200-frame set: 1,297 train frames, 1,819
+    1/2 train : 1/6 val : 1/3 test of the clips (a 7,800-frame set: 3,923 train frames, 1,820
     test polyp frames).
 
     Same (n, size, seed) ⇒ same bytes. ``groups`` holds each frame's clip and polyp id;
