@@ -252,3 +252,23 @@ def test_augment_view_names_the_flip_and_rotation():
     assert len(views) == 4
     flip_only = {augment_view(img, np.random.default_rng(s), jitter=0.0, rotate=False)[1] for s in range(100)}
     assert len(flip_only) == 4 and 0 in flip_only
+
+
+def test_augment_jitter_is_saturation_then_contrast_then_brightness():
+    """The colour jitter (one affine map) equals the three steps done in turn: saturation about each
+    pixel's grey, contrast about the image mean, brightness; rounding may differ by one level."""
+    from edgeskd.data.torch_dataset import _dihedral, augment_view
+
+    img = np.random.default_rng(1).integers(0, 256, (12, 12, 3), dtype=np.uint8)
+    for seed in range(50):
+        out, _ = augment_view(img, np.random.default_rng(seed), jitter=0.3)
+        rng = np.random.default_rng(seed)          # the same draws, in the same order
+        h, v, k = rng.random() < 0.5, rng.random() < 0.5, int(rng.integers(4))
+        b, c, s = 1.0 + rng.uniform(-0.3, 0.3, 3)
+        x = _dihedral(img, h, v, k).astype(np.float64)
+        grey = x.mean(axis=2, keepdims=True)
+        x = grey + (x - grey) * s
+        x = (x - x.mean()) * c + x.mean()
+        ref = np.clip(x * b + 0.5, 0, 255).astype(np.uint8)
+        assert np.abs(out.astype(int) - ref).max() <= 1
+        assert (out != ref).mean() < 0.05
