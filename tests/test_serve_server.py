@@ -62,7 +62,7 @@ def server(artifact):
 
     th = threading.Thread(target=run, daemon=True)
     th.start()
-    assert ready.wait(120) and "error" not in box, box.get("error")
+    assert ready.wait(240) and "error" not in box, box.get("error")   # longer than serve's own wait
     yield {"grpc": f"grpc://127.0.0.1:{ports[1]}", "http": f"127.0.0.1:{ports[0]}", "info": box["info"]}
     stop.set()
     th.join(60)
@@ -317,6 +317,51 @@ def test_stopping_triton_takes_its_whole_session(tmp_path):
     _stop_triton(proc)
     time.sleep(0.3)
     assert proc.poll() is not None and _live_members(proc.pid) == []
+
+
+def test_triton_starts_without_python_in_the_forked_child(tmp_path):
+    """The launch runs no Python in a forked copy of this (multi-threaded) process: a copy that does
+    clears the other threads' state and ran a finaliser there — a PyAV reformatter that waits for
+    its slice threads hung the test server's start that way. Here a thread-local whose finaliser
+    blocks forever; the child still starts, takes the death signal and becomes the command."""
+    from edgeskd.serve.server import _dying_with_parent
+
+    held = threading.Lock()
+    held.acquire()
+
+    class Blocks:
+        def __del__(self):
+            held.acquire()
+
+    local = threading.local()
+    local.x = Blocks()
+    box, started, done = {}, threading.Event(), threading.Event()
+
+    def start() -> None:
+        box["proc"] = subprocess.Popen(_dying_with_parent(["sh", "-c", "echo $PPID > ppid; exec sleep 60"]),
+                                       cwd=tmp_path, start_new_session=True)
+        started.set()
+        done.wait(60)
+
+    try:
+        th = threading.Thread(target=start, daemon=True)
+        th.start()
+        assert started.wait(30), "the child hung before exec"
+        proc = box["proc"]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (tmp_path / "ppid").is_file():
+            time.sleep(0.05)
+        time.sleep(0.1)
+        # the launcher became sh (same pid, this process its parent); sh became sleep
+        assert int((tmp_path / "ppid").read_text()) == os.getpid()
+        assert Path(f"/proc/{proc.pid}/cmdline").read_text().split("\0")[:2] == ["sleep", "60"]
+        assert proc.poll() is None
+        done.set()   # the thread that started it ends: the kernel sends the death signal
+        th.join(10)
+        assert proc.wait(10) == -signal.SIGTERM
+    finally:
+        held.release()
+        del local
 
 
 def _live_members(pgid: int) -> list[int]:

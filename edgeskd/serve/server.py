@@ -304,16 +304,27 @@ def child_env(dist_libs: Path, environ: dict[str, str] | None = None) -> dict[st
     return env
 
 
-def _die_with_parent() -> Callable[[], None] | None:
-    """A preexec function: the child gets SIGTERM when ``serve`` dies (Linux prctl PR_SET_PDEATHSIG),
-    so a killed ``serve`` leaves no server behind. None where there is no prctl."""
-    try:
-        import ctypes
+# Runs in the child before tritonserver: the kernel sends it SIGTERM when the thread that started it
+# dies (Linux prctl PR_SET_PDEATHSIG), so a killed ``serve`` leaves no server behind; if that thread
+# is gone already, it exits. Then it becomes tritonserver (same pid).
+_LAUNCH = """import ctypes, os, signal, sys
+ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(0)
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
 
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    return lambda: prctl(1, signal.SIGTERM)
+
+def _dying_with_parent(args: list[str]) -> list[str]:
+    """``args`` behind a small launcher that ties the child's life to this process (see ``_LAUNCH``),
+    on Linux; ``args`` unchanged elsewhere.
+
+    Not a ``preexec_fn``: that runs Python in a forked copy of this multi-threaded process, and the
+    copy can hang before it ever starts tritonserver (it clears the other threads' state, and a
+    PyAV reformatter held in one waits there forever for its slice threads, which the copy lacks)."""
+    if not sys.platform.startswith("linux"):
+        return args
+    return [sys.executable, "-I", "-S", "-c", _LAUNCH, str(os.getpid()), *args]
 
 
 def _triton_args(cfg: ServeConfig, dist: dict[str, Path], ws: Path, backends: Path, token: str, shm_prefix: str,
@@ -361,9 +372,9 @@ def serve(cfg: ServeConfig, *, on_ready: Callable[[ServerInfo], None] | None = N
                           f"http://{cfg.host}:{cfg.metrics_port}/metrics", token, generated, ws)
         t0 = time.perf_counter()
         with open(ws / "tritonserver.out", "wb") as out:
-            proc = subprocess.Popen(_triton_args(cfg, dist, ws, backends, token, shm_prefix, log),
+            proc = subprocess.Popen(_dying_with_parent(_triton_args(cfg, dist, ws, backends, token, shm_prefix, log)),
                                     env=child_env(dist["libs"]), stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent())
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
         stack.callback(_stop_triton, proc)
         _wait_ready(proc, cfg, [m.name for m in models], stopper,
                     lambda: _failure(log, ws / "tritonserver.out", log_offset))
