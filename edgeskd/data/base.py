@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 SPLITS = ("train", "val", "test")
+IN_MEMORY_BYTES = 1 << 30   # LabeledSet.in_memory's default cap: decoded images kept up to this size
 
 
 @dataclass
@@ -100,7 +101,7 @@ class LabeledSet:
     def split(self, name: str) -> "LabeledSet":
         return self.subset(name)
 
-    def in_memory(self, max_bytes: int) -> "LabeledSet":
+    def in_memory(self, max_bytes: int = IN_MEMORY_BYTES) -> "LabeledSet":
         """This set with its images decoded into one uint8 array, when they are files of one shape
         that fit in ``max_bytes``; otherwise itself. A training loop reads every image once per
         epoch: decoding a small PNG costs about as much as augmenting it."""

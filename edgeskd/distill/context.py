@@ -16,8 +16,6 @@ from edgeskd.distill.config import TrainConfig
 from edgeskd.distill.evaluate import EvalInputs, evaluate_logits, predict_logits
 from edgeskd.meta import ModelMeta
 
-TRAIN_CACHE_BYTES = 1 << 30   # the training split's decoded images are kept when they fit in this
-
 
 def seed_everything(seed: int) -> None:
     import torch
@@ -48,7 +46,7 @@ class RunContext:
         else:
             self.amp_dtype = None
         # decoded once (a small set's images are read every epoch)
-        self.train_split = dataset.split("train").in_memory(TRAIN_CACHE_BYTES)
+        self.train_split = dataset.split("train").in_memory()
         self.val_split = dataset.split("val")
         self.test_split = dataset.split("test")
         self._inputs: dict[tuple, EvalInputs] = {}

@@ -372,7 +372,8 @@ def _loader(train_ls, meta: ModelMeta, *, batch_size: int, augment: str | bool, 
     if policy not in AUGMENT_POLICIES:
         raise ArtifactError(f"the checkpoint's training augmentation {augment!r} is unknown here; "
                             f"expected one of {', '.join(AUGMENT_POLICIES)}")
-    ds = ImageDataset(train_ls, meta.input_size, meta.mean, meta.std, target="subclass", seed=seed,
+    # decoded once: every epoch reads every image (as in training)
+    ds = ImageDataset(train_ls.in_memory(), meta.input_size, meta.mean, meta.std, target="subclass", seed=seed,
                       **AUGMENT_ARGS[policy])
     sampler = RandomSampler(ds, generator=torch.Generator().manual_seed(seed))
     return DataLoader(ds, batch_size=batch_size, sampler=sampler, drop_last=len(ds) > batch_size)
