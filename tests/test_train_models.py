@@ -81,7 +81,7 @@ def test_downsampling_steps_and_default_size():
 def test_half_width_student_and_small_input_teacher(size, side):
     """tiny_cnn_050 is tiny_cnn at half width (same strides, a quarter of the parameters); wide_cnn
     (a teacher for small inputs) fits its down-sampling to the input too, ending at ~3x3 (~7x7 at
-    224 px), with at least 10x the half-width student's parameters."""
+    224 px), with at least 10x the half-width student's parameters; wide_cnn_050 is wide_cnn at half width."""
     full, half = create_model("tiny_cnn", 6, img_size=size), create_model("tiny_cnn_050", 6, img_size=size)
     assert half.strides == full.strides
     assert 0.2 < count_parameters(half) / count_parameters(full) < 0.3
@@ -92,3 +92,8 @@ def test_half_width_student_and_small_input_teacher(size, side):
         assert teacher(torch.zeros(2, 3, size, size)).shape == (2, 8)
     assert 2 <= fmap.shape[-1] <= min(side, 7)
     assert count_parameters(teacher) >= 10 * count_parameters(half)
+    # wide_cnn_050 (the fast preset's teacher): wide_cnn's strides at half width, still 3x the student
+    small = create_model("wide_cnn_050", 8, img_size=size)
+    assert small.strides == teacher.strides
+    assert 0.2 < count_parameters(small) / count_parameters(teacher) < 0.3
+    assert count_parameters(small) >= 3 * count_parameters(half)

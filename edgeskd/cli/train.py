@@ -84,8 +84,8 @@ def train(
         "--config", help="YAML or TOML file with the same keys as these options; flags win.",
         rich_help_panel=_R)] = None,
     teacher: Annotated[Optional[str], typer.Option(
-        help="Teacher model (resnet18, resnet50, efficientnet_b0, wide_cnn, or timm:NAME). \\[default: resnet18; "
-             "wide_cnn with --preset fast]",
+        help="Teacher model (resnet18, resnet50, efficientnet_b0, wide_cnn, wide_cnn_050, or timm:NAME). "
+             "\\[default: resnet18; wide_cnn_050 with --preset fast]",
         rich_help_panel=_M)] = None,
     student: Annotated[Optional[str], typer.Option(
         help="Student model (tiny_cnn, mobilenet_v3_small, or timm:NAME). \\[default: tiny_cnn]",
