@@ -305,8 +305,8 @@ def child_env(dist_libs: Path, environ: dict[str, str] | None = None) -> dict[st
 
 
 # Runs in the child before tritonserver: the kernel sends it SIGTERM when the thread that started it
-# dies (Linux prctl PR_SET_PDEATHSIG), so a killed ``serve`` leaves no server behind; if that thread
-# is gone already, it exits. Then it becomes tritonserver (same pid).
+# dies (Linux prctl PR_SET_PDEATHSIG), so a killed ``serve`` leaves no server behind; if ``serve``
+# died before the call took effect, it exits. Then it becomes tritonserver (same pid).
 _LAUNCH = """import ctypes, os, signal, sys
 ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
 if os.getppid() != int(sys.argv[1]):
