@@ -117,14 +117,18 @@ def efficientnet_b0(num_outputs: int) -> nn.Module:
     return _replace_head(f(weights=None), "classifier", num_outputs)
 
 
+WIDE_PLAN = dict(widths=(32, 64, 128, 256, 512), min_map=3)   # the wide_cnn teachers' stages and final map
+
+
 @register_model("teacher")
 def wide_cnn(num_outputs: int, img_size: int = 224) -> nn.Module:
-    """A teacher for small inputs trained from scratch (the fast preset's, at 48 px): ``TinyCNN``'s
-    plan at twice the width (32-512 channels, 1.6 M parameters, 16x ``tiny_cnn_050``), down-sampling
-    to a ~3x3 map. ImageNet-style stems (``resnet18``: 7x7 stride-2 conv + max-pool) leave a 48-px
-    image at 12x12 after the first layer and lose the fine surface texture the subtypes differ in;
-    trained alone at 48 px for 40 epochs ResNet-18 scored below ``tiny_cnn``."""
-    return TinyCNN(num_outputs, img_size, widths=(32, 64, 128, 256, 512), min_map=3)
+    """A teacher for small inputs trained from scratch (its half width, ``wide_cnn_050``, is the fast
+    preset's): ``TinyCNN``'s plan at twice the width (32-512 channels, 1.6 M parameters, 16x
+    ``tiny_cnn_050``), down-sampling to a ~3x3 map. ImageNet-style stems (``resnet18``: 7x7 stride-2
+    conv + max-pool) leave a 48-px image at 12x12 after the first layer and lose the fine surface
+    texture the subtypes differ in; trained alone at 48 px for 40 epochs ResNet-18 scored below
+    ``tiny_cnn``."""
+    return TinyCNN(num_outputs, img_size, **WIDE_PLAN)
 
 
 @register_model("teacher")
@@ -133,7 +137,7 @@ def wide_cnn_050(num_outputs: int, img_size: int = 224) -> nn.Module:
     preset's teacher: a quarter of the compute per image, so it trains ~3x the epochs in the same
     time on a CPU, and on short schedules epochs count for more than width (48 px, 7,800 frames,
     seed 0: test F1 78.9 after 11 epochs against 74.8 for ``wide_cnn`` after 4, about the same time)."""
-    return TinyCNN(num_outputs, img_size, widths=(32, 64, 128, 256, 512), min_map=3, width=0.5)
+    return TinyCNN(num_outputs, img_size, **WIDE_PLAN, width=0.5)
 
 
 # -- students -------------------------------------------------------------------------
