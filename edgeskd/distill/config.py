@@ -213,8 +213,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # for 4 epochs it trains 11 and reaches test F1 78.7 instead of 76.0 (3 seeds); on short CPU
     # schedules epochs count for more than width. Against ResNet-18 (whose ImageNet stem leaves a
     # 48-px frame at 12x12) wide_cnn trained 3x faster and taught better. Epochs: teacher 9, students
-    # 9. The students were the undertrained part: against 11 / 6 (3 seeds; the train step 228 s
-    # instead of 193 s on a 2-core AVX2 CPU) the teacher loses 0.8 (77.9 vs 78.7) while SKD goes
+    # 9. The students were the undertrained part: against 11 / 6 (3 seeds; the train step 218 s
+    # instead of 191 s on a 2-core AVX2 CPU) the teacher loses 0.8 (77.9 vs 78.7) while SKD goes
     # from 73.9 to 76.1, KD from 69.5 to 74.1, plain from 67.7 to 71.0, and on six held-out videos the
     # hyperplastic polyps with a confident call go from 34 / 24 / 30 % to 48 / 27 / 40 %. A short
     # warm-up for the short schedule. The student is tiny_cnn at half width (0.1 M parameters): a
