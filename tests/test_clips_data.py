@@ -57,6 +57,28 @@ def test_clip_set_counts_classes_and_groups(clip_set):
     assert len(imgs) == 3 and np.abs(imgs[0] - imgs[1]).mean() > 5
 
 
+def test_half_of_the_clips_carry_overlay_text():
+    """Text on every frame became a cue the student leaned on (the video's field of view has none):
+    about OVERLAY_SHARE of the clips carry it, all of a clip's frames alike."""
+    from edgeskd.data import clips
+
+    seeds = np.array([sy.sample_seed(0, clips._CLIP_OFFSET + c) for c in range(2000)])
+    share = clips.has_overlay(seeds).mean()
+    assert abs(share - clips.OVERLAY_SHARE) < 0.04
+    d = clips.render_clip_set(200, 48, 2)
+    plain = sy.apply_endoscope_look
+    try:   # the same frames with the text switched off: they differ exactly where it was stamped
+        sy.apply_endoscope_look = lambda *a, **k: plain(*a, **{**k, "text": False})
+        bare = clips.render_clip_set(200, 48, 2)
+    finally:
+        sy.apply_endoscope_look = plain
+    diff = d["images"] != bare["images"]
+    text = diff.any((1, 2, 3))
+    assert (d["images"][diff] == 215).all()
+    overlay = clips.has_overlay(np.array([sy.sample_seed(2, clips._CLIP_OFFSET + int(c)) for c in d["clips"]]))
+    assert list(text) == list(overlay) and 0.3 < overlay.mean() < 0.7
+
+
 def test_clip_set_splits_keep_clips_whole(clip_set):
     ls = clip_set
     assert straddling_groups(ls.groups, ls.splits) == {}

@@ -84,7 +84,7 @@ from edgeskd.data.splits import stratified_split
 from edgeskd.errors import UsageError
 
 GENERATOR_VERSION = 3   # seeds the label model and per-sample textures
-RENDER_REVISION = 9     # bump whenever rendered bytes or splits change (it keys the on-disk cache)
+RENDER_REVISION = 10    # bump whenever rendered bytes or splits change (it keys the on-disk cache)
 POLYP_CLASS_NAMES = ("hyperplastic", "adenoma")
 CLASS_NAMES = POLYP_CLASS_NAMES + ("no_polyp",)   # the last class: no polyp in view (bare wall)
 BACKGROUND_CLASS = 2
@@ -492,7 +492,7 @@ def apply_endoscope_look(
     seeds: np.ndarray,
     *,
     look: EndoLook | None = None,
-    text: bool = True,
+    text: bool | np.ndarray = True,
     surface: tuple[int, np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """Scene (B,S,S,3) float + height (B,S,S) → uint8 endoscope frames: oblique lighting and
@@ -505,7 +505,7 @@ def apply_endoscope_look(
     lays it on the wall instead, drawn from the wall seed over the wall's [-3, 3]^2
     (``_WALL_FILM_EXTENT``, the video's wall) and seen through each sample's view (centre ``offset``, half-width
     ``zoom``), so in a video the glints move with the tissue as the textures do, rather than
-    staying fixed on the screen over every polyp."""
+    staying fixed on the screen over every polyp. ``text`` may be one flag per sample."""
     seeds = np.asarray(seeds, np.int64).ravel()
     B, S = rgb.shape[0], rgb.shape[1]
     rngs = _rngs(seeds, 3)
@@ -563,9 +563,10 @@ def apply_endoscope_look(
     img += 0.5
     np.clip(img, 0, 255, out=img)
     out = np.ascontiguousarray(img.astype(np.uint8).transpose(0, 2, 3, 1))
-    if text and S >= 48:
+    stamp = np.broadcast_to(np.asarray(text, dtype=bool), (B,))
+    if stamp.any() and S >= 48:
         scale = max(1, S // 160)
-        for i in range(B):
+        for i in np.flatnonzero(stamp):   # the text is each sample's last draw: the others do not depend on it
             texts = _overlay_texts(rngs[i])
             spots = [(2, 2), (2, S - 2 - 5 * scale), (S - 2 - 5 * scale, S - 2), (S - 2 - 5 * scale, 2)]
             for j, (txt, (yy, xx)) in enumerate(zip(texts, spots)):
