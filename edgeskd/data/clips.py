@@ -43,8 +43,8 @@ CLIP_FPS = 30.0
 SPLIT_CYCLE = ("train", "test", "val", "train", "test", "train")
 BACKGROUND_PRIOR = (0.4, 0.3, 0.3)               # plain, lumen, blurred
 # Share of clips whose frames carry the recorder's overlay text (ID, date, time, mode) in the
-# corners. A real stream may show it or not: the stream crops to the lit field of view, and the
-# video (like most recorders) writes its text beside the field, not in it. With text on every
+# corners. A real stream may show it or not: the stream crops to the lit field of view, and
+# `synth-video` writes its text beside the field, not in it. With text on every
 # training frame a student used it as a constant cue; on the same test views rendered without
 # text its accuracy fell from 77.2 to 72.4 % and the hyperplastic subtypes slid to adenoma
 # (hp_nodular 55 -> 21 %, hp_inflamed 84 -> 65 %, hp_mucus_capped 76 -> 54 %), the slide the
