@@ -223,8 +223,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # -> 70.2, the HP calls on six held-out videos 48 / 27 / 40 % -> 53 / 38 / 48 %, at no cost in
     # time (figures on render revision 9). On revision 10 (overlay text on half of the clips, not
     # every frame) with this preset: teacher 78.6, SKD 77.8, KD 74.8, plain 69.4 (3 seeds), HP calls
-    # on the six videos 69 / 54 / 64 %. A short warm-up for the short schedule. The student is tiny_cnn at half width (0.1 M
-    # parameters): a quarter of the compute, and the small-student regime distillation is for.
+    # on the six videos 69 / 54 / 64 %. A short warm-up for the short schedule. The student is
+    # tiny_cnn at half width (0.1 M parameters): a quarter of the compute, and the small-student
+    # regime distillation is for.
     "fast": dict(img_size=48, teacher="wide_cnn_050", teacher_epochs=9, epochs=9, lr=1e-2, warmup_epochs=0.5,
                  batch_size=64, synthetic_n=7800, student="tiny_cnn_050"),
     # "gpu" = a real run on real data (MHIST, a HyperKvasir-style manifest) on a GPU at clinical
