@@ -145,3 +145,21 @@ def test_evaluate_logits_against_sklearn(output, k):
         assert m["subclass_accuracy"] == pytest.approx(sk.accuracy_score(subs, logits.argmax(1)), abs=1e-12)
     else:
         assert "subclass_accuracy" not in m
+
+
+def test_stream_clusters_are_worked_out_once_per_state():
+    """A stats write reads the clusters three times; they are computed once while no frame comes in,
+    and again (with the new frame) after one does."""
+    from edgeskd.stream.stats import StreamStats
+
+    stats = StreamStats(["a", "b"], positive=1, polyp_ids={0: 7})
+    stats.frame_polyps, stats.label_frames = [7, None, None, 7], [0, 1, 2, 4]
+    calls = []
+    real = stats._cluster_ids
+    stats._cluster_ids = lambda: calls.append(1) or real()
+    first = stats._clusters()
+    assert first == [7, "frames without a polyp id, run 0", "frames without a polyp id, run 0", 7]
+    assert stats._clusters() is first and len(calls) == 1
+    stats.frame_polyps.append(None)
+    stats.label_frames.append(9)
+    assert stats._clusters()[-1] == "frames without a polyp id, run 1" and len(calls) == 2

@@ -139,6 +139,7 @@ class StreamStats:
         self.present: list[bool] = []
         self.subtypes: list[str | None] = []
         self.frame_polyps: list[int | str | None] = []       # polyp id of each labelled frame (None: unknown)
+        self._cluster_memo: tuple[int, list[int | str] | None] | None = None   # (frames seen, _clusters())
         self.label_frames: list[int] = []                     # the frame index of each labelled frame
         self.empty_frames: list[tuple[int, int, int]] = []   # (ordinal, state, raw state) of frames without a polyp
         self.index_range: list[int] = []                     # first and last processed frame index
@@ -193,6 +194,14 @@ class StreamStats:
         one polyp), so one missing id no longer turns every interval frame-level. None without ids."""
         if self.polyp_ids is None:
             return None
+        # one stats write reads it three times (two frame-state blocks, the video block); frames are
+        # only ever appended, so their count says whether the last answer still holds
+        n = len(self.frame_polyps)
+        if self._cluster_memo is None or self._cluster_memo[0] != n:
+            self._cluster_memo = (n, self._cluster_ids())
+        return self._cluster_memo[1]
+
+    def _cluster_ids(self) -> list[int | str]:
         missing = [k for k, c in enumerate(self.frame_polyps) if c is None]
         if not missing:
             return list(self.frame_polyps)   # type: ignore[arg-type]
