@@ -126,8 +126,10 @@ def plan_frames(n: int, seed: int, lab: dict[str, np.ndarray], radii: np.ndarray
     return plan, np.concatenate([p["wall_xy"] for p in parts])
 
 
-def render_plan(plan: FramePlan, size: int, seed: int, params: dict[str, np.ndarray], looks: sy.EndoLook, start: int, stop: int) -> np.ndarray:
-    """uint8 frames ``start:stop`` of ``plan`` (one vectorised batch)."""
+def render_plan(plan: FramePlan, size: int, seed: int, params: dict[str, np.ndarray], looks: sy.EndoLook,
+                overlay: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """uint8 frames ``start:stop`` of ``plan`` (one vectorised batch); ``looks`` and ``overlay`` (text
+    or not, ``has_overlay``) are per clip."""
     sl = slice(start, stop)
     clip, cam = plan.clip[sl], plan.cam[sl]
     cseeds = np.array([sy.sample_seed(seed, _CLIP_OFFSET + int(c)) for c in clip], np.int64)
@@ -150,7 +152,7 @@ def render_plan(plan: FramePlan, size: int, seed: int, params: dict[str, np.ndar
         rgb[idx], height[idx] = r_, h_
     look = sy.EndoLook(**{f.name: getattr(looks, f.name)[clip] for f in fields(sy.EndoLook)})
     look = replace(look, blur=(look.blur + plan.blur[sl]).astype(np.float32))
-    return sy.apply_endoscope_look(rgb, height, fseeds, look=look, text=has_overlay(cseeds))
+    return sy.apply_endoscope_look(rgb, height, fseeds, look=look, text=overlay[clip])
 
 
 def has_overlay(clip_seeds: np.ndarray) -> np.ndarray:
@@ -190,18 +192,19 @@ def render_clip_set(n: int, size: int, seed: int) -> dict[str, np.ndarray]:
     counts = clip_counts(n)
     n_clips = len(counts)
     lab = sy.sample_labels(n_clips, seed)
-    prng = [np.random.default_rng([sy.sample_seed(seed, _CLIP_OFFSET + c), 0]) for c in range(n_clips)]
+    clip_seeds = [sy.sample_seed(seed, _CLIP_OFFSET + c) for c in range(n_clips)]
+    prng = [np.random.default_rng([cs, 0]) for cs in clip_seeds]
     params = sy._stack_params([sy.sample_polyp_params(r, lab["visual"][c:c + 1], lab["ambiguity"][c:c + 1])
                                for c, r in enumerate(prng)])
     plan, walls = plan_frames(n, seed, lab, params["radius"], counts)
     params["wall_x"], params["wall_y"] = walls[:, 0].astype(np.float32), walls[:, 1].astype(np.float32)
-    looks = sy._stack_looks([sy.sample_look(np.random.default_rng([sy.sample_seed(seed, _CLIP_OFFSET + c), 4]), 1)
-                             for c in range(n_clips)])
+    looks = sy._stack_looks([sy.sample_look(np.random.default_rng([cs, 4]), 1) for cs in clip_seeds])
+    overlay = has_overlay(np.array(clip_seeds))
     images = np.empty((n, size, size, 3), np.uint8)
 
     def work(s0: int) -> None:
         s1 = min(n, s0 + sy.CHUNK)
-        images[s0:s1] = render_plan(plan, size, seed, params, looks, s0, s1)
+        images[s0:s1] = render_plan(plan, size, seed, params, looks, overlay, s0, s1)
 
     sy.render_in_chunks(n, work)
     clip = plan.clip
@@ -215,5 +218,5 @@ def render_clip_set(n: int, size: int, seed: int) -> dict[str, np.ndarray]:
         true_labels=np.where(is_polyp, lab["true_labels"][clip], bg).astype(np.int64),
         visual_subclasses=np.where(is_polyp, lab["visual"][clip], plan.subclass).astype(np.int64),
         ambiguity=np.where(is_polyp, lab["ambiguity"][clip], 0.0).astype(np.float32),
-        groups=groups, splits=clip_splits(lab["subclasses"], seed)[clip], clips=clip,
+        groups=groups, splits=clip_splits(lab["subclasses"], seed)[clip], clips=clip, overlay=overlay[clip],
     )
